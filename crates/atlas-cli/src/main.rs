@@ -1,0 +1,78 @@
+//! `atlas`: the one binary — local stack, migrations, demo data and operations.
+
+mod demo;
+mod stack;
+
+use anyhow::{Context, Result};
+use atlas_config::{Config, ConfigArgs};
+use clap::{Parser, Subcommand};
+
+/// Atlas: a multi-tenant telemetry store for device fleets on PostgreSQL and Redis.
+#[derive(Debug, Parser)]
+#[command(name = "atlas", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Private local PostgreSQL (primary + replica) and Redis.
+    Stack {
+        #[command(subcommand)]
+        action: stack::StackAction,
+    },
+    /// Apply pending migrations (as the admin connection).
+    Migrate {
+        /// Only show which migrations are applied.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Load a small demo fleet: tenants, attributes of every type, entities and an hour of values.
+    Demo(demo::DemoArgs),
+    /// Move staged rows into the time series until staging is empty.
+    Flush {
+        /// Rows per stage_flush call.
+        #[arg(long, default_value_t = 50_000)]
+        batch: i32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATLAS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Stack { action } => stack::run(&config, action),
+        Command::Migrate { status } => stack::migrate(&config, status).await,
+        Command::Demo(args) => demo::run(&config, &args).await,
+        Command::Flush { batch } => {
+            let store = stack::store(&config)?;
+            let total = demo::flush_all(&store, batch, None).await?;
+            println!("flushed {total} values");
+            Ok(())
+        }
+    }
+}
+
+/// Connects one client (its connection task runs in the background).
+pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}

@@ -1,0 +1,168 @@
+//! `atlas stack …` and `atlas migrate`: local services, and URLs resolved from them.
+
+use anyhow::{Context, Result, bail};
+use atlas_config::Config;
+use atlas_schema::{AppLogin, migrate as run_migrations, migration_status};
+use atlas_stack::{Stack, StackSpec};
+use atlas_store::Store;
+use clap::Subcommand;
+
+/// What to do with the local stack.
+#[derive(Debug, Subcommand)]
+pub enum StackAction {
+    /// Install what is missing, start PostgreSQL primary + replica and Redis, print the URLs.
+    Up {
+        /// Print the URLs as `export ATLAS_…=…` lines only.
+        #[arg(long)]
+        env: bool,
+    },
+    /// Stop every service.
+    Down {
+        /// Also delete all data.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show which services answer.
+    Status,
+}
+
+fn spec(config: &Config) -> StackSpec {
+    StackSpec::local(config.stack_dir.clone())
+}
+
+/// Runs a stack action.
+pub fn run(config: &Config, action: StackAction) -> Result<()> {
+    let spec = spec(config);
+    match action {
+        StackAction::Up { env } => {
+            let stack = Stack::up(&spec)?;
+            let urls = stack.urls();
+            if !env {
+                println!("Atlas local stack is up in {}:", spec.dir.display());
+            }
+            println!(
+                "export ATLAS_ADMIN_DATABASE_URL='{}'",
+                urls.admin_database_url
+            );
+            println!("export ATLAS_DATABASE_URL='{}'", urls.database_url);
+            println!(
+                "export ATLAS_REPLICA_URLS='{}'",
+                urls.replica_urls.join(",")
+            );
+            println!("export ATLAS_REDIS_URL='{}'", urls.redis_url);
+            Ok(())
+        }
+        StackAction::Down { purge } => {
+            Stack::down(&spec, purge)?;
+            println!("Atlas local stack in {} is down", spec.dir.display());
+            Ok(())
+        }
+        StackAction::Status => {
+            let Some(stack) = Stack::open(&spec)? else {
+                bail!("no stack in {}: run `atlas stack up`", spec.dir.display());
+            };
+            let s = stack.status();
+            let word = |up: bool| if up { "up" } else { "DOWN" };
+            println!("primary  127.0.0.1:{:<6} {}", spec.pg_port, word(s.primary));
+            println!(
+                "replica  127.0.0.1:{:<6} {}",
+                spec.replica_port,
+                word(s.replica)
+            );
+            println!(
+                "redis    127.0.0.1:{:<6} {}",
+                spec.redis_port,
+                word(s.redis)
+            );
+            if !s.all_up() {
+                bail!("some services are down: run `atlas stack up`");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Settings left unset are taken from the local stack, when one was brought up.
+fn with_stack_defaults(config: &Config) -> Result<Config> {
+    let mut config = config.clone();
+    if let Some(stack) = Stack::open(&spec(&config))? {
+        let urls = stack.urls();
+        config
+            .admin_database_url
+            .get_or_insert(urls.admin_database_url);
+        config.database_url.get_or_insert(urls.database_url);
+        if config.replica_urls.is_empty() {
+            config.replica_urls = urls.replica_urls;
+        }
+        config.redis_url.get_or_insert(urls.redis_url);
+    }
+    Ok(config)
+}
+
+/// The admin URL, or an error saying how to provide one.
+pub fn admin_url(config: &Config) -> Result<String> {
+    with_stack_defaults(config)?
+        .admin_database_url
+        .context("no admin database: set ATLAS_ADMIN_DATABASE_URL (or run `atlas stack up`)")
+}
+
+/// Pools for the app role, from config or the local stack.
+pub fn store(config: &Config) -> Result<Store> {
+    let config = with_stack_defaults(config)?;
+    let url = config
+        .database_url
+        .context("no database: set ATLAS_DATABASE_URL (or run `atlas stack up`)")?;
+    Ok(Store::connect(
+        &url,
+        &config.replica_urls,
+        config.pool_size,
+    )?)
+}
+
+/// `atlas migrate`: applies pending migrations; sets the app login's password from
+/// ATLAS_DATABASE_URL so the server can log in.
+pub async fn migrate(config: &Config, status_only: bool) -> Result<()> {
+    let resolved = with_stack_defaults(config)?;
+    let mut client = crate::connect(&admin_url(config)?).await?;
+    if status_only {
+        for s in migration_status(&client).await? {
+            let state = match &s.applied_checksum {
+                None => "pending",
+                Some(_) if s.is_current() => "applied",
+                Some(_) => "CHANGED since applied",
+            };
+            println!(
+                "{:>4}  {:<40} {state}",
+                s.migration.version, s.migration.name
+            );
+        }
+        return Ok(());
+    }
+    let app = match &resolved.database_url {
+        Some(url) => {
+            let pg: tokio_postgres::Config = url
+                .parse()
+                .context("ATLAS_DATABASE_URL is not a valid URL")?;
+            match (pg.get_user(), pg.get_password()) {
+                (Some(user), Some(password)) => Some(AppLogin {
+                    user: user.to_owned(),
+                    password: String::from_utf8_lossy(password).into_owned(),
+                }),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let report = run_migrations(&mut client, app.as_ref()).await?;
+    if report.applied.is_empty() {
+        println!(
+            "schema is up to date ({} migrations applied)",
+            report.already_applied
+        );
+    } else {
+        for name in &report.applied {
+            println!("applied {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Atlas configuration: one [`Config`], layered defaults → `atlas.toml` → `ATLAS_*` environment
+//! → command-line flags (later layers win).
+//!
+//! The environment and flag layers are the same clap arguments ([`ConfigArgs`]): every `atlas`
+//! subcommand takes each setting as a flag, and clap reads the `ATLAS_*` variable when the flag
+//! is absent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the config file is looked for when neither `--config` nor `ATLAS_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "atlas.toml";
+
+/// The settings of one Atlas process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Superuser (role-creating) connection, used only by `atlas migrate` and the local stack.
+    pub admin_database_url: Option<String>,
+    /// The server's login as the non-owner app role `atlas_app`.
+    pub database_url: Option<String>,
+    /// Streaming replicas for eventual reads.
+    pub replica_urls: Vec<String>,
+    /// Redis (cache) URL.
+    pub redis_url: Option<String>,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Bearer token of the admin API.
+    pub admin_token: Option<String>,
+    /// Directory of the private local stack (`atlas stack up`).
+    pub stack_dir: PathBuf,
+    /// Connections per database pool.
+    pub pool_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            admin_database_url: None,
+            database_url: None,
+            replica_urls: Vec::new(),
+            redis_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            stack_dir: PathBuf::from(".atlas"),
+            pool_size: 16,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file exists but could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for [`Config`]; the message names line and column.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error, with the offending line.
+        source: toml::de::Error,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("invalid setting `{field}`: {message}")]
+    Invalid {
+        /// The setting's name as written in `atlas.toml`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The environment and flag layer: each field is a flag that falls back to its `ATLAS_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Config file (default: ./atlas.toml when present).
+    #[arg(long, global = true, env = "ATLAS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Superuser connection for migrations and the local stack.
+    #[arg(
+        long,
+        global = true,
+        env = "ATLAS_ADMIN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub admin_database_url: Option<String>,
+    /// The server's connection as atlas_app.
+    #[arg(
+        long,
+        global = true,
+        env = "ATLAS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Comma-separated replica connection URLs.
+    #[arg(
+        long,
+        global = true,
+        env = "ATLAS_REPLICA_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub replica_urls: Option<Vec<String>>,
+    /// Redis URL.
+    #[arg(long, global = true, env = "ATLAS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// HTTP listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, global = true, env = "ATLAS_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin API bearer token.
+    #[arg(long, global = true, env = "ATLAS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Local stack directory.
+    #[arg(long, global = true, env = "ATLAS_STACK_DIR")]
+    pub stack_dir: Option<PathBuf>,
+    /// Connections per database pool.
+    #[arg(long, global = true, env = "ATLAS_POOL_SIZE")]
+    pub pool_size: Option<usize>,
+}
+
+impl Config {
+    /// Parses a TOML document (the `atlas.toml` layer) over the defaults.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Loads all layers: defaults, the config file (the named one must exist; the default
+    /// `atlas.toml` is optional), then environment and flags from `args`.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let (path, required) = match &args.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+        };
+        let mut config = match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_toml(&text, &path)?,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        config.apply(args)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the environment/flag layer on top of this config.
+    pub fn apply(&mut self, args: &ConfigArgs) -> Result<(), ConfigError> {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        if args.admin_database_url.is_some() {
+            self.admin_database_url.clone_from(&args.admin_database_url);
+        }
+        if args.database_url.is_some() {
+            self.database_url.clone_from(&args.database_url);
+        }
+        if args.redis_url.is_some() {
+            self.redis_url.clone_from(&args.redis_url);
+        }
+        if args.admin_token.is_some() {
+            self.admin_token.clone_from(&args.admin_token);
+        }
+        if let Some(urls) = &args.replica_urls {
+            self.replica_urls = urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+        }
+        if let Some(listen) = &args.listen {
+            self.listen = listen.parse().map_err(|e| ConfigError::Invalid {
+                field: "listen",
+                message: format!("`{listen}` is not an address like 127.0.0.1:8080 ({e})"),
+            })?;
+        }
+        set(&mut self.stack_dir, &args.stack_dir);
+        set(&mut self.pool_size, &args.pool_size);
+        Ok(())
+    }
+
+    /// Checks values that every command relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool_size == 0 || self.pool_size > 1000 {
+            return Err(ConfigError::Invalid {
+                field: "pool_size",
+                message: format!("must be between 1 and 1000, got {}", self.pool_size),
+            });
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    field: "admin_token",
+                    message: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_layer_overrides_defaults_and_args_override_file() {
+        let file = Config::from_toml(
+            "database_url = \"postgres://file\"\nreplica_urls = [\"postgres://r1\"]\nlisten = \"127.0.0.1:9000\"\n",
+            Path::new("atlas.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file.database_url.as_deref(), Some("postgres://file"));
+        assert_eq!(file.pool_size, Config::default().pool_size);
+
+        let mut config = file;
+        let args = ConfigArgs {
+            database_url: Some("postgres://env".into()),
+            replica_urls: Some(vec![
+                "postgres://a".into(),
+                " postgres://b ".into(),
+                String::new(),
+            ]),
+            ..ConfigArgs::default()
+        };
+        config.apply(&args).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.database_url.as_deref(), Some("postgres://env"));
+        assert_eq!(config.replica_urls, vec!["postgres://a", "postgres://b"]);
+        assert_eq!(config.listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        let err = Config::from_toml("databse_url = \"x\"\n", Path::new("atlas.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("databse_url"), "{err}");
+
+        let mut config = Config::default();
+        let args = ConfigArgs {
+            listen: Some("not-an-address".into()),
+            ..ConfigArgs::default()
+        };
+        let err = config
+            .apply(&args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("`listen`"), "{err}");
+
+        let config = Config {
+            pool_size: 0,
+            ..Config::default()
+        };
+        let err = config
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("pool_size"), "{err}");
+    }
+
+    #[test]
+    fn named_config_file_must_exist() {
+        let args = ConfigArgs {
+            config: Some(PathBuf::from("/nonexistent/atlas.toml")),
+            ..ConfigArgs::default()
+        };
+        assert!(matches!(Config::load(&args), Err(ConfigError::Read { .. })));
+    }
+}

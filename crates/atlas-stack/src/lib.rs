@@ -1,0 +1,600 @@
+//! Private local services for Atlas, all under one directory: a PostgreSQL 15 primary
+//! (`wal_level = logical`), one streaming replica made with `pg_basebackup -R`, and a Redis
+//! configured as the seed says (LRU cache, no persistence). Used by `atlas stack` and by the
+//! test kit, so developers, tests and CI run the same services.
+//!
+//! Never touches the machine's default clusters or ports: everything listens on 127.0.0.1 on
+//! the ports of a [`StackSpec`], with data under its directory. Missing packages are installed
+//! with apt when running as root (without creating Debian's default cluster or starting
+//! services), otherwise the exact command is reported.
+
+mod error;
+mod packages;
+mod process;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::StackError;
+pub use packages::{ensure_packages, missing_packages};
+use process::{Cmd, is_root};
+
+/// Where PostgreSQL 15's server programs live on Debian.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The database Atlas uses in the local stack (spelled out in the stack's SQL literals too).
+pub const DATABASE: &str = "atlas";
+/// Name of the replica's physical replication slot on the primary.
+pub const REPLICA_SLOT: &str = "atlas_replica_1";
+
+/// Which directory and ports a stack uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSpec {
+    /// Root directory (state file, logs, Redis data; PostgreSQL data when reachable).
+    pub dir: PathBuf,
+    /// Primary PostgreSQL port.
+    pub pg_port: u16,
+    /// Replica PostgreSQL port.
+    pub replica_port: u16,
+    /// Redis port.
+    pub redis_port: u16,
+    /// fsync on (developer/bench stacks) or off (test stacks: faster, still crash-safe for a
+    /// process kill or an immediate PostgreSQL stop, only not for an OS crash).
+    pub durable: bool,
+}
+
+impl StackSpec {
+    /// The developer stack (`atlas stack up`): ports 54329/54330/63790.
+    pub fn local(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            pg_port: 54329,
+            replica_port: 54330,
+            redis_port: 63790,
+            durable: true,
+        }
+    }
+
+    /// The same spec with an absolute directory (services chdir; paths must not depend on ours).
+    fn absolute(&self) -> Result<Self, StackError> {
+        Ok(Self {
+            dir: std::path::absolute(&self.dir).map_err(io(&self.dir))?,
+            ..self.clone()
+        })
+    }
+
+    /// The test stack: its own ports (55439/55440/63800) so it runs beside a developer stack.
+    pub fn test(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            pg_port: 55439,
+            replica_port: 55440,
+            redis_port: 63800,
+            durable: false,
+        }
+    }
+}
+
+/// Secrets and locations chosen at the first `up`, kept in `<dir>/stack.json` (mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StackState {
+    pg_root: PathBuf,
+    admin_password: String,
+    app_password: String,
+    redis_password: String,
+}
+
+/// A stack that is (or was) brought up: how to reach each service.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    spec: StackSpec,
+    state: StackState,
+}
+
+/// Connection URLs of a running stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackUrls {
+    /// Superuser connection to the `atlas` database (migrations, admin).
+    pub admin_database_url: String,
+    /// `atlas_app` connection to the primary.
+    pub database_url: String,
+    /// `atlas_app` connections to the replicas.
+    pub replica_urls: Vec<String>,
+    /// Redis.
+    pub redis_url: String,
+}
+
+/// Whether each service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StackStatus {
+    /// Primary accepts connections.
+    pub primary: bool,
+    /// Replica accepts connections.
+    pub replica: bool,
+    /// Redis answers PING.
+    pub redis: bool,
+}
+
+impl StackStatus {
+    /// True when every service answers.
+    pub fn all_up(&self) -> bool {
+        self.primary && self.replica && self.redis
+    }
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StackError + '_ {
+    move |source| StackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Stack {
+    /// The stack recorded in `spec.dir`, if `up` ever ran there.
+    pub fn open(spec: &StackSpec) -> Result<Option<Self>, StackError> {
+        let spec = &spec.absolute()?;
+        let path = spec.dir.join("stack.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let state = serde_json::from_str(&text).map_err(|e| StackError::State {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                Ok(Some(Self {
+                    spec: spec.clone(),
+                    state,
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Brings every service up; idempotent (a running service is left as it is).
+    pub fn up(spec: &StackSpec) -> Result<Self, StackError> {
+        let spec = &spec.absolute()?;
+        ensure_packages()?;
+        fs::create_dir_all(spec.dir.join("logs")).map_err(io(&spec.dir))?;
+        let stack = match Self::open(spec)? {
+            Some(s) => s,
+            None => {
+                let state = StackState {
+                    pg_root: choose_pg_root(&spec.dir)?,
+                    admin_password: random_secret(),
+                    app_password: random_secret(),
+                    redis_password: random_secret(),
+                };
+                let s = Self {
+                    spec: spec.clone(),
+                    state,
+                };
+                s.save_state()?;
+                s
+            }
+        };
+        stack.up_primary()?;
+        stack.up_replica()?;
+        stack.up_redis()?;
+        Ok(stack)
+    }
+
+    /// Stops every service (fast shutdown); with `purge`, deletes all data too.
+    pub fn down(spec: &StackSpec, purge: bool) -> Result<(), StackError> {
+        let Some(stack) = Self::open(spec)? else {
+            return Ok(());
+        };
+        let _ = Cmd::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &spec.redis_port.to_string(),
+                "--no-auth-warning",
+            ])
+            .args(["-a", &stack.state.redis_password, "shutdown", "nosave"])
+            .output_quiet();
+        for data in [stack.replica_dir(), stack.primary_dir()] {
+            if data.join("postmaster.pid").exists() {
+                stack
+                    .pg(&format!("{PG_BIN}/pg_ctl"))
+                    .args([
+                        "-D",
+                        &data.to_string_lossy(),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "60",
+                        "stop",
+                    ])
+                    .run("stopping PostgreSQL")?;
+            }
+        }
+        if purge {
+            if stack.state.pg_root != spec.dir.join("pg") {
+                fs::remove_dir_all(&stack.state.pg_root)
+                    .or_else(ignore_missing(&stack.state.pg_root))?;
+            }
+            fs::remove_dir_all(&spec.dir).or_else(ignore_missing(&spec.dir))?;
+        }
+        Ok(())
+    }
+
+    /// Which services answer now.
+    pub fn status(&self) -> StackStatus {
+        StackStatus {
+            primary: self.pg_ready(self.spec.pg_port),
+            replica: self.pg_ready(self.spec.replica_port),
+            redis: self.redis_ping(),
+        }
+    }
+
+    /// How to reach the services.
+    pub fn urls(&self) -> StackUrls {
+        let pg = |user: &str, password: &str, port: u16| {
+            format!("postgres://{user}:{password}@127.0.0.1:{port}/{DATABASE}")
+        };
+        StackUrls {
+            admin_database_url: pg("postgres", &self.state.admin_password, self.spec.pg_port),
+            database_url: pg("atlas_app", &self.state.app_password, self.spec.pg_port),
+            replica_urls: vec![pg(
+                "atlas_app",
+                &self.state.app_password,
+                self.spec.replica_port,
+            )],
+            redis_url: format!(
+                "redis://:{}@127.0.0.1:{}/0",
+                self.state.redis_password, self.spec.redis_port
+            ),
+        }
+    }
+
+    /// The spec this stack was opened with.
+    pub fn spec(&self) -> &StackSpec {
+        &self.spec
+    }
+
+    /// The password of the `atlas_app` login (set by `atlas migrate`).
+    pub fn app_password(&self) -> &str {
+        &self.state.app_password
+    }
+
+    /// Data directory of the primary.
+    pub fn primary_dir(&self) -> PathBuf {
+        self.state.pg_root.join("primary")
+    }
+
+    /// Data directory of the replica.
+    pub fn replica_dir(&self) -> PathBuf {
+        self.state.pg_root.join("replica")
+    }
+
+    fn save_state(&self) -> Result<(), StackError> {
+        let path = self.spec.dir.join("stack.json");
+        let text = serde_json::to_string_pretty(&self.state).map_err(|e| StackError::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_private(&path, &text)
+    }
+
+    /// A command that runs as the postgres OS user when we are root (initdb refuses root).
+    fn pg(&self, program: &str) -> Cmd {
+        let passfile = self.state.pg_root.join("pgpass");
+        Cmd::pg(program).env("PGPASSFILE", passfile.to_string_lossy().as_ref())
+    }
+
+    fn pg_ready(&self, port: u16) -> bool {
+        self.pg(&format!("{PG_BIN}/pg_isready"))
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-d",
+                "postgres",
+            ])
+            .output_quiet()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn psql(&self, port: u16, db: &str, sql: &str) -> Result<String, StackError> {
+        let out = self
+            .pg(&format!("{PG_BIN}/psql"))
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-c", sql])
+            .run("running psql")?;
+        Ok(out.trim().to_owned())
+    }
+
+    fn up_primary(&self) -> Result<(), StackError> {
+        let data = self.primary_dir();
+        fs::create_dir_all(&self.state.pg_root).map_err(io(&self.state.pg_root))?;
+        process::chown_to_postgres(&self.state.pg_root)?;
+        let passfile = self.state.pg_root.join("pgpass");
+        write_private(
+            &passfile,
+            &format!("127.0.0.1:*:*:postgres:{}\n", self.state.admin_password),
+        )?;
+        process::chown_to_postgres(&passfile)?;
+
+        if !data.join("PG_VERSION").exists() {
+            let pwfile = self.state.pg_root.join("initdb.pw");
+            write_private(&pwfile, &format!("{}\n", self.state.admin_password))?;
+            process::chown_to_postgres(&pwfile)?;
+            let result = self
+                .pg(&format!("{PG_BIN}/initdb"))
+                .args([
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                ])
+                .args([
+                    "--pwfile",
+                    &pwfile.to_string_lossy(),
+                    "--no-locale",
+                    "-E",
+                    "UTF8",
+                ])
+                .run("initdb");
+            let _ = fs::remove_file(&pwfile);
+            result?;
+            self.write_pg_config(&data)?;
+        }
+        self.start_pg(&data, self.spec.pg_port, "primary")?;
+        let exists = self.psql(
+            self.spec.pg_port,
+            "postgres",
+            "SELECT 1 FROM pg_database WHERE datname = 'atlas'",
+        )?;
+        if exists != "1" {
+            self.psql(self.spec.pg_port, "postgres", "CREATE DATABASE atlas")?;
+        }
+        Ok(())
+    }
+
+    fn write_pg_config(&self, data: &Path) -> Result<(), StackError> {
+        let durability = if self.spec.durable {
+            ""
+        } else {
+            "fsync = off\nfull_page_writes = off\n"
+        };
+        let conf = format!(
+            "# Written by atlas stack.\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = ''\n\
+             max_connections = 300\n\
+             shared_buffers = '256MB'\n\
+             wal_level = logical\n\
+             max_wal_senders = 10\n\
+             max_replication_slots = 10\n\
+             max_slot_wal_keep_size = '2GB'\n\
+             wal_keep_size = '128MB'\n\
+             hot_standby = on\n\
+             hot_standby_feedback = on\n\
+             timezone = 'UTC'\n\
+             log_timezone = 'UTC'\n\
+             log_line_prefix = '%m [%p] %q%u@%d '\n\
+             {durability}"
+        );
+        let path = data.join("atlas.conf");
+        fs::write(&path, conf).map_err(io(&path))?;
+        let main = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&main).map_err(io(&main))?;
+        text.push_str("\ninclude 'atlas.conf'\n");
+        fs::write(&main, text).map_err(io(&main))?;
+        let hba = data.join("pg_hba.conf");
+        fs::write(
+            &hba,
+            "# Written by atlas stack: loopback only, passwords required.\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host replication all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .map_err(io(&hba))?;
+        for p in [path, main, hba] {
+            process::chown_to_postgres(&p)?;
+        }
+        Ok(())
+    }
+
+    fn start_pg(&self, data: &Path, port: u16, name: &str) -> Result<(), StackError> {
+        if self.pg_ready(port) {
+            return Ok(());
+        }
+        let log = self.spec.dir.join("logs").join(format!("{name}.log"));
+        if !log.exists() {
+            fs::write(&log, "").map_err(io(&log))?;
+        }
+        process::chown_to_postgres(&log)?;
+        self.pg(&format!("{PG_BIN}/pg_ctl"))
+            .args(["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy()])
+            .args(["-o", &format!("-p {port}"), "-w", "-t", "120", "start"])
+            .run(&format!(
+                "starting PostgreSQL {name} (log: {})",
+                log.display()
+            ))?;
+        wait_for(Duration::from_secs(60), || self.pg_ready(port)).map_err(|()| {
+            StackError::Timeout {
+                what: format!("PostgreSQL {name} on port {port}"),
+            }
+        })
+    }
+
+    fn up_replica(&self) -> Result<(), StackError> {
+        let data = self.replica_dir();
+        if !data.join("PG_VERSION").exists() {
+            if data.exists() {
+                fs::remove_dir_all(&data).map_err(io(&data))?;
+            }
+            // A slot left by an earlier replica would make -C fail; it is ours to drop.
+            self.psql(
+                self.spec.pg_port,
+                "postgres",
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = 'atlas_replica_1' AND NOT active",
+            )?;
+            self.pg(&format!("{PG_BIN}/pg_basebackup"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.spec.pg_port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .args([
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ])
+                .args(["-C", "-S", REPLICA_SLOT])
+                .run("pg_basebackup for the replica")?;
+        }
+        self.start_pg(&data, self.spec.replica_port, "replica")
+    }
+
+    fn redis_cli(&self) -> Cmd {
+        Cmd::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.spec.redis_port.to_string(),
+                "--no-auth-warning",
+            ])
+            .args(["-a", &self.state.redis_password])
+    }
+
+    fn redis_ping(&self) -> bool {
+        self.redis_cli()
+            .arg("ping")
+            .output_quiet()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+    }
+
+    fn up_redis(&self) -> Result<(), StackError> {
+        if self.redis_ping() {
+            return Ok(());
+        }
+        let dir = self.spec.dir.join("redis");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // The seed's cache settings: bounded memory with LRU eviction, no persistence (the
+        // cache is rebuilt from PostgreSQL).
+        let conf = format!(
+            "# Written by atlas stack.\n\
+             bind 127.0.0.1\n\
+             port {port}\n\
+             protected-mode yes\n\
+             requirepass {password}\n\
+             daemonize yes\n\
+             dir {dir}\n\
+             pidfile {dir}/redis.pid\n\
+             logfile {log}\n\
+             maxmemory 256mb\n\
+             maxmemory-policy allkeys-lru\n\
+             save \"\"\n\
+             appendonly no\n",
+            port = self.spec.redis_port,
+            password = self.state.redis_password,
+            dir = dir.display(),
+            log = self.spec.dir.join("logs").join("redis.log").display(),
+        );
+        let path = dir.join("redis.conf");
+        write_private(&path, &conf)?;
+        Cmd::new("redis-server")
+            .arg(&path.to_string_lossy())
+            .run("starting Redis")?;
+        wait_for(Duration::from_secs(30), || self.redis_ping()).map_err(|()| StackError::Timeout {
+            what: format!("Redis on port {}", self.spec.redis_port),
+        })
+    }
+}
+
+fn ignore_missing(path: &Path) -> impl FnOnce(std::io::Error) -> Result<(), StackError> + '_ {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(io(path)(e))
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(text.as_bytes()).map_err(io(path))
+}
+
+/// PostgreSQL's data must be writable by the postgres OS user. As root, a directory under an
+/// unreadable parent (e.g. /root) cannot be; then the data goes under /var/lib/atlas-stack.
+fn choose_pg_root(dir: &Path) -> Result<PathBuf, StackError> {
+    let preferred = dir.join("pg");
+    if !is_root() {
+        return Ok(preferred);
+    }
+    fs::create_dir_all(&preferred).map_err(io(&preferred))?;
+    process::chown_to_postgres(&preferred)?;
+    let reachable = Cmd::pg("test")
+        .args(["-w", &preferred.to_string_lossy()])
+        .output_quiet()
+        .is_ok_and(|o| o.status.success());
+    if reachable {
+        return Ok(preferred);
+    }
+    let _ = fs::remove_dir(&preferred);
+    let abs = fs::canonicalize(dir).map_err(io(dir))?;
+    let tag: String = abs
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    Ok(PathBuf::from("/var/lib/atlas-stack").join(tag).join("pg"))
+}
+
+fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(())
+}

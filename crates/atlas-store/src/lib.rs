@@ -1,0 +1,202 @@
+//! PostgreSQL access for Atlas: connection pools for the primary and the replicas, and the
+//! tenant-scoped transaction — the only way tenant data is touched.
+//!
+//! Tenant isolation lives in the database (RLS policies on `app.current_tenant_id`); this crate
+//! makes setting that context impossible to forget: [`Store::with_tenant`] opens a
+//! transaction, sets the tenant *transaction-locally* (so a pooled connection never carries
+//! it into the next checkout), runs the caller's closure and commits.
+
+mod error;
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::future::BoxFuture;
+use tokio_postgres::{NoTls, Transaction};
+
+pub use error::StoreError;
+pub use tokio_postgres;
+
+/// A tenant's id. Constructed only from authenticated context, never from a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub i64);
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Sets the tenant for the current transaction only (`SET LOCAL` cannot take a bind parameter).
+const SET_TENANT: &str = "SELECT set_config('app.current_tenant_id', $1, true)";
+
+/// What one `stage_flush` call stored for one entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushedEntity {
+    /// The entity's tenant.
+    pub tenant: TenantId,
+    /// The entity.
+    pub entity_id: i64,
+    /// Values stored in the time series (replays and duplicates excluded).
+    pub stored: i32,
+    /// Whether its hot-attribute projection changed (its cache entry must go).
+    pub hot_changed: bool,
+}
+
+/// Pools for the primary and every replica.
+#[derive(Clone)]
+pub struct Store {
+    primary: Pool,
+    replicas: Vec<Pool>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("replicas", &self.replicas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a pool for one URL. Connections are made lazily, on first use.
+pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
+    let config =
+        tokio_postgres::Config::from_str(url).map_err(|source| StoreError::Url { source })?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // Fast recycling is safe: the tenant context is transaction-local, and a dropped
+            // transaction is rolled back by tokio-postgres before the connection is reused.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::PoolBuild(e.to_string()))
+}
+
+impl Store {
+    /// Pools for the primary and each replica URL.
+    pub fn connect(
+        primary_url: &str,
+        replica_urls: &[String],
+        size: usize,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            primary: pool(primary_url, size)?,
+            replicas: replica_urls
+                .iter()
+                .map(|u| pool(u, size))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The primary's pool (for work that is not tenant data: heartbeats, flushing).
+    pub fn primary(&self) -> &Pool {
+        &self.primary
+    }
+
+    /// The replicas' pools, in configuration order.
+    pub fn replicas(&self) -> &[Pool] {
+        &self.replicas
+    }
+
+    /// Runs `f` in a transaction on the primary with the tenant context set, and commits when
+    /// it returns `Ok`. On `Err` (or if the future is dropped) the transaction rolls back.
+    pub async fn with_tenant<T, E, F>(&self, tenant: TenantId, f: F) -> Result<T, E>
+    where
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, E>> + Send,
+        E: From<StoreError>,
+        T: Send,
+    {
+        in_tenant_tx(&self.primary, tenant, f).await
+    }
+
+    /// Moves up to `limit` staged rows into the time series (see `stage_flush` in the
+    /// migrations) and reports what each entity stored.
+    pub async fn flush_staged(&self, limit: i32) -> Result<Vec<FlushedEntity>, StoreError> {
+        let client = self.primary.get().await?;
+        let rows = client
+            .query(
+                "SELECT tenant_id, entity_id, stored, hot_changed FROM public.stage_flush($1)",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FlushedEntity {
+                tenant: TenantId(r.get(0)),
+                entity_id: r.get(1),
+                stored: r.get(2),
+                hot_changed: r.get(3),
+            })
+            .collect())
+    }
+}
+
+/// Staged rows waiting for `stage_flush` (bounded: see `staging_stats` in the migrations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagingBacklog {
+    /// Rows counted, at most the cap asked for.
+    pub rows: i64,
+    /// Oldest `staged_at` among them.
+    pub oldest_staged_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Store {
+    /// The staging backlog, counting at most `cap` rows.
+    pub async fn staging_backlog(&self, cap: i32) -> Result<StagingBacklog, StoreError> {
+        let client = self.primary.get().await?;
+        let row = client
+            .query_one(
+                "SELECT backlog, oldest_staged_at FROM public.staging_stats($1)",
+                &[&cap],
+            )
+            .await?;
+        Ok(StagingBacklog {
+            rows: row.get(0),
+            oldest_staged_at: row.get(1),
+        })
+    }
+
+    /// Calls `stage_flush` until staging is empty (or `max_rounds` calls were made), returning
+    /// what was stored. `on_batch` sees each batch's result.
+    pub async fn drain_staging(
+        &self,
+        batch: i32,
+        max_rounds: usize,
+        mut on_batch: impl FnMut(&[FlushedEntity]) + Send,
+    ) -> Result<Vec<FlushedEntity>, StoreError> {
+        let mut all = Vec::new();
+        for _ in 0..max_rounds {
+            let flushed = self.flush_staged(batch).await?;
+            on_batch(&flushed);
+            // An empty result can still mean rows were moved (all replays or dead letters).
+            if flushed.is_empty() && self.staging_backlog(1).await?.rows == 0 {
+                break;
+            }
+            all.extend(flushed);
+        }
+        Ok(all)
+    }
+}
+
+/// [`Store::with_tenant`] on any pool (e.g. a replica's, for reads).
+pub async fn in_tenant_tx<T, E, F>(pool: &Pool, tenant: TenantId, f: F) -> Result<T, E>
+where
+    F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, E>> + Send,
+    E: From<StoreError>,
+    T: Send,
+{
+    let mut client = pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    tx.execute(SET_TENANT, &[&tenant.0.to_string()])
+        .await
+        .map_err(StoreError::from)?;
+    let out = f(&tx).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(out)
+}
