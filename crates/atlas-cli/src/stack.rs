@@ -10,31 +10,56 @@ use clap::Subcommand;
 /// What to do with the local stack.
 #[derive(Debug, Subcommand)]
 pub enum StackAction {
+    /// Install the Debian packages the stack needs (apt as root; otherwise print the command).
+    Install,
     /// Install what is missing, start PostgreSQL primary + replica and Redis, print the URLs.
     Up {
         /// Print the URLs as `export ATLAS_…=…` lines only.
         #[arg(long)]
         env: bool,
+        /// Use the test suite's ports (the stack the tests share).
+        #[arg(long)]
+        test: bool,
     },
     /// Stop every service.
     Down {
         /// Also delete all data.
         #[arg(long)]
         purge: bool,
+        /// Use the test suite's ports.
+        #[arg(long)]
+        test: bool,
     },
     /// Show which services answer.
-    Status,
+    Status {
+        /// Use the test suite's ports.
+        #[arg(long)]
+        test: bool,
+    },
 }
 
 fn spec(config: &Config) -> StackSpec {
     StackSpec::local(config.stack_dir.clone())
 }
 
+fn spec_for(config: &Config, test: bool) -> StackSpec {
+    if test {
+        StackSpec::test(config.stack_dir.clone())
+    } else {
+        spec(config)
+    }
+}
+
 /// Runs a stack action.
 pub fn run(config: &Config, action: StackAction) -> Result<()> {
-    let spec = spec(config);
     match action {
-        StackAction::Up { env } => {
+        StackAction::Install => {
+            atlas_stack::ensure_packages()?;
+            println!("postgresql-15, postgresql-15-wal2json and redis-server are installed");
+            Ok(())
+        }
+        StackAction::Up { env, test } => {
+            let spec = spec_for(config, test);
             let stack = Stack::up(&spec)?;
             let urls = stack.urls();
             if !env {
@@ -52,12 +77,14 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
             println!("export ATLAS_REDIS_URL='{}'", urls.redis_url);
             Ok(())
         }
-        StackAction::Down { purge } => {
+        StackAction::Down { purge, test } => {
+            let spec = spec_for(config, test);
             Stack::down(&spec, purge)?;
             println!("Atlas local stack in {} is down", spec.dir.display());
             Ok(())
         }
-        StackAction::Status => {
+        StackAction::Status { test } => {
+            let spec = spec_for(config, test);
             let Some(stack) = Stack::open(&spec)? else {
                 bail!("no stack in {}: run `atlas stack up`", spec.dir.display());
             };

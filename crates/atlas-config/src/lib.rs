@@ -199,13 +199,13 @@ impl Config {
                 message: format!("must be between 1 and 1000, got {}", self.pool_size),
             });
         }
-        if let Some(token) = &self.admin_token {
-            if token.len() < 16 {
-                return Err(ConfigError::Invalid {
-                    field: "admin_token",
-                    message: "must be at least 16 characters".into(),
-                });
-            }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            return Err(ConfigError::Invalid {
+                field: "admin_token",
+                message: "must be at least 16 characters".into(),
+            });
         }
         Ok(())
     }

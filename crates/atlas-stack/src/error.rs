@@ -48,6 +48,16 @@ pub enum StackError {
         /// What is wrong.
         message: String,
     },
+    /// Another server (not this stack's) already listens on one of the stack's ports.
+    #[error(
+        "port {port} is already used by another server; stop it (or the other stack) before starting {what} here"
+    )]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// The service that needs it.
+        what: String,
+    },
     /// A service did not become ready in time.
     #[error("timed out waiting for {what}")]
     Timeout {

@@ -243,8 +243,13 @@ impl Stack {
 
     /// How to reach the services.
     pub fn urls(&self) -> StackUrls {
+        self.urls_for(DATABASE)
+    }
+
+    /// How to reach the services, for another database of the same cluster.
+    pub fn urls_for(&self, database: &str) -> StackUrls {
         let pg = |user: &str, password: &str, port: u16| {
-            format!("postgres://{user}:{password}@127.0.0.1:{port}/{DATABASE}")
+            format!("postgres://{user}:{password}@127.0.0.1:{port}/{database}")
         };
         StackUrls {
             admin_database_url: pg("postgres", &self.state.admin_password, self.spec.pg_port),
@@ -424,7 +429,13 @@ impl Stack {
 
     fn start_pg(&self, data: &Path, port: u16, name: &str) -> Result<(), StackError> {
         if self.pg_ready(port) {
-            return Ok(());
+            if data.join("postmaster.pid").exists() {
+                return Ok(());
+            }
+            return Err(StackError::PortInUse {
+                port,
+                what: format!("PostgreSQL {name}"),
+            });
         }
         let log = self.spec.dir.join("logs").join(format!("{name}.log"));
         if !log.exists() {
@@ -502,10 +513,17 @@ impl Stack {
     }
 
     fn up_redis(&self) -> Result<(), StackError> {
+        let dir = self.spec.dir.join("redis");
         if self.redis_ping() {
             return Ok(());
         }
-        let dir = self.spec.dir.join("redis");
+        if std::net::TcpStream::connect(("127.0.0.1", self.spec.redis_port)).is_ok() {
+            // Something answers there, but not with our password: not our Redis.
+            return Err(StackError::PortInUse {
+                port: self.spec.redis_port,
+                what: "Redis".into(),
+            });
+        }
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         // The seed's cache settings: bounded memory with LRU eviction, no persistence (the
         // cache is rebuilt from PostgreSQL).

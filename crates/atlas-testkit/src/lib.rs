@@ -1,1 +1,225 @@
-//! placeholder
+//! Test support: one private stack (PostgreSQL primary + streaming replica + Redis) per test
+//! run, and one database per test, cloned from a template migrated once per schema version.
+//!
+//! The stack lives in `$ATLAS_TEST_STACK_DIR` (default `target/atlas-test-stack`) on the test
+//! ports of [`StackSpec::test`]. Test processes share it; a file lock makes exactly one of them
+//! bring it up and build the template. `scripts/test` stops it at the end of the run.
+#![allow(
+    clippy::panic,
+    reason = "a failed setup fails the test that asked for it"
+)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use atlas_schema::{AppLogin, migrate, schema_fingerprint};
+pub use atlas_stack::{Stack, StackSpec, StackUrls};
+use atlas_store::Store;
+use tokio_postgres::{Client, NoTls};
+
+/// The shared stack and the name of the migrated template database.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The running stack.
+    pub stack: Stack,
+    /// Template database every test database is cloned from.
+    pub template: String,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a statement that PostgreSQL builds from bound identifiers with `format(%I)`.
+const CREATE_DB: &str =
+    "SELECT format('CREATE DATABASE %I TEMPLATE %I OWNER atlas_owner', $1::text, $2::text)";
+const CREATE_EMPTY_DB: &str = "SELECT format('CREATE DATABASE %I', $1::text)";
+const DROP_DB: &str = "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)";
+const RENAME_DB: &str = "SELECT format('ALTER DATABASE %I RENAME TO %I', $1::text, $2::text)";
+
+fn stack_dir() -> PathBuf {
+    std::env::var_os("ATLAS_TEST_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/atlas-test-stack"
+            ))
+        })
+}
+
+/// The shared cluster, brought up (and the template built) on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| init().unwrap_or_else(|e| panic!("test stack setup failed: {e}")))
+}
+
+fn init() -> Result<Cluster, String> {
+    let dir = stack_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let lock_path = dir.join(".setup.lock");
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    let stack = Stack::up(&StackSpec::test(&dir)).map_err(|e| e.to_string())?;
+    let template = format!("atlas_tpl_{}", schema_fingerprint());
+    let (s, t) = (stack.clone(), template.clone());
+    // Build on a thread with its own runtime: callers may be inside a tokio runtime already.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(build_template(&s, &t))
+    })
+    .join()
+    .map_err(|_| "template builder panicked".to_owned())??;
+    drop(lock);
+    Ok(Cluster { stack, template })
+}
+
+async fn build_template(stack: &Stack, template: &str) -> Result<(), String> {
+    let admin = connect(&stack.urls_for("postgres").admin_database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let building = format!("{template}_build");
+    generated(&admin, DROP_DB, &[&building]).await?;
+    generated(&admin, CREATE_EMPTY_DB, &[&building]).await?;
+    {
+        let mut db = connect(&stack.urls_for(&building).admin_database_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let login = AppLogin {
+            user: atlas_schema::APP_ROLE.to_owned(),
+            password: stack.app_password().to_owned(),
+        };
+        migrate(&mut db, Some(&login))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // The migrating connection must be gone before the database can be renamed or cloned.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    generated(&admin, RENAME_DB, &[&building, &template]).await
+}
+
+async fn generated(
+    client: &Client,
+    generator: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<(), String> {
+    let row = client
+        .query_one(generator, params)
+        .await
+        .map_err(|e| e.to_string())?;
+    let statement: String = row.get(0);
+    client
+        .batch_execute(&statement)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Connects one client; its connection task runs on the current runtime.
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A database of its own for one test, dropped when the value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// URLs for this database.
+    pub urls: StackUrls,
+}
+
+impl TestDb {
+    /// Clones the migrated template into a fresh database.
+    pub async fn new() -> Self {
+        let cluster = cluster();
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let admin = connect(&cluster.stack.urls_for("postgres").admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting as admin: {e}"));
+        generated(&admin, CREATE_DB, &[&name, &cluster.template])
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        let urls = cluster.stack.urls_for(&name);
+        Self { name, urls }
+    }
+
+    /// A superuser connection to this database.
+    pub async fn admin(&self) -> Client {
+        connect(&self.urls.admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("admin connection: {e}"))
+    }
+
+    /// An `atlas_app` connection to the primary.
+    pub async fn app(&self) -> Client {
+        connect(&self.urls.database_url)
+            .await
+            .unwrap_or_else(|e| panic!("app connection: {e}"))
+    }
+
+    /// An `atlas_app` connection to the replica, once the new database has been replayed there.
+    pub async fn replica(&self) -> Client {
+        let url = &self.urls.replica_urls[0];
+        let mut last = String::new();
+        for _ in 0..100 {
+            match connect(url).await {
+                Ok(c) => return c,
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("replica connection: {last}")
+    }
+
+    /// Pools for the app role (primary + replica) with `size` connections each.
+    pub fn store(&self, size: usize) -> Store {
+        Store::connect(&self.urls.database_url, &self.urls.replica_urls, size)
+            .unwrap_or_else(|e| panic!("store: {e}"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let url = cluster().stack.urls_for("postgres").admin_database_url;
+        // Drop needs async I/O; do it on a thread with its own runtime and wait for it.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    if let Ok(admin) = connect(&url).await {
+                        let _ = generated(&admin, DROP_DB, &[&name]).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}

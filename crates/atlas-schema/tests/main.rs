@@ -1,0 +1,10 @@
+//! Schema tests against the private PostgreSQL of the test stack: the catalog the migrations
+//! build, tenant isolation as the app role, the flush, the migrator and the replica.
+
+mod support;
+
+mod catalog;
+mod flush;
+mod isolation;
+mod migrator;
+mod replica;
