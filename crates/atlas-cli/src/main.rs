@@ -1,5 +1,6 @@
 //! `atlas`: the one binary — local stack, migrations, demo data and operations.
 
+mod admin;
 mod demo;
 mod stack;
 
@@ -32,6 +33,23 @@ enum Command {
     },
     /// Load a small demo fleet: tenants, attributes of every type, entities and an hour of values.
     Demo(demo::DemoArgs),
+    /// Serve the HTTP API.
+    Serve,
+    /// Tenants.
+    Tenant {
+        #[command(subcommand)]
+        cmd: admin::TenantCmd,
+    },
+    /// Tenant API keys.
+    Key {
+        #[command(subcommand)]
+        cmd: admin::KeyCmd,
+    },
+    /// The attribute catalogue.
+    Attribute {
+        #[command(subcommand)]
+        cmd: admin::AttributeCmd,
+    },
     /// Move staged rows into the time series until staging is empty.
     Flush {
         /// Rows per stage_flush call.
@@ -55,6 +73,10 @@ async fn main() -> Result<()> {
         Command::Stack { action } => stack::run(&config, action),
         Command::Migrate { status } => stack::migrate(&config, status).await,
         Command::Demo(args) => demo::run(&config, &args).await,
+        Command::Serve => admin::serve(&config).await,
+        Command::Tenant { cmd } => admin::tenant(&config, cmd).await,
+        Command::Key { cmd } => admin::key(&config, cmd).await,
+        Command::Attribute { cmd } => admin::attribute(&config, cmd).await,
         Command::Flush { batch } => {
             let store = stack::store(&config)?;
             let total = demo::flush_all(&store, batch, None).await?;

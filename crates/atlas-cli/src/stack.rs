@@ -126,6 +126,11 @@ fn with_stack_defaults(config: &Config) -> Result<Config> {
     Ok(config)
 }
 
+/// The config with unset settings filled from the local stack.
+pub fn resolved(config: &Config) -> Result<Config> {
+    with_stack_defaults(config)
+}
+
 /// The admin URL, or an error saying how to provide one.
 pub fn admin_url(config: &Config) -> Result<String> {
     with_stack_defaults(config)?

@@ -14,7 +14,7 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_FILE: &str = "atlas.toml";
 
 /// The settings of one Atlas process.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Superuser (role-creating) connection, used only by `atlas migrate` and the local stack.
@@ -33,6 +33,49 @@ pub struct Config {
     pub stack_dir: PathBuf,
     /// Connections per database pool.
     pub pool_size: usize,
+    /// Request limits of the HTTP API.
+    pub limits: Limits,
+}
+
+/// Request limits of the HTTP API (`[limits]` in `atlas.toml`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most values in one telemetry request.
+    pub max_values_per_request: usize,
+    /// Most entities registered by one request.
+    pub max_entities_per_request: usize,
+    /// Largest page a list or search may ask for.
+    pub max_page_size: i64,
+    /// Page size when none is asked for.
+    pub default_page_size: i64,
+    /// Longest time range of a series or aggregate query, in days.
+    pub max_time_range_days: i64,
+    /// Sustained requests per second per tenant (token bucket refill rate; 429 above).
+    pub rate_per_second: f64,
+    /// Burst size of the per-tenant token bucket.
+    pub rate_burst: f64,
+    /// How long a looked-up API key is trusted before it is read again, in milliseconds
+    /// (a revocation made on another server takes effect within this time).
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_values_per_request: 10_000,
+            max_entities_per_request: 1_000,
+            max_page_size: 1_000,
+            default_page_size: 100,
+            max_time_range_days: 31,
+            rate_per_second: 500.0,
+            rate_burst: 1_000.0,
+            key_cache_ttl_ms: 5_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -46,6 +89,7 @@ impl Default for Config {
             admin_token: None,
             stack_dir: PathBuf::from(".atlas"),
             pool_size: 16,
+            limits: Limits::default(),
         }
     }
 }
@@ -197,6 +241,35 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "pool_size",
                 message: format!("must be between 1 and 1000, got {}", self.pool_size),
+            });
+        }
+        let l = &self.limits;
+        let checks: [(&'static str, bool); 6] = [
+            ("limits.max_body_bytes", l.max_body_bytes >= 1024),
+            (
+                "limits.max_values_per_request",
+                l.max_values_per_request >= 1,
+            ),
+            (
+                "limits.max_entities_per_request",
+                l.max_entities_per_request >= 1,
+            ),
+            (
+                "limits.max_page_size",
+                l.max_page_size >= 1
+                    && l.default_page_size >= 1
+                    && l.default_page_size <= l.max_page_size,
+            ),
+            ("limits.max_time_range_days", l.max_time_range_days >= 1),
+            (
+                "limits.rate_per_second",
+                l.rate_per_second > 0.0 && l.rate_burst >= 1.0,
+            ),
+        ];
+        if let Some((field, _)) = checks.iter().find(|(_, ok)| !ok) {
+            return Err(ConfigError::Invalid {
+                field,
+                message: "out of range (see README: Limits)".into(),
             });
         }
         if let Some(token) = &self.admin_token

@@ -47,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_partitions.sql"),
     migration!(3, "0003_flush_and_projection.sql"),
     migration!(4, "0004_security.sql"),
+    migration!(5, "0005_api_keys.sql"),
 ];
 
 impl Migration {

@@ -19,6 +19,28 @@ pub enum StoreError {
     /// The database answered with an error; its SQLSTATE is in [`StoreError::sqlstate`].
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// An input value is not acceptable.
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        /// The field (as named in the API).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A unique value is taken.
+    #[error("conflict on `{field}`: {message}")]
+    Conflict {
+        /// The field.
+        field: String,
+        /// What conflicts.
+        message: String,
+    },
+    /// The thing does not exist (for this tenant).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Stored data violates an invariant of this code.
+    #[error("inconsistent stored data: {0}")]
+    Corrupt(String),
 }
 
 impl StoreError {
@@ -28,6 +50,18 @@ impl StoreError {
         match self {
             StoreError::Db(e) => e.code(),
             _ => None,
+        }
+    }
+
+    /// Maps a unique violation to [`StoreError::Conflict`] on `field`; other errors pass.
+    pub fn conflict_on_unique(e: tokio_postgres::Error, field: &str, message: &str) -> Self {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            StoreError::Conflict {
+                field: field.to_owned(),
+                message: message.to_owned(),
+            }
+        } else {
+            StoreError::Db(e)
         }
     }
 

@@ -6,14 +6,17 @@
 //! transaction, sets the tenant *transaction-locally* (so a pooled connection never carries
 //! it into the next checkout), runs the caller's closure and commits.
 
+pub mod admin;
+pub mod entities;
 mod error;
 
 use std::str::FromStr;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use futures_util::future::BoxFuture;
 use tokio_postgres::{NoTls, Transaction};
 
+pub use deadpool_postgres::Pool;
 pub use error::StoreError;
 pub use tokio_postgres;
 

@@ -1,0 +1,211 @@
+//! Request extractors whose failures are [`ApiError`]s naming the field at fault.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The JSON path of a deserialization error (for a missing field, the field itself).
+fn error_field(path: &serde_path_to_error::Path, message: &str) -> String {
+    let mut field = path.to_string();
+    if field == "." {
+        field.clear();
+    }
+    // serde reports a missing field at its parent (an unknown one at itself).
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(name) = rest.split('`').next()
+    {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(name);
+    }
+    if field.is_empty() {
+        "body".to_owned()
+    } else {
+        field
+    }
+}
+
+/// Deserializes JSON, naming the failing field.
+pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        let message = inner.to_string();
+        let field = error_field(e.path(), &message);
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadRequest {
+                code: "malformed_json",
+                message: format!("request body is not valid JSON: {message}"),
+                field: Some("body".into()),
+            }
+        } else {
+            ApiError::bad_field(field, message)
+        }
+    })?;
+    Ok(value)
+}
+
+/// A JSON request body. Checks the content type, the size limit (413), emptiness, syntax, and
+/// the shape of `T` — each failure names the field.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = crate::body_limit(&req);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::BadRequest {
+                    code: "unreadable_body",
+                    message: e.body_text(),
+                    field: Some("body".into()),
+                }
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest {
+                code: "empty_body",
+                message: "request body is empty; a JSON document is required".into(),
+                field: Some("body".into()),
+            });
+        }
+        from_json_slice(&bytes).map(JsonBody)
+    }
+}
+
+/// Query parameters, naming the failing parameter.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|e| {
+                let message = e.inner().to_string();
+                let field = error_field(e.path(), &message);
+                ApiError::bad_field(field, format!("invalid query parameter: {message}"))
+            })
+    }
+}
+
+/// A numeric id in the path (`/{id}`); anything else is a 400 naming it.
+#[derive(Debug, Clone, Copy)]
+pub struct PathId(pub i64);
+
+/// Two numeric ids in the path (`/{id}/…/{sub_id}`).
+#[derive(Debug, Clone, Copy)]
+pub struct PathIds(pub i64, pub i64);
+
+fn parse_id(name: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().map_err(|_| {
+        ApiError::bad_field(
+            name.to_owned(),
+            format!("`{raw}` is not a 64-bit integer id"),
+        )
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw): axum::extract::Path<String> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_field("id", e.body_text()))?;
+        parse_id("id", &raw).map(PathId)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path((a, b)): axum::extract::Path<(String, String)> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_field("id", e.body_text()))?;
+        Ok(PathIds(parse_id("id", &a)?, parse_id("key_id", &b)?))
+    }
+}
+
+/// A JSON field that distinguishes "absent" (`None`) from `null` (`Some(None)`).
+pub fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    serde::Deserialize::deserialize(de).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        name: String,
+        n: i64,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Doc {
+        items: Vec<Item>,
+    }
+
+    fn field_of(json: &str) -> Option<String> {
+        match from_json_slice::<Doc>(json.as_bytes()) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("expected 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            field_of(r#"{"items": [{"name": "a", "n": 1}, {"name": "b", "n": "x"}]}"#).as_deref(),
+            Some("items[1].n")
+        );
+        assert_eq!(
+            field_of(r#"{"items": [{"name": "a"}]}"#).as_deref(),
+            Some("items[0].n")
+        );
+        assert_eq!(
+            field_of(r#"{"items": [{"name": "a", "n": 1, "zz": 0}]}"#).as_deref(),
+            Some("items[0].zz")
+        );
+        assert_eq!(field_of(r#"{}"#).as_deref(), Some("items"));
+        assert_eq!(field_of(r#"{"items": [}"#).as_deref(), Some("body"));
+        assert_eq!(field_of(r#"[]"#).as_deref(), Some("body"));
+    }
+}

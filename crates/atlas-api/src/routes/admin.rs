@@ -1,0 +1,354 @@
+//! The admin API (admin token): tenants, their API keys, and the attribute catalogue.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use atlas_store::TenantId;
+use atlas_store::admin::{
+    ApiKeyInfo, Attribute, AttributeSpec, AttributeUpdate, DataType, IssuedKey, Tenant,
+};
+
+use crate::AppState;
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathId, PathIds, QueryParams, double_option};
+
+/// A new tenant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Unique slug: a letter or digit, then letters, digits, `_ . -` (≤ 255).
+    pub tenant_name: String,
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantPage {
+    /// The tenants.
+    pub items: Vec<Tenant>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Paging parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size (1 to the configured maximum; default from the limits).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Checks `limit` and decodes `cursor` (the last id of the previous page).
+pub fn page(state: &AppState, params: &PageParams) -> Result<(i64, i64), ApiError> {
+    let limits = &state.inner.limits;
+    let limit = params.limit.unwrap_or(limits.default_page_size);
+    if limit < 1 || limit > limits.max_page_size {
+        return Err(ApiError::bad_field(
+            "limit",
+            format!("must be between 1 and {}", limits.max_page_size),
+        ));
+    }
+    let after =
+        match &params.cursor {
+            None => 0,
+            Some(c) => c.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                ApiError::bad_field("cursor", "not a cursor returned by this API")
+            })?,
+        };
+    Ok((after, limit))
+}
+
+/// The next cursor when the page is full.
+pub fn next_cursor(len: usize, limit: i64, last: Option<i64>) -> Option<String> {
+    (i64::try_from(len).unwrap_or(i64::MAX) >= limit)
+        .then_some(last)
+        .flatten()
+        .map(|id| id.to_string())
+}
+
+/// A new API key.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    /// A label for operators (optional; letters, digits, `_ . -`, ≤ 255).
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A new attribute.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAttribute {
+    /// Unique name: a letter or `_`, then letters, digits, `_`, `.`, `-` (≤ 255).
+    pub attribute_name: String,
+    /// The type of its values (fixed once defined).
+    pub data_type: DataType,
+    /// Project its newest value into the entity's searchable document.
+    #[serde(default)]
+    pub is_hot: bool,
+    /// Mark for indexing.
+    #[serde(default)]
+    pub is_indexed: bool,
+    /// Regex string values must match (string attributes only; linear-time syntax).
+    #[serde(default)]
+    pub validation_regex: Option<String>,
+}
+
+/// Changes to an attribute (name and data_type are fixed).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeChanges {
+    /// New is_hot.
+    #[serde(default)]
+    pub is_hot: Option<bool>,
+    /// New is_indexed.
+    #[serde(default)]
+    pub is_indexed: Option<bool>,
+    /// New regex; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub validation_regex: Option<Option<String>>,
+}
+
+/// The attribute catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttributeList {
+    /// Every attribute, by id.
+    pub items: Vec<Attribute>,
+}
+
+/// A tenant's keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// Keys, without secrets.
+    pub items: Vec<ApiKeyInfo>,
+}
+
+fn positive(id: i64, what: &str) -> Result<i64, ApiError> {
+    if id < 1 {
+        return Err(ApiError::NotFound(what.to_owned()));
+    }
+    Ok(id)
+}
+
+/// Creates a tenant.
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("admin_token" = [])),
+    request_body = NewTenant,
+    responses((status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    let tenant = state.inner.store.create_tenant(&body.tenant_name).await?;
+    tracing::info!(tenant_id = tenant.tenant_id, "tenant created");
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+/// Lists tenants by id.
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("admin_token" = [])), params(PageParams),
+    responses((status = 200, body = TenantPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn list_tenants(
+    _: Admin,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<PageParams>,
+) -> Result<Json<TenantPage>, ApiError> {
+    let (after, limit) = page(&state, &params)?;
+    let items = state.inner.store.list_tenants(after, limit).await?;
+    let next_cursor = next_cursor(items.len(), limit, items.last().map(|t| t.tenant_id));
+    Ok(Json(TenantPage { items, next_cursor }))
+}
+
+/// One tenant.
+#[utoipa::path(get, path = "/v1/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Tenant id")),
+    responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn get_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Tenant>, ApiError> {
+    let id = positive(id, "tenant")?;
+    state
+        .inner
+        .store
+        .get_tenant(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("tenant".into()))
+}
+
+async fn set_active(state: &AppState, id: i64, active: bool) -> Result<Json<Tenant>, ApiError> {
+    let id = positive(id, "tenant")?;
+    let tenant = state
+        .inner
+        .store
+        .set_tenant_active(id, active)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tenant".into()))?;
+    state.inner.keys.forget_tenant(TenantId(id));
+    tracing::info!(tenant_id = id, active, "tenant activation changed");
+    Ok(Json(tenant))
+}
+
+/// Deactivates a tenant: its keys get 403 from then on (other servers within the key-cache TTL).
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/deactivate", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Tenant id")),
+    responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn deactivate_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Tenant>, ApiError> {
+    set_active(&state, id, false).await
+}
+
+/// Reactivates a tenant.
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/activate", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Tenant id")),
+    responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn activate_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Tenant>, ApiError> {
+    set_active(&state, id, true).await
+}
+
+/// Issues an API key for a tenant. The `secret` is shown only in this response.
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Tenant id")), request_body = NewKey,
+    responses((status = 201, body = IssuedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn issue_key(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<NewKey>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    let id = positive(id, "tenant")?;
+    let key = state.inner.store.issue_api_key(id, &body.name).await?;
+    tracing::info!(tenant_id = id, key_id = key.key_id, prefix = %key.prefix, "api key issued");
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+/// A tenant's keys (no secrets).
+#[utoipa::path(get, path = "/v1/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Tenant id")),
+    responses((status = 200, body = KeyList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_keys(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<KeyList>, ApiError> {
+    let id = positive(id, "tenant")?;
+    if state.inner.store.get_tenant(id).await?.is_none() {
+        return Err(ApiError::NotFound("tenant".into()));
+    }
+    Ok(Json(KeyList {
+        items: state.inner.store.list_api_keys(id).await?,
+    }))
+}
+
+/// Revokes a key (idempotent): it gets 401 from then on (other servers within the key-cache TTL).
+#[utoipa::path(delete, path = "/v1/admin/tenants/{id}/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Tenant id"), ("key_id" = i64, Path, description = "Key id")),
+    responses((status = 200, body = ApiKeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn revoke_key(
+    _: Admin,
+    State(state): State<AppState>,
+    PathIds(id, key_id): PathIds,
+) -> Result<Json<ApiKeyInfo>, ApiError> {
+    let key = state
+        .inner
+        .store
+        .revoke_api_key(id, key_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("api key".into()))?;
+    state.inner.keys.forget_tenant(TenantId(id));
+    tracing::info!(tenant_id = id, key_id, "api key revoked");
+    Ok(Json(key))
+}
+
+/// Defines an attribute.
+#[utoipa::path(post, path = "/v1/admin/attributes", tag = "admin", security(("admin_token" = [])),
+    request_body = NewAttribute,
+    responses((status = 201, body = Attribute), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn define_attribute(
+    _: Admin,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewAttribute>,
+) -> Result<(StatusCode, Json<Attribute>), ApiError> {
+    let attribute = state
+        .inner
+        .store
+        .define_attribute(&AttributeSpec {
+            attribute_name: body.attribute_name,
+            data_type: body.data_type,
+            is_hot: body.is_hot,
+            is_indexed: body.is_indexed,
+            validation_regex: body.validation_regex,
+        })
+        .await?;
+    tracing::info!(attribute_id = attribute.attribute_id, name = %attribute.attribute_name, "attribute defined");
+    Ok((StatusCode::CREATED, Json(attribute)))
+}
+
+/// Changes an attribute's flags or regex.
+#[utoipa::path(patch, path = "/v1/admin/attributes/{id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "Attribute id")), request_body = AttributeChanges,
+    responses((status = 200, body = Attribute), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn update_attribute(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<AttributeChanges>,
+) -> Result<Json<Attribute>, ApiError> {
+    let id = positive(id, "attribute")?;
+    state
+        .inner
+        .store
+        .update_attribute(
+            id,
+            &AttributeUpdate {
+                is_hot: body.is_hot,
+                is_indexed: body.is_indexed,
+                validation_regex: body.validation_regex,
+            },
+        )
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("attribute".into()))
+}
+
+/// The attribute catalogue.
+#[utoipa::path(get, path = "/v1/admin/attributes", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = AttributeList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_attributes(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<AttributeList>, ApiError> {
+    Ok(Json(AttributeList {
+        items: state.inner.store.list_attributes().await?,
+    }))
+}

@@ -1,0 +1,5 @@
+//! Route handlers, grouped by who may call them.
+
+pub mod admin;
+pub mod health;
+pub mod tenant;

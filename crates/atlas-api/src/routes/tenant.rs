@@ -1,0 +1,310 @@
+//! Tenant routes (tenant API key). The tenant comes only from the key; every database access
+//! runs in the tenant-scoped transaction, so another tenant's ids are simply not found.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use atlas_store::entities::{self, Entity, NewEntity};
+use atlas_store::{StoreError, TenantId};
+
+use crate::AppState;
+use crate::auth::Tenant;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathId, QueryParams, from_json_slice};
+use crate::routes::admin::{AttributeList, PageParams, next_cursor, page};
+
+/// The calling tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// Its id.
+    pub tenant_id: i64,
+    /// Its name.
+    pub tenant_name: String,
+}
+
+/// An entity to register.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntityInput {
+    /// Its type, e.g. `sensor` (1–100 characters).
+    pub entity_type: String,
+    /// Free-form properties (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub cold_attrs: Option<serde_json::Value>,
+}
+
+/// One entity, or an array of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documents the body; `register_entities` parses it to name fields precisely
+pub enum RegisterBody {
+    /// One entity.
+    One(EntityInput),
+    /// Several.
+    Many(Vec<EntityInput>),
+}
+
+/// Entities.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntityPage {
+    /// The entities, by id.
+    pub items: Vec<Entity>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Changes to an entity.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntityChanges {
+    /// New type.
+    #[serde(default)]
+    pub entity_type: Option<String>,
+    /// New properties (replace the old ones).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub cold_attrs: Option<serde_json::Value>,
+    /// The version the change is based on: a concurrent change since then is a 409.
+    #[serde(default)]
+    pub version: Option<i32>,
+}
+
+/// Listing filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EntityListParams {
+    /// Only entities of this type.
+    pub entity_type: Option<String>,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Who am I.
+#[utoipa::path(get, path = "/v1/me", tag = "tenant", security(("tenant_key" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn me(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+) -> Result<Json<Me>, ApiError> {
+    let t = state
+        .inner
+        .store
+        .get_tenant(tenant.0)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tenant".into()))?;
+    Ok(Json(Me {
+        tenant_id: t.tenant_id,
+        tenant_name: t.tenant_name,
+    }))
+}
+
+/// The attribute catalogue (global, read-only for tenants).
+#[utoipa::path(get, path = "/v1/attributes", tag = "tenant", security(("tenant_key" = [])),
+    responses((status = 200, body = AttributeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn attributes(
+    Tenant(_): Tenant,
+    State(state): State<AppState>,
+) -> Result<Json<AttributeList>, ApiError> {
+    Ok(Json(AttributeList {
+        items: state.inner.store.list_attributes().await?,
+    }))
+}
+
+/// Registers one entity (an object) or several (an array); ids are assigned by the server.
+#[utoipa::path(post, path = "/v1/entities", tag = "tenant", security(("tenant_key" = [])),
+    request_body(content = RegisterBody, description = "An entity or an array of entities"),
+    responses((status = 201, body = EntityPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn register_entities(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<(StatusCode, Json<EntityPage>), ApiError> {
+    let inputs: Vec<EntityInput> = match &body {
+        serde_json::Value::Array(_) => {
+            from_json_slice::<Vec<EntityInput>>(body.to_string().as_bytes())?
+        }
+        serde_json::Value::Object(_) => {
+            vec![from_json_slice::<EntityInput>(body.to_string().as_bytes())?]
+        }
+        _ => {
+            return Err(ApiError::bad_field(
+                "body",
+                "expected an entity object or an array of them",
+            ));
+        }
+    };
+    let max = state.inner.limits.max_entities_per_request;
+    if inputs.is_empty() || inputs.len() > max {
+        return Err(ApiError::invalid_value(
+            "body",
+            format!("register between 1 and {max} entities per request"),
+        ));
+    }
+    let new: Vec<NewEntity> = inputs
+        .into_iter()
+        .map(|i| NewEntity {
+            entity_type: i.entity_type,
+            cold_attrs: i.cold_attrs.unwrap_or_else(|| serde_json::json!({})),
+        })
+        .collect();
+    let items = state
+        .inner
+        .store
+        .with_tenant(tenant, move |tx| {
+            async move { entities::register(tx, tenant, &new).await }.boxed()
+        })
+        .await
+        .map_err(|e| prefix_single_entity_field(e, body.is_object()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EntityPage {
+            items,
+            next_cursor: None,
+        }),
+    ))
+}
+
+/// A single-object registration reports `entity_type`, not `entities[0].entity_type`.
+fn prefix_single_entity_field(e: StoreError, single: bool) -> ApiError {
+    match e {
+        StoreError::Invalid { field, message } if single => ApiError::invalid_value(
+            field
+                .strip_prefix("entities[0].")
+                .unwrap_or(&field)
+                .to_owned(),
+            message,
+        ),
+        StoreError::Invalid { field, message } => ApiError::invalid_value(
+            field
+                .strip_prefix("entities")
+                .map(|f| format!("body{f}"))
+                .unwrap_or(field),
+            message,
+        ),
+        other => other.into(),
+    }
+}
+
+/// Lists entities by id, optionally of one type.
+#[utoipa::path(get, path = "/v1/entities", tag = "tenant", security(("tenant_key" = [])), params(EntityListParams),
+    responses((status = 200, body = EntityPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_entities(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<EntityListParams>,
+) -> Result<Json<EntityPage>, ApiError> {
+    let (after, limit) = page(
+        &state,
+        &PageParams {
+            limit: params.limit,
+            cursor: params.cursor.clone(),
+        },
+    )?;
+    if let Some(t) = &params.entity_type {
+        entities::validate_entity_type(t, "entity_type").map_err(ApiError::from)?;
+    }
+    let entity_type = params.entity_type;
+    let items = state
+        .inner
+        .store
+        .with_tenant(tenant, move |tx| {
+            async move { entities::list(tx, tenant, entity_type.as_deref(), after, limit).await }
+                .boxed()
+        })
+        .await?;
+    let next_cursor = next_cursor(items.len(), limit, items.last().map(|e| e.entity_id));
+    Ok(Json(EntityPage { items, next_cursor }))
+}
+
+async fn in_tenant<T: Send + 'static>(
+    state: &AppState,
+    tenant: TenantId,
+    f: impl for<'t> FnOnce(
+        &'t atlas_store::tokio_postgres::Transaction<'t>,
+    ) -> futures_util::future::BoxFuture<'t, Result<T, StoreError>>
+    + Send,
+) -> Result<T, ApiError> {
+    Ok(state.inner.store.with_tenant(tenant, f).await?)
+}
+
+/// One entity.
+#[utoipa::path(get, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
+    params(("id" = i64, Path, description = "Entity id")),
+    responses((status = 200, body = Entity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn get_entity(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Entity>, ApiError> {
+    in_tenant(&state, tenant, move |tx| {
+        async move { entities::get(tx, tenant, id).await }.boxed()
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::NotFound("entity".into()))
+}
+
+/// Changes an entity's type or properties (`version` + 1).
+#[utoipa::path(patch, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
+    params(("id" = i64, Path, description = "Entity id")), request_body = EntityChanges,
+    responses((status = 200, body = Entity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn update_entity(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<EntityChanges>,
+) -> Result<Json<Entity>, ApiError> {
+    in_tenant(&state, tenant, move |tx| {
+        async move {
+            entities::update(
+                tx,
+                tenant,
+                id,
+                body.entity_type.as_deref(),
+                body.cold_attrs.as_ref(),
+                body.version,
+            )
+            .await
+        }
+        .boxed()
+    })
+    .await
+    .map(Json)
+}
+
+/// Soft-deletes an entity: it disappears from every read and takes no new values.
+#[utoipa::path(delete, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
+    params(("id" = i64, Path, description = "Entity id")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn delete_entity(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    in_tenant(&state, tenant, move |tx| {
+        async move { entities::delete(tx, tenant, id).await }.boxed()
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,313 @@
+//! The HTTP contract: one error shape naming the field, limits, 503 when the database is
+//! gone, and an OpenAPI document that covers every route.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use atlas_config::Limits;
+
+use crate::support::{Server, assert_error, call, split};
+
+#[tokio::test]
+async fn bad_bodies_get_the_uniform_error_naming_the_field() {
+    let limits = Limits {
+        max_body_bytes: 4096,
+        ..Limits::default()
+    };
+    let server = Server::start_with(limits).await;
+    let (_, key) = server.tenant("acme").await;
+    let post = |body: reqwest::Body, ct: Option<&str>| {
+        let mut r = server
+            .as_tenant(&key, Method::POST, "/v1/entities")
+            .body(body);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r
+    };
+    let json_ct = Some("application/json");
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (post("{\"entity_type\": ".into(), json_ct), 400, "body"),
+        (post("".into(), json_ct), 400, "body"),
+        (post("   ".into(), json_ct), 400, "body"),
+        (post("\"just a string\"".into(), json_ct), 400, "body"),
+        (
+            post("{\"entity_type\": 5}".into(), json_ct),
+            400,
+            "entity_type",
+        ),
+        (post("{}".into(), json_ct), 400, "entity_type"),
+        (
+            post(
+                "{\"entity_type\": \"s\", \"cold_attrs\": [1]}".into(),
+                json_ct,
+            ),
+            422,
+            "cold_attrs",
+        ),
+        (
+            post(
+                "[{\"entity_type\": \"s\"}, {\"entity_type\": true}]".into(),
+                json_ct,
+            ),
+            400,
+            "[1].entity_type",
+        ),
+        (
+            post(
+                "[{\"entity_type\": \"s\"}, {\"entity_type\": \"bad type!\"}]".into(),
+                json_ct,
+            ),
+            422,
+            "body[1].entity_type",
+        ),
+        (post("[]".into(), json_ct), 422, "body"),
+        (
+            post("{\"entity_type\": \"s\"}".into(), Some("text/plain")),
+            415,
+            "body",
+        ),
+        (post("{\"entity_type\": \"s\"}".into(), None), 415, "body"),
+        (
+            post(
+                format!("{{\"entity_type\": \"{}\"}}", "x".repeat(5000)).into(),
+                json_ct,
+            ),
+            413,
+            "body",
+        ),
+    ];
+    for (req, status, field) in cases {
+        let (s, body) = call(req).await;
+        assert_eq!(
+            assert_error(s, &body, status).as_deref(),
+            Some(field),
+            "{body}"
+        );
+    }
+    let (s, body) = call(
+        server
+            .admin(Method::POST, "/v1/admin/attributes")
+            .json(&json!({"attribute_name": "x", "data_type": "float"})),
+    )
+    .await;
+    assert_eq!(assert_error(s, &body, 400).as_deref(), Some("data_type"));
+    let (s, body) = call(server.admin(Method::POST, "/v1/admin/attributes").json(
+        &json!({"attribute_name": "x", "data_type": "string", "validation_regex": "(unclosed"}),
+    ))
+    .await;
+    assert_eq!(
+        assert_error(s, &body, 422).as_deref(),
+        Some("validation_regex")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_parameters_routes_and_methods_get_the_uniform_error() {
+    let server = Server::start().await;
+    let (_, key) = server.tenant("acme").await;
+    let cases: Vec<(Method, &str, u16, Option<&str>)> = vec![
+        (Method::GET, "/v1/entities/abc", 400, Some("id")),
+        (
+            Method::GET,
+            "/v1/entities/99999999999999999999",
+            400,
+            Some("id"),
+        ),
+        (Method::GET, "/v1/entities/0", 404, None),
+        (Method::GET, "/v1/entities/-5", 404, None),
+        (Method::GET, "/v1/entities?limit=0", 400, Some("limit")),
+        (Method::GET, "/v1/entities?limit=1001", 400, Some("limit")),
+        (Method::GET, "/v1/entities?limit=ten", 400, Some("limit")),
+        (Method::GET, "/v1/entities?cursor=-1", 400, Some("cursor")),
+        (Method::GET, "/v1/entities?cursor=abc", 400, Some("cursor")),
+        (Method::GET, "/v1/entities?colour=red", 400, Some("colour")),
+        (Method::GET, "/v1/nothing-here", 404, None),
+        (Method::PUT, "/v1/entities", 405, None),
+    ];
+    for (method, path, status, field) in cases {
+        let (s, body) = call(server.as_tenant(&key, method.clone(), path)).await;
+        assert_eq!(
+            assert_error(s, &body, status).as_deref(),
+            field,
+            "{method} {path}: {body}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
+    let limits = Limits {
+        rate_per_second: 1.0,
+        rate_burst: 5.0,
+        ..Limits::default()
+    };
+    let server = Server::start_with(limits).await;
+    let (_, noisy) = server.tenant("noisy").await;
+    let (_, quiet) = server.tenant("quiet").await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let resp = server
+            .as_tenant(&noisy, Method::GET, "/v1/me")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if resp.status() == 429 {
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            limited = Some((retry, split(resp).await.1));
+            break;
+        }
+    }
+    let (retry, body) = limited.unwrap_or_else(|| panic!("never rate limited"));
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let (s, _) = call(server.as_tenant(&quiet, Method::GET, "/v1/me")).await;
+    assert_eq!(s, 200, "one tenant's budget does not limit another");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_503_with_retry_after_and_readyz_says_so() {
+    let db = atlas_testkit::TestDb::new().await;
+    // A pool pointing at a port where nothing listens.
+    let dead = atlas_store::Store::connect("postgres://atlas_app:x@127.0.0.1:1/nowhere", &[], 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::over(db, dead, Limits::default()).await;
+    let key = format!("atlas_AAAAAAAAAAAA_{}", "ab".repeat(32));
+    let resp = server
+        .as_tenant(&key, Method::GET, "/v1/me")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+    let (s, body) = split(resp).await;
+    assert_error(s, &body, 503);
+    let (s, body) = call(
+        server
+            .admin(Method::POST, "/v1/admin/tenants")
+            .json(&json!({"tenant_name": "x"})),
+    )
+    .await;
+    assert_error(s, &body, 503);
+    let (s, ready) = call(server.req(Method::GET, "/readyz")).await;
+    assert_eq!((s, ready["primary"].as_str()), (503, Some("down")));
+    let (s, health) = call(server.req(Method::GET, "/healthz")).await;
+    assert_eq!((s, health["status"].as_str()), (200, Some("ok")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_reports_primary_migrations_replica_and_redis() {
+    let server = Server::start().await;
+    // The test's database reaches the replica by WAL replay, a moment after it was created.
+    let mut ready = json!(null);
+    let mut s = 0;
+    for _ in 0..100 {
+        (s, ready) = call(server.req(Method::GET, "/readyz")).await;
+        if ready["replicas"] == json!(["up"]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(s, 200, "{ready}");
+    assert_eq!(ready["primary"], "up");
+    assert_eq!(ready["migrations"], "current");
+    assert_eq!(ready["replicas"], json!(["up"]));
+    assert_eq!(ready["redis"], "up");
+    // An applied migration that no longer matches the binary makes the server not ready.
+    server
+        .db
+        .admin()
+        .await
+        .execute(
+            "UPDATE atlas_schema_migrations SET checksum = 'x' WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (s, ready) = call(server.req(Method::GET, "/readyz")).await;
+    assert_eq!((s, ready["migrations"].as_str()), (503, Some("changed")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_error() {
+    let server = Server::start().await;
+    let (s, doc) = call(server.req(Method::GET, "/openapi.json")).await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let expected = [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/v1/admin/tenants", "post"),
+        ("/v1/admin/tenants", "get"),
+        ("/v1/admin/tenants/{id}", "get"),
+        ("/v1/admin/tenants/{id}/deactivate", "post"),
+        ("/v1/admin/tenants/{id}/activate", "post"),
+        ("/v1/admin/tenants/{id}/keys", "post"),
+        ("/v1/admin/tenants/{id}/keys", "get"),
+        ("/v1/admin/tenants/{id}/keys/{key_id}", "delete"),
+        ("/v1/admin/attributes", "post"),
+        ("/v1/admin/attributes", "get"),
+        ("/v1/admin/attributes/{id}", "patch"),
+        ("/v1/me", "get"),
+        ("/v1/attributes", "get"),
+        ("/v1/entities", "post"),
+        ("/v1/entities", "get"),
+        ("/v1/entities/{id}", "get"),
+        ("/v1/entities/{id}", "patch"),
+        ("/v1/entities/{id}", "delete"),
+    ];
+    let paths = doc["paths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no paths"));
+    let documented: usize = paths
+        .values()
+        .map(|p| p.as_object().map_or(0, |o| o.len()))
+        .sum();
+    assert_eq!(
+        documented,
+        expected.len(),
+        "undocumented or unexpected operations: {:?}",
+        paths.keys()
+    );
+    for (path, method) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing");
+        if path.starts_with("/v1/") {
+            let responses = op["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{path}"));
+            for status in ["401", "503"] {
+                let schema = &responses[status]["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(
+                    schema,
+                    &Value::from("#/components/schemas/ErrorBody"),
+                    "{method} {path} {status}"
+                );
+            }
+            assert!(
+                op["security"].is_array(),
+                "{method} {path} has no security requirement"
+            );
+        }
+    }
+    for scheme in ["admin_token", "tenant_key"] {
+        assert_eq!(
+            doc["components"]["securitySchemes"][scheme]["scheme"],
+            "bearer"
+        );
+    }
+    server.stop().await;
+}

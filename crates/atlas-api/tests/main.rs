@@ -1,0 +1,10 @@
+//! HTTP API tests against a real server, database and Redis: authentication on every
+//! endpoint, the cross-tenant attack suite, the error contract, limits and the OpenAPI document.
+
+mod support;
+
+mod admin;
+mod attack;
+mod auth;
+mod contract;
+mod entities;

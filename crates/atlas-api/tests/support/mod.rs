@@ -1,0 +1,153 @@
+//! A real server per test: its own database, an ephemeral port, an HTTP client.
+
+use atlas_api::AppState;
+use atlas_config::Limits;
+use atlas_testkit::TestDb;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub struct Server {
+    pub base: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    // Last: dropped after the server stopped.
+    pub db: TestDb,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(Limits::default()).await
+    }
+
+    pub async fn start_with(limits: Limits) -> Self {
+        let db = TestDb::new().await;
+        let store = db.store(8);
+        Self::over(db, store, limits).await
+    }
+
+    /// A server over any store (e.g. one whose database is unreachable).
+    pub async fn over(db: TestDb, store: atlas_store::Store, limits: Limits) -> Self {
+        let state = AppState::new(store, Some(ADMIN), Some(&db.urls.redis_url), limits)
+            .unwrap_or_else(|e| panic!("state: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            let _ = atlas_api::serve(listener, s, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+            db,
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req(method, path).bearer_auth(ADMIN)
+    }
+
+    pub fn as_tenant(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
+        self.req(method, path).bearer_auth(key)
+    }
+
+    /// A tenant and one key for it, through the admin API.
+    pub async fn tenant(&self, name: &str) -> (i64, String) {
+        let (status, body) = call(
+            self.admin(Method::POST, "/v1/admin/tenants")
+                .json(&serde_json::json!({"tenant_name": name})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["tenant_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{body}"));
+        let (status, key) = call(
+            self.admin(Method::POST, &format!("/v1/admin/tenants/{id}/keys"))
+                .json(&serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        (
+            id,
+            key["secret"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key}"))
+                .to_owned(),
+        )
+    }
+
+    /// Registers `n` sensors for a tenant; returns their ids.
+    pub async fn entities(&self, key: &str, n: usize) -> Vec<i64> {
+        let body: Vec<Value> = (0..n)
+            .map(|i| serde_json::json!({"entity_type": "sensor", "cold_attrs": {"serial": i}}))
+            .collect();
+        let (status, page) = call(
+            self.as_tenant(key, Method::POST, "/v1/entities")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, 201, "{page}");
+        page["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|e| e["entity_id"].as_i64().unwrap_or_default())
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Sends a request; returns the status and the JSON body (Null when empty).
+pub async fn call(req: RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.unwrap_or_else(|e| panic!("request: {e}"));
+    split(resp).await
+}
+
+pub async fn split(resp: Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"))
+    };
+    (status, body)
+}
+
+/// Asserts the uniform error shape with a status, and returns its `field`.
+#[track_caller]
+pub fn assert_error(status: u16, body: &Value, expected: u16) -> Option<String> {
+    assert_eq!(status, expected, "{body}");
+    let err = &body["error"];
+    assert!(
+        err["code"].is_string() && err["message"].is_string(),
+        "not the uniform error shape: {body}"
+    );
+    err["field"].as_str().map(str::to_owned)
+}

@@ -1,0 +1,256 @@
+//! `atlas serve` and the admin verbs (`tenant`, `key`, `attribute`): the same operations as the
+//! admin API, run directly against the database as the app role.
+
+use anyhow::{Context, Result};
+use atlas_config::Config;
+use atlas_store::admin::{AttributeSpec, AttributeUpdate, DataType};
+use clap::Subcommand;
+
+/// `atlas tenant …`
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        /// Unique name.
+        name: String,
+    },
+    /// List tenants.
+    List,
+    /// Deactivate a tenant (its keys get 403).
+    Deactivate {
+        /// Tenant id.
+        id: i64,
+    },
+    /// Reactivate a tenant.
+    Activate {
+        /// Tenant id.
+        id: i64,
+    },
+}
+
+/// `atlas key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Issue an API key for a tenant; the key is printed once.
+    Create {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: i64,
+        /// Label.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List a tenant's keys.
+    List {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: i64,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: i64,
+        /// Key id.
+        key_id: i64,
+    },
+}
+
+/// `atlas attribute …`
+#[derive(Debug, Subcommand)]
+pub enum AttributeCmd {
+    /// Define an attribute.
+    Define {
+        /// Unique name.
+        name: String,
+        /// string, integer, decimal, boolean, date, timestamp or json.
+        #[arg(long = "type")]
+        data_type: String,
+        /// Project into the searchable document.
+        #[arg(long)]
+        hot: bool,
+        /// Mark for indexing.
+        #[arg(long)]
+        indexed: bool,
+        /// Regex for string values.
+        #[arg(long)]
+        regex: Option<String>,
+    },
+    /// List the catalogue.
+    List,
+    /// Change an attribute.
+    Update {
+        /// Attribute id.
+        id: i64,
+        /// New is_hot.
+        #[arg(long)]
+        hot: Option<bool>,
+        /// New is_indexed.
+        #[arg(long)]
+        indexed: Option<bool>,
+        /// New regex (empty string removes it).
+        #[arg(long)]
+        regex: Option<String>,
+    },
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs a tenant verb.
+pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
+    let store = crate::stack::store(config)?;
+    match cmd {
+        TenantCmd::Create { name } => print_json(&store.create_tenant(&name).await?),
+        TenantCmd::List => {
+            let mut after = 0;
+            loop {
+                let page = store.list_tenants(after, 1000).await?;
+                for t in &page {
+                    let state = if t.is_active { "active" } else { "DEACTIVATED" };
+                    println!("{:>8}  {:<40} {state}", t.tenant_id, t.tenant_name);
+                }
+                match page.last() {
+                    Some(t) if page.len() == 1000 => after = t.tenant_id,
+                    _ => return Ok(()),
+                }
+            }
+        }
+        TenantCmd::Deactivate { id } => print_json(
+            &store
+                .set_tenant_active(id, false)
+                .await?
+                .context("no such tenant")?,
+        ),
+        TenantCmd::Activate { id } => print_json(
+            &store
+                .set_tenant_active(id, true)
+                .await?
+                .context("no such tenant")?,
+        ),
+    }
+}
+
+/// Runs a key verb.
+pub async fn key(config: &Config, cmd: KeyCmd) -> Result<()> {
+    let store = crate::stack::store(config)?;
+    match cmd {
+        KeyCmd::Create { tenant, name } => {
+            let key = store.issue_api_key(tenant, &name).await?;
+            eprintln!(
+                "key {} issued for tenant {tenant}; it is shown only now:",
+                key.key_id
+            );
+            println!("{}", key.secret);
+            Ok(())
+        }
+        KeyCmd::List { tenant } => print_json(&store.list_api_keys(tenant).await?),
+        KeyCmd::Revoke { tenant, key_id } => print_json(
+            &store
+                .revoke_api_key(tenant, key_id)
+                .await?
+                .context("no such key")?,
+        ),
+    }
+}
+
+/// Runs an attribute verb.
+pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
+    let store = crate::stack::store(config)?;
+    match cmd {
+        AttributeCmd::Define {
+            name,
+            data_type,
+            hot,
+            indexed,
+            regex,
+        } => {
+            let data_type: DataType = data_type.parse().map_err(anyhow::Error::msg)?;
+            print_json(
+                &store
+                    .define_attribute(&AttributeSpec {
+                        attribute_name: name,
+                        data_type,
+                        is_hot: hot,
+                        is_indexed: indexed,
+                        validation_regex: regex,
+                    })
+                    .await?,
+            )
+        }
+        AttributeCmd::List => {
+            for a in store.list_attributes().await? {
+                println!(
+                    "{:>6}  {:<32} {:<10} {}{}",
+                    a.attribute_id,
+                    a.attribute_name,
+                    a.data_type,
+                    if a.is_hot { "hot " } else { "" },
+                    a.validation_regex
+                        .map(|r| format!("/{r}/"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        AttributeCmd::Update {
+            id,
+            hot,
+            indexed,
+            regex,
+        } => {
+            let update = AttributeUpdate {
+                is_hot: hot,
+                is_indexed: indexed,
+                validation_regex: regex.map(|r| (!r.is_empty()).then_some(r)),
+            };
+            print_json(
+                &store
+                    .update_attribute(id, &update)
+                    .await?
+                    .context("no such attribute")?,
+            )
+        }
+    }
+}
+
+/// `atlas serve`: the HTTP API until SIGTERM or Ctrl-C, then a graceful stop.
+pub async fn serve(config: &Config) -> Result<()> {
+    let resolved = crate::stack::resolved(config)?;
+    let store = crate::stack::store(config)?;
+    let state = atlas_api::AppState::new(
+        store,
+        resolved.admin_token.as_deref(),
+        resolved.redis_url.as_deref(),
+        resolved.limits.clone(),
+    )?;
+    let listener = atlas_api::bind(resolved.listen).await?;
+    tracing::info!(listen = %resolved.listen, admin_api = resolved.admin_token.is_some(), "atlas serving");
+    atlas_api::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("atlas stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+}

@@ -1,0 +1,210 @@
+//! Entities (devices, assets) of one tenant. Every function takes the tenant-scoped
+//! transaction from [`crate::Store::with_tenant`]: RLS filters rows, and every statement also
+//! names the tenant so the planner prunes and uses the tenant indexes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Transaction;
+
+use crate::{StoreError, TenantId};
+
+/// Longest entity type.
+pub const MAX_ENTITY_TYPE_LEN: usize = 100;
+
+/// An entity as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Entity {
+    /// Server-assigned, sequential id.
+    pub entity_id: i64,
+    /// Its type, e.g. `sensor`.
+    pub entity_type: String,
+    /// Free-form properties (the seed's `cold_attrs`).
+    pub cold_attrs: serde_json::Value,
+    /// Incremented on every change.
+    pub version: i32,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntity {
+    /// Its type (1–100 characters).
+    pub entity_type: String,
+    /// Optional properties (a JSON object).
+    pub cold_attrs: serde_json::Value,
+}
+
+/// Checks an entity type (an identifier: a letter or digit, then letters, digits, `_ . : / -`);
+/// `field` names it in the error (e.g. `entities[3].entity_type`).
+pub fn validate_entity_type(entity_type: &str, field: &str) -> Result<(), StoreError> {
+    if !crate::admin::is_identifier(entity_type, MAX_ENTITY_TYPE_LEN, "_.:/-") {
+        return Err(StoreError::Invalid {
+            field: field.to_owned(),
+            message: format!(
+                "must be 1 to {MAX_ENTITY_TYPE_LEN} characters: a letter or digit, then letters, digits, `_ . : / -`"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn entity_from(row: &tokio_postgres::Row) -> Entity {
+    Entity {
+        entity_id: row.get("entity_id"),
+        entity_type: row.get("entity_type"),
+        cold_attrs: row
+            .get::<_, Option<serde_json::Value>>("cold_attrs")
+            .unwrap_or_else(|| serde_json::json!({})),
+        version: row.get("version"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    }
+}
+
+const REGISTER: &str = "WITH e AS ( \
+        INSERT INTO public.entities (tenant_id, entity_type) \
+        SELECT $1, t FROM unnest($2::text[]) WITH ORDINALITY AS x (t, n) ORDER BY n \
+        RETURNING entity_id, entity_type, version, created_at, updated_at), \
+     numbered AS (SELECT e.*, row_number() OVER (ORDER BY e.entity_id) AS n FROM e), \
+     j AS ( \
+        INSERT INTO public.entity_jsonb (entity_id, tenant_id, cold_attrs) \
+        SELECT numbered.entity_id, $1, c.cold FROM numbered \
+        JOIN unnest($3::jsonb[]) WITH ORDINALITY AS c (cold, n) ON c.n = numbered.n \
+        RETURNING entity_id, cold_attrs) \
+     SELECT numbered.entity_id, numbered.entity_type, numbered.version, numbered.created_at, numbered.updated_at, j.cold_attrs \
+     FROM numbered JOIN j ON j.entity_id = numbered.entity_id ORDER BY numbered.entity_id";
+
+/// Registers entities in order; ids are assigned from the global sequence.
+pub async fn register(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    new: &[NewEntity],
+) -> Result<Vec<Entity>, StoreError> {
+    for (i, e) in new.iter().enumerate() {
+        validate_entity_type(&e.entity_type, &format!("entities[{i}].entity_type"))?;
+        if !e.cold_attrs.is_object() {
+            return Err(StoreError::Invalid {
+                field: format!("entities[{i}].cold_attrs"),
+                message: "must be a JSON object".into(),
+            });
+        }
+    }
+    // Premake entity partitions before the sequence can outrun them (cheap when they exist).
+    tx.execute("SELECT public.ensure_entity_partitions(1)", &[])
+        .await?;
+    let types: Vec<&str> = new.iter().map(|e| e.entity_type.as_str()).collect();
+    let colds: Vec<&serde_json::Value> = new.iter().map(|e| &e.cold_attrs).collect();
+    let rows = tx.query(REGISTER, &[&tenant.0, &types, &colds]).await?;
+    Ok(rows.iter().map(entity_from).collect())
+}
+
+const SELECT_ENTITY: &str = "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+     FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
+     WHERE e.tenant_id = $1 AND e.entity_id = $2 AND NOT e.is_deleted";
+
+/// One entity of the tenant (deleted ones do not exist).
+pub async fn get(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    entity_id: i64,
+) -> Result<Option<Entity>, StoreError> {
+    Ok(tx
+        .query_opt(SELECT_ENTITY, &[&tenant.0, &entity_id])
+        .await?
+        .as_ref()
+        .map(entity_from))
+}
+
+/// Replaces an entity's properties (and/or type); bumps `version` and `updated_at`. With
+/// `expected_version`, a concurrent change is a conflict instead of a lost update.
+pub async fn update(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    entity_id: i64,
+    entity_type: Option<&str>,
+    cold_attrs: Option<&serde_json::Value>,
+    expected_version: Option<i32>,
+) -> Result<Entity, StoreError> {
+    if let Some(t) = entity_type {
+        validate_entity_type(t, "entity_type")?;
+    }
+    if cold_attrs.is_some_and(|c| !c.is_object()) {
+        return Err(StoreError::Invalid {
+            field: "cold_attrs".into(),
+            message: "must be a JSON object".into(),
+        });
+    }
+    let row = tx
+        .query_opt(
+            "UPDATE public.entities SET entity_type = coalesce($3, entity_type), version = version + 1, updated_at = now() \
+             WHERE tenant_id = $1 AND entity_id = $2 AND NOT is_deleted AND ($4::integer IS NULL OR version = $4) \
+             RETURNING version",
+            &[&tenant.0, &entity_id, &entity_type, &expected_version],
+        )
+        .await?;
+    if row.is_none() {
+        let exists = get(tx, tenant, entity_id).await?.is_some();
+        return Err(if exists {
+            StoreError::Conflict {
+                field: "version".into(),
+                message: "the entity was changed since that version".into(),
+            }
+        } else {
+            StoreError::NotFound("entity")
+        });
+    }
+    if let Some(cold) = cold_attrs {
+        tx.execute(
+            "INSERT INTO public.entity_jsonb (entity_id, tenant_id, cold_attrs) VALUES ($2, $1, $3) \
+             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET cold_attrs = EXCLUDED.cold_attrs, updated_at = now()",
+            &[&tenant.0, &entity_id, cold],
+        )
+        .await?;
+    }
+    get(tx, tenant, entity_id)
+        .await?
+        .ok_or(StoreError::NotFound("entity"))
+}
+
+/// Soft-deletes an entity: it disappears from every read and takes no new values.
+pub async fn delete(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    entity_id: i64,
+) -> Result<(), StoreError> {
+    let n = tx
+        .execute(
+            "UPDATE public.entities SET is_deleted = true, version = version + 1, updated_at = now() \
+             WHERE tenant_id = $1 AND entity_id = $2 AND NOT is_deleted",
+            &[&tenant.0, &entity_id],
+        )
+        .await?;
+    if n == 0 {
+        return Err(StoreError::NotFound("entity"));
+    }
+    Ok(())
+}
+
+/// Entities by id after `after` (keyset pagination), optionally of one type.
+pub async fn list(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    entity_type: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Entity>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+             FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
+             WHERE e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted AND ($3::text IS NULL OR e.entity_type = $3) \
+             ORDER BY e.entity_id LIMIT $4",
+            &[&tenant.0, &after, &entity_type, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(entity_from).collect())
+}
