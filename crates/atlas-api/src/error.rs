@@ -215,6 +215,20 @@ impl From<StoreError> for ApiError {
                 field: Some(field),
             },
             StoreError::NotFound(what) => ApiError::NotFound(what.to_owned()),
+            // A data exception (class 22: out of range, bad encoding…) is the input's fault;
+            // validation should have named the field, but it must never become a 500.
+            StoreError::Db(db) if db.code().is_some_and(|c| c.code().starts_with("22")) => {
+                ApiError::Unprocessable {
+                    code: "invalid_value",
+                    message: format!(
+                        "the database refused a value: {}",
+                        db.as_db_error()
+                            .map(|d| d.message())
+                            .unwrap_or("data exception")
+                    ),
+                    field: None,
+                }
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -50,8 +50,9 @@ pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError>
     Ok(value)
 }
 
-/// A JSON request body. Checks the content type, the size limit (413), emptiness, syntax, and
-/// the shape of `T` — each failure names the field.
+/// A JSON object request body. Checks the content type, the size limit (413), emptiness,
+/// syntax, that the document is an object (serde would otherwise fill a struct from an array),
+/// and the shape of `T` — each failure names the field.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -59,40 +60,71 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|m| {
-                let m = m.trim().to_ascii_lowercase();
-                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-            })
-            .unwrap_or(false);
-        if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
+        let bytes = read_json_body(req, state).await?;
+        let value: serde_json::Value = from_json_slice(&bytes)?;
+        if !value.is_object() {
+            return Err(ApiError::bad_field("body", "expected a JSON object"));
         }
-        let limit = crate::body_limit(&req);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::BadRequest {
-                    code: "unreadable_body",
-                    message: e.body_text(),
-                    field: Some("body".into()),
-                }
-            }
-        })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::BadRequest {
-                code: "empty_body",
-                message: "request body is empty; a JSON document is required".into(),
-                field: Some("body".into()),
-            });
-        }
-        from_json_slice(&bytes).map(JsonBody)
+        from_json_value(value).map(JsonBody)
     }
+}
+
+/// Any JSON document as the body (for endpoints taking an object or an array).
+#[derive(Debug)]
+pub struct JsonValue(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonValue {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_json_body(req, state).await?;
+        from_json_slice(&bytes).map(JsonValue)
+    }
+}
+
+/// Deserializes an already-parsed JSON value, naming the failing field.
+pub fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = e.inner().to_string();
+        let field = error_field(e.path(), &message);
+        ApiError::bad_field(field, message)
+    })
+}
+
+async fn read_json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let limit = crate::body_limit(&req);
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest {
+                code: "unreadable_body",
+                message: e.body_text(),
+                field: Some("body".into()),
+            }
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest {
+            code: "empty_body",
+            message: "request body is empty; a JSON document is required".into(),
+            field: Some("body".into()),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Query parameters, naming the failing parameter.
@@ -154,6 +186,32 @@ impl<S: Send + Sync> FromRequestParts<S> for PathIds {
                 .map_err(|e| ApiError::bad_field("id", e.body_text()))?;
         Ok(PathIds(parse_id("id", &a)?, parse_id("key_id", &b)?))
     }
+}
+
+/// An optional integer field that, like JSON Schema's `integer`, also accepts an integral
+/// number written with a fraction (`102.0`); `102.5` is refused.
+pub fn integral_i32<'de, D>(de: D) -> Result<Option<i32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(n): Option<serde_json::Number> = serde::Deserialize::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return i32::try_from(i)
+            .map(Some)
+            .map_err(|_| D::Error::custom("integer out of range"));
+    }
+    let text = n.to_string();
+    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+    if frac.chars().all(|c| c == '0') && !whole.contains(['e', 'E']) {
+        return whole
+            .parse::<i32>()
+            .map(Some)
+            .map_err(|_| D::Error::custom("integer out of range"));
+    }
+    Err(D::Error::custom(format!("expected an integer, got {text}")))
 }
 
 /// A JSON field that distinguishes "absent" (`None`) from `null` (`Some(None)`).

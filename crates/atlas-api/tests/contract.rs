@@ -311,3 +311,96 @@ async fn the_openapi_document_covers_every_route_and_error() {
     }
     server.stop().await;
 }
+
+/// Regressions found by Schemathesis: none of these may be a 500 or a dropped connection.
+#[tokio::test]
+async fn fuzzer_findings_stay_fixed() {
+    let server = Server::start().await;
+    let (_, key) = server.tenant("acme").await;
+    let id = server.entities(&key, 1).await[0];
+
+    // jsonb cannot hold NUL: 422 naming the path, in values and in keys.
+    for (body, field) in [
+        (
+            json!({"entity_type": "s", "cold_attrs": {"a": ["ok", "bad\u{0}"]}}),
+            "cold_attrs.a[1]",
+        ),
+        (
+            json!({"entity_type": "s", "cold_attrs": {"k\u{0}": 1}}),
+            "cold_attrs",
+        ),
+    ] {
+        let (s, resp) = call(
+            server
+                .as_tenant(&key, Method::POST, "/v1/entities")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(
+            assert_error(s, &resp, 422).as_deref(),
+            Some(field),
+            "{resp}"
+        );
+    }
+    let (s, resp) = call(
+        server
+            .as_tenant(&key, Method::PATCH, &format!("/v1/entities/{id}"))
+            .json(&json!({"cold_attrs": {"x": "\u{0}"}})),
+    )
+    .await;
+    assert_eq!(assert_error(s, &resp, 422).as_deref(), Some("cold_attrs.x"));
+
+    // Numbers far outside f64's comfortable range round-trip exactly through jsonb.
+    let big = r#"{"entity_type": "s", "cold_attrs": {"max": -1.7976931348623157e308, "tiny": 1.2256459097055838e-177, "exact": 0.1000000000000000000001}}"#;
+    let (s, created) = call(
+        server
+            .as_tenant(&key, Method::POST, "/v1/entities")
+            .header("content-type", "application/json")
+            .body(big),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let new_id = created["items"][0]["entity_id"]
+        .as_i64()
+        .unwrap_or_default();
+    let (s, got) =
+        call(server.as_tenant(&key, Method::GET, &format!("/v1/entities/{new_id}"))).await;
+    assert_eq!(s, 200, "{got}");
+    let exact: f64 = got["cold_attrs"]["tiny"].as_f64().unwrap_or_default();
+    assert!((exact - 1.2256459097055838e-177).abs() < 1e-190, "{got}");
+    assert!(
+        got.to_string().contains("0.1000000000000000000001"),
+        "exact decimal kept: {got}"
+    );
+
+    // A struct body sent as an array is not silently accepted.
+    let (s, resp) = call(
+        server
+            .admin(Method::PATCH, "/v1/admin/attributes/1")
+            .header("content-type", "application/json")
+            .body("[null, null]"),
+    )
+    .await;
+    assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("body"));
+
+    // JSON Schema integers may be written 2.0; 2.5 is not an integer.
+    let (s, upd) = call(
+        server
+            .as_tenant(&key, Method::PATCH, &format!("/v1/entities/{id}"))
+            .json(&json!({"version": 1.0})),
+    )
+    .await;
+    assert_eq!((s, upd["version"].as_i64()), (200, Some(2)), "{upd}");
+    let (s, resp) = call(
+        server
+            .as_tenant(&key, Method::PATCH, &format!("/v1/entities/{id}"))
+            .json(&json!({"version": 2.5})),
+    )
+    .await;
+    assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("version"));
+
+    // An empty filter is a malformed query parameter (400), not a semantic error.
+    let (s, resp) = call(server.as_tenant(&key, Method::GET, "/v1/entities?entity_type=")).await;
+    assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("entity_type"));
+    server.stop().await;
+}

@@ -52,16 +52,40 @@ pub fn validate_entity_type(entity_type: &str, field: &str) -> Result<(), StoreE
     Ok(())
 }
 
-fn entity_from(row: &tokio_postgres::Row) -> Entity {
-    Entity {
-        entity_id: row.get("entity_id"),
-        entity_type: row.get("entity_type"),
+fn entity_from(row: &tokio_postgres::Row) -> Result<Entity, StoreError> {
+    Ok(Entity {
+        entity_id: row.try_get("entity_id")?,
+        entity_type: row.try_get("entity_type")?,
         cold_attrs: row
-            .get::<_, Option<serde_json::Value>>("cold_attrs")
+            .try_get::<_, Option<serde_json::Value>>("cold_attrs")?
             .unwrap_or_else(|| serde_json::json!({})),
-        version: row.get("version"),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Checks a JSON document PostgreSQL's `jsonb` must store: it cannot hold a NUL character
+/// (`\u0000`) in any string or key. `field` is the document's path, extended to the culprit.
+pub fn check_storable_json(value: &serde_json::Value, field: &str) -> Result<(), StoreError> {
+    let nul = |path: String| StoreError::Invalid {
+        field: path,
+        message: "JSON strings and keys must not contain the NUL character (\\u0000)".into(),
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Err(nul(field.to_owned())),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_storable_json(v, &format!("{field}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let path = format!("{field}.{k}");
+            if k.contains('\0') {
+                return Err(nul(field.to_owned()));
+            }
+            check_storable_json(v, &path)
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -92,6 +116,7 @@ pub async fn register(
                 message: "must be a JSON object".into(),
             });
         }
+        check_storable_json(&e.cold_attrs, &format!("entities[{i}].cold_attrs"))?;
     }
     // Premake entity partitions before the sequence can outrun them (cheap when they exist).
     tx.execute("SELECT public.ensure_entity_partitions(1)", &[])
@@ -99,7 +124,7 @@ pub async fn register(
     let types: Vec<&str> = new.iter().map(|e| e.entity_type.as_str()).collect();
     let colds: Vec<&serde_json::Value> = new.iter().map(|e| &e.cold_attrs).collect();
     let rows = tx.query(REGISTER, &[&tenant.0, &types, &colds]).await?;
-    Ok(rows.iter().map(entity_from).collect())
+    rows.iter().map(entity_from).collect()
 }
 
 const SELECT_ENTITY: &str = "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
@@ -112,11 +137,11 @@ pub async fn get(
     tenant: TenantId,
     entity_id: i64,
 ) -> Result<Option<Entity>, StoreError> {
-    Ok(tx
-        .query_opt(SELECT_ENTITY, &[&tenant.0, &entity_id])
+    tx.query_opt(SELECT_ENTITY, &[&tenant.0, &entity_id])
         .await?
         .as_ref()
-        .map(entity_from))
+        .map(entity_from)
+        .transpose()
 }
 
 /// Replaces an entity's properties (and/or type); bumps `version` and `updated_at`. With
@@ -132,11 +157,14 @@ pub async fn update(
     if let Some(t) = entity_type {
         validate_entity_type(t, "entity_type")?;
     }
-    if cold_attrs.is_some_and(|c| !c.is_object()) {
-        return Err(StoreError::Invalid {
-            field: "cold_attrs".into(),
-            message: "must be a JSON object".into(),
-        });
+    if let Some(c) = cold_attrs {
+        if !c.is_object() {
+            return Err(StoreError::Invalid {
+                field: "cold_attrs".into(),
+                message: "must be a JSON object".into(),
+            });
+        }
+        check_storable_json(c, "cold_attrs")?;
     }
     let row = tx
         .query_opt(
@@ -206,5 +234,5 @@ pub async fn list(
             &[&tenant.0, &after, &entity_type, &limit],
         )
         .await?;
-    Ok(rows.iter().map(entity_from).collect())
+    rows.iter().map(entity_from).collect()
 }

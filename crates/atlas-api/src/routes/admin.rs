@@ -21,6 +21,11 @@ use crate::extract::{JsonBody, PathId, PathIds, QueryParams, double_option};
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     /// Unique slug: a letter or digit, then letters, digits, `_ . -` (≤ 255).
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
+        min_length = 1,
+        max_length = 255
+    )]
     pub tenant_name: String,
 }
 
@@ -39,9 +44,11 @@ pub struct TenantPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// Page size (1 to the configured maximum; default from the limits).
+    /// Page size (1 to the configured maximum, 1000 by default; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -79,6 +86,7 @@ pub fn next_cursor(len: usize, limit: i64, last: Option<i64>) -> Option<String> 
 pub struct NewKey {
     /// A label for operators (optional; letters, digits, `_ . -`, ≤ 255).
     #[serde(default)]
+    #[schema(pattern = "^([A-Za-z0-9][A-Za-z0-9_.-]{0,254})?$", max_length = 255)]
     pub name: String,
 }
 
@@ -87,6 +95,11 @@ pub struct NewKey {
 #[serde(deny_unknown_fields)]
 pub struct NewAttribute {
     /// Unique name: a letter or `_`, then letters, digits, `_`, `.`, `-` (≤ 255).
+    #[schema(
+        pattern = "^[A-Za-z_][A-Za-z0-9_.-]{0,254}$",
+        min_length = 1,
+        max_length = 255
+    )]
     pub attribute_name: String,
     /// The type of its values (fixed once defined).
     pub data_type: DataType,
@@ -96,8 +109,10 @@ pub struct NewAttribute {
     /// Mark for indexing.
     #[serde(default)]
     pub is_indexed: bool,
-    /// Regex string values must match (string attributes only; linear-time syntax).
+    /// Regex string values must match (string attributes only; linear-time `regex` crate
+    /// syntax, no backreferences or lookaround; ≤ 1024 characters). Invalid ones are a 422.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub validation_regex: Option<String>,
 }
 
@@ -113,7 +128,7 @@ pub struct AttributeChanges {
     pub is_indexed: Option<bool>,
     /// New regex; `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1024)]
     pub validation_regex: Option<Option<String>>,
 }
 

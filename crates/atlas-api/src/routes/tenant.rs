@@ -14,7 +14,7 @@ use atlas_store::{StoreError, TenantId};
 use crate::AppState;
 use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathId, QueryParams, from_json_slice};
+use crate::extract::{JsonBody, JsonValue, PathId, QueryParams, from_json_value};
 use crate::routes::admin::{AttributeList, PageParams, next_cursor, page};
 
 /// The calling tenant.
@@ -30,7 +30,12 @@ pub struct Me {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntityInput {
-    /// Its type, e.g. `sensor` (1–100 characters).
+    /// Its type, e.g. `sensor`: a letter or digit, then letters, digits, `_ . : / -` (≤ 100).
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$",
+        min_length = 1,
+        max_length = 100
+    )]
     pub entity_type: String,
     /// Free-form properties (a JSON object).
     #[serde(default)]
@@ -38,15 +43,38 @@ pub struct EntityInput {
     pub cold_attrs: Option<serde_json::Value>,
 }
 
-/// One entity, or an array of them.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // documents the body; `register_entities` parses it to name fields precisely
-pub enum RegisterBody {
-    /// One entity.
-    One(EntityInput),
-    /// Several.
-    Many(Vec<EntityInput>),
+/// The registration body: one entity, or an array of 1 to 1000 (the default limit). Only
+/// documents the body; `register_entities` parses it to name failing fields precisely.
+#[derive(Debug)]
+pub struct RegisterBody;
+
+impl utoipa::PartialSchema for RegisterBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("EntityInput"))
+            .item(
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name("EntityInput"))
+                    .min_items(Some(1))
+                    .max_items(Some(1000)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for RegisterBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            EntityInput::name().into_owned(),
+            <EntityInput as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 /// Entities.
@@ -65,13 +93,18 @@ pub struct EntityPage {
 pub struct EntityChanges {
     /// New type.
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$",
+        min_length = 1,
+        max_length = 100
+    )]
     pub entity_type: Option<String>,
     /// New properties (replace the old ones).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub cold_attrs: Option<serde_json::Value>,
     /// The version the change is based on: a concurrent change since then is a 409.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::integral_i32")]
     pub version: Option<i32>,
 }
 
@@ -81,10 +114,13 @@ pub struct EntityChanges {
 #[into_params(parameter_in = Query)]
 pub struct EntityListParams {
     /// Only entities of this type.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]
     pub entity_type: Option<String>,
-    /// Page size.
+    /// Page size (1 to the configured maximum, 1000 by default; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -130,15 +166,12 @@ pub async fn attributes(
 pub async fn register_entities(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<serde_json::Value>,
+    JsonValue(body): JsonValue,
 ) -> Result<(StatusCode, Json<EntityPage>), ApiError> {
-    let inputs: Vec<EntityInput> = match &body {
-        serde_json::Value::Array(_) => {
-            from_json_slice::<Vec<EntityInput>>(body.to_string().as_bytes())?
-        }
-        serde_json::Value::Object(_) => {
-            vec![from_json_slice::<EntityInput>(body.to_string().as_bytes())?]
-        }
+    let single = body.is_object();
+    let inputs: Vec<EntityInput> = match body {
+        serde_json::Value::Array(_) => from_json_value::<Vec<EntityInput>>(body)?,
+        serde_json::Value::Object(_) => vec![from_json_value::<EntityInput>(body)?],
         _ => {
             return Err(ApiError::bad_field(
                 "body",
@@ -167,7 +200,7 @@ pub async fn register_entities(
             async move { entities::register(tx, tenant, &new).await }.boxed()
         })
         .await
-        .map_err(|e| prefix_single_entity_field(e, body.is_object()))?;
+        .map_err(|e| prefix_single_entity_field(e, single))?;
     Ok((
         StatusCode::CREATED,
         Json(EntityPage {
@@ -215,7 +248,11 @@ pub async fn list_entities(
         },
     )?;
     if let Some(t) = &params.entity_type {
-        entities::validate_entity_type(t, "entity_type").map_err(ApiError::from)?;
+        // A query parameter that cannot be an entity type is a malformed request (400).
+        entities::validate_entity_type(t, "entity_type").map_err(|e| match e {
+            StoreError::Invalid { field, message } => ApiError::bad_field(field, message),
+            other => other.into(),
+        })?;
     }
     let entity_type = params.entity_type;
     let items = state
