@@ -52,6 +52,14 @@ pub enum ApiError {
     /// 404: no such thing (for this tenant).
     #[error("{0} not found")]
     NotFound(String),
+    /// 404 for a reference inside the request (e.g. an entity id in a telemetry item).
+    #[error("{message}")]
+    UnknownReference {
+        /// Explanation.
+        message: String,
+        /// Field holding the reference.
+        field: String,
+    },
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -69,6 +77,9 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// 413 with a specific explanation (e.g. too many values in one request).
+    #[error("{0}")]
+    TooLarge(String),
     /// 415: the body is not JSON.
     #[error("request body must be application/json")]
     UnsupportedMediaType,
@@ -121,10 +132,12 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownReference { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -138,10 +151,10 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::UnknownReference { .. } => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict { .. } => "conflict",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
@@ -154,6 +167,7 @@ impl ApiError {
             ApiError::BadRequest { field, .. }
             | ApiError::Unprocessable { field, .. }
             | ApiError::Conflict { field, .. } => field.clone(),
+            ApiError::UnknownReference { field, .. } => Some(field.clone()),
             ApiError::PayloadTooLarge { .. } | ApiError::UnsupportedMediaType => {
                 Some("body".into())
             }

@@ -35,7 +35,25 @@ struct Inner {
     rate: auth::RateLimiter,
     limits: Limits,
     redis: Option<redis::Client>,
+    ingestor: Option<atlas_ingest::Ingestor>,
+    catalog: std::sync::Mutex<Option<(Arc<atlas_ingest::Catalog>, std::time::Instant)>>,
+    coverage: std::sync::Mutex<Option<(Coverage, std::time::Instant)>>,
 }
+
+type Coverage = Arc<Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>>;
+
+/// How long the attribute catalogue and partition coverage are trusted before re-reading
+/// (an unknown name or uncovered time re-reads at once).
+const METADATA_TTL: Duration = Duration::from_secs(5);
+
+/// The time ranges that have `entity_values_ts` partitions, read from the catalog (the bounds
+/// are cast back to timestamptz in the same session, so the session time zone cannot skew them).
+const PARTITION_BOUNDS: &str = "SELECT (regexp_match(b, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
+            (regexp_match(b, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
+     FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS b FROM pg_catalog.pg_inherits i \
+           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+           WHERE i.inhparent = 'public.entity_values_ts'::regclass) p \
+     WHERE b LIKE 'FOR VALUES FROM%'";
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,12 +84,13 @@ pub enum ServeError {
 }
 
 impl AppState {
-    /// State for a server over `store`.
+    /// State for a server over `store`; without an ingestor, `POST /v1/telemetry` is 503.
     pub fn new(
         store: Store,
         admin_token: Option<&str>,
         redis_url: Option<&str>,
         limits: Limits,
+        ingestor: Option<atlas_ingest::Ingestor>,
     ) -> Result<Self, ServeError> {
         let redis = redis_url.map(redis::Client::open).transpose()?;
         Ok(Self {
@@ -82,6 +101,9 @@ impl AppState {
                 rate: auth::RateLimiter::new(limits.rate_per_second, limits.rate_burst),
                 limits,
                 redis,
+                ingestor,
+                catalog: std::sync::Mutex::new(None),
+                coverage: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -89,6 +111,75 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The attribute catalogue for typing (re-read when stale or when `fresh`).
+    pub(crate) async fn catalog(
+        &self,
+        fresh: bool,
+    ) -> Result<Arc<atlas_ingest::Catalog>, ApiError> {
+        if !fresh
+            && let Ok(guard) = self.inner.catalog.lock()
+            && let Some((c, at)) = guard.as_ref()
+            && at.elapsed() < METADATA_TTL
+        {
+            return Ok(Arc::clone(c));
+        }
+        let catalog = Arc::new(atlas_ingest::Catalog::new(
+            self.inner.store.list_attributes().await?,
+        ));
+        if let Ok(mut guard) = self.inner.catalog.lock() {
+            *guard = Some((Arc::clone(&catalog), std::time::Instant::now()));
+        }
+        Ok(catalog)
+    }
+
+    /// What telemetry times are acceptable now (partition coverage re-read when stale or when
+    /// `fresh`).
+    pub(crate) async fn time_rules(
+        &self,
+        fresh: bool,
+    ) -> Result<atlas_ingest::TimeRules, ApiError> {
+        let cached = if fresh {
+            None
+        } else {
+            self.inner.coverage.lock().ok().and_then(|g| {
+                g.as_ref()
+                    .filter(|(_, at)| at.elapsed() < METADATA_TTL)
+                    .map(|(c, _)| Arc::clone(c))
+            })
+        };
+        let coverage = match cached {
+            Some(c) => c,
+            None => {
+                let client = self
+                    .inner
+                    .store
+                    .primary()
+                    .get()
+                    .await
+                    .map_err(atlas_store::StoreError::from)?;
+                let rows = client
+                    .query(PARTITION_BOUNDS, &[])
+                    .await
+                    .map_err(atlas_store::StoreError::from)?;
+                let ranges = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<Vec<_>, atlas_store::tokio_postgres::Error>>()
+                    .map_err(atlas_store::StoreError::from)?;
+                let c = Arc::new(ranges);
+                if let Ok(mut guard) = self.inner.coverage.lock() {
+                    *guard = Some((Arc::clone(&c), std::time::Instant::now()));
+                }
+                c
+            }
+        };
+        Ok(atlas_ingest::TimeRules {
+            now: chrono::Utc::now(),
+            max_future: chrono::Duration::seconds(self.inner.limits.max_future_skew_s),
+            coverage: coverage.as_ref().clone(),
+        })
     }
 }
 
@@ -153,6 +244,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::patch(admin::update_attribute),
         )
         .route("/v1/me", get(tenant::me))
+        .route("/v1/telemetry", post(routes::telemetry::ingest))
         .route("/v1/attributes", get(tenant::attributes))
         .route(
             "/v1/entities",

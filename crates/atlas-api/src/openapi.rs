@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{admin, health, tenant};
+use crate::routes::{admin, health, telemetry, tenant};
 
 /// Adds the two bearer schemes: the admin token and tenant API keys.
 struct Security;
@@ -46,6 +46,7 @@ impl Modify for Security {
         admin::define_attribute, admin::update_attribute, admin::list_attributes,
         tenant::me, tenant::attributes, tenant::register_entities, tenant::list_entities,
         tenant::get_entity, tenant::update_entity, tenant::delete_entity,
+        telemetry::ingest,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security),

@@ -57,6 +57,21 @@ async fn another_tenants_ids_are_not_found_and_nothing_changes() {
             call(server.as_tenant(&key_b, Method::DELETE, &format!("/v1/entities/{id}"))).await;
         assert_error(s, &b, 404);
     }
+    // Writing telemetry for A's entities is refused as not found, nothing stored.
+    let (s, b) = call(
+        server
+            .as_tenant(&key_b, Method::POST, "/v1/telemetry")
+            .json(&json!([{"entity_id": b_ids[0], "values": {}}, {"entity_id": a_ids[0], "values": {"x": 1}}])),
+    )
+    .await;
+    assert!((400..500).contains(&s), "{b}");
+    let (s, b) = call(
+        server
+            .as_tenant(&key_b, Method::POST, "/v1/telemetry")
+            .json(&json!({"entity_id": a_ids[1], "values": {"owned": "by B"}})),
+    )
+    .await;
+    assert!(s == 404 || s == 422, "{s} {b}");
     // Listing from just before A's ids shows only B's own.
     let cursor = a_ids[0] - 1;
     let (s, page) = call(server.as_tenant(

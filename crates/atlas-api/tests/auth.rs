@@ -205,8 +205,14 @@ async fn admin_endpoints_refuse_everything_but_the_admin_token() {
 #[tokio::test]
 async fn without_an_admin_token_configured_the_admin_api_is_closed() {
     let db = atlas_testkit::TestDb::new().await;
-    let state = atlas_api::AppState::new(db.store(2), None, None, atlas_config::Limits::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let state = atlas_api::AppState::new(
+        db.store(2),
+        None,
+        None,
+        atlas_config::Limits::default(),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -268,6 +268,7 @@ async fn the_openapi_document_covers_every_route_and_error() {
         ("/v1/entities/{id}", "get"),
         ("/v1/entities/{id}", "patch"),
         ("/v1/entities/{id}", "delete"),
+        ("/v1/telemetry", "post"),
     ];
     let paths = doc["paths"]
         .as_object()

@@ -8,3 +8,4 @@ mod attack;
 mod auth;
 mod contract;
 mod entities;
+mod telemetry;

@@ -75,6 +75,9 @@ pub enum AttributeCmd {
         /// Regex for string values.
         #[arg(long)]
         regex: Option<String>,
+        /// Decimal attributes: round to 5 fraction digits instead of refusing.
+        #[arg(long)]
+        allow_rounding: bool,
     },
     /// List the catalogue.
     List,
@@ -91,6 +94,9 @@ pub enum AttributeCmd {
         /// New regex (empty string removes it).
         #[arg(long)]
         regex: Option<String>,
+        /// New allow_rounding (decimal attributes).
+        #[arg(long)]
+        allow_rounding: Option<bool>,
     },
 }
 
@@ -166,6 +172,7 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
             hot,
             indexed,
             regex,
+            allow_rounding,
         } => {
             let data_type: DataType = data_type.parse().map_err(anyhow::Error::msg)?;
             print_json(
@@ -176,6 +183,7 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
                         is_hot: hot,
                         is_indexed: indexed,
                         validation_regex: regex,
+                        allow_rounding,
                     })
                     .await?,
             )
@@ -200,11 +208,13 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
             hot,
             indexed,
             regex,
+            allow_rounding,
         } => {
             let update = AttributeUpdate {
                 is_hot: hot,
                 is_indexed: indexed,
                 validation_regex: regex.map(|r| (!r.is_empty()).then_some(r)),
+                allow_rounding,
             };
             print_json(
                 &store
@@ -220,15 +230,33 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
 pub async fn serve(config: &Config) -> Result<()> {
     let resolved = crate::stack::resolved(config)?;
     let store = crate::stack::store(config)?;
+    let invalidator = match resolved.redis_url.as_deref() {
+        Some(url) => atlas_ingest::Invalidator::connect(url)
+            .await
+            .unwrap_or_else(|e| {
+                // Redis is a cache: serve without invalidation rather than not at all.
+                tracing::warn!(error = %e, "Redis unreachable at start; cache invalidation is off");
+                atlas_ingest::Invalidator::none()
+            }),
+        None => atlas_ingest::Invalidator::none(),
+    };
+    let (ingestor, pipeline) = atlas_ingest::Ingestor::start(
+        store.clone(),
+        invalidator,
+        atlas_ingest::IngestConfig::default(),
+    );
     let state = atlas_api::AppState::new(
         store,
         resolved.admin_token.as_deref(),
         resolved.redis_url.as_deref(),
         resolved.limits.clone(),
+        Some(ingestor),
     )?;
     let listener = atlas_api::bind(resolved.listen).await?;
     tracing::info!(listen = %resolved.listen, admin_api = resolved.admin_token.is_some(), "atlas serving");
     atlas_api::serve(listener, state, shutdown_signal()).await?;
+    // Every request has been answered; write what is still queued and drain staging.
+    pipeline.shutdown().await;
     tracing::info!("atlas stopped");
     Ok(())
 }

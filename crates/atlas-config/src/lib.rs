@@ -53,6 +53,8 @@ pub struct Limits {
     pub default_page_size: i64,
     /// Longest time range of a series or aggregate query, in days.
     pub max_time_range_days: i64,
+    /// How far in the future a telemetry `ts` may be, in seconds (clock skew allowance).
+    pub max_future_skew_s: i64,
     /// Sustained requests per second per tenant (token bucket refill rate; 429 above).
     pub rate_per_second: f64,
     /// Burst size of the per-tenant token bucket.
@@ -71,6 +73,7 @@ impl Default for Limits {
             max_page_size: 1_000,
             default_page_size: 100,
             max_time_range_days: 31,
+            max_future_skew_s: 300,
             rate_per_second: 500.0,
             rate_burst: 1_000.0,
             key_cache_ttl_ms: 5_000,

@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_flush_and_projection.sql"),
     migration!(4, "0004_security.sql"),
     migration!(5, "0005_api_keys.sql"),
+    migration!(6, "0006_ingest.sql"),
 ];
 
 impl Migration {

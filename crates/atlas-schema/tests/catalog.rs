@@ -46,6 +46,7 @@ async fn tables_have_the_seed_columns_and_types() {
             ("validation_regex", "text"),
             ("created_at", "timestamp with time zone"),
             ("updated_at", "timestamp with time zone"),
+            ("allow_rounding", "boolean"),
         ])
     );
     assert_eq!(
@@ -531,6 +532,7 @@ async fn security_definer_functions_are_hardened() {
             "ensure_ts_partitions",
             "refresh_attribute_stats",
             "stage_flush",
+            "stage_flush_own",
             "staging_stats",
             "upsert_hot_attrs"
         ]

@@ -109,6 +109,8 @@ pub struct Attribute {
     pub is_hot: bool,
     /// Regex that string values must match (linear-time `regex` syntax).
     pub validation_regex: Option<String>,
+    /// Decimal values with more than 5 fraction digits are rounded instead of refused.
+    pub allow_rounding: bool,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -128,6 +130,8 @@ pub struct AttributeSpec {
     pub is_indexed: bool,
     /// Optional regex for string values.
     pub validation_regex: Option<String>,
+    /// Round decimals to 5 fraction digits instead of refusing them.
+    pub allow_rounding: bool,
 }
 
 /// Changes to an attribute. Name and data_type are fixed: stored values and projection keys
@@ -140,6 +144,8 @@ pub struct AttributeUpdate {
     pub is_indexed: Option<bool>,
     /// New regex (`Some(None)` removes it).
     pub validation_regex: Option<Option<String>>,
+    /// New `allow_rounding`.
+    pub allow_rounding: Option<bool>,
 }
 
 /// True when `s` is 1..=`max` characters: an ASCII letter or digit, then letters, digits and
@@ -282,6 +288,7 @@ fn attribute_from(row: &tokio_postgres::Row) -> Result<Attribute, StoreError> {
         is_indexed: row.get("is_indexed"),
         is_hot: row.get("is_hot"),
         validation_regex: row.get("validation_regex"),
+        allow_rounding: row.get("allow_rounding"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
@@ -459,6 +466,12 @@ impl Store {
     /// Defines a new attribute; a taken name is a conflict.
     pub async fn define_attribute(&self, spec: &AttributeSpec) -> Result<Attribute, StoreError> {
         validate_attribute_name(&spec.attribute_name)?;
+        if spec.allow_rounding && spec.data_type != DataType::Decimal {
+            return Err(StoreError::Invalid {
+                field: "allow_rounding".into(),
+                message: "only decimal attributes round".into(),
+            });
+        }
         if let Some(p) = &spec.validation_regex {
             compile_validation_regex(p)?;
             if spec.data_type != DataType::String {
@@ -471,15 +484,16 @@ impl Store {
         let client = self.primary.get().await?;
         let row = client
             .query_one(
-                "INSERT INTO public.attributes (attribute_name, data_type, is_hot, is_indexed, validation_regex) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 RETURNING attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, created_at, updated_at",
+                "INSERT INTO public.attributes (attribute_name, data_type, is_hot, is_indexed, validation_regex, allow_rounding) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 RETURNING attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, allow_rounding, created_at, updated_at",
                 &[
                     &spec.attribute_name,
                     &spec.data_type.as_str(),
                     &spec.is_hot,
                     &spec.is_indexed,
                     &spec.validation_regex,
+                    &spec.allow_rounding,
                 ],
             )
             .await
@@ -505,6 +519,12 @@ impl Store {
                 });
             }
         }
+        if update.allow_rounding == Some(true) && current.data_type != DataType::Decimal {
+            return Err(StoreError::Invalid {
+                field: "allow_rounding".into(),
+                message: "only decimal attributes round".into(),
+            });
+        }
         let regex = match &update.validation_regex {
             Some(v) => v.clone(),
             None => current.validation_regex.clone(),
@@ -512,14 +532,15 @@ impl Store {
         let client = self.primary.get().await?;
         let row = client
             .query_opt(
-                "UPDATE public.attributes SET is_hot = $2, is_indexed = $3, validation_regex = $4, updated_at = now() \
+                "UPDATE public.attributes SET is_hot = $2, is_indexed = $3, validation_regex = $4, allow_rounding = $5, updated_at = now() \
                  WHERE attribute_id = $1 \
-                 RETURNING attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, created_at, updated_at",
+                 RETURNING attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, allow_rounding, created_at, updated_at",
                 &[
                     &attribute_id,
                     &update.is_hot.unwrap_or(current.is_hot),
                     &update.is_indexed.unwrap_or(current.is_indexed),
                     &regex,
+                    &update.allow_rounding.unwrap_or(current.allow_rounding),
                 ],
             )
             .await?;
@@ -531,7 +552,7 @@ impl Store {
         let client = self.primary.get().await?;
         let row = client
             .query_opt(
-                "SELECT attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, created_at, updated_at \
+                "SELECT attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, allow_rounding, created_at, updated_at \
                  FROM public.attributes WHERE attribute_id = $1",
                 &[&attribute_id],
             )
@@ -544,7 +565,7 @@ impl Store {
         let client = self.primary.get().await?;
         let rows = client
             .query(
-                "SELECT attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, created_at, updated_at \
+                "SELECT attribute_id, attribute_name, data_type, is_indexed, is_hot, validation_regex, allow_rounding, created_at, updated_at \
                  FROM public.attributes ORDER BY attribute_id",
                 &[],
             )

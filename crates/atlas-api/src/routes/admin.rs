@@ -114,6 +114,10 @@ pub struct NewAttribute {
     #[serde(default)]
     #[schema(max_length = 1024)]
     pub validation_regex: Option<String>,
+    /// Decimal attributes only: round values with more than 5 fraction digits instead of
+    /// refusing them.
+    #[serde(default)]
+    pub allow_rounding: bool,
 }
 
 /// Changes to an attribute (name and data_type are fixed).
@@ -130,6 +134,9 @@ pub struct AttributeChanges {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, max_length = 1024)]
     pub validation_regex: Option<Option<String>>,
+    /// New allow_rounding (decimal attributes only).
+    #[serde(default)]
+    pub allow_rounding: Option<bool>,
 }
 
 /// The attribute catalogue.
@@ -321,6 +328,7 @@ pub async fn define_attribute(
             is_hot: body.is_hot,
             is_indexed: body.is_indexed,
             validation_regex: body.validation_regex,
+            allow_rounding: body.allow_rounding,
         })
         .await?;
     tracing::info!(attribute_id = attribute.attribute_id, name = %attribute.attribute_name, "attribute defined");
@@ -349,6 +357,7 @@ pub async fn update_attribute(
                 is_hot: body.is_hot,
                 is_indexed: body.is_indexed,
                 validation_regex: body.validation_regex,
+                allow_rounding: body.allow_rounding,
             },
         )
         .await?

@@ -30,10 +30,31 @@ impl Server {
         Self::over(db, store, limits).await
     }
 
-    /// A server over any store (e.g. one whose database is unreachable).
+    /// A server over any store (e.g. one whose database is unreachable), with the ingest
+    /// pipeline running.
     pub async fn over(db: TestDb, store: atlas_store::Store, limits: Limits) -> Self {
-        let state = AppState::new(store, Some(ADMIN), Some(&db.urls.redis_url), limits)
-            .unwrap_or_else(|e| panic!("state: {e}"));
+        Self::over_with(db, store, limits, atlas_ingest::IngestConfig::default()).await
+    }
+
+    pub async fn over_with(
+        db: TestDb,
+        store: atlas_store::Store,
+        limits: Limits,
+        ingest: atlas_ingest::IngestConfig,
+    ) -> Self {
+        let invalidator = atlas_ingest::Invalidator::connect(&db.urls.redis_url)
+            .await
+            .unwrap_or_else(|e| panic!("redis: {e}"));
+        let (ingestor, pipeline) =
+            atlas_ingest::Ingestor::start(store.clone(), invalidator, ingest);
+        let state = AppState::new(
+            store,
+            Some(ADMIN),
+            Some(&db.urls.redis_url),
+            limits,
+            Some(ingestor),
+        )
+        .unwrap_or_else(|e| panic!("state: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -45,6 +66,7 @@ impl Server {
                 let _ = stopped.await;
             })
             .await;
+            pipeline.shutdown().await;
         });
         Self {
             base: format!("http://{addr}"),

@@ -1,0 +1,270 @@
+//! `POST /v1/telemetry`: ThingsBoard-style readings, validated whole before anything is
+//! written, acknowledged once durable.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use atlas_ingest::typing::type_readings;
+use atlas_ingest::{Durability, FieldError, IngestError, Reading};
+use atlas_store::StoreError;
+
+use crate::AppState;
+use crate::auth::Tenant;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonValue, QueryParams, from_json_value};
+
+/// One reading (the ThingsBoard shape).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the body; the handler parses `atlas_ingest::Reading`
+pub struct TelemetryItem {
+    /// The entity (one of the caller's).
+    pub entity_id: i64,
+    /// Epoch milliseconds of the reading; the server's receipt time when absent. Send it to
+    /// make retries idempotent: one (entity, attribute, ts) is one reading.
+    #[serde(default)]
+    pub ts: Option<i64>,
+    /// Attribute name (or numeric id) → value, typed by the attribute's data_type: integer →
+    /// integral number; decimal → number (≤ 15 integer and 5 fraction digits); boolean; date →
+    /// "YYYY-MM-DD"; timestamp → RFC 3339 string; string → string (matching the attribute's
+    /// validation_regex); json → any JSON.
+    #[schema(value_type = Object)]
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The body: one reading or an array of them.
+#[derive(Debug)]
+pub struct TelemetryBody;
+
+impl utoipa::PartialSchema for TelemetryBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("TelemetryItem"))
+            .item(
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name("TelemetryItem"))
+                    .min_items(Some(1)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for TelemetryBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            TelemetryItem::name().into_owned(),
+            <TelemetryItem as utoipa::PartialSchema>::schema(),
+        ));
+    }
+}
+
+/// When to answer.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TelemetryParams {
+    /// `durable` (default): after the values are committed in the time series. `staged`:
+    /// after the COPY into the UNLOGGED staging table committed — faster, but a PostgreSQL
+    /// crash within the next flush (~100 ms) loses them.
+    #[param(inline)]
+    pub durability: Option<DurabilityParam>,
+}
+
+/// Durability levels.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityParam {
+    /// Acknowledge after commit in the time series.
+    Durable,
+    /// Acknowledge after commit in staging.
+    Staged,
+}
+
+/// An acknowledgement.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TelemetryAck {
+    /// Values accepted (stored, or already stored: a replay is a no-op).
+    pub accepted: usize,
+    /// `durable` or `staged`.
+    pub durability: String,
+}
+
+fn field_error(e: FieldError) -> ApiError {
+    if e.not_found {
+        ApiError::UnknownReference {
+            message: e.message,
+            field: e.field,
+        }
+    } else {
+        ApiError::invalid_value(e.field, e.message)
+    }
+}
+
+/// Stores telemetry. The whole request is validated first: any bad value refuses the request
+/// (naming the item and field) and nothing is written.
+#[utoipa::path(post, path = "/v1/telemetry", tag = "tenant", security(("tenant_key" = [])),
+    params(TelemetryParams),
+    request_body(content = TelemetryBody, description = "A reading or an array of readings"),
+    responses((status = 200, description = "Durably stored", body = TelemetryAck),
+              (status = 202, description = "Staged (durability=staged)", body = TelemetryAck),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, description = "An entity is not the caller's", body = ErrorBody),
+              (status = 409, description = "Some values could not be stored (e.g. the entity was deleted meanwhile)", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn ingest(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<TelemetryParams>,
+    JsonValue(body): JsonValue,
+) -> Result<(StatusCode, Json<TelemetryAck>), ApiError> {
+    let Some(ingestor) = state.inner.ingestor.clone() else {
+        return Err(ApiError::Unavailable(
+            "ingest is not running on this server".into(),
+        ));
+    };
+    let single = body.is_object();
+    let readings: Vec<Reading> = match body {
+        serde_json::Value::Array(_) => from_json_value(body)?,
+        serde_json::Value::Object(_) => vec![from_json_value(body)?],
+        _ => {
+            return Err(ApiError::bad_field(
+                "body",
+                "expected a reading object or an array of them",
+            ));
+        }
+    };
+    if readings.is_empty() {
+        return Err(ApiError::invalid_value(
+            "body",
+            "at least one reading is required",
+        ));
+    }
+    let values: usize = readings.iter().map(|r| r.values.len()).sum();
+    let max = state.inner.limits.max_values_per_request;
+    if values > max {
+        return Err(ApiError::TooLarge(format!(
+            "{values} values in one request; at most {max} are accepted"
+        )));
+    }
+    let prefix = |i: usize| {
+        if single {
+            String::new()
+        } else {
+            format!("[{i}]")
+        }
+    };
+
+    // Type everything; an unknown attribute or an uncovered time may be news (an attribute
+    // defined or a partition made a moment ago): look again once before refusing.
+    let mut fresh = false;
+    let rows = loop {
+        let catalog = state.catalog(fresh).await?;
+        let time = state.time_rules(fresh).await?;
+        match type_readings(tenant, &readings, &catalog, &time, &prefix) {
+            Ok(rows) => break rows,
+            Err(e)
+                if !fresh
+                    && (e.message.starts_with("unknown attribute")
+                        || e.message.contains("partition")) =>
+            {
+                fresh = true
+            }
+            Err(e) => return Err(field_error(e)),
+        }
+    };
+
+    // Every entity must be one of the caller's (RLS makes another tenant's id invisible).
+    let ids: Vec<i64> = readings
+        .iter()
+        .map(|r| r.entity_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let known: HashSet<i64> = state
+        .inner
+        .store
+        .with_tenant(tenant, move |tx| {
+            async move {
+                let rows = tx
+                    .query(
+                        "SELECT entity_id FROM public.entities WHERE tenant_id = $1 AND entity_id = ANY($2) AND NOT is_deleted",
+                        &[&tenant.0, &ids],
+                    )
+                    .await?;
+                rows.iter().map(|r| r.try_get(0)).collect::<Result<HashSet<i64>, _>>().map_err(StoreError::from)
+            }
+            .boxed()
+        })
+        .await?;
+    if let Some(i) = readings.iter().position(|r| !known.contains(&r.entity_id)) {
+        let p = prefix(i);
+        let dot = if p.is_empty() { "" } else { "." };
+        return Err(ApiError::UnknownReference {
+            message: format!("entity {} not found", readings[i].entity_id),
+            field: format!("{p}{dot}entity_id"),
+        });
+    }
+
+    let durability = match params.durability {
+        Some(DurabilityParam::Staged) => Durability::Staged,
+        _ => Durability::Durable,
+    };
+    let fields: Vec<String> = readings
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            let p = prefix(i);
+            let dot = if p.is_empty() { "" } else { "." };
+            r.values
+                .keys()
+                .map(move |k| format!("{p}{dot}values.{k}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ack = ingestor
+        .submit(rows, durability)
+        .await
+        .map_err(|e| match e {
+            IngestError::QueueFull => {
+                ApiError::Unavailable("the ingest queue is full; retry later".into())
+            }
+            IngestError::ShuttingDown => {
+                ApiError::Unavailable("the server is shutting down; retry".into())
+            }
+            IngestError::Unavailable(_) => {
+                ApiError::Unavailable("the database is unavailable".into())
+            }
+            IngestError::Refused {
+                refused,
+                reason,
+                row,
+            } => ApiError::Conflict {
+                message: format!("{refused} value(s) were not stored: {reason}"),
+                field: fields.get(row).cloned(),
+            },
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    let (status, label) = match durability {
+        Durability::Durable => (StatusCode::OK, "durable"),
+        Durability::Staged => (StatusCode::ACCEPTED, "staged"),
+    };
+    Ok((
+        status,
+        Json(TelemetryAck {
+            accepted: ack.accepted,
+            durability: label.into(),
+        }),
+    ))
+}

@@ -1,0 +1,369 @@
+//! `POST /v1/telemetry`: typed storage, hot projection, cache invalidation, idempotence,
+//! the bad-input table, staged mode, other producers and backpressure.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{Server, assert_error, call};
+
+/// Defines the attributes every test here uses; returns nothing (names are used).
+async fn catalogue(server: &Server) {
+    for body in [
+        json!({"attribute_name": "temperature", "data_type": "decimal"}),
+        json!({"attribute_name": "gain", "data_type": "decimal", "allow_rounding": true}),
+        json!({"attribute_name": "status", "data_type": "string", "is_hot": true}),
+        json!({"attribute_name": "serial", "data_type": "string", "validation_regex": "^[A-Z]{2}[0-9]{4}$"}),
+        json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}),
+        json!({"attribute_name": "online", "data_type": "boolean", "is_hot": true}),
+        json!({"attribute_name": "serviced", "data_type": "date"}),
+        json!({"attribute_name": "booted", "data_type": "timestamp"}),
+        json!({"attribute_name": "config", "data_type": "json", "is_hot": true}),
+    ] {
+        let (s, b) = call(
+            server
+                .admin(Method::POST, "/v1/admin/attributes")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn post(server: &Server, key: &str, body: &Value) -> (u16, Value) {
+    call(
+        server
+            .as_tenant(key, Method::POST, "/v1/telemetry")
+            .json(body),
+    )
+    .await
+}
+
+async fn count_values(server: &Server) -> i64 {
+    server
+        .db
+        .admin()
+        .await
+        .query_one("SELECT count(*) FROM entity_values_ts", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
+}
+
+async fn hot(server: &Server, entity: i64) -> Value {
+    server
+        .db
+        .admin()
+        .await
+        .query_opt(
+            "SELECT hot_attrs FROM entity_jsonb WHERE entity_id = $1",
+            &[&entity],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|r| r.get(0))
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (tenant, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let t = now_ms() - 60_000;
+
+    // A cached copy of the entity's hot attributes, which the write must invalidate.
+    let redis =
+        redis::Client::open(server.db.urls.redis_url.as_str()).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cache_key = format!("entity:{tenant}:{e}");
+    let _: () = redis::cmd("SET")
+        .arg(&cache_key)
+        .arg("stale")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let (s, ack) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "ts": t, "values": {
+            "temperature": 21.5, "gain": 0.1234567, "status": "online", "serial": "AB1234", "priority": 8,
+            "online": true, "serviced": "2026-01-31", "booted": "2026-11-25T08:00:00+02:00", "config": {"rate": [1, 2]}
+        }}),
+    )
+    .await;
+    assert_eq!(
+        (s, ack["accepted"].as_i64(), ack["durability"].as_str()),
+        (200, Some(9), Some("durable")),
+        "{ack}"
+    );
+
+    // Durable means: in entity_values_ts the moment the response arrives.
+    let rows = server
+        .db
+        .admin()
+        .await
+        .query(
+            "SELECT a.attribute_name::text, v.value, v.value_int, v.value_decimal::text, v.value_bool, v.value_date::text, \
+                    v.value_timestamp, num_nonnulls(v.value, v.value_int, v.value_decimal, v.value_bool, v.value_date, v.value_timestamp) \
+             FROM entity_values_ts v JOIN attributes a USING (attribute_id) WHERE v.entity_id = $1 ORDER BY 1",
+            &[&e],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let by_name = |n: &str| {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == n)
+            .unwrap_or_else(|| panic!("{n} not stored"))
+    };
+    assert!(
+        rows.iter().all(|r| r.get::<_, i32>(7) == 1),
+        "exactly one typed column per row"
+    );
+    assert_eq!(
+        by_name("temperature")
+            .get::<_, Option<String>>(3)
+            .as_deref(),
+        Some("21.50000")
+    );
+    assert_eq!(
+        by_name("gain").get::<_, Option<String>>(3).as_deref(),
+        Some("0.12346"),
+        "rounded, as the attribute allows"
+    );
+    assert_eq!(by_name("priority").get::<_, Option<i64>>(2), Some(8));
+    assert_eq!(by_name("online").get::<_, Option<bool>>(4), Some(true));
+    assert_eq!(
+        by_name("serviced").get::<_, Option<String>>(5).as_deref(),
+        Some("2026-01-31")
+    );
+    let booted: Option<chrono::DateTime<chrono::Utc>> = by_name("booted").get(6);
+    assert_eq!(
+        booted.map(|b| b.to_rfc3339()),
+        Some("2026-11-25T06:00:00+00:00".to_owned())
+    );
+    assert_eq!(
+        by_name("config").get::<_, Option<String>>(1).as_deref(),
+        Some(r#"{"rate":[1,2]}"#)
+    );
+    assert_eq!(
+        by_name("serial").get::<_, Option<String>>(1).as_deref(),
+        Some("AB1234")
+    );
+
+    // Only hot attributes are projected, typed (8, not "8").
+    assert_eq!(
+        hot(&server, e).await,
+        json!({"status": "online", "priority": 8, "online": true, "config": {"rate": [1, 2]}})
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&cache_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exists, 0, "the entity's cache key is gone after the write");
+
+    // A late, older reading is stored but does not overwrite the newer hot value.
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "ts": t - 30_000, "values": {"status": "offline"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(hot(&server, e).await["status"], "online");
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "ts": t + 30_000, "values": {"status": "maintenance"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(hot(&server, e).await["status"], "maintenance");
+    assert_eq!(count_values(&server).await, 11);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn replays_and_in_request_duplicates_store_nothing_twice() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let t = now_ms() - 5_000;
+    let batch = json!([
+        {"entity_id": e, "ts": t, "values": {"priority": 1, "temperature": 20.0}},
+        {"entity_id": e, "ts": t, "values": {"priority": 1}},
+        {"entity_id": e, "ts": t + 1, "values": {"priority": 2}}
+    ]);
+    let (s, ack) = post(&server, &key, &batch).await;
+    assert_eq!((s, ack["accepted"].as_i64()), (200, Some(4)));
+    assert_eq!(
+        count_values(&server).await,
+        3,
+        "the in-request duplicate collapsed"
+    );
+    for _ in 0..2 {
+        let (s, _) = post(&server, &key, &batch).await;
+        assert_eq!(
+            s, 200,
+            "a replay is acknowledged (the readings are stored)…"
+        );
+    }
+    assert_eq!(count_values(&server).await, 3, "…and adds nothing");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
+    let limits = atlas_config::Limits {
+        max_body_bytes: 16 * 1024,
+        ..atlas_config::Limits::default()
+    };
+    let server = Server::start_with(limits).await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let (_, other_key) = server.tenant("other").await;
+    let e = server.entities(&key, 1).await[0];
+    let foreign = server.entities(&other_key, 1).await[0];
+    let t = now_ms();
+    let one = |values: Value| json!({"entity_id": e, "ts": t, "values": values});
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("unknown attribute", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"nope": 1}))), 422, "values.nope"),
+        ("wrong type", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"priority": "8"}))), 422, "values.priority"),
+        ("fraction for integer", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"priority": 8.5}))), 422, "values.priority"),
+        ("NaN as a string", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"temperature": "NaN"}))), 422, "values.temperature"),
+        ("1e16", server.as_tenant(&key, Method::POST, "/v1/telemetry").header("content-type", "application/json")
+            .body(format!(r#"{{"entity_id": {e}, "ts": {t}, "values": {{"temperature": 1e16}}}}"#)), 422, "values.temperature"),
+        ("too many decimals", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"temperature": 1.123456}))), 422, "values.temperature"),
+        ("regex mismatch", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"serial": "ab1234"}))), 422, "values.serial"),
+        ("bad date", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"serviced": "2026-02-30"}))), 422, "values.serviced"),
+        ("bad timestamp", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"booted": "yesterday"}))), 422, "values.booted"),
+        ("NUL in a string", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"status": "a\u{0}b"}))), 422, "values.status"),
+        ("bare NaN (not JSON)", server.as_tenant(&key, Method::POST, "/v1/telemetry").header("content-type", "application/json")
+            .body(format!(r#"{{"entity_id": {e}, "values": {{"temperature": NaN}}}}"#)), 400, "body"),
+        ("malformed JSON", server.as_tenant(&key, Method::POST, "/v1/telemetry").header("content-type", "application/json").body("{\"entity_id\": "), 400, "body"),
+        ("empty body", server.as_tenant(&key, Method::POST, "/v1/telemetry").header("content-type", "application/json").body(""), 400, "body"),
+        ("oversized body", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&one(json!({"status": "x".repeat(20_000)}))), 413, "body"),
+        ("far-future ts", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": e, "ts": t + 3_600_000, "values": {"priority": 1}})), 422, "ts"),
+        ("ts before retention", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": e, "ts": 946_684_800_000_i64, "values": {"priority": 1}})), 422, "ts"),
+        ("another tenant's entity", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": foreign, "ts": t, "values": {"priority": 1}})), 404, "entity_id"),
+        ("unknown entity", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": 987_654, "ts": t, "values": {"priority": 1}})), 404, "entity_id"),
+        ("no values", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": e, "values": {}})), 422, "values"),
+        ("missing values", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": e})), 400, "values"),
+        ("tenant_id smuggled", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!({"entity_id": e, "tenant_id": 1, "values": {"priority": 1}})), 400, "tenant_id"),
+        ("bad item in an array", server.as_tenant(&key, Method::POST, "/v1/telemetry")
+            .json(&json!([{"entity_id": e, "ts": t, "values": {"priority": 1}}, {"entity_id": e, "ts": t, "values": {"online": "yes"}}])), 422, "[1].values.online"),
+        ("empty array", server.as_tenant(&key, Method::POST, "/v1/telemetry").json(&json!([])), 422, "body"),
+        ("bad durability", server.as_tenant(&key, Method::POST, "/v1/telemetry?durability=maybe").json(&one(json!({"priority": 1}))), 400, "durability"),
+    ];
+    for (what, req, status, field) in cases {
+        let (s, body) = call(req).await;
+        assert_eq!(
+            assert_error(s, &body, status).as_deref(),
+            Some(field),
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(
+        count_values(&server).await,
+        0,
+        "nothing written by any refused request (the valid item of a bad array included)"
+    );
+    let staged: i64 = server
+        .db
+        .admin()
+        .await
+        .query_one("SELECT count(*) FROM entity_values_ingest", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(staged, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn staged_values_and_other_producers_rows_are_flushed_in_the_background() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (tenant, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let t = now_ms() - 1_000;
+    let (s, ack) = call(
+        server
+            .as_tenant(&key, Method::POST, "/v1/telemetry?durability=staged")
+            .json(&json!({"entity_id": e, "ts": t, "values": {"priority": 5}})),
+    )
+    .await;
+    assert_eq!((s, ack["durability"].as_str()), (202, Some("staged")));
+    // Another program COPYs straight into staging.
+    let app = server.db.app().await;
+    app.execute(
+        "INSERT INTO entity_values_ingest (tenant_id, entity_id, attribute_id, value, ingested_at) \
+         SELECT $1, $2, attribute_id, 'from-sql', now() FROM attributes WHERE attribute_name = 'status'",
+        &[&tenant, &e],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut stored = 0;
+    for _ in 0..50 {
+        stored = count_values(&server).await;
+        if stored == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, 2, "the background flusher stored both");
+    assert_eq!(
+        hot(&server, e).await,
+        json!({"priority": 5, "status": "from-sql"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let db = atlas_testkit::TestDb::new().await;
+    let store = db.store(4);
+    let ingest = atlas_ingest::IngestConfig {
+        queue_rows: 3,
+        ..atlas_ingest::IngestConfig::default()
+    };
+    let server = Server::over_with(db, store, atlas_config::Limits::default(), ingest).await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let resp = server
+        .as_tenant(&key, Method::POST, "/v1/telemetry")
+        .json(&json!({"entity_id": e, "values": {"priority": 1, "online": true, "status": "a", "temperature": 1.5}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+    let (s, body) = crate::support::split(resp).await;
+    assert_error(s, &body, 503);
+    assert_eq!(count_values(&server).await, 0);
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "values": {"priority": 1}}),
+    )
+    .await;
+    assert_eq!(s, 200, "a request that fits the queue is taken");
+    server.stop().await;
+}

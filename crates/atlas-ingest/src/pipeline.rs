@@ -1,0 +1,442 @@
+//! The write pipeline: bounded queue → batcher → binary COPY into staging → `stage_flush_own`
+//! in the same transaction → COMMIT → cache invalidation → acknowledgements. A background
+//! task drains rows other producers COPY into staging (`stage_flush`, SKIP LOCKED).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::pin_mut;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use atlas_store::{Store, StoreError, TenantId};
+
+use crate::cache::Invalidator;
+use crate::typing::{Row, Typed};
+
+/// When a request's values are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After the values are committed in `entity_values_ts` (the default).
+    #[default]
+    Durable,
+    /// After the COPY into the UNLOGGED staging table committed: faster, but a PostgreSQL
+    /// crash before the background flush (≤ ~100 ms later) loses them.
+    Staged,
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Flush a batch once it holds this many rows…
+    pub batch_rows: usize,
+    /// …or this long after its first request arrived.
+    pub batch_interval: Duration,
+    /// Rows that may wait in memory; beyond that requests get 503 (bounded memory).
+    pub queue_rows: usize,
+    /// How often the background task drains other producers' staged rows.
+    pub drain_interval: Duration,
+    /// Rows per background `stage_flush` call.
+    pub drain_batch: i32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 5_000,
+            batch_interval: Duration::from_millis(100),
+            queue_rows: 200_000,
+            drain_interval: Duration::from_millis(100),
+            drain_batch: 50_000,
+        }
+    }
+}
+
+/// Why a request was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The queue is full; retry later (503).
+    #[error("ingest queue is full; retry later")]
+    QueueFull,
+    /// The server is shutting down (503).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The database could not be reached; nothing of the request is acknowledged (503).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The batch failed for another reason; nothing of the request is acknowledged (500).
+    #[error("writing the batch failed: {0}")]
+    Failed(String),
+    /// Some values could not be stored (e.g. the entity was deleted meanwhile); the others were.
+    #[error("{refused} of the request's values were not stored: {reason}")]
+    Refused {
+        /// How many.
+        refused: usize,
+        /// The first reason.
+        reason: String,
+        /// Index of the first refused row in the request.
+        row: usize,
+    },
+}
+
+/// What an acknowledged request stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Values accepted: stored now, or already stored (a replay is a no-op).
+    pub accepted: usize,
+}
+
+struct Job {
+    rows: Vec<Row>,
+    durability: Durability,
+    respond: oneshot::Sender<Result<Ack, IngestError>>,
+    _permits: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Handle to submit rows; cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
+    queue_rows: usize,
+}
+
+impl std::fmt::Debug for Ingestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingestor")
+            .field("queue_rows", &self.queue_rows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running pipeline's tasks; await [`Pipeline::shutdown`] to drain it.
+pub struct Pipeline {
+    batcher: JoinHandle<()>,
+    drainer: JoinHandle<()>,
+    stop_batcher: oneshot::Sender<()>,
+    stop_drain: oneshot::Sender<()>,
+    permits: Arc<Semaphore>,
+}
+
+const COPY_STAGING: &str = "COPY public.entity_values_ingest (entity_id, tenant_id, attribute_id, value, value_int, \
+     value_decimal, value_bool, value_date, value_timestamp, ingested_at) FROM STDIN BINARY";
+const COPY_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::NUMERIC,
+    Type::BOOL,
+    Type::DATE,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+];
+
+impl Ingestor {
+    /// Starts the batcher and the background drain.
+    pub fn start(
+        store: Store,
+        invalidator: Invalidator,
+        config: IngestConfig,
+    ) -> (Ingestor, Pipeline) {
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        let permits = Arc::new(Semaphore::new(config.queue_rows));
+        let (stop_drain, stopped) = oneshot::channel();
+        let (stop_batcher, batcher_stopped) = oneshot::channel();
+        let batcher = tokio::spawn(run_batcher(
+            rx,
+            batcher_stopped,
+            store.clone(),
+            invalidator.clone(),
+            config.clone(),
+        ));
+        let drainer = tokio::spawn(run_drainer(store, invalidator, config.clone(), stopped));
+        (
+            Ingestor {
+                tx,
+                permits: Arc::clone(&permits),
+                queue_rows: config.queue_rows,
+            },
+            Pipeline {
+                batcher,
+                drainer,
+                stop_batcher,
+                stop_drain,
+                permits,
+            },
+        )
+    }
+
+    /// Queues rows and waits for their acknowledgement.
+    pub async fn submit(&self, rows: Vec<Row>, durability: Durability) -> Result<Ack, IngestError> {
+        let n = u32::try_from(rows.len().max(1)).map_err(|_| IngestError::QueueFull)?;
+        if rows.len() > self.queue_rows {
+            return Err(IngestError::QueueFull);
+        }
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_many_owned(n)
+            .map_err(|e| match e {
+                tokio::sync::TryAcquireError::Closed => IngestError::ShuttingDown,
+                tokio::sync::TryAcquireError::NoPermits => IngestError::QueueFull,
+            })?;
+        let (respond, ack) = oneshot::channel();
+        self.tx
+            .send(Job {
+                rows,
+                durability,
+                respond,
+                _permits: permit,
+            })
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?;
+        ack.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+
+    /// Rows currently waiting (for metrics).
+    pub fn queued_rows(&self) -> usize {
+        self.queue_rows
+            .saturating_sub(self.permits.available_permits())
+    }
+}
+
+impl Pipeline {
+    /// Refuses new requests (503), writes and acknowledges every request already queued, then
+    /// drains staging one last time.
+    pub async fn shutdown(self) {
+        self.permits.close();
+        let _ = self.stop_batcher.send(());
+        let _ = self.batcher.await;
+        let _ = self.stop_drain.send(());
+        let _ = self.drainer.await;
+    }
+}
+
+async fn run_batcher(
+    mut rx: mpsc::Receiver<Job>,
+    mut stop: oneshot::Receiver<()>,
+    store: Store,
+    invalidator: Invalidator,
+    config: IngestConfig,
+) {
+    let mut closing = false;
+    loop {
+        let first = if closing {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                job = rx.recv() => job,
+                _ = &mut stop => {
+                    // No new jobs; the ones already queued are still written below.
+                    closing = true;
+                    rx.close();
+                    rx.recv().await
+                }
+            }
+        };
+        let Some(first) = first else { return };
+        let deadline = tokio::time::Instant::now() + config.batch_interval;
+        let mut rows = first.rows.len();
+        let mut jobs = vec![first];
+        while rows < config.batch_rows {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(j) => { rows += j.rows.len(); jobs.push(j); }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let (staged, durable): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| j.durability == Durability::Staged);
+        if !staged.is_empty() {
+            write_batch(&store, &invalidator, staged, false).await;
+        }
+        if !durable.is_empty() {
+            write_batch(&store, &invalidator, durable, true).await;
+        }
+    }
+}
+
+type DeadKey = (i64, i64, i64, DateTime<Utc>);
+
+/// Writes one batch in one transaction and answers every job of it.
+async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, flush: bool) {
+    let started = Instant::now();
+    let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
+    match copy_and_flush(store, &jobs, flush).await {
+        Ok((changed, dead)) => {
+            invalidator.entities_changed(&changed).await;
+            for job in jobs {
+                let mut refused = None;
+                let mut n_refused = 0;
+                for (i, r) in job.rows.iter().enumerate() {
+                    if let Some(reason) =
+                        dead.get(&(r.tenant.0, r.entity_id, r.attribute_id, r.ingested_at))
+                    {
+                        n_refused += 1;
+                        refused.get_or_insert((i, reason.clone()));
+                    }
+                }
+                let result = match refused {
+                    None => Ok(Ack {
+                        accepted: job.rows.len(),
+                    }),
+                    Some((row, reason)) => Err(IngestError::Refused {
+                        refused: n_refused,
+                        reason,
+                        row,
+                    }),
+                };
+                let _ = job.respond.send(result);
+            }
+            tracing::debug!(
+                rows = total,
+                flush,
+                elapsed_ms = started.elapsed().as_millis(),
+                "batch written"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rows = total, "batch failed; nothing of it is acknowledged");
+            let unavailable = e.is_unavailable();
+            let message = e.to_string();
+            for job in jobs {
+                let err = if unavailable {
+                    IngestError::Unavailable(message.clone())
+                } else {
+                    IngestError::Failed(message.clone())
+                };
+                let _ = job.respond.send(Err(err));
+            }
+        }
+    }
+}
+
+async fn copy_and_flush(
+    store: &Store,
+    jobs: &[Job],
+    flush: bool,
+) -> Result<(Vec<(TenantId, i64)>, HashMap<DeadKey, String>), StoreError> {
+    let mut client = store.primary().get().await?;
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in(COPY_STAGING).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    pin_mut!(writer);
+    for row in jobs.iter().flat_map(|j| j.rows.iter()) {
+        let (text, int, dec, b, date, ts) = columns(&row.value);
+        let values: [&(dyn ToSql + Sync); 10] = [
+            &row.entity_id,
+            &row.tenant.0,
+            &row.attribute_id,
+            &text,
+            &int,
+            &dec,
+            &b,
+            &date,
+            &ts,
+            &row.ingested_at,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    let mut changed = Vec::new();
+    let mut dead = HashMap::new();
+    if flush {
+        for r in tx
+            .query("SELECT * FROM public.stage_flush_own()", &[])
+            .await?
+        {
+            let tenant: i64 = r.try_get(0)?;
+            let entity: i64 = r.try_get(1)?;
+            match r.try_get::<_, Option<String>>(6)? {
+                Some(reason) => {
+                    dead.insert((tenant, entity, r.try_get(4)?, r.try_get(5)?), reason);
+                }
+                None if r.try_get::<_, bool>(3)? => changed.push((TenantId(tenant), entity)),
+                None => {}
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok((changed, dead))
+}
+
+type Columns<'a> = (
+    Option<&'a str>,
+    Option<i64>,
+    Option<rust_decimal::Decimal>,
+    Option<bool>,
+    Option<chrono::NaiveDate>,
+    Option<DateTime<Utc>>,
+);
+
+fn columns(v: &Typed) -> Columns<'_> {
+    match v {
+        Typed::Text(s) | Typed::Json(s) => (Some(s), None, None, None, None, None),
+        Typed::Int(i) => (None, Some(*i), None, None, None, None),
+        Typed::Decimal(d) => (None, None, Some(*d), None, None, None),
+        Typed::Bool(b) => (None, None, None, Some(*b), None, None),
+        Typed::Date(d) => (None, None, None, None, Some(*d), None),
+        Typed::Timestamp(t) => (None, None, None, None, None, Some(*t)),
+    }
+}
+
+async fn run_drainer(
+    store: Store,
+    invalidator: Invalidator,
+    config: IngestConfig,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(config.drain_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = &mut stop => true,
+        };
+        drain_once(&store, &invalidator, config.drain_batch).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Drains staging until empty (errors are logged; the next tick retries).
+pub async fn drain_once(store: &Store, invalidator: &Invalidator, batch: i32) -> usize {
+    let mut stored = 0usize;
+    loop {
+        match store.flush_staged(batch).await {
+            Ok(flushed) => {
+                let changed: Vec<(TenantId, i64)> = flushed
+                    .iter()
+                    .filter(|f| f.hot_changed)
+                    .map(|f| (f.tenant, f.entity_id))
+                    .collect();
+                invalidator.entities_changed(&changed).await;
+                stored += flushed
+                    .iter()
+                    .map(|f| usize::try_from(f.stored).unwrap_or(0))
+                    .sum::<usize>();
+                match store.staging_backlog(1).await {
+                    Ok(b) if b.rows > 0 => continue,
+                    Ok(_) => return stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the staging backlog failed");
+                        return stored;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "background stage_flush failed; retrying next tick");
+                return stored;
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Turning JSON telemetry into typed rows: each value goes into exactly the one column of its
+//! attribute's data_type, or the whole request is refused with the field at fault.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use atlas_store::TenantId;
+use atlas_store::admin::{Attribute, DataType};
+use atlas_store::entities::check_storable_json;
+
+/// Largest integer part of a decimal: DECIMAL(20,5) holds 15 integer digits.
+const MAX_DECIMAL_INTEGER_DIGITS: u32 = 15;
+/// Fraction digits DECIMAL(20,5) keeps.
+const DECIMAL_SCALE: u32 = 5;
+/// Longest string value, in bytes.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+
+/// What an attribute's values must look like.
+#[derive(Debug)]
+pub struct AttrRule {
+    /// Attribute id.
+    pub id: i64,
+    /// Attribute name.
+    pub name: String,
+    /// Value type.
+    pub data_type: DataType,
+    /// Decimals with more than 5 fraction digits are rounded instead of refused.
+    pub allow_rounding: bool,
+    /// How string values are checked.
+    pub validation: Validation,
+}
+
+/// The check of a string attribute's values.
+#[derive(Debug)]
+pub enum Validation {
+    /// No validation_regex.
+    Any,
+    /// Values must match.
+    Matches(regex::Regex),
+    /// A stored regex that no longer compiles: every value is refused until it is fixed.
+    Broken,
+}
+
+/// The attribute catalogue, indexed for typing.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    by_name: HashMap<String, Arc<AttrRule>>,
+    by_id: HashMap<i64, Arc<AttrRule>>,
+}
+
+impl Catalog {
+    /// Indexes attributes (an attribute whose stored regex no longer compiles is refused
+    /// values until fixed, rather than accepted unchecked).
+    pub fn new(attributes: Vec<Attribute>) -> Self {
+        let mut c = Catalog::default();
+        for a in attributes {
+            let allow_rounding = a.allow_rounding;
+            let validation = match a.validation_regex.as_deref() {
+                None => Validation::Any,
+                Some(p) => match atlas_store::admin::compile_validation_regex(p) {
+                    Ok(r) => Validation::Matches(r),
+                    Err(_) => {
+                        tracing::warn!(attribute = %a.attribute_name, "stored validation_regex does not compile; values are refused");
+                        Validation::Broken
+                    }
+                },
+            };
+            let rule = Arc::new(AttrRule {
+                id: a.attribute_id,
+                name: a.attribute_name.clone(),
+                data_type: a.data_type,
+                allow_rounding,
+                validation,
+            });
+            c.by_id.insert(a.attribute_id, Arc::clone(&rule));
+            c.by_name.insert(a.attribute_name, rule);
+        }
+        c
+    }
+
+    /// An attribute by name, or by id when the key is all digits.
+    pub fn resolve(&self, key: &str) -> Option<&Arc<AttrRule>> {
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+            return key.parse::<i64>().ok().and_then(|id| self.by_id.get(&id));
+        }
+        self.by_name.get(key)
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// A typed value: exactly one column of the time series.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Typed {
+    /// `value` (string attributes).
+    Text(String),
+    /// `value_int`.
+    Int(i64),
+    /// `value_decimal`.
+    Decimal(Decimal),
+    /// `value_bool`.
+    Bool(bool),
+    /// `value_date`.
+    Date(NaiveDate),
+    /// `value_timestamp`.
+    Timestamp(DateTime<Utc>),
+    /// `value` holding a JSON document (serialized).
+    Json(String),
+}
+
+/// One reading ready for staging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The tenant (from the API key).
+    pub tenant: TenantId,
+    /// The entity.
+    pub entity_id: i64,
+    /// The attribute.
+    pub attribute_id: i64,
+    /// The value.
+    pub value: Typed,
+    /// The reading's own time.
+    pub ingested_at: DateTime<Utc>,
+}
+
+/// A refused value or reading, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `[3].values.temperature`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// The entity does not exist for this tenant (a 404, not a 422).
+    pub not_found: bool,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+            not_found: false,
+        }
+    }
+}
+
+fn number_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_decimal(text: &str) -> Option<Decimal> {
+    Decimal::from_str_exact(text)
+        .ok()
+        .or_else(|| Decimal::from_scientific(text).ok())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Types one JSON value for an attribute.
+pub fn type_value(rule: &AttrRule, v: &Value) -> Result<Typed, String> {
+    let expected = |what: &str| {
+        format!(
+            "`{}` has data_type {}: expected {what}, got {}",
+            rule.name,
+            rule.data_type,
+            json_kind(v)
+        )
+    };
+    match rule.data_type {
+        DataType::Integer => {
+            let text = number_text(v).ok_or_else(|| expected("an integer"))?;
+            let d = parse_decimal(&text)
+                .ok_or_else(|| format!("{text} is out of range for an integer"))?;
+            if !d.fract().is_zero() {
+                return Err(format!("{text} is not an integer (no fractions allowed)"));
+            }
+            i64::try_from(d.trunc())
+                .map(Typed::Int)
+                .map_err(|_| format!("{text} is outside the 64-bit integer range"))
+        }
+        DataType::Decimal => {
+            let text = number_text(v).ok_or_else(|| expected("a finite number"))?;
+            let d = parse_decimal(&text)
+                .ok_or_else(|| format!("{text} is out of range for a decimal"))?;
+            if d.abs() >= Decimal::from(10u64.pow(MAX_DECIMAL_INTEGER_DIGITS)) {
+                return Err(format!(
+                    "{text} has more than {MAX_DECIMAL_INTEGER_DIGITS} integer digits"
+                ));
+            }
+            let d = d.normalize();
+            if d.scale() > DECIMAL_SCALE {
+                if rule.allow_rounding {
+                    return Ok(Typed::Decimal(d.round_dp(DECIMAL_SCALE)));
+                }
+                return Err(format!(
+                    "{text} has more than {DECIMAL_SCALE} fraction digits (the attribute does not allow rounding)"
+                ));
+            }
+            Ok(Typed::Decimal(d))
+        }
+        DataType::Boolean => v
+            .as_bool()
+            .map(Typed::Bool)
+            .ok_or_else(|| expected("true or false")),
+        DataType::Date => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| expected("a date string YYYY-MM-DD"))?;
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(Typed::Date)
+                .map_err(|e| format!("`{s}` is not a date YYYY-MM-DD: {e}"))
+        }
+        DataType::Timestamp => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| expected("an RFC 3339 timestamp string"))?;
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| Typed::Timestamp(t.with_timezone(&Utc)))
+                .map_err(|e| format!("`{s}` is not an RFC 3339 timestamp: {e}"))
+        }
+        DataType::String => {
+            let s = v.as_str().ok_or_else(|| expected("a string"))?;
+            if s.len() > MAX_STRING_BYTES {
+                return Err(format!("longer than {MAX_STRING_BYTES} bytes"));
+            }
+            if s.contains('\0') {
+                return Err("must not contain the NUL character (\\u0000)".into());
+            }
+            // `is_match` searches: a regex that must cover the whole value says so with ^…$.
+            match &rule.validation {
+                Validation::Any => {}
+                Validation::Matches(r) if r.is_match(s) => {}
+                Validation::Matches(_) => {
+                    return Err(format!(
+                        "`{s}` does not match the attribute's validation_regex"
+                    ));
+                }
+                Validation::Broken => {
+                    return Err(
+                        "the attribute's validation_regex is invalid; fix the attribute".into(),
+                    );
+                }
+            }
+            Ok(Typed::Text(s.to_owned()))
+        }
+        DataType::Json => {
+            check_storable_json(v, "").map_err(|e| e.to_string())?;
+            Ok(Typed::Json(v.to_string()))
+        }
+    }
+}
+
+/// Limits a reading's time must respect.
+#[derive(Debug, Clone)]
+pub struct TimeRules {
+    /// The server's receipt time (the time of readings without `ts`).
+    pub now: DateTime<Utc>,
+    /// How far into the future a `ts` may be.
+    pub max_future: chrono::Duration,
+    /// The time ranges that have partitions, `[from, to)`.
+    pub coverage: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl TimeRules {
+    /// Checks a reading time (epoch milliseconds), returning it as a timestamp.
+    pub fn check(&self, ts_ms: Option<i64>, field: &str) -> Result<DateTime<Utc>, FieldError> {
+        let at = match ts_ms {
+            None => self.now,
+            Some(ms) => Utc.timestamp_millis_opt(ms).single().ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    format!("{ms} is not a valid epoch-milliseconds time"),
+                )
+            })?,
+        };
+        if at > self.now + self.max_future {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{at} is more than {} s in the future",
+                    self.max_future.num_seconds()
+                ),
+            ));
+        }
+        if !self.coverage.iter().any(|(lo, hi)| *lo <= at && at < *hi) {
+            let oldest = self.coverage.iter().map(|(lo, _)| *lo).min();
+            return Err(FieldError::new(
+                field,
+                match oldest {
+                    Some(lo) if at < lo => {
+                        format!("{at} is older than the retained data (which starts at {lo})")
+                    }
+                    _ => format!("{at} is outside the stored time range (no partition covers it)"),
+                },
+            ));
+        }
+        Ok(at)
+    }
+}
+
+/// One telemetry item as posted: `{"entity_id", "ts"?, "values": {...}}`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reading {
+    /// The entity.
+    pub entity_id: i64,
+    /// Epoch milliseconds; the receipt time when absent.
+    #[serde(default)]
+    pub ts: Option<i64>,
+    /// Attribute name (or id) → value.
+    pub values: serde_json::Map<String, Value>,
+}
+
+/// Types every value of every reading, or names the first field at fault. `prefix(i)` gives
+/// the JSON path of reading `i` (`""` for a single object, `"[i]"` for an array).
+pub fn type_readings(
+    tenant: TenantId,
+    readings: &[Reading],
+    catalog: &Catalog,
+    time: &TimeRules,
+    prefix: &dyn Fn(usize) -> String,
+) -> Result<Vec<Row>, FieldError> {
+    let mut rows = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
+    for (i, r) in readings.iter().enumerate() {
+        let p = prefix(i);
+        let dot = if p.is_empty() { "" } else { "." };
+        if r.entity_id < 1 {
+            return Err(FieldError {
+                not_found: true,
+                ..FieldError::new(
+                    format!("{p}{dot}entity_id"),
+                    format!("entity {} not found", r.entity_id),
+                )
+            });
+        }
+        let at = time.check(r.ts, &format!("{p}{dot}ts"))?;
+        if r.values.is_empty() {
+            return Err(FieldError::new(
+                format!("{p}{dot}values"),
+                "at least one value is required",
+            ));
+        }
+        for (key, v) in &r.values {
+            let field = format!("{p}{dot}values.{key}");
+            let rule = catalog
+                .resolve(key)
+                .ok_or_else(|| FieldError::new(&field, format!("unknown attribute `{key}`")))?;
+            let value = type_value(rule, v).map_err(|m| FieldError::new(&field, m))?;
+            rows.push(Row {
+                tenant,
+                entity_id: r.entity_id,
+                attribute_id: rule.id,
+                value,
+                ingested_at: at,
+            });
+        }
+    }
+    Ok(rows)
+}
