@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_security.sql"),
     migration!(5, "0005_api_keys.sql"),
     migration!(6, "0006_ingest.sql"),
+    migration!(7, "0007_schema_usage.sql"),
 ];
 
 impl Migration {

@@ -84,6 +84,9 @@ struct StackState {
     admin_password: String,
     app_password: String,
     redis_password: String,
+    /// The ports the stack was created with (they win over a later spec's).
+    #[serde(default)]
+    ports: Option<(u16, u16, u16)>,
 }
 
 /// A stack that is (or was) brought up: how to reach each service.
@@ -148,14 +151,16 @@ impl Stack {
         let path = spec.dir.join("stack.json");
         match fs::read_to_string(&path) {
             Ok(text) => {
-                let state = serde_json::from_str(&text).map_err(|e| StackError::State {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                Ok(Some(Self {
-                    spec: spec.clone(),
-                    state,
-                }))
+                let state: StackState =
+                    serde_json::from_str(&text).map_err(|e| StackError::State {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                let mut spec = spec.clone();
+                if let Some((pg, replica, redis)) = state.ports {
+                    (spec.pg_port, spec.replica_port, spec.redis_port) = (pg, replica, redis);
+                }
+                Ok(Some(Self { spec, state }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
@@ -175,6 +180,7 @@ impl Stack {
                     admin_password: random_secret(),
                     app_password: random_secret(),
                     redis_password: random_secret(),
+                    ports: Some((spec.pg_port, spec.replica_port, spec.redis_port)),
                 };
                 let s = Self {
                     spec: spec.clone(),
@@ -284,6 +290,30 @@ impl Stack {
     /// Data directory of the replica.
     pub fn replica_dir(&self) -> PathBuf {
         self.state.pg_root.join("replica")
+    }
+
+    /// Stops the primary: `immediate` is a crash-like stop (no checkpoint; WAL replay at the
+    /// next start), otherwise a fast, clean shutdown. For failure tests.
+    pub fn stop_primary(&self, immediate: bool) -> Result<(), StackError> {
+        let mode = if immediate { "immediate" } else { "fast" };
+        self.pg(&format!("{PG_BIN}/pg_ctl"))
+            .args([
+                "-D",
+                &self.primary_dir().to_string_lossy(),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ])
+            .run("stopping the primary")
+            .map(|_| ())
+    }
+
+    /// Starts the primary again (after [`Stack::stop_primary`]).
+    pub fn start_primary(&self) -> Result<(), StackError> {
+        self.start_pg(&self.primary_dir(), self.spec.pg_port, "primary")
     }
 
     fn save_state(&self) -> Result<(), StackError> {

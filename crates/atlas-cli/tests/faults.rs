@@ -1,0 +1,358 @@
+//! Failure tests: every acknowledged value is stored exactly once, whatever dies.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atlas_testkit::{Stack, StackSpec, TestDb, connect};
+use serde_json::json;
+
+const ADMIN: &str = "fault-test-admin-token-0123";
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    /// Starts `atlas serve` against a database; waits until it answers.
+    async fn start(database_url: &str, redis_url: &str) -> Serve {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_atlas"))
+            .arg("serve")
+            .env("ATLAS_DATABASE_URL", database_url)
+            .env("ATLAS_REPLICA_URLS", "")
+            .env("ATLAS_REDIS_URL", redis_url)
+            .env("ATLAS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ATLAS_ADMIN_TOKEN", ADMIN)
+            .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
+            .env("ATLAS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn atlas serve: {e}"));
+        // Owned by the guard from here on, so it is killed and reaped on every path.
+        let serve = Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{}/healthz", serve.base)).send().await.is_ok() {
+                return serve;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("atlas serve did not start");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Defines `priority`, creates a tenant with a key and `n` entities (through the API).
+async fn fleet(base: &str, n: usize) -> (String, Vec<i64>) {
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value, auth: &str| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(auth)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v1/admin/attributes",
+        json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}),
+        ADMIN,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 201);
+    let t: serde_json::Value = post("/v1/admin/tenants", json!({"tenant_name": "faulty"}), ADMIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = t["tenant_id"].as_i64().unwrap_or_default();
+    let k: serde_json::Value = post(&format!("/v1/admin/tenants/{id}/keys"), json!({}), ADMIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = k["secret"].as_str().unwrap_or_default().to_owned();
+    let body: Vec<_> = (0..n).map(|_| json!({"entity_type": "sensor"})).collect();
+    let page: serde_json::Value = post("/v1/entities", json!(body), &key)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ids = page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .filter_map(|e| e["entity_id"].as_i64())
+        .collect();
+    (key, ids)
+}
+
+#[derive(Default)]
+struct Outcome {
+    acked: HashSet<(i64, i64)>,
+    unavailable: usize,
+    errors: usize,
+    /// Responses other than 200/503, by status (a 500 here is a bug: down means 503).
+    other_statuses: std::collections::BTreeMap<u16, usize>,
+    acked_after_outage: usize,
+}
+
+/// Clients sending one reading per request with unique times, until `until`; records what
+/// was acknowledged. `outage_over` flags successes after the outage ended.
+async fn drive(
+    base: String,
+    key: String,
+    entities: Vec<i64>,
+    until: Instant,
+    outage_over: Arc<std::sync::atomic::AtomicBool>,
+) -> Outcome {
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let start_ms = chrono::Utc::now().timestamp_millis() - 120_000;
+    let mut tasks = Vec::new();
+    // Each lone request waits for its batch (≤ 100 ms): many clients make the load.
+    for (c, chunk) in entities.chunks(entities.len().div_ceil(16)).enumerate() {
+        let (base, key, chunk, outcome, over) = (
+            base.clone(),
+            key.clone(),
+            chunk.to_vec(),
+            Arc::clone(&outcome),
+            Arc::clone(&outage_over),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut seq: i64 = 0;
+            while Instant::now() < until {
+                seq += 1;
+                let entity = chunk[usize::try_from(seq).unwrap_or(0) % chunk.len()];
+                // Unique per client and sequence: never a replay of another request.
+                let ts = start_ms + seq * 32 + i64::try_from(c).unwrap_or(0);
+                let body = json!({"entity_id": entity, "ts": ts, "values": {"priority": seq}});
+                let result = http
+                    .post(format!("{base}/v1/telemetry"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await;
+                let failed = !matches!(&result, Ok(r) if r.status() == 200);
+                {
+                    let mut o = outcome.lock().unwrap_or_else(|p| p.into_inner());
+                    match result.map(|r| r.status().as_u16()) {
+                        Ok(200) => {
+                            o.acked.insert((entity, ts));
+                            if over.load(std::sync::atomic::Ordering::SeqCst) {
+                                o.acked_after_outage += 1;
+                            }
+                        }
+                        Ok(503) => o.unavailable += 1,
+                        Ok(status) => *o.other_statuses.entry(status).or_default() += 1,
+                        Err(_) => o.errors += 1,
+                    }
+                }
+                if failed {
+                    // Back off a little, as a client does after a 503 (not the full Retry-After).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Arc::try_unwrap(outcome)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .unwrap_or_default()
+}
+
+async fn stored(admin_url: &str) -> Vec<(i64, i64)> {
+    let admin = connect(admin_url).await.unwrap_or_else(|e| panic!("{e}"));
+    admin
+        .query(
+            "SELECT entity_id, (extract(epoch FROM ingested_at) * 1000)::bigint FROM entity_values_ts",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn assert_every_ack_stored_once(acked: &HashSet<(i64, i64)>, stored: &[(i64, i64)]) {
+    eprintln!(
+        "acknowledged {} values, {} stored",
+        acked.len(),
+        stored.len()
+    );
+    let stored_set: HashSet<(i64, i64)> = stored.iter().copied().collect();
+    assert_eq!(stored_set.len(), stored.len(), "a value is stored twice");
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|a| !stored_set.contains(a))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged values are missing, e.g. {missing:?}",
+        acked.iter().filter(|a| !stored_set.contains(a)).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acked_values_survive_kill_9_of_the_server() {
+    let db = TestDb::new().await;
+    let mut serve = Serve::start(&db.urls.database_url, &db.urls.redis_url).await;
+    let (key, entities) = fleet(&serve.base, 40).await;
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let driver = tokio::spawn(drive(
+        serve.base.clone(),
+        key,
+        entities,
+        Instant::now() + Duration::from_secs(3),
+        over,
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGKILL: no graceful anything.
+    serve.child.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = serve.child.wait();
+    let outcome = driver.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        outcome.acked.len() > 50,
+        "the load ran: {} acked",
+        outcome.acked.len()
+    );
+    assert!(
+        outcome.errors > 0,
+        "requests failed once the server was gone"
+    );
+    assert!(
+        outcome.other_statuses.is_empty(),
+        "{:?}",
+        outcome.other_statuses
+    );
+    assert_every_ack_stored_once(&outcome.acked, &stored(&db.urls.admin_database_url).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers() {
+    // A cluster of its own: stopping the shared test cluster would disturb other tests.
+    let dir = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/atlas-fault-stack"
+    ));
+    let spec = StackSpec {
+        pg_port: 55539,
+        replica_port: 55540,
+        redis_port: 63900,
+        ..StackSpec::test(&dir)
+    };
+    let stack = tokio::task::spawn_blocking({
+        let spec = spec.clone();
+        move || Stack::up(&spec)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("fault stack: {e}"));
+    // A fresh database each run.
+    let name = format!("fault_{}", std::process::id());
+    {
+        let admin = connect(&stack.urls_for("postgres").admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for generator in [
+            "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+            "SELECT format('CREATE DATABASE %I', $1::text)",
+        ] {
+            let stmt: String = admin
+                .query_one(generator, &[&name])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .get(0);
+            admin
+                .batch_execute(&stmt)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let urls = stack.urls_for(&name);
+    {
+        let mut admin = connect(&urls.admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let login = atlas_schema::AppLogin {
+            user: "atlas_app".into(),
+            password: stack.app_password().to_owned(),
+        };
+        atlas_schema::migrate(&mut admin, Some(&login))
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+    }
+    let serve = Serve::start(&urls.database_url, &urls.redis_url).await;
+    let (key, entities) = fleet(&serve.base, 40).await;
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let driver = tokio::spawn(drive(
+        serve.base.clone(),
+        key,
+        entities,
+        Instant::now() + Duration::from_secs(7),
+        Arc::clone(&over),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = stack.clone();
+    tokio::task::spawn_blocking(move || s.stop_primary(true))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = stack.clone();
+    tokio::task::spawn_blocking(move || s.start_primary())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    over.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcome = driver.await.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "503 while down: {}, transport errors: {}, other statuses: {:?}, acked after the restart: {}",
+        outcome.unavailable, outcome.errors, outcome.other_statuses, outcome.acked_after_outage
+    );
+    assert!(outcome.unavailable > 0, "503s while PostgreSQL was down");
+    // 429 is legitimate (the tenant's budget); any other 5xx than 503 is not.
+    assert!(
+        outcome.other_statuses.keys().all(|s| *s == 429),
+        "while the database is down every failure is a 503: {:?}",
+        outcome.other_statuses
+    );
+    assert!(
+        outcome.acked_after_outage > 20,
+        "the server recovered by itself: {} acked after",
+        outcome.acked_after_outage
+    );
+    assert_every_ack_stored_once(&outcome.acked, &stored(&urls.admin_database_url).await);
+    drop(serve);
+    let _ = tokio::task::spawn_blocking(move || Stack::down(&spec, false)).await;
+}

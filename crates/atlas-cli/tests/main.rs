@@ -1,0 +1,4 @@
+//! Tests of the `atlas` binary as a process: acknowledged values survive `kill -9` of the
+//! server and an immediate stop of PostgreSQL.
+
+mod faults;
