@@ -1,6 +1,7 @@
 //! `atlas`: the one binary — local stack, migrations, demo data and operations.
 
 mod admin;
+mod bench;
 mod demo;
 mod stack;
 
@@ -50,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::AttributeCmd,
     },
+    /// Benchmarks (print figures; see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
     /// Move staged rows into the time series until staging is empty.
     Flush {
         /// Rows per stage_flush call.
@@ -74,6 +80,7 @@ async fn main() -> Result<()> {
         Command::Migrate { status } => stack::migrate(&config, status).await,
         Command::Demo(args) => demo::run(&config, &args).await,
         Command::Serve => admin::serve(&config).await,
+        Command::Bench { cmd } => bench::run(&config, cmd).await,
         Command::Tenant { cmd } => admin::tenant(&config, cmd).await,
         Command::Key { cmd } => admin::key(&config, cmd).await,
         Command::Attribute { cmd } => admin::attribute(&config, cmd).await,

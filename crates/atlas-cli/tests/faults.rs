@@ -47,7 +47,12 @@ impl Serve {
         };
         let http = reqwest::Client::new();
         for _ in 0..100 {
-            if http.get(format!("{}/healthz", serve.base)).send().await.is_ok() {
+            if http
+                .get(format!("{}/healthz", serve.base))
+                .send()
+                .await
+                .is_ok()
+            {
                 return serve;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -126,20 +131,23 @@ async fn drive(
     base: String,
     key: String,
     entities: Vec<i64>,
-    until: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     outage_over: Arc<std::sync::atomic::AtomicBool>,
+    acked_count: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Outcome {
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let start_ms = chrono::Utc::now().timestamp_millis() - 120_000;
     let mut tasks = Vec::new();
     // Each lone request waits for its batch (≤ 100 ms): many clients make the load.
     for (c, chunk) in entities.chunks(entities.len().div_ceil(16)).enumerate() {
-        let (base, key, chunk, outcome, over) = (
+        let (base, key, chunk, outcome, over, stop, count) = (
             base.clone(),
             key.clone(),
             chunk.to_vec(),
             Arc::clone(&outcome),
             Arc::clone(&outage_over),
+            Arc::clone(&stop),
+            Arc::clone(&acked_count),
         );
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::builder()
@@ -147,7 +155,7 @@ async fn drive(
                 .build()
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut seq: i64 = 0;
-            while Instant::now() < until {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 seq += 1;
                 let entity = chunk[usize::try_from(seq).unwrap_or(0) % chunk.len()];
                 // Unique per client and sequence: never a replay of another request.
@@ -165,6 +173,7 @@ async fn drive(
                     match result.map(|r| r.status().as_u16()) {
                         Ok(200) => {
                             o.acked.insert((entity, ts));
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             if over.load(std::sync::atomic::Ordering::SeqCst) {
                                 o.acked_after_outage += 1;
                             }
@@ -229,20 +238,29 @@ async fn acked_values_survive_kill_9_of_the_server() {
     let mut serve = Serve::start(&db.urls.database_url, &db.urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let driver = tokio::spawn(drive(
         serve.base.clone(),
         key,
         entities,
-        Instant::now() + Duration::from_secs(3),
+        Arc::clone(&stop),
         over,
+        Arc::clone(&acked),
     ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill during sustained ingest: once a good number of values were acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // SIGKILL: no graceful anything.
     serve.child.kill().unwrap_or_else(|e| panic!("{e}"));
     let _ = serve.child.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = driver.await.unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        outcome.acked.len() > 50,
+        outcome.acked.len() >= 100,
         "the load ran: {} acked",
         outcome.acked.len()
     );
@@ -315,14 +333,20 @@ async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers
     let serve = Serve::start(&urls.database_url, &urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let driver = tokio::spawn(drive(
         serve.base.clone(),
         key,
         entities,
-        Instant::now() + Duration::from_secs(7),
+        Arc::clone(&stop),
         Arc::clone(&over),
+        Arc::clone(&acked),
     ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let s = stack.clone();
     tokio::task::spawn_blocking(move || s.stop_primary(true))
         .await
@@ -335,6 +359,15 @@ async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("{e}"));
     over.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Keep going until the recovered server has acknowledged plenty (or a generous limit).
+    let recovered_from = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < recovered_from + 100
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = driver.await.unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "503 while down: {}, transport errors: {}, other statuses: {:?}, acked after the restart: {}",

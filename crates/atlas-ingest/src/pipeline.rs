@@ -1,6 +1,8 @@
-//! The write pipeline: bounded queue → batcher → binary COPY into staging → `stage_flush_own`
-//! in the same transaction → COMMIT → cache invalidation → acknowledgements. A background
-//! task drains rows other producers COPY into staging (`stage_flush`, SKIP LOCKED).
+//! The write pipeline: bounded queue → batcher → a pool of writers. A durable batch goes as
+//! binary column arrays to `ingest_rows` (validate, store, project; its commit is the
+//! acknowledgement); a staged batch is COPYed into the UNLOGGED staging table. Then cache
+//! invalidation and the acknowledgements. A background task drains staging (staged batches
+//! and rows other producers COPY there) with `stage_flush` (SKIP LOCKED).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +40,9 @@ pub struct IngestConfig {
     pub batch_interval: Duration,
     /// Rows that may wait in memory; beyond that requests get 503 (bounded memory).
     pub queue_rows: usize,
+    /// Batches written concurrently (each on its own connection). Safe: inserts run in
+    /// primary-key order and projection upserts in entity order, so writers cannot deadlock.
+    pub writers: usize,
     /// How often the background task drains other producers' staged rows.
     pub drain_interval: Duration,
     /// Rows per background `stage_flush` call.
@@ -50,6 +55,7 @@ impl Default for IngestConfig {
             batch_rows: 5_000,
             batch_interval: Duration::from_millis(100),
             queue_rows: 200_000,
+            writers: 3,
             drain_interval: Duration::from_millis(100),
             drain_batch: 50_000,
         }
@@ -224,6 +230,20 @@ async fn run_batcher(
     invalidator: Invalidator,
     config: IngestConfig,
 ) {
+    // Batches go to a pool of writers so one batch is collected while others are written.
+    let (batches, batch_rx) = mpsc::channel::<(Vec<Job>, bool)>(config.writers.max(1));
+    let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
+    let mut writers = Vec::new();
+    for _ in 0..config.writers.max(1) {
+        let (rx, store, invalidator) = (Arc::clone(&batch_rx), store.clone(), invalidator.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((jobs, flush)) = next else { return };
+                write_batch(&store, &invalidator, jobs, flush).await;
+            }
+        }));
+    }
     let mut closing = false;
     loop {
         let first = if closing {
@@ -239,7 +259,7 @@ async fn run_batcher(
                 }
             }
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else { break };
         let deadline = tokio::time::Instant::now() + config.batch_interval;
         let mut rows = first.rows.len();
         let mut jobs = vec![first];
@@ -255,12 +275,16 @@ async fn run_batcher(
         let (staged, durable): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|j| j.durability == Durability::Staged);
-        if !staged.is_empty() {
-            write_batch(&store, &invalidator, staged, false).await;
+        for (jobs, flush) in [(staged, false), (durable, true)] {
+            if !jobs.is_empty() && batches.send((jobs, flush)).await.is_err() {
+                tracing::error!("ingest writers are gone");
+            }
         }
-        if !durable.is_empty() {
-            write_batch(&store, &invalidator, durable, true).await;
-        }
+    }
+    // Every accepted job is handed over; let the writers finish them.
+    drop(batches);
+    for w in writers {
+        let _ = w.await;
     }
 }
 
@@ -325,47 +349,116 @@ async fn copy_and_flush(
     flush: bool,
 ) -> Result<(Vec<(TenantId, i64)>, HashMap<DeadKey, String>), StoreError> {
     let mut client = store.primary().get().await?;
-    let tx = client.transaction().await?;
-    let sink = tx.copy_in(COPY_STAGING).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-    pin_mut!(writer);
-    for row in jobs.iter().flat_map(|j| j.rows.iter()) {
-        let (text, int, dec, b, date, ts) = columns(&row.value);
-        let values: [&(dyn ToSql + Sync); 10] = [
-            &row.entity_id,
-            &row.tenant.0,
-            &row.attribute_id,
-            &text,
-            &int,
-            &dec,
-            &b,
-            &date,
-            &ts,
-            &row.ingested_at,
-        ];
-        writer.as_mut().write(&values).await?;
-    }
-    writer.finish().await?;
     let mut changed = Vec::new();
     let mut dead = HashMap::new();
-    if flush {
-        for r in tx
-            .query("SELECT * FROM public.stage_flush_own()", &[])
-            .await?
-        {
-            let tenant: i64 = r.try_get(0)?;
-            let entity: i64 = r.try_get(1)?;
-            match r.try_get::<_, Option<String>>(6)? {
-                Some(reason) => {
-                    dead.insert((tenant, entity, r.try_get(4)?, r.try_get(5)?), reason);
-                }
-                None if r.try_get::<_, bool>(3)? => changed.push((TenantId(tenant), entity)),
-                None => {}
+    if !flush {
+        // Staged: COPY into the UNLOGGED staging table; the background drain stores it.
+        let tx = client.transaction().await?;
+        let sink = tx.copy_in(COPY_STAGING).await?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        pin_mut!(writer);
+        for row in jobs.iter().flat_map(|j| j.rows.iter()) {
+            let (text, int, dec, b, date, ts) = columns(&row.value);
+            let values: [&(dyn ToSql + Sync); 10] = [
+                &row.entity_id,
+                &row.tenant.0,
+                &row.attribute_id,
+                &text,
+                &int,
+                &dec,
+                &b,
+                &date,
+                &ts,
+                &row.ingested_at,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+        tx.commit().await?;
+        return Ok((changed, dead));
+    }
+    // Durable: the rows go as binary column arrays straight into ingest_rows (validate,
+    // store, project) in one autocommitted statement: its commit is the acknowledgement.
+    let n: usize = jobs.iter().map(|j| j.rows.len()).sum();
+    let mut c = ColumnArrays::with_capacity(n);
+    for row in jobs.iter().flat_map(|j| j.rows.iter()) {
+        c.push(row);
+    }
+    let rows = client
+        .query(
+            "SELECT * FROM public.ingest_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &c.entity_id,
+                &c.tenant_id,
+                &c.attribute_id,
+                &c.value,
+                &c.value_int,
+                &c.value_decimal,
+                &c.value_bool,
+                &c.value_date,
+                &c.value_timestamp,
+                &c.ingested_at,
+            ],
+        )
+        .await?;
+    for r in rows {
+        let tenant: i64 = r.try_get(0)?;
+        let entity: i64 = r.try_get(1)?;
+        match r.try_get::<_, Option<String>>(6)? {
+            Some(reason) => {
+                dead.insert((tenant, entity, r.try_get(4)?, r.try_get(5)?), reason);
             }
+            None if r.try_get::<_, bool>(3)? => changed.push((TenantId(tenant), entity)),
+            None => {}
         }
     }
-    tx.commit().await?;
     Ok((changed, dead))
+}
+
+/// A batch as one array per column (sent in PostgreSQL's binary format).
+#[derive(Default)]
+struct ColumnArrays<'a> {
+    entity_id: Vec<i64>,
+    tenant_id: Vec<i64>,
+    attribute_id: Vec<i64>,
+    value: Vec<Option<&'a str>>,
+    value_int: Vec<Option<i64>>,
+    value_decimal: Vec<Option<rust_decimal::Decimal>>,
+    value_bool: Vec<Option<bool>>,
+    value_date: Vec<Option<chrono::NaiveDate>>,
+    value_timestamp: Vec<Option<DateTime<Utc>>>,
+    ingested_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> ColumnArrays<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            entity_id: Vec::with_capacity(n),
+            tenant_id: Vec::with_capacity(n),
+            attribute_id: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+            value_int: Vec::with_capacity(n),
+            value_decimal: Vec::with_capacity(n),
+            value_bool: Vec::with_capacity(n),
+            value_date: Vec::with_capacity(n),
+            value_timestamp: Vec::with_capacity(n),
+            ingested_at: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, row: &'a Row) {
+        let (text, int, dec, b, date, ts) = columns(&row.value);
+        self.entity_id.push(row.entity_id);
+        self.tenant_id.push(row.tenant.0);
+        self.attribute_id.push(row.attribute_id);
+        self.value.push(text);
+        self.value_int.push(int);
+        self.value_decimal.push(dec);
+        self.value_bool.push(b);
+        self.value_date.push(date);
+        self.value_timestamp.push(ts);
+        self.ingested_at.push(row.ingested_at);
+    }
 }
 
 type Columns<'a> = (

@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_api_keys.sql"),
     migration!(6, "0006_ingest.sql"),
     migration!(7, "0007_schema_usage.sql"),
+    migration!(8, "0008_ingest_rows.sql"),
 ];
 
 impl Migration {

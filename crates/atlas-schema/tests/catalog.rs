@@ -530,6 +530,7 @@ async fn security_definer_functions_are_hardened() {
         [
             "ensure_entity_partitions",
             "ensure_ts_partitions",
+            "ingest_rows",
             "refresh_attribute_stats",
             "stage_flush",
             "stage_flush_own",

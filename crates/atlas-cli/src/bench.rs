@@ -1,0 +1,550 @@
+//! `atlas bench ingest`: durable HTTP ingest against raw COPY and per-row INSERT, measured in
+//! one process on the private stack.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use atlas_config::Config;
+use atlas_stack::{Stack, StackSpec};
+use atlas_store::admin::{AttributeSpec, DataType};
+use atlas_store::entities::{self, NewEntity};
+use atlas_store::{Store, StoreError, TenantId};
+use futures_util::FutureExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+/// Bench verbs.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCmd {
+    /// Durable HTTP ingest vs raw COPY and per-row INSERT.
+    Ingest(IngestArgs),
+}
+
+/// `atlas bench ingest` options.
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Values to send in the full-speed phase.
+    #[arg(long, default_value_t = 200_000)]
+    values: u64,
+    /// Concurrent HTTP clients (each keeps one request in flight; with 100 ms batching,
+    /// fewer clients measure the clients, not the server).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Readings per request (each reading carries 5 values: 2 cold, 3 hot).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Entities in the fleet.
+    #[arg(long, default_value_t = 2_000)]
+    entities: usize,
+    /// Every how many readings of an entity its hot `status` changes (others repeat it).
+    #[arg(long, default_value_t = 10)]
+    hot_change_every: u64,
+    /// Seconds of the half-load phase (ack latency at half of the measured maximum).
+    #[arg(long, default_value_t = 10)]
+    half_load_seconds: u64,
+    /// Rows for the per-row autocommit INSERT baseline (it is slow; a sample is enough).
+    #[arg(long, default_value_t = 20_000)]
+    naive_rows: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+const VALUES_PER_READING: u64 = 5;
+const BENCH_DB: &str = "atlas_bench";
+
+/// Runs a bench verb.
+pub async fn run(config: &Config, cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Ingest(args) => ingest(config, &args).await,
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_mb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One request's body: `batch` readings with unique times.
+fn request_body(req: u64, batch: usize, entities: &[i64], base_ms: i64, hot_every: u64) -> Value {
+    let readings: Vec<Value> = (0..batch as u64)
+        .map(|k| {
+            let n = req * batch as u64 + k;
+            let entity = entities[usize::try_from(n).unwrap_or(0) % entities.len()];
+            let round = n / entities.len() as u64;
+            let status = ["online", "degraded", "offline"]
+                [usize::try_from((round / hot_every.max(1)) % 3).unwrap_or(0)];
+            json!({
+                "entity_id": entity,
+                "ts": base_ms + i64::try_from(round).unwrap_or(0),
+                "values": {
+                    "temperature": 20.0 + (n % 100) as f64 / 10.0,
+                    "humidity": 40 + (n % 30),
+                    "status": status,
+                    "priority": (round / hot_every.max(1)) % 10,
+                    "online": status != "offline",
+                }
+            })
+        })
+        .collect();
+    Value::Array(readings)
+}
+
+async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
+    if args.clients == 0 || args.batch == 0 || args.entities == 0 {
+        bail!("--clients, --batch and --entities must be at least 1");
+    }
+    let spec = StackSpec::local(config.stack_dir.clone());
+    let stack = tokio::task::spawn_blocking(move || Stack::up(&spec)).await??;
+    let log = |m: &str| {
+        if !args.json {
+            eprintln!("{m}");
+        }
+    };
+    log("preparing a fresh atlas_bench database on the local stack (fsync on)…");
+    let admin = crate::connect(&stack.urls_for("postgres").admin_database_url).await?;
+    for generator in [
+        "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+        "SELECT format('CREATE DATABASE %I', $1::text)",
+    ] {
+        let stmt: String = admin.query_one(generator, &[&BENCH_DB]).await?.get(0);
+        admin.batch_execute(&stmt).await?;
+    }
+    let urls = stack.urls_for(BENCH_DB);
+    let mut bench_admin = crate::connect(&urls.admin_database_url).await?;
+    let login = atlas_schema::AppLogin {
+        user: "atlas_app".into(),
+        password: stack.app_password().to_owned(),
+    };
+    atlas_schema::migrate(&mut bench_admin, Some(&login)).await?;
+
+    // The fleet: attributes of every type (5 of 10 hot), one tenant, entities.
+    let store = Store::connect(&urls.database_url, &[], 4)?;
+    for (name, t, hot) in [
+        ("temperature", DataType::Decimal, false),
+        ("humidity", DataType::Integer, false),
+        ("status", DataType::String, true),
+        ("priority", DataType::Integer, true),
+        ("online", DataType::Boolean, true),
+        ("firmware", DataType::String, false),
+        ("serviced", DataType::Date, false),
+        ("booted", DataType::Timestamp, false),
+        ("config", DataType::Json, true),
+        ("region", DataType::String, true),
+    ] {
+        store
+            .define_attribute(&AttributeSpec {
+                attribute_name: name.into(),
+                data_type: t,
+                is_hot: hot,
+                is_indexed: false,
+                validation_regex: None,
+                allow_rounding: false,
+            })
+            .await?;
+    }
+    let tenant = store.create_tenant("bench").await?;
+    let key = store.issue_api_key(tenant.tenant_id, "bench").await?.secret;
+    let tid = TenantId(tenant.tenant_id);
+    let n_entities = args.entities;
+    let ids: Vec<i64> = store
+        .with_tenant(tid, move |tx| {
+            async move {
+                let new: Vec<NewEntity> = (0..n_entities)
+                    .map(|_| NewEntity {
+                        entity_type: "sensor".into(),
+                        cold_attrs: json!({}),
+                    })
+                    .collect();
+                let mut ids = Vec::new();
+                for chunk in new.chunks(1000) {
+                    ids.extend(
+                        entities::register(tx, tid, chunk)
+                            .await?
+                            .iter()
+                            .map(|e| e.entity_id),
+                    );
+                }
+                Ok::<_, StoreError>(ids)
+            }
+            .boxed()
+        })
+        .await?;
+
+    // The server, as users run it, with limits out of the benchmark's way.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("atlas-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let toml = dir.join("atlas.toml");
+    std::fs::write(
+        &toml,
+        "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n",
+    )?;
+    let server = Server(
+        Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .env("ATLAS_CONFIG", &toml)
+            .env("ATLAS_DATABASE_URL", &urls.database_url)
+            .env("ATLAS_REPLICA_URLS", "")
+            .env("ATLAS_REDIS_URL", &urls.redis_url)
+            .env("ATLAS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ATLAS_STACK_DIR", dir.join("no-stack"))
+            // ATLAS_BENCH_SERVER_LOG sets the server's log filter (e.g. atlas_ingest=debug).
+            .env(
+                "ATLAS_LOG",
+                std::env::var("ATLAS_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting atlas serve")?,
+    );
+    let pid = server.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    let mut up = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !up {
+        bail!("atlas serve did not become ready");
+    }
+
+    // Phase 1: full speed.
+    let per_request = args.batch as u64 * VALUES_PER_READING;
+    let requests = args.values.div_ceil(per_request);
+    let base_ms = chrono::Utc::now().timestamp_millis() - 6 * 3_600_000;
+    log(&format!(
+        "phase 1: {requests} requests × {per_request} values, {} clients, {} entities, hot status changes every {} readings",
+        args.clients, args.entities, args.hot_change_every
+    ));
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(requests * per_request)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} values ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(ids);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (http, base, key, next, ids, bar) = (
+            http.clone(),
+            base.clone(),
+            key.clone(),
+            Arc::clone(&next),
+            Arc::clone(&ids),
+            bar.clone(),
+        );
+        let (batch, hot_every) = (args.batch, args.hot_change_every);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let req = next.fetch_add(1, Ordering::Relaxed);
+                if req >= requests {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let body = request_body(req, batch, &ids, base_ms, hot_every);
+                let t0 = Instant::now();
+                let resp = http
+                    .post(format!("{base}/v1/telemetry"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                if !status.is_success() {
+                    bail!(
+                        "request {req} failed: {status} {}",
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                bar.inc(per_request);
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    #[allow(clippy::cast_precision_loss)]
+    let sent = (requests * per_request) as f64;
+    let durable_per_s = sent / elapsed;
+    latencies.sort_by(f64::total_cmp);
+    let rss_after_load = rss_mb(pid, "VmRSS:");
+
+    // Phase 2: half of the measured maximum, paced; the latency target applies here.
+    #[allow(clippy::cast_precision_loss)]
+    let target_req_per_s = (durable_per_s / 2.0) / per_request as f64;
+    let phase2_requests = (target_req_per_s * args.half_load_seconds as f64).max(1.0);
+    log(&format!(
+        "phase 2: {target_req_per_s:.1} requests/s (half of the maximum) for {} s",
+        args.half_load_seconds
+    ));
+    let interval = Duration::from_secs_f64(args.clients as f64 / target_req_per_s);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let per_client = (phase2_requests / args.clients as f64).ceil() as u64;
+    let offset = requests;
+    let mut tasks = Vec::new();
+    for c in 0..args.clients as u64 {
+        let (http, base, key, ids) = (http.clone(), base.clone(), key.clone(), Arc::clone(&ids));
+        let (batch, hot_every) = (args.batch, args.hot_change_every);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for i in 0..per_client {
+                tick.tick().await;
+                let body =
+                    request_body(offset + c * per_client + i, batch, &ids, base_ms, hot_every);
+                let t0 = Instant::now();
+                let resp = http
+                    .post(format!("{base}/v1/telemetry"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("half-load request failed: {}", resp.status());
+                }
+                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut half = Vec::new();
+    for t in tasks {
+        half.extend(t.await??);
+    }
+    half.sort_by(f64::total_cmp);
+    let peak_rss = rss_mb(pid, "VmHWM:");
+    drop(server);
+
+    // Baseline (a): raw binary COPY of as many rows straight into entity_values_ts.
+    log("baseline: raw binary COPY into entity_values_ts…");
+    let copy_rows = requests * per_request;
+    let copy_per_s = raw_copy(&bench_admin, &ids, tid, copy_rows, base_ms - 3 * 3_600_000).await?;
+    // Baseline (b): per-row autocommit INSERT, `clients` connections.
+    log("baseline: per-row autocommit INSERT…");
+    let naive_per_s = naive_insert(
+        &urls.admin_database_url,
+        &ids,
+        tid,
+        args.naive_rows,
+        args.clients,
+        base_ms - 5 * 3_600_000,
+    )
+    .await?;
+
+    let result = json!({
+        "values": copy_rows,
+        "clients": args.clients,
+        "batch_readings": args.batch,
+        "values_per_request": per_request,
+        "entities": args.entities,
+        "hot_change_every": args.hot_change_every,
+        "durable_values_per_s": durable_per_s.round(),
+        "raw_copy_values_per_s": copy_per_s.round(),
+        "naive_insert_values_per_s": naive_per_s.round(),
+        "ratio_vs_copy": (durable_per_s / copy_per_s * 100.0).round() / 100.0,
+        "ratio_vs_naive": (durable_per_s / naive_per_s * 10.0).round() / 10.0,
+        "ack_p50_ms": (percentile(&latencies, 0.5) * 10.0).round() / 10.0,
+        "ack_p99_ms": (percentile(&latencies, 0.99) * 10.0).round() / 10.0,
+        "half_load_values_per_s": (target_req_per_s * per_request as f64).round(),
+        "half_load_ack_p50_ms": (percentile(&half, 0.5) * 10.0).round() / 10.0,
+        "half_load_ack_p99_ms": (percentile(&half, 0.99) * 10.0).round() / 10.0,
+        "server_rss_mb": rss_after_load.map(f64::round),
+        "server_peak_rss_mb": peak_rss.map(f64::round),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        let r = &result;
+        println!(
+            "durable HTTP ingest   {:>10} values/s   (ack p50 {} ms, p99 {} ms at full speed)",
+            r["durable_values_per_s"], r["ack_p50_ms"], r["ack_p99_ms"]
+        );
+        println!(
+            "  at half load        {:>10} values/s   (ack p50 {} ms, p99 {} ms)",
+            r["half_load_values_per_s"], r["half_load_ack_p50_ms"], r["half_load_ack_p99_ms"]
+        );
+        println!(
+            "raw binary COPY       {:>10} values/s   → ratio {}",
+            r["raw_copy_values_per_s"], r["ratio_vs_copy"]
+        );
+        println!(
+            "per-row INSERT        {:>10} values/s   → ratio {}",
+            r["naive_insert_values_per_s"], r["ratio_vs_naive"]
+        );
+        println!(
+            "server RSS            {} MB after load, peak {} MB",
+            r["server_rss_mb"], r["server_peak_rss_mb"]
+        );
+    }
+    Ok(())
+}
+
+async fn raw_copy(
+    admin: &tokio_postgres::Client,
+    ids: &[i64],
+    tenant: TenantId,
+    rows: u64,
+    base_ms: i64,
+) -> Result<f64> {
+    let attrs: Vec<(i64, String)> = admin
+        .query("SELECT attribute_id, attribute_name::text FROM attributes WHERE attribute_name IN ('temperature','humidity','status','priority','online') ORDER BY attribute_id", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let types = [
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT8,
+        Type::NUMERIC,
+        Type::BOOL,
+        Type::TIMESTAMPTZ,
+    ];
+    let started = Instant::now();
+    let sink = admin
+        .copy_in("COPY entity_values_ts (entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool, ingested_at) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures_util::pin_mut!(writer);
+    let readings = rows / VALUES_PER_READING;
+    for n in 0..readings {
+        let entity = ids[usize::try_from(n).unwrap_or(0) % ids.len()];
+        let round = n / ids.len() as u64;
+        let at =
+            chrono::DateTime::from_timestamp_millis(base_ms + i64::try_from(round).unwrap_or(0))
+                .unwrap_or_default();
+        for (id, name) in &attrs {
+            let (text, int, dec, b): (
+                Option<&str>,
+                Option<i64>,
+                Option<rust_decimal::Decimal>,
+                Option<bool>,
+            ) = match name.as_str() {
+                "temperature" => (
+                    None,
+                    None,
+                    Some(rust_decimal::Decimal::new(
+                        200 + i64::try_from(n % 100).unwrap_or(0),
+                        1,
+                    )),
+                    None,
+                ),
+                "humidity" => (
+                    None,
+                    Some(40 + i64::try_from(n % 30).unwrap_or(0)),
+                    None,
+                    None,
+                ),
+                "status" => (Some("online"), None, None, None),
+                "priority" => (None, Some(1), None, None),
+                _ => (None, None, None, Some(true)),
+            };
+            let row: [&(dyn ToSql + Sync); 8] =
+                [&entity, &tenant.0, id, &text, &int, &dec, &b, &at];
+            writer.as_mut().write(&row).await?;
+        }
+    }
+    writer.finish().await?;
+    #[allow(clippy::cast_precision_loss)]
+    Ok((readings * VALUES_PER_READING) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn naive_insert(
+    url: &str,
+    ids: &[i64],
+    tenant: TenantId,
+    rows: u64,
+    clients: usize,
+    base_ms: i64,
+) -> Result<f64> {
+    let attr: i64 = crate::connect(url)
+        .await?
+        .query_one(
+            "SELECT attribute_id FROM attributes WHERE attribute_name = 'humidity'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (url, next, ids) = (url.to_owned(), Arc::clone(&next), ids.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let client = crate::connect(&url).await?;
+            let stmt = client
+                .prepare("INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_int, ingested_at) VALUES ($1, $2, $3, $4, $5)")
+                .await?;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= rows {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let entity = ids[usize::try_from(n).unwrap_or(0) % ids.len()];
+                let at = chrono::DateTime::from_timestamp_millis(base_ms + i64::try_from(n).unwrap_or(0)).unwrap_or_default();
+                client.execute(&stmt, &[&entity, &tenant.0, &attr, &i64::try_from(n).unwrap_or(0), &at]).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
