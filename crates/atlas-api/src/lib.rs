@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 
@@ -46,15 +47,6 @@ type Coverage = Arc<Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono:
 /// (an unknown name or uncovered time re-reads at once).
 const METADATA_TTL: Duration = Duration::from_secs(5);
 
-/// The time ranges that have `entity_values_ts` partitions, read from the catalog (the bounds
-/// are cast back to timestamptz in the same session, so the session time zone cannot skew them).
-const PARTITION_BOUNDS: &str = "SELECT (regexp_match(b, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
-            (regexp_match(b, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
-     FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS b FROM pg_catalog.pg_inherits i \
-           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
-           WHERE i.inhparent = 'public.entity_values_ts'::regclass) p \
-     WHERE b LIKE 'FOR VALUES FROM%'";
-
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
@@ -92,6 +84,8 @@ impl AppState {
         limits: Limits,
         ingestor: Option<atlas_ingest::Ingestor>,
     ) -> Result<Self, ServeError> {
+        // Install the metrics recorder before anything records.
+        let _ = metrics::handle();
         let redis = redis_url.map(redis::Client::open).transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -152,23 +146,7 @@ impl AppState {
         let coverage = match cached {
             Some(c) => c,
             None => {
-                let client = self
-                    .inner
-                    .store
-                    .primary()
-                    .get()
-                    .await
-                    .map_err(atlas_store::StoreError::from)?;
-                let rows = client
-                    .query(PARTITION_BOUNDS, &[])
-                    .await
-                    .map_err(atlas_store::StoreError::from)?;
-                let ranges = rows
-                    .iter()
-                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                    .collect::<Result<Vec<_>, atlas_store::tokio_postgres::Error>>()
-                    .map_err(atlas_store::StoreError::from)?;
-                let c = Arc::new(ranges);
+                let c = Arc::new(self.inner.store.ts_partition_coverage().await?);
                 if let Ok(mut guard) = self.inner.coverage.lock() {
                     *guard = Some((Arc::clone(&c), std::time::Instant::now()));
                 }
@@ -214,6 +192,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics::render))
         .route(
             "/v1/admin/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
@@ -258,6 +237,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(BodyLimit(limit)))
         .with_state(state)

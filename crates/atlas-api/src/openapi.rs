@@ -40,7 +40,7 @@ impl Modify for Security {
     info(title = "Atlas", description = "Multi-tenant telemetry store for device fleets. Every error is \
         `{\"error\": {\"code\", \"message\", \"field\"}}`; 429 and 503 carry Retry-After."),
     paths(
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, crate::metrics::render,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::deactivate_tenant,
         admin::activate_tenant, admin::issue_key, admin::list_keys, admin::revoke_key,
         admin::define_attribute, admin::update_attribute, admin::list_attributes,

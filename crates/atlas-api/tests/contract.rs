@@ -250,6 +250,7 @@ async fn the_openapi_document_covers_every_route_and_error() {
     let expected = [
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/v1/admin/tenants", "post"),
         ("/v1/admin/tenants", "get"),
         ("/v1/admin/tenants/{id}", "get"),

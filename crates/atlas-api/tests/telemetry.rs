@@ -367,3 +367,86 @@ async fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!(s, 200, "a request that fits the queue is taken");
     server.stop().await;
 }
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+async fn ingest_and_http_metrics_are_exported() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let scrape = || async {
+        server
+            .req(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    };
+    let text0 = scrape().await;
+    let stored0 = metric(
+        &text0,
+        "atlas_ingest_values_total",
+        &["outcome=\"stored_or_replayed\""],
+    );
+    let rejected0 = metric(
+        &text0,
+        "atlas_ingest_values_total",
+        &["reason=\"unknown_attribute\""],
+    );
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "values": {"priority": 1, "online": true}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "values": {"nope": 1}}),
+    )
+    .await;
+    assert_eq!(s, 422);
+    let text = scrape().await;
+    // Tests share one process-wide recorder: compare deltas, not absolutes.
+    assert!(
+        metric(
+            &text,
+            "atlas_ingest_values_total",
+            &["outcome=\"stored_or_replayed\""]
+        ) >= stored0 + 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "atlas_ingest_values_total",
+            &["reason=\"unknown_attribute\""]
+        ) >= rejected0 + 1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "atlas_http_requests_total",
+            &["route=\"/v1/telemetry\"", "status=\"200\""]
+        ) >= 1.0
+    );
+    assert!(
+        text.contains("atlas_ingest_flush_seconds"),
+        "flush latency histogram"
+    );
+    assert!(
+        text.contains("atlas_ingest_batch_rows"),
+        "batch size histogram"
+    );
+    server.stop().await;
+}

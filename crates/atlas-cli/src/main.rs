@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod demo;
+mod load;
 mod stack;
 
 use anyhow::{Context, Result};
@@ -36,6 +37,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Serve the HTTP API.
     Serve,
+    /// Load telemetry from an NDJSON or CSV file (same validation as the API, durable).
+    Load(load::LoadArgs),
     /// Tenants.
     Tenant {
         #[command(subcommand)]
@@ -80,6 +83,7 @@ async fn main() -> Result<()> {
         Command::Migrate { status } => stack::migrate(&config, status).await,
         Command::Demo(args) => demo::run(&config, &args).await,
         Command::Serve => admin::serve(&config).await,
+        Command::Load(args) => load::run(&config, &args).await,
         Command::Bench { cmd } => bench::run(&config, cmd).await,
         Command::Tenant { cmd } => admin::tenant(&config, cmd).await,
         Command::Key { cmd } => admin::key(&config, cmd).await,

@@ -2,3 +2,4 @@
 //! server and an immediate stop of PostgreSQL.
 
 mod faults;
+mod load;

@@ -189,8 +189,13 @@ impl Ingestor {
             .try_acquire_many_owned(n)
             .map_err(|e| match e {
                 tokio::sync::TryAcquireError::Closed => IngestError::ShuttingDown,
-                tokio::sync::TryAcquireError::NoPermits => IngestError::QueueFull,
+                tokio::sync::TryAcquireError::NoPermits => {
+                    metrics::counter!("atlas_ingest_queue_full_total").increment(1);
+                    IngestError::QueueFull
+                }
             })?;
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("atlas_ingest_queue_rows").set(self.queued_rows() as f64);
         let (respond, ack) = oneshot::channel();
         self.tx
             .send(Job {
@@ -204,7 +209,7 @@ impl Ingestor {
         ack.await.map_err(|_| IngestError::ShuttingDown)?
     }
 
-    /// Rows currently waiting (for metrics).
+    /// Rows currently waiting.
     pub fn queued_rows(&self) -> usize {
         self.queue_rows
             .saturating_sub(self.permits.available_permits())
@@ -294,8 +299,20 @@ type DeadKey = (i64, i64, i64, DateTime<Utc>);
 async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, flush: bool) {
     let started = Instant::now();
     let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
-    match copy_and_flush(store, &jobs, flush).await {
+    let mode = if flush { "durable" } else { "staged" };
+    #[allow(clippy::cast_precision_loss)]
+    metrics::histogram!("atlas_ingest_batch_rows", "durability" => mode).record(total as f64);
+    let result = copy_and_flush(store, &jobs, flush).await;
+    metrics::histogram!("atlas_ingest_flush_seconds", "durability" => mode)
+        .record(started.elapsed().as_secs_f64());
+    match result {
         Ok((changed, dead)) => {
+            metrics::counter!("atlas_ingest_values_total", "outcome" => "stored_or_replayed")
+                .increment(u64::try_from(total - dead.len().min(total)).unwrap_or(0));
+            if !dead.is_empty() {
+                metrics::counter!("atlas_ingest_values_total", "outcome" => "dead_lettered")
+                    .increment(u64::try_from(dead.len()).unwrap_or(0));
+            }
             invalidator.entities_changed(&changed).await;
             for job in jobs {
                 let mut refused = None;
@@ -328,6 +345,7 @@ async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, f
             );
         }
         Err(e) => {
+            metrics::counter!("atlas_ingest_batches_failed_total").increment(1);
             tracing::warn!(error = %e, rows = total, "batch failed; nothing of it is acknowledged");
             let unavailable = e.is_unavailable();
             let message = e.to_string();

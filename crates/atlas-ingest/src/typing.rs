@@ -145,14 +145,18 @@ pub struct FieldError {
     pub message: String,
     /// The entity does not exist for this tenant (a 404, not a 422).
     pub not_found: bool,
+    /// Why, as a metric label: `unknown_attribute`, `invalid_value`, `time_out_of_range`,
+    /// `unknown_entity`, `no_values`.
+    pub reason: &'static str,
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    fn new(field: impl Into<String>, message: impl Into<String>, reason: &'static str) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
             not_found: false,
+            reason,
         }
     }
 }
@@ -295,6 +299,7 @@ impl TimeRules {
                 FieldError::new(
                     field,
                     format!("{ms} is not a valid epoch-milliseconds time"),
+                    "time_out_of_range",
                 )
             })?,
         };
@@ -305,6 +310,7 @@ impl TimeRules {
                     "{at} is more than {} s in the future",
                     self.max_future.num_seconds()
                 ),
+                "time_out_of_range",
             ));
         }
         if !self.coverage.iter().any(|(lo, hi)| *lo <= at && at < *hi) {
@@ -317,6 +323,7 @@ impl TimeRules {
                     }
                     _ => format!("{at} is outside the stored time range (no partition covers it)"),
                 },
+                "time_out_of_range",
             ));
         }
         Ok(at)
@@ -355,6 +362,7 @@ pub fn type_readings(
                 ..FieldError::new(
                     format!("{p}{dot}entity_id"),
                     format!("entity {} not found", r.entity_id),
+                    "unknown_entity",
                 )
             });
         }
@@ -363,14 +371,20 @@ pub fn type_readings(
             return Err(FieldError::new(
                 format!("{p}{dot}values"),
                 "at least one value is required",
+                "no_values",
             ));
         }
         for (key, v) in &r.values {
             let field = format!("{p}{dot}values.{key}");
-            let rule = catalog
-                .resolve(key)
-                .ok_or_else(|| FieldError::new(&field, format!("unknown attribute `{key}`")))?;
-            let value = type_value(rule, v).map_err(|m| FieldError::new(&field, m))?;
+            let rule = catalog.resolve(key).ok_or_else(|| {
+                FieldError::new(
+                    &field,
+                    format!("unknown attribute `{key}`"),
+                    "unknown_attribute",
+                )
+            })?;
+            let value =
+                type_value(rule, v).map_err(|m| FieldError::new(&field, m, "invalid_value"))?;
             rows.push(Row {
                 tenant,
                 entity_id: r.entity_id,

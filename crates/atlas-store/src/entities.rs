@@ -236,3 +236,18 @@ pub async fn list(
         .await?;
     rows.iter().map(entity_from).collect()
 }
+
+/// Which of `ids` are live entities of the tenant.
+pub async fn existing_ids(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT entity_id FROM public.entities WHERE tenant_id = $1 AND entity_id = ANY($2) AND NOT is_deleted",
+            &[&tenant.0, &ids],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}

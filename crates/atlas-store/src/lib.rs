@@ -187,6 +187,29 @@ impl Store {
     }
 }
 
+/// The time ranges that have `entity_values_ts` partitions, read from the catalog (bounds are
+/// cast back to timestamptz in the same session, so the session time zone cannot skew them).
+const PARTITION_BOUNDS: &str = "SELECT (regexp_match(b, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
+            (regexp_match(b, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
+     FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS b FROM pg_catalog.pg_inherits i \
+           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+           WHERE i.inhparent = 'public.entity_values_ts'::regclass) p \
+     WHERE b LIKE 'FOR VALUES FROM%'";
+
+/// A time range `[from, to)` covered by a partition.
+pub type TimeRange = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+
+impl Store {
+    /// The ranges of time `entity_values_ts` has partitions for.
+    pub async fn ts_partition_coverage(&self) -> Result<Vec<TimeRange>, StoreError> {
+        let client = self.primary.get().await?;
+        let rows = client.query(PARTITION_BOUNDS, &[]).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}
+
 /// [`Store::with_tenant`] on any pool (e.g. a replica's, for reads).
 pub async fn in_tenant_tx<T, E, F>(pool: &Pool, tenant: TenantId, f: F) -> Result<T, E>
 where

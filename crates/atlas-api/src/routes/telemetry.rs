@@ -12,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use atlas_ingest::typing::type_readings;
 use atlas_ingest::{Durability, FieldError, IngestError, Reading};
-use atlas_store::StoreError;
 
 use crate::AppState;
 use crate::auth::Tenant;
@@ -100,6 +99,11 @@ pub struct TelemetryAck {
     pub durability: String,
 }
 
+fn rejected(reason: &'static str, values: usize) {
+    metrics::counter!("atlas_ingest_values_total", "outcome" => "rejected", "reason" => reason)
+        .increment(u64::try_from(values).unwrap_or(0));
+}
+
 fn field_error(e: FieldError) -> ApiError {
     if e.not_found {
         ApiError::UnknownReference {
@@ -154,6 +158,7 @@ pub async fn ingest(
     let values: usize = readings.iter().map(|r| r.values.len()).sum();
     let max = state.inner.limits.max_values_per_request;
     if values > max {
+        rejected("too_many_values", values);
         return Err(ApiError::TooLarge(format!(
             "{values} values in one request; at most {max} are accepted"
         )));
@@ -174,14 +179,13 @@ pub async fn ingest(
         let time = state.time_rules(fresh).await?;
         match type_readings(tenant, &readings, &catalog, &time, &prefix) {
             Ok(rows) => break rows,
-            Err(e)
-                if !fresh
-                    && (e.message.starts_with("unknown attribute")
-                        || e.message.contains("partition")) =>
-            {
+            Err(e) if !fresh && matches!(e.reason, "unknown_attribute" | "time_out_of_range") => {
                 fresh = true
             }
-            Err(e) => return Err(field_error(e)),
+            Err(e) => {
+                rejected(e.reason, values);
+                return Err(field_error(e));
+            }
         }
     };
 
@@ -196,19 +200,11 @@ pub async fn ingest(
         .inner
         .store
         .with_tenant(tenant, move |tx| {
-            async move {
-                let rows = tx
-                    .query(
-                        "SELECT entity_id FROM public.entities WHERE tenant_id = $1 AND entity_id = ANY($2) AND NOT is_deleted",
-                        &[&tenant.0, &ids],
-                    )
-                    .await?;
-                rows.iter().map(|r| r.try_get(0)).collect::<Result<HashSet<i64>, _>>().map_err(StoreError::from)
-            }
-            .boxed()
+            async move { atlas_store::entities::existing_ids(tx, tenant, &ids).await }.boxed()
         })
         .await?;
     if let Some(i) = readings.iter().position(|r| !known.contains(&r.entity_id)) {
+        rejected("unknown_entity", values);
         let p = prefix(i);
         let dot = if p.is_empty() { "" } else { "." };
         return Err(ApiError::UnknownReference {
