@@ -1,7 +1,6 @@
 //! `atlas load FILE`: bulk telemetry from NDJSON or CSV through the same validation and the
 //! same durable pipeline as `POST /v1/telemetry`.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +10,6 @@ use atlas_config::Config;
 use atlas_ingest::typing::type_readings;
 use atlas_ingest::{Catalog, Durability, IngestConfig, Ingestor, Invalidator, Reading, TimeRules};
 use atlas_store::{StoreError, TenantId};
-use futures_util::FutureExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Input formats.
@@ -154,20 +152,10 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
                 format!("line {}", lines[i])
             })
             .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-            let ids: Vec<i64> = readings
-                .iter()
-                .map(|r| r.entity_id)
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            let known = store
-                .with_tenant(tenant, move |tx| {
-                    async move { atlas_store::entities::existing_ids(tx, tenant, &ids).await }
-                        .boxed()
-                })
+            let unknown = atlas_ingest::typing::first_unknown_entity(&store, tenant, &readings)
                 .await
                 .map_err(|e: StoreError| anyhow::anyhow!(e))?;
-            if let Some(i) = readings.iter().position(|r| !known.contains(&r.entity_id)) {
+            if let Some(i) = unknown {
                 bail!(
                     "line {}: entity {} is not a live entity of tenant {}",
                     lines[i],

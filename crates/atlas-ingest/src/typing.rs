@@ -396,3 +396,25 @@ pub fn type_readings(
     }
     Ok(rows)
 }
+
+/// The index of the first reading whose entity is not a live entity of the tenant (RLS makes
+/// another tenant's id invisible, so it counts as unknown).
+pub async fn first_unknown_entity(
+    store: &atlas_store::Store,
+    tenant: TenantId,
+    readings: &[Reading],
+) -> Result<Option<usize>, atlas_store::StoreError> {
+    use futures_util::FutureExt;
+    let ids: Vec<i64> = readings
+        .iter()
+        .map(|r| r.entity_id)
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    let known = store
+        .with_tenant(tenant, move |tx| {
+            async move { atlas_store::entities::existing_ids(tx, tenant, &ids).await }.boxed()
+        })
+        .await?;
+    Ok(readings.iter().position(|r| !known.contains(&r.entity_id)))
+}

@@ -1,12 +1,9 @@
 //! `POST /v1/telemetry`: ThingsBoard-style readings, validated whole before anything is
 //! written, acknowledged once durable.
 
-use std::collections::HashSet;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -42,15 +39,7 @@ pub struct TelemetryBody;
 
 impl utoipa::PartialSchema for TelemetryBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
-        OneOfBuilder::new()
-            .item(Ref::from_schema_name("TelemetryItem"))
-            .item(
-                ArrayBuilder::new()
-                    .items(Ref::from_schema_name("TelemetryItem"))
-                    .min_items(Some(1)),
-            )
-            .into()
+        crate::openapi::one_or_many("TelemetryItem", 1, None)
     }
 }
 
@@ -189,21 +178,10 @@ pub async fn ingest(
         }
     };
 
-    // Every entity must be one of the caller's (RLS makes another tenant's id invisible).
-    let ids: Vec<i64> = readings
-        .iter()
-        .map(|r| r.entity_id)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let known: HashSet<i64> = state
-        .inner
-        .store
-        .with_tenant(tenant, move |tx| {
-            async move { atlas_store::entities::existing_ids(tx, tenant, &ids).await }.boxed()
-        })
-        .await?;
-    if let Some(i) = readings.iter().position(|r| !known.contains(&r.entity_id)) {
+    // Every entity must be one of the caller's.
+    let unknown =
+        atlas_ingest::typing::first_unknown_entity(&state.inner.store, tenant, &readings).await?;
+    if let Some(i) = unknown {
         rejected("unknown_entity", values);
         let p = prefix(i);
         let dot = if p.is_empty() { "" } else { "." };

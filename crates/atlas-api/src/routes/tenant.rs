@@ -50,16 +50,7 @@ pub struct RegisterBody;
 
 impl utoipa::PartialSchema for RegisterBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
-        OneOfBuilder::new()
-            .item(Ref::from_schema_name("EntityInput"))
-            .item(
-                ArrayBuilder::new()
-                    .items(Ref::from_schema_name("EntityInput"))
-                    .min_items(Some(1))
-                    .max_items(Some(1000)),
-            )
-            .into()
+        crate::openapi::one_or_many("EntityInput", 1, Some(1000))
     }
 }
 
