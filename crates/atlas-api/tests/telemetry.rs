@@ -450,3 +450,43 @@ async fn ingest_and_http_metrics_are_exported() {
     );
     server.stop().await;
 }
+
+/// Regressions found by Schemathesis on /v1/telemetry.
+#[tokio::test]
+async fn schema_integers_and_nulls_are_read_as_json_schema_means_them() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let t = now_ms() - 10_000;
+    // 5.0 is an integer in JSON Schema; so is a ts written 123.0; null ts is "absent".
+    let body = format!(
+        r#"[{{"entity_id": {e}.0, "ts": {t}.0, "values": {{"priority": 1}}}}, {{"entity_id": {e}, "ts": null, "values": {{"priority": 2}}}}]"#
+    );
+    let (s, ack) = call(
+        server
+            .as_tenant(&key, Method::POST, "/v1/telemetry")
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!((s, ack["accepted"].as_i64()), (200, Some(2)), "{ack}");
+    assert_eq!(count_values(&server).await, 2);
+    let body = format!(r#"{{"entity_id": {e}.5, "values": {{"priority": 1}}}}"#);
+    let (s, resp) = call(
+        server
+            .as_tenant(&key, Method::POST, "/v1/telemetry")
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("entity_id"));
+    let (s, resp) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "values": {"priority": 1}, "extra": 1}),
+    )
+    .await;
+    assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("extra"));
+    server.stop().await;
+}

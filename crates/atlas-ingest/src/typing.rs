@@ -330,14 +330,41 @@ impl TimeRules {
     }
 }
 
+/// An integer as JSON Schema means it: also an integral number written with a fraction
+/// (`5.0`); `5.5` and out-of-range values are refused.
+fn integral_i64<'de, D: serde::Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n: serde_json::Number = serde::Deserialize::deserialize(de)?;
+    let text = n.to_string();
+    let d =
+        parse_decimal(&text).ok_or_else(|| D::Error::custom(format!("{text} is out of range")))?;
+    if !d.fract().is_zero() {
+        return Err(D::Error::custom(format!("expected an integer, got {text}")));
+    }
+    i64::try_from(d.trunc())
+        .map_err(|_| D::Error::custom(format!("{text} is outside the 64-bit integer range")))
+}
+
+/// [`integral_i64`] for an optional field: `null` is the same as absent.
+fn integral_i64_opt<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::IntoDeserializer;
+    let n: Option<serde_json::Number> = serde::Deserialize::deserialize(de)?;
+    n.map(|n| {
+        integral_i64(serde_json::Value::Number(n).into_deserializer())
+            .map_err(<D::Error as serde::de::Error>::custom)
+    })
+    .transpose()
+}
+
 /// One telemetry item as posted: `{"entity_id", "ts"?, "values": {...}}`.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reading {
     /// The entity.
+    #[serde(deserialize_with = "integral_i64")]
     pub entity_id: i64,
     /// Epoch milliseconds; the receipt time when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral_i64_opt")]
     pub ts: Option<i64>,
     /// Attribute name (or id) → value.
     pub values: serde_json::Map<String, Value>,

@@ -17,6 +17,7 @@ use crate::extract::{JsonValue, QueryParams, from_json_value};
 
 /// One reading (the ThingsBoard shape).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documents the body; the handler parses `atlas_ingest::Reading`
 pub struct TelemetryItem {
     /// The entity (one of the caller's).
