@@ -243,7 +243,7 @@ pub async fn serve(config: &Config) -> Result<()> {
     let (ingestor, pipeline) = atlas_ingest::Ingestor::start(
         store.clone(),
         invalidator,
-        atlas_ingest::IngestConfig::default(),
+        atlas_ingest::IngestConfig::from_settings(&resolved.ingest),
     );
     let state = atlas_api::AppState::new(
         store,

@@ -50,6 +50,9 @@ pub struct IngestArgs {
     /// Rows for the per-row autocommit INSERT baseline (it is slow; a sample is enough).
     #[arg(long, default_value_t = 20_000)]
     naive_rows: u64,
+    /// The server's batch window in milliseconds (`[ingest] batch_interval_ms`).
+    #[arg(long, default_value_t = 100)]
+    batch_interval_ms: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -209,7 +212,10 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     let toml = dir.join("atlas.toml");
     std::fs::write(
         &toml,
-        "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n",
+        format!(
+            "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n\n[ingest]\nbatch_interval_ms = {}\n",
+            args.batch_interval_ms
+        ),
     )?;
     let server = Server(
         Command::new(std::env::current_exe()?)
@@ -392,6 +398,7 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         "values_per_request": per_request,
         "entities": args.entities,
         "hot_change_every": args.hot_change_every,
+        "batch_interval_ms": args.batch_interval_ms,
         "durable_values_per_s": durable_per_s.round(),
         "raw_copy_values_per_s": copy_per_s.round(),
         "naive_insert_values_per_s": naive_per_s.round(),

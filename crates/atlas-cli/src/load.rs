@@ -103,7 +103,11 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
             .unwrap_or_else(|_| Invalidator::none()),
         None => Invalidator::none(),
     };
-    let (ingestor, pipeline) = Ingestor::start(store.clone(), invalidator, IngestConfig::default());
+    let (ingestor, pipeline) = Ingestor::start(
+        store.clone(),
+        invalidator,
+        IngestConfig::from_settings(&resolved.ingest),
+    );
 
     let bar = ProgressBar::new(size);
     bar.set_style(

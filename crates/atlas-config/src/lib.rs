@@ -35,6 +35,33 @@ pub struct Config {
     pub pool_size: usize,
     /// Request limits of the HTTP API.
     pub limits: Limits,
+    /// The ingest pipeline.
+    pub ingest: Ingest,
+}
+
+/// The ingest pipeline (`[ingest]` in `atlas.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ingest {
+    /// A batch is written when it holds this many values…
+    pub batch_rows: usize,
+    /// …or this many milliseconds after its first request arrived (the seed's 100 ms).
+    pub batch_interval_ms: u64,
+    /// Values that may wait in memory; beyond that requests get 503.
+    pub queue_rows: usize,
+    /// Batches written concurrently, each on its own connection.
+    pub writers: usize,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Self {
+            batch_rows: 5_000,
+            batch_interval_ms: 100,
+            queue_rows: 200_000,
+            writers: 3,
+        }
+    }
 }
 
 /// Request limits of the HTTP API (`[limits]` in `atlas.toml`).
@@ -93,6 +120,7 @@ impl Default for Config {
             stack_dir: PathBuf::from(".atlas"),
             pool_size: 16,
             limits: Limits::default(),
+            ingest: Ingest::default(),
         }
     }
 }
@@ -269,7 +297,21 @@ impl Config {
                 l.rate_per_second > 0.0 && l.rate_burst >= 1.0,
             ),
         ];
-        if let Some((field, _)) = checks.iter().find(|(_, ok)| !ok) {
+        let i = &self.ingest;
+        let ingest_checks: [(&'static str, bool); 4] = [
+            ("ingest.batch_rows", i.batch_rows >= 1),
+            (
+                "ingest.batch_interval_ms",
+                (1..=10_000).contains(&i.batch_interval_ms),
+            ),
+            ("ingest.queue_rows", i.queue_rows >= i.batch_rows),
+            ("ingest.writers", (1..=64).contains(&i.writers)),
+        ];
+        if let Some((field, _)) = checks
+            .iter()
+            .chain(ingest_checks.iter())
+            .find(|(_, ok)| !ok)
+        {
             return Err(ConfigError::Invalid {
                 field,
                 message: "out of range (see README: Limits)".into(),
@@ -347,6 +389,37 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("pool_size"), "{err}");
+    }
+
+    #[test]
+    fn ingest_settings_are_read_and_checked() {
+        let config = Config::from_toml(
+            "[ingest]\nbatch_interval_ms = 25\nwriters = 2\n",
+            Path::new("atlas.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                config.ingest.batch_interval_ms,
+                config.ingest.writers,
+                config.ingest.batch_rows
+            ),
+            (25, 2, 5_000)
+        );
+        assert!(config.validate().is_ok());
+        let bad = Config::from_toml("[ingest]\nwriters = 0\n", Path::new("atlas.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = bad
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ingest.writers"), "{err}");
+        let err = Config::from_toml("[ingest]\nwritter = 1\n", Path::new("atlas.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("writter"), "{err}");
     }
 
     #[test]

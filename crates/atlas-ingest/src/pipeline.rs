@@ -49,6 +49,19 @@ pub struct IngestConfig {
     pub drain_batch: i32,
 }
 
+impl IngestConfig {
+    /// The pipeline as configured in `[ingest]`.
+    pub fn from_settings(s: &atlas_config::Ingest) -> Self {
+        Self {
+            batch_rows: s.batch_rows,
+            batch_interval: Duration::from_millis(s.batch_interval_ms),
+            queue_rows: s.queue_rows,
+            writers: s.writers,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
