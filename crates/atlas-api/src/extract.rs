@@ -195,23 +195,9 @@ where
     D: serde::Deserializer<'de>,
 {
     use serde::de::Error;
-    let Some(n): Option<serde_json::Number> = serde::Deserialize::deserialize(de)? else {
-        return Ok(None);
-    };
-    if let Some(i) = n.as_i64() {
-        return i32::try_from(i)
-            .map(Some)
-            .map_err(|_| D::Error::custom("integer out of range"));
-    }
-    let text = n.to_string();
-    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
-    if frac.chars().all(|c| c == '0') && !whole.contains(['e', 'E']) {
-        return whole
-            .parse::<i32>()
-            .map(Some)
-            .map_err(|_| D::Error::custom("integer out of range"));
-    }
-    Err(D::Error::custom(format!("expected an integer, got {text}")))
+    atlas_ingest::typing::integral_i64_opt(de)?
+        .map(|v| i32::try_from(v).map_err(|_| D::Error::custom(format!("{v} is out of range"))))
+        .transpose()
 }
 
 /// A JSON field that distinguishes "absent" (`None`) from `null` (`Some(None)`).

@@ -99,13 +99,7 @@ async fn main() -> Result<()> {
 
 /// Connects one client (its connection task runs in the background).
 pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    atlas_store::connect(url)
         .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "database connection ended");
-        }
-    });
-    Ok(client)
+        .context("connecting to PostgreSQL")
 }

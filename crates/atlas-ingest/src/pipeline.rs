@@ -315,7 +315,7 @@ async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, f
     let mode = if flush { "durable" } else { "staged" };
     #[allow(clippy::cast_precision_loss)]
     metrics::histogram!("atlas_ingest_batch_rows", "durability" => mode).record(total as f64);
-    let result = copy_and_flush(store, &jobs, flush).await;
+    let result = write_rows(store, &jobs, flush).await;
     metrics::histogram!("atlas_ingest_flush_seconds", "durability" => mode)
         .record(started.elapsed().as_secs_f64());
     match result {
@@ -374,7 +374,8 @@ async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, f
     }
 }
 
-async fn copy_and_flush(
+/// Writes a batch: durable rows through `ingest_rows`, staged rows by COPY into staging.
+async fn write_rows(
     store: &Store,
     jobs: &[Job],
     flush: bool,
@@ -532,35 +533,25 @@ async fn run_drainer(
     }
 }
 
-/// Drains staging until empty (errors are logged; the next tick retries).
+/// Drains staging until empty (errors are logged; the next tick retries), then drops the
+/// cache entries of entities whose projection changed. Returns the values stored.
 pub async fn drain_once(store: &Store, invalidator: &Invalidator, batch: i32) -> usize {
-    let mut stored = 0usize;
-    loop {
-        match store.flush_staged(batch).await {
-            Ok(flushed) => {
-                let changed: Vec<(TenantId, i64)> = flushed
-                    .iter()
-                    .filter(|f| f.hot_changed)
-                    .map(|f| (f.tenant, f.entity_id))
-                    .collect();
-                invalidator.entities_changed(&changed).await;
-                stored += flushed
-                    .iter()
-                    .map(|f| usize::try_from(f.stored).unwrap_or(0))
-                    .sum::<usize>();
-                match store.staging_backlog(1).await {
-                    Ok(b) if b.rows > 0 => continue,
-                    Ok(_) => return stored,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the staging backlog failed");
-                        return stored;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "background stage_flush failed; retrying next tick");
-                return stored;
-            }
+    match store.drain_staging(batch, usize::MAX, |_| {}).await {
+        Ok(flushed) => {
+            let changed: Vec<(TenantId, i64)> = flushed
+                .iter()
+                .filter(|f| f.hot_changed)
+                .map(|f| (f.tenant, f.entity_id))
+                .collect();
+            invalidator.entities_changed(&changed).await;
+            flushed
+                .iter()
+                .map(|f| usize::try_from(f.stored).unwrap_or(0))
+                .sum()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "background stage_flush failed; retrying next tick");
+            0
         }
     }
 }

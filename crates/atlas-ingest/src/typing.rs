@@ -332,7 +332,7 @@ impl TimeRules {
 
 /// An integer as JSON Schema means it: also an integral number written with a fraction
 /// (`5.0`); `5.5` and out-of-range values are refused.
-fn integral_i64<'de, D: serde::Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+pub fn integral_i64<'de, D: serde::Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
     use serde::de::Error;
     let n: serde_json::Number = serde::Deserialize::deserialize(de)?;
     let text = n.to_string();
@@ -346,7 +346,7 @@ fn integral_i64<'de, D: serde::Deserializer<'de>>(de: D) -> Result<i64, D::Error
 }
 
 /// [`integral_i64`] for an optional field: `null` is the same as absent.
-fn integral_i64_opt<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+pub fn integral_i64_opt<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
     use serde::de::IntoDeserializer;
     let n: Option<serde_json::Number> = serde::Deserialize::deserialize(de)?;
     n.map(|n| {

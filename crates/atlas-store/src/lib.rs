@@ -61,6 +61,18 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Connects one client (no pool); its connection task runs on the current runtime. For
+/// administration, migrations and tools.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
 /// Builds a pool for one URL. Connections are made lazily, on first use.
 pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let config =

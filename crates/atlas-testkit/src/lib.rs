@@ -17,7 +17,7 @@ use std::time::Duration;
 use atlas_schema::{AppLogin, migrate, schema_fingerprint};
 pub use atlas_stack::{Stack, StackSpec, StackUrls};
 use atlas_store::Store;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// The shared stack and the name of the migrated template database.
 #[derive(Debug)]
@@ -127,14 +127,7 @@ async fn generated(
         .map_err(|e| e.to_string())
 }
 
-/// Connects one client; its connection task runs on the current runtime.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
+pub use atlas_store::connect;
 
 /// A database of its own for one test, dropped when the value is dropped.
 #[derive(Debug)]
