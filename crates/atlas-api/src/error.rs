@@ -30,7 +30,7 @@ pub struct ErrorDetail {
 }
 
 /// Every way a request can fail.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
     /// 400: the request cannot be read (malformed JSON, wrong type, bad parameter).

@@ -35,7 +35,8 @@ struct Inner {
     keys: auth::KeyCache,
     rate: auth::RateLimiter,
     limits: Limits,
-    redis: Option<redis::Client>,
+    cache: atlas_cache::Cache,
+    flights: atlas_cache::SingleFlight<Result<Option<Arc<str>>, ApiError>>,
     ingestor: Option<atlas_ingest::Ingestor>,
     catalog: std::sync::Mutex<Option<(Arc<atlas_ingest::Catalog>, std::time::Instant)>>,
     coverage: std::sync::Mutex<Option<(Coverage, std::time::Instant)>>,
@@ -67,44 +68,93 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The Redis URL is invalid.
-    #[error("invalid redis_url: {0}")]
-    Redis(#[from] redis::RedisError),
     /// The server stopped with an I/O error.
     #[error("server error: {0}")]
     Io(std::io::Error),
 }
 
 impl AppState {
-    /// State for a server over `store`; without an ingestor, `POST /v1/telemetry` is 503.
+    /// State for a server over `store` with `cache` in front of it; without an ingestor,
+    /// `POST /v1/telemetry` is 503.
     pub fn new(
         store: Store,
         admin_token: Option<&str>,
-        redis_url: Option<&str>,
+        cache: atlas_cache::Cache,
         limits: Limits,
         ingestor: Option<atlas_ingest::Ingestor>,
-    ) -> Result<Self, ServeError> {
+    ) -> Self {
         // Install the metrics recorder before anything records.
         let _ = metrics::handle();
-        let redis = redis_url.map(redis::Client::open).transpose()?;
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 store,
                 admin_token_hash: admin_token.map(atlas_store::admin::hash_key),
                 keys: auth::KeyCache::new(Duration::from_millis(limits.key_cache_ttl_ms)),
                 rate: auth::RateLimiter::new(limits.rate_per_second, limits.rate_burst),
                 limits,
-                redis,
+                cache,
+                flights: atlas_cache::SingleFlight::default(),
                 ingestor,
                 catalog: std::sync::Mutex::new(None),
                 coverage: std::sync::Mutex::new(None),
             }),
-        })
+        }
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &atlas_cache::Cache {
+        &self.inner.cache
+    }
+
+    /// Cache-aside read of one JSON document: Redis, else one database read per key at a
+    /// time in this process (single-flight), then a fill. With `lease`, the fill is fenced by
+    /// a lease taken before the read (see `atlas_cache`); without, the key must already be
+    /// made unreachable by writers (aggregate generations). `Ok(None)` (e.g. not found) is
+    /// not cached. Returns the document and whether it came from Redis.
+    pub(crate) async fn cached_json<F, Fut>(
+        &self,
+        kind: atlas_cache::Kind,
+        key: String,
+        ttl: Duration,
+        lease: bool,
+        load: F,
+    ) -> Result<(Option<Arc<str>>, bool), ApiError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Option<String>, ApiError>> + Send + 'static,
+    {
+        let cache = &self.inner.cache;
+        if let Some(hit) = cache.get(kind, &key).await {
+            return Ok((Some(Arc::from(hit)), true));
+        }
+        let cache = cache.clone();
+        let k = key.clone();
+        let value = self
+            .inner
+            .flights
+            .run(key, move || async move {
+                let held = if lease { cache.lease(&k).await } else { None };
+                let value = load().await?;
+                if let Some(v) = &value {
+                    match held {
+                        Some(l) => {
+                            cache.fill(l, v, ttl).await;
+                        }
+                        None if !lease => {
+                            cache.put(&k, v, ttl).await;
+                        }
+                        None => {}
+                    }
+                }
+                Ok(value.map(Arc::from))
+            })
+            .await?;
+        Ok((value, false))
     }
 
     /// The attribute catalogue for typing (re-read when stale or when `fresh`).
@@ -119,13 +169,60 @@ impl AppState {
         {
             return Ok(Arc::clone(c));
         }
-        let catalog = Arc::new(atlas_ingest::Catalog::new(
-            self.inner.store.list_attributes().await?,
-        ));
+        let catalog = Arc::new(atlas_ingest::Catalog::new(self.attributes(fresh).await?));
         if let Ok(mut guard) = self.inner.catalog.lock() {
             *guard = Some((Arc::clone(&catalog), std::time::Instant::now()));
         }
         Ok(catalog)
+    }
+
+    /// The attribute catalogue from the Redis hashes `attribute:meta` / `attribute:name_to_id`,
+    /// else from PostgreSQL (filling the hashes under a lease). `fresh` skips Redis.
+    async fn attributes(
+        &self,
+        fresh: bool,
+    ) -> Result<Vec<atlas_store::admin::Attribute>, ApiError> {
+        let cache = &self.inner.cache;
+        if !fresh && let Some(pairs) = cache.meta().await {
+            let parsed: Result<Vec<_>, _> = pairs
+                .iter()
+                .map(|(_, json)| serde_json::from_str::<atlas_store::admin::Attribute>(json))
+                .collect();
+            match parsed {
+                Ok(mut list) => {
+                    list.sort_by_key(|a| a.attribute_id);
+                    return Ok(list);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cached attribute metadata unreadable; reading PostgreSQL")
+                }
+            }
+        }
+        let lease = cache.meta_lease().await;
+        let list = self.inner.store.list_attributes().await?;
+        if let Some(lease) = lease {
+            let entries: Vec<(String, i64, String)> = list
+                .iter()
+                .filter_map(|a| {
+                    serde_json::to_string(a)
+                        .ok()
+                        .map(|json| (a.attribute_name.clone(), a.attribute_id, json))
+                })
+                .collect();
+            cache.fill_meta(lease, &entries).await;
+        }
+        Ok(list)
+    }
+
+    /// After an attribute change committed: drops the cached catalogue (here and in Redis)
+    /// and re-reads it, which refills Redis.
+    pub(crate) async fn attributes_changed(&self) {
+        let (a, b) = self.inner.cache.meta_keys();
+        self.inner.cache.invalidate(&[a, b]).await;
+        if let Err(e) = self.catalog(true).await {
+            // The change is committed; the next read of the catalogue fills it.
+            tracing::warn!(error = %e, "re-reading the attribute catalogue failed");
+        }
     }
 
     /// What telemetry times are acceptable now (partition coverage re-read when stale or when
@@ -235,6 +332,15 @@ pub fn router(state: AppState) -> Router {
                 .patch(tenant::update_entity)
                 .delete(tenant::delete_entity),
         )
+        .route("/v1/entities/search", post(routes::reads::search))
+        .route(
+            "/v1/entities/{id}/attributes",
+            get(routes::reads::hot_attributes),
+        )
+        .route("/v1/entities/{id}/latest", get(routes::reads::latest))
+        .route("/v1/entities/{id}/series", get(routes::reads::series))
+        .route("/v1/aggregates", get(routes::reads::aggregates))
+        .route("/v1/stats/attributes", get(routes::reads::attribute_stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))

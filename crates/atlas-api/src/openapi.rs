@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{admin, health, telemetry, tenant};
+use crate::routes::{admin, health, reads, telemetry, tenant};
 
 /// The schema of a body that is one `item` object or an array of `min`..=`max` of them.
 pub fn one_or_many(
@@ -65,10 +65,13 @@ impl Modify for Security {
         tenant::me, tenant::attributes, tenant::register_entities, tenant::list_entities,
         tenant::get_entity, tenant::update_entity, tenant::delete_entity,
         telemetry::ingest,
+        reads::hot_attributes, reads::search, reads::latest, reads::series, reads::aggregates,
+        reads::attribute_stats,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security),
     tags((name = "health"), (name = "admin", description = "Operator API (admin token)"),
-         (name = "tenant", description = "Tenant API (tenant API key)"))
+         (name = "tenant", description = "Tenant API (tenant API key)"),
+         (name = "reads", description = "Read API (tenant API key): hot attributes, search, series, aggregates"))
 )]
 pub struct ApiDoc;

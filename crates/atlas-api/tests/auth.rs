@@ -208,11 +208,10 @@ async fn without_an_admin_token_configured_the_admin_api_is_closed() {
     let state = atlas_api::AppState::new(
         db.store(2),
         None,
-        None,
+        atlas_cache::Cache::disabled(),
         atlas_config::Limits::default(),
         None,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -270,6 +270,12 @@ async fn the_openapi_document_covers_every_route_and_error() {
         ("/v1/entities/{id}", "patch"),
         ("/v1/entities/{id}", "delete"),
         ("/v1/telemetry", "post"),
+        ("/v1/entities/search", "post"),
+        ("/v1/entities/{id}/attributes", "get"),
+        ("/v1/entities/{id}/latest", "get"),
+        ("/v1/entities/{id}/series", "get"),
+        ("/v1/aggregates", "get"),
+        ("/v1/stats/attributes", "get"),
     ];
     let paths = doc["paths"]
         .as_object()

@@ -8,4 +8,5 @@ mod attack;
 mod auth;
 mod contract;
 mod entities;
+mod reads;
 mod telemetry;

@@ -85,7 +85,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let cache_key = format!("entity:{tenant}:{e}");
+    let cache_key = server.state.cache().entity_key(tenant, e);
     let _: () = redis::cmd("SET")
         .arg(&cache_key)
         .arg("stale")

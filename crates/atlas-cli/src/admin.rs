@@ -175,18 +175,18 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
             allow_rounding,
         } => {
             let data_type: DataType = data_type.parse().map_err(anyhow::Error::msg)?;
-            print_json(
-                &store
-                    .define_attribute(&AttributeSpec {
-                        attribute_name: name,
-                        data_type,
-                        is_hot: hot,
-                        is_indexed: indexed,
-                        validation_regex: regex,
-                        allow_rounding,
-                    })
-                    .await?,
-            )
+            let attribute = store
+                .define_attribute(&AttributeSpec {
+                    attribute_name: name,
+                    data_type,
+                    is_hot: hot,
+                    is_indexed: indexed,
+                    validation_regex: regex,
+                    allow_rounding,
+                })
+                .await?;
+            catalogue_changed(&crate::stack::cache(config)?).await;
+            print_json(&attribute)
         }
         AttributeCmd::List => {
             for a in store.list_attributes().await? {
@@ -216,42 +216,47 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
                 validation_regex: regex.map(|r| (!r.is_empty()).then_some(r)),
                 allow_rounding,
             };
-            print_json(
-                &store
-                    .update_attribute(id, &update)
-                    .await?
-                    .context("no such attribute")?,
-            )
+            let (attribute, reprojected) = store
+                .update_attribute(id, &update)
+                .await?
+                .context("no such attribute")?;
+            let cache = crate::stack::cache(config)?;
+            let hot: Vec<(i64, i64)> = reprojected.iter().map(|(t, e)| (t.0, *e)).collect();
+            cache.entities_changed(&hot, &[]).await;
+            catalogue_changed(&cache).await;
+            print_json(&attribute)
         }
     }
+}
+
+/// Drops the cached attribute catalogue after a change (servers re-read it within seconds).
+async fn catalogue_changed(cache: &atlas_cache::Cache) {
+    let (a, b) = cache.meta_keys();
+    cache.invalidate(&[a, b]).await;
 }
 
 /// `atlas serve`: the HTTP API until SIGTERM or Ctrl-C, then a graceful stop.
 pub async fn serve(config: &Config) -> Result<()> {
     let resolved = crate::stack::resolved(config)?;
     let store = crate::stack::store(config)?;
-    let invalidator = match resolved.redis_url.as_deref() {
-        Some(url) => atlas_ingest::Invalidator::connect(url)
-            .await
-            .unwrap_or_else(|e| {
-                // Redis is a cache: serve without invalidation rather than not at all.
-                tracing::warn!(error = %e, "Redis unreachable at start; cache invalidation is off");
-                atlas_ingest::Invalidator::none()
-            }),
-        None => atlas_ingest::Invalidator::none(),
+    // Redis is a cache: the server starts and serves while it is down, and connects when
+    // it comes up.
+    let cache = match resolved.redis_url.as_deref() {
+        Some(url) => atlas_cache::Cache::new(url, &resolved.cache_prefix)?,
+        None => atlas_cache::Cache::disabled(),
     };
     let (ingestor, pipeline) = atlas_ingest::Ingestor::start(
         store.clone(),
-        invalidator,
+        cache.clone(),
         atlas_ingest::IngestConfig::from_settings(&resolved.ingest),
     );
     let state = atlas_api::AppState::new(
         store,
         resolved.admin_token.as_deref(),
-        resolved.redis_url.as_deref(),
+        cache,
         resolved.limits.clone(),
         Some(ingestor),
-    )?;
+    );
     let listener = atlas_api::bind(resolved.listen).await?;
     tracing::info!(listen = %resolved.listen, admin_api = resolved.admin_token.is_some(), "atlas serving");
     atlas_api::serve(listener, state, shutdown_signal()).await?;

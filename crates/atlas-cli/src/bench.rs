@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use atlas_config::Config;
-use atlas_stack::{Stack, StackSpec};
+use atlas_stack::{Stack, StackSpec, StackUrls};
 use atlas_store::admin::{AttributeSpec, DataType};
 use atlas_store::entities::{self, NewEntity};
 use atlas_store::{Store, StoreError, TenantId};
@@ -23,6 +23,8 @@ use tokio_postgres::types::{ToSql, Type};
 pub enum BenchCmd {
     /// Durable HTTP ingest vs raw COPY and per-row INSERT.
     Ingest(IngestArgs),
+    /// Read latencies of every read endpoint, on cache hit and miss, at a fixed rate.
+    Read(crate::bench_read::ReadArgs),
 }
 
 /// `atlas bench ingest` options.
@@ -65,10 +67,12 @@ const BENCH_DB: &str = "atlas_bench";
 pub async fn run(config: &Config, cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ingest(args) => ingest(config, &args).await,
+        BenchCmd::Read(args) => crate::bench_read::run(config, &args).await,
     }
 }
 
-struct Server(Child);
+/// A child `atlas serve`, killed when dropped.
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -77,14 +81,14 @@ impl Drop for Server {
     }
 }
 
-fn rss_mb(pid: u32, field: &str) -> Option<f64> {
+pub(crate) fn rss_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -134,21 +138,7 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         }
     };
     log("preparing a fresh atlas_bench database on the local stack (fsync on)…");
-    let admin = crate::connect(&stack.urls_for("postgres").admin_database_url).await?;
-    for generator in [
-        "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
-        "SELECT format('CREATE DATABASE %I', $1::text)",
-    ] {
-        let stmt: String = admin.query_one(generator, &[&BENCH_DB]).await?.get(0);
-        admin.batch_execute(&stmt).await?;
-    }
-    let urls = stack.urls_for(BENCH_DB);
-    let mut bench_admin = crate::connect(&urls.admin_database_url).await?;
-    let login = atlas_schema::AppLogin {
-        user: "atlas_app".into(),
-        password: stack.app_password().to_owned(),
-    };
-    atlas_schema::migrate(&mut bench_admin, Some(&login)).await?;
+    let (urls, bench_admin) = fresh_db(&stack).await?;
 
     // The fleet: attributes of every type (5 of 10 hot), one tenant, entities.
     let store = Store::connect(&urls.database_url, &[], 4)?;
@@ -204,59 +194,15 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         .await?;
 
     // The server, as users run it, with limits out of the benchmark's way.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = std::env::temp_dir().join(format!("atlas-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let toml = dir.join("atlas.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n\n[ingest]\nbatch_interval_ms = {}\n",
-            args.batch_interval_ms
-        ),
-    )?;
-    let server = Server(
-        Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .env("ATLAS_CONFIG", &toml)
-            .env("ATLAS_DATABASE_URL", &urls.database_url)
-            .env("ATLAS_REPLICA_URLS", "")
-            .env("ATLAS_REDIS_URL", &urls.redis_url)
-            .env("ATLAS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ATLAS_STACK_DIR", dir.join("no-stack"))
-            // ATLAS_BENCH_SERVER_LOG sets the server's log filter (e.g. atlas_ingest=debug).
-            .env(
-                "ATLAS_LOG",
-                std::env::var("ATLAS_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting atlas serve")?,
-    );
+    let (server, base) = start_server(
+        &urls,
+        &format!("[ingest]\nbatch_interval_ms = {}\n", args.batch_interval_ms),
+    )
+    .await?;
     let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let mut up = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !up {
-        bail!("atlas serve did not become ready");
-    }
 
     // Phase 1: full speed.
     let per_request = args.batch as u64 * VALUES_PER_READING;
@@ -438,6 +384,82 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Drops and recreates the `atlas_bench` database on the local stack and migrates it.
+pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres::Client)> {
+    let admin = crate::connect(&stack.urls_for("postgres").admin_database_url).await?;
+    for generator in [
+        "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+        "SELECT format('CREATE DATABASE %I', $1::text)",
+    ] {
+        let stmt: String = admin.query_one(generator, &[&BENCH_DB]).await?.get(0);
+        admin.batch_execute(&stmt).await?;
+    }
+    let urls = stack.urls_for(BENCH_DB);
+    let mut bench_admin = crate::connect(&urls.admin_database_url).await?;
+    let login = atlas_schema::AppLogin {
+        user: "atlas_app".into(),
+        password: stack.app_password().to_owned(),
+    };
+    atlas_schema::migrate(&mut bench_admin, Some(&login)).await?;
+    Ok((urls, bench_admin))
+}
+
+/// Starts `atlas serve` on the bench database, as users run it (replicas off, no rate limit,
+/// large request limits, plus `extra_toml`), and waits until it is ready. Returns the process
+/// and its base URL.
+pub(crate) async fn start_server(urls: &StackUrls, extra_toml: &str) -> Result<(Server, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("atlas-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let toml = dir.join("atlas.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n\n{extra_toml}"
+        ),
+    )?;
+    let server = Server(
+        Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .env("ATLAS_CONFIG", &toml)
+            .env("ATLAS_DATABASE_URL", &urls.database_url)
+            .env("ATLAS_REPLICA_URLS", "")
+            .env("ATLAS_REDIS_URL", &urls.redis_url)
+            // A fresh namespace: the recreated database reuses ids that an earlier run cached.
+            .env(
+                "ATLAS_CACHE_PREFIX",
+                format!("bench-{}-{port}:", std::process::id()),
+            )
+            .env("ATLAS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ATLAS_STACK_DIR", dir.join("no-stack"))
+            // ATLAS_BENCH_SERVER_LOG sets the server's log filter (e.g. atlas_ingest=debug).
+            .env(
+                "ATLAS_LOG",
+                std::env::var("ATLAS_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting atlas serve")?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok((server, base));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("atlas serve did not become ready")
 }
 
 async fn raw_copy(

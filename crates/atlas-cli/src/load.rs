@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use atlas_config::Config;
 use atlas_ingest::typing::type_readings;
-use atlas_ingest::{Catalog, Durability, IngestConfig, Ingestor, Invalidator, Reading, TimeRules};
+use atlas_ingest::{Cache, Catalog, Durability, IngestConfig, Ingestor, Reading, TimeRules};
 use atlas_store::{StoreError, TenantId};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -97,15 +97,13 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let catalog = Catalog::new(store.list_attributes().await?);
     let coverage = store.ts_partition_coverage().await?;
-    let invalidator = match resolved.redis_url.as_deref() {
-        Some(url) => Invalidator::connect(url)
-            .await
-            .unwrap_or_else(|_| Invalidator::none()),
-        None => Invalidator::none(),
+    let cache = match resolved.redis_url.as_deref() {
+        Some(url) => Cache::new(url, &resolved.cache_prefix)?,
+        None => Cache::disabled(),
     };
     let (ingestor, pipeline) = Ingestor::start(
         store.clone(),
-        invalidator,
+        cache,
         IngestConfig::from_settings(&resolved.ingest),
     );
 

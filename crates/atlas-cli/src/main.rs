@@ -2,9 +2,11 @@
 
 mod admin;
 mod bench;
+mod bench_read;
 mod demo;
 mod load;
 mod stack;
+mod status;
 
 use anyhow::{Context, Result};
 use atlas_config::{Config, ConfigArgs};
@@ -59,6 +61,12 @@ enum Command {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
+    /// The whole system at a glance: databases, Redis hit rate, staging backlog, partitions.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move staged rows into the time series until staging is empty.
     Flush {
         /// Rows per stage_flush call.
@@ -88,6 +96,7 @@ async fn main() -> Result<()> {
         Command::Tenant { cmd } => admin::tenant(&config, cmd).await,
         Command::Key { cmd } => admin::key(&config, cmd).await,
         Command::Attribute { cmd } => admin::attribute(&config, cmd).await,
+        Command::Status { json } => status::run(&config, json).await,
         Command::Flush { batch } => {
             let store = stack::store(&config)?;
             let total = demo::flush_all(&store, batch, None).await?;

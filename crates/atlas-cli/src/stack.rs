@@ -138,6 +138,15 @@ pub fn admin_url(config: &Config) -> Result<String> {
         .context("no admin database: set ATLAS_ADMIN_DATABASE_URL (or run `atlas stack up`)")
 }
 
+/// The Redis cache, from config or the local stack (disabled when none is configured).
+pub fn cache(config: &Config) -> Result<atlas_cache::Cache> {
+    let config = with_stack_defaults(config)?;
+    Ok(match config.redis_url.as_deref() {
+        Some(url) => atlas_cache::Cache::new(url, &config.cache_prefix)?,
+        None => atlas_cache::Cache::disabled(),
+    })
+}
+
 /// Pools for the app role, from config or the local stack.
 pub fn store(config: &Config) -> Result<Store> {
     let config = with_stack_defaults(config)?;

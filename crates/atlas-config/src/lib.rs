@@ -25,6 +25,8 @@ pub struct Config {
     pub replica_urls: Vec<String>,
     /// Redis (cache) URL.
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key, to share one Redis between deployments (default: none).
+    pub cache_prefix: String,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// Bearer token of the admin API.
@@ -115,6 +117,7 @@ impl Default for Config {
             database_url: None,
             replica_urls: Vec::new(),
             redis_url: None,
+            cache_prefix: String::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
             stack_dir: PathBuf::from(".atlas"),
@@ -189,6 +192,9 @@ pub struct ConfigArgs {
     /// Redis URL.
     #[arg(long, global = true, env = "ATLAS_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(long, global = true, env = "ATLAS_CACHE_PREFIX")]
+    pub cache_prefix: Option<String>,
     /// HTTP listen address, e.g. 127.0.0.1:8080.
     #[arg(long, global = true, env = "ATLAS_LISTEN")]
     pub listen: Option<String>,
@@ -261,6 +267,7 @@ impl Config {
                 message: format!("`{listen}` is not an address like 127.0.0.1:8080 ({e})"),
             })?;
         }
+        set(&mut self.cache_prefix, &args.cache_prefix);
         set(&mut self.stack_dir, &args.stack_dir);
         set(&mut self.pool_size, &args.pool_size);
         Ok(())

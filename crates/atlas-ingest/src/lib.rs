@@ -3,12 +3,11 @@
 //! [`typing`] turns JSON readings into rows with exactly one typed value each (or names the
 //! field at fault); [`pipeline`] batches rows, COPYs them into staging and flushes them into
 //! the time series in the same transaction, so a commit *is* the acknowledgement;
-//! [`cache`] drops the Redis entries a commit made stale.
+//! [`atlas_cache::Cache`] drops the Redis entries a commit made stale.
 
-pub mod cache;
 pub mod pipeline;
 pub mod typing;
 
-pub use cache::Invalidator;
+pub use atlas_cache::Cache;
 pub use pipeline::{Ack, Durability, IngestConfig, IngestError, Ingestor, Pipeline};
 pub use typing::{Catalog, FieldError, Reading, Row, TimeRules, Typed};

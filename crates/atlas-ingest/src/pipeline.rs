@@ -17,8 +17,8 @@ use tokio_postgres::types::{ToSql, Type};
 
 use atlas_store::{Store, StoreError, TenantId};
 
-use crate::cache::Invalidator;
 use crate::typing::{Row, Typed};
+use atlas_cache::Cache;
 
 /// When a request's values are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,11 +159,7 @@ const COPY_TYPES: [Type; 10] = [
 
 impl Ingestor {
     /// Starts the batcher and the background drain.
-    pub fn start(
-        store: Store,
-        invalidator: Invalidator,
-        config: IngestConfig,
-    ) -> (Ingestor, Pipeline) {
+    pub fn start(store: Store, cache: Cache, config: IngestConfig) -> (Ingestor, Pipeline) {
         let (tx, rx) = mpsc::channel::<Job>(4096);
         let permits = Arc::new(Semaphore::new(config.queue_rows));
         let (stop_drain, stopped) = oneshot::channel();
@@ -172,10 +168,10 @@ impl Ingestor {
             rx,
             batcher_stopped,
             store.clone(),
-            invalidator.clone(),
+            cache.clone(),
             config.clone(),
         ));
-        let drainer = tokio::spawn(run_drainer(store, invalidator, config.clone(), stopped));
+        let drainer = tokio::spawn(run_drainer(store, cache, config.clone(), stopped));
         (
             Ingestor {
                 tx,
@@ -245,7 +241,7 @@ async fn run_batcher(
     mut rx: mpsc::Receiver<Job>,
     mut stop: oneshot::Receiver<()>,
     store: Store,
-    invalidator: Invalidator,
+    cache: Cache,
     config: IngestConfig,
 ) {
     // Batches go to a pool of writers so one batch is collected while others are written.
@@ -253,12 +249,12 @@ async fn run_batcher(
     let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
     let mut writers = Vec::new();
     for _ in 0..config.writers.max(1) {
-        let (rx, store, invalidator) = (Arc::clone(&batch_rx), store.clone(), invalidator.clone());
+        let (rx, store, cache) = (Arc::clone(&batch_rx), store.clone(), cache.clone());
         writers.push(tokio::spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((jobs, flush)) = next else { return };
-                write_batch(&store, &invalidator, jobs, flush).await;
+                write_batch(&store, &cache, jobs, flush).await;
             }
         }));
     }
@@ -309,7 +305,7 @@ async fn run_batcher(
 type DeadKey = (i64, i64, i64, DateTime<Utc>);
 
 /// Writes one batch in one transaction and answers every job of it.
-async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, flush: bool) {
+async fn write_batch(store: &Store, cache: &Cache, jobs: Vec<Job>, flush: bool) {
     let started = Instant::now();
     let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
     let mode = if flush { "durable" } else { "staged" };
@@ -326,7 +322,14 @@ async fn write_batch(store: &Store, invalidator: &Invalidator, jobs: Vec<Job>, f
                 metrics::counter!("atlas_ingest_values_total", "outcome" => "dead_lettered")
                     .increment(u64::try_from(dead.len()).unwrap_or(0));
             }
-            invalidator.entities_changed(&changed).await;
+            let mut tenants: Vec<i64> = jobs
+                .iter()
+                .flat_map(|j| j.rows.iter().map(|r| r.tenant.0))
+                .collect();
+            tenants.sort_unstable();
+            tenants.dedup();
+            let hot: Vec<(i64, i64)> = changed.iter().map(|(t, e)| (t.0, *e)).collect();
+            cache.entities_changed(&hot, &tenants).await;
             for job in jobs {
                 let mut refused = None;
                 let mut n_refused = 0;
@@ -515,7 +518,7 @@ fn columns(v: &Typed) -> Columns<'_> {
 
 async fn run_drainer(
     store: Store,
-    invalidator: Invalidator,
+    cache: Cache,
     config: IngestConfig,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -526,7 +529,7 @@ async fn run_drainer(
             _ = ticker.tick() => false,
             _ = &mut stop => true,
         };
-        drain_once(&store, &invalidator, config.drain_batch).await;
+        drain_once(&store, &cache, config.drain_batch).await;
         if stopping {
             return;
         }
@@ -535,15 +538,22 @@ async fn run_drainer(
 
 /// Drains staging until empty (errors are logged; the next tick retries), then drops the
 /// cache entries of entities whose projection changed. Returns the values stored.
-pub async fn drain_once(store: &Store, invalidator: &Invalidator, batch: i32) -> usize {
+pub async fn drain_once(store: &Store, cache: &Cache, batch: i32) -> usize {
     match store.drain_staging(batch, usize::MAX, |_| {}).await {
         Ok(flushed) => {
-            let changed: Vec<(TenantId, i64)> = flushed
+            let hot: Vec<(i64, i64)> = flushed
                 .iter()
                 .filter(|f| f.hot_changed)
-                .map(|f| (f.tenant, f.entity_id))
+                .map(|f| (f.tenant.0, f.entity_id))
                 .collect();
-            invalidator.entities_changed(&changed).await;
+            let mut tenants: Vec<i64> = flushed
+                .iter()
+                .filter(|f| f.stored > 0)
+                .map(|f| f.tenant.0)
+                .collect();
+            tenants.sort_unstable();
+            tenants.dedup();
+            cache.entities_changed(&hot, &tenants).await;
             flushed
                 .iter()
                 .map(|f| usize::try_from(f.stored).unwrap_or(0))

@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_ingest.sql"),
     migration!(7, "0007_schema_usage.sql"),
     migration!(8, "0008_ingest_rows.sql"),
+    migration!(9, "0009_reads.sql"),
 ];
 
 impl Migration {

@@ -530,8 +530,12 @@ async fn security_definer_functions_are_hardened() {
         [
             "ensure_entity_partitions",
             "ensure_ts_partitions",
+            "hot_attr_backfill",
+            "hot_attr_clear",
             "ingest_rows",
             "refresh_attribute_stats",
+            "search_entities",
+            "search_entities_plan",
             "stage_flush",
             "stage_flush_own",
             "staging_stats",

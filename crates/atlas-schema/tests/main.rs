@@ -4,6 +4,7 @@
 mod support;
 
 mod catalog;
+mod explain;
 mod flush;
 mod isolation;
 mod migrator;

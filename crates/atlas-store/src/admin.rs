@@ -94,7 +94,7 @@ impl FromStr for DataType {
 }
 
 /// An attribute of the global catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attribute {
     /// Its id.
@@ -502,11 +502,16 @@ impl Store {
     }
 
     /// Changes an attribute's flags or regex; `None` when it does not exist.
+    ///
+    /// Turning `is_hot` on backfills every entity's projection with its newest value of the
+    /// attribute; turning it off removes the attribute from every projection. Both happen in
+    /// the transaction that flips the flag; the entities whose projection changed are returned
+    /// so their cache entries can be dropped after the commit.
     pub async fn update_attribute(
         &self,
         attribute_id: i64,
         update: &AttributeUpdate,
-    ) -> Result<Option<Attribute>, StoreError> {
+    ) -> Result<Option<(Attribute, Vec<(TenantId, i64)>)>, StoreError> {
         let Some(current) = self.get_attribute(attribute_id).await? else {
             return Ok(None);
         };
@@ -529,8 +534,9 @@ impl Store {
             Some(v) => v.clone(),
             None => current.validation_regex.clone(),
         };
-        let client = self.primary.get().await?;
-        let row = client
+        let mut client = self.primary.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 "UPDATE public.attributes SET is_hot = $2, is_indexed = $3, validation_regex = $4, allow_rounding = $5, updated_at = now() \
                  WHERE attribute_id = $1 \
@@ -544,7 +550,24 @@ impl Store {
                 ],
             )
             .await?;
-        row.as_ref().map(attribute_from).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let attribute = attribute_from(&row)?;
+        let changed = if attribute.is_hot == current.is_hot {
+            Vec::new()
+        } else {
+            let f = if attribute.is_hot {
+                "SELECT tenant_id, entity_id FROM public.hot_attr_backfill($1)"
+            } else {
+                "SELECT tenant_id, entity_id FROM public.hot_attr_clear($1)"
+            };
+            tx.query(f, &[&attribute_id])
+                .await?
+                .iter()
+                .map(|r| Ok((TenantId(r.try_get(0)?), r.try_get(1)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?
+        };
+        tx.commit().await?;
+        Ok(Some((attribute, changed)))
     }
 
     /// One attribute.

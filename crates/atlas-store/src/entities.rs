@@ -4,9 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::Transaction;
 
-use crate::{StoreError, TenantId};
+use crate::{Cached, StoreError, TenantId, Tx};
 
 /// Longest entity type.
 pub const MAX_ENTITY_TYPE_LEN: usize = 100;
@@ -104,7 +103,7 @@ const REGISTER: &str = "WITH e AS ( \
 
 /// Registers entities in order; ids are assigned from the global sequence.
 pub async fn register(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tenant: TenantId,
     new: &[NewEntity],
 ) -> Result<Vec<Entity>, StoreError> {
@@ -123,21 +122,24 @@ pub async fn register(
         .await?;
     let types: Vec<&str> = new.iter().map(|e| e.entity_type.as_str()).collect();
     let colds: Vec<&serde_json::Value> = new.iter().map(|e| &e.cold_attrs).collect();
-    let rows = tx.query(REGISTER, &[&tenant.0, &types, &colds]).await?;
+    let rows = tx
+        .cached_query(REGISTER, &[&tenant.0, &types, &colds])
+        .await?;
     rows.iter().map(entity_from).collect()
 }
 
-const SELECT_ENTITY: &str = "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+/// The one-entity statement ($1 tenant, $2 entity); public so tests can EXPLAIN it.
+pub const SELECT_ENTITY: &str = "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
      FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
      WHERE e.tenant_id = $1 AND e.entity_id = $2 AND NOT e.is_deleted";
 
 /// One entity of the tenant (deleted ones do not exist).
 pub async fn get(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tenant: TenantId,
     entity_id: i64,
 ) -> Result<Option<Entity>, StoreError> {
-    tx.query_opt(SELECT_ENTITY, &[&tenant.0, &entity_id])
+    tx.cached_query_opt(SELECT_ENTITY, &[&tenant.0, &entity_id])
         .await?
         .as_ref()
         .map(entity_from)
@@ -145,15 +147,16 @@ pub async fn get(
 }
 
 /// Replaces an entity's properties (and/or type); bumps `version` and `updated_at`. With
-/// `expected_version`, a concurrent change is a conflict instead of a lost update.
+/// `expected_version`, a concurrent change is a conflict instead of a lost update. Returns
+/// the entity and its type before the change.
 pub async fn update(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tenant: TenantId,
     entity_id: i64,
     entity_type: Option<&str>,
     cold_attrs: Option<&serde_json::Value>,
     expected_version: Option<i32>,
-) -> Result<Entity, StoreError> {
+) -> Result<(Entity, String), StoreError> {
     if let Some(t) = entity_type {
         validate_entity_type(t, "entity_type")?;
     }
@@ -167,14 +170,15 @@ pub async fn update(
         check_storable_json(c, "cold_attrs")?;
     }
     let row = tx
-        .query_opt(
-            "UPDATE public.entities SET entity_type = coalesce($3, entity_type), version = version + 1, updated_at = now() \
-             WHERE tenant_id = $1 AND entity_id = $2 AND NOT is_deleted AND ($4::integer IS NULL OR version = $4) \
-             RETURNING version",
+        .cached_query_opt(
+            "UPDATE public.entities n SET entity_type = coalesce($3, n.entity_type), version = n.version + 1, updated_at = now() \
+             FROM (SELECT entity_type FROM public.entities WHERE tenant_id = $1 AND entity_id = $2 FOR UPDATE) o \
+             WHERE n.tenant_id = $1 AND n.entity_id = $2 AND NOT n.is_deleted AND ($4::integer IS NULL OR n.version = $4) \
+             RETURNING o.entity_type",
             &[&tenant.0, &entity_id, &entity_type, &expected_version],
         )
         .await?;
-    if row.is_none() {
+    let Some(row) = row else {
         let exists = get(tx, tenant, entity_id).await?.is_some();
         return Err(if exists {
             StoreError::Conflict {
@@ -184,7 +188,8 @@ pub async fn update(
         } else {
             StoreError::NotFound("entity")
         });
-    }
+    };
+    let old_type: String = row.try_get(0)?;
     if let Some(cold) = cold_attrs {
         tx.execute(
             "INSERT INTO public.entity_jsonb (entity_id, tenant_id, cold_attrs) VALUES ($2, $1, $3) \
@@ -193,40 +198,38 @@ pub async fn update(
         )
         .await?;
     }
-    get(tx, tenant, entity_id)
+    let entity = get(tx, tenant, entity_id)
         .await?
-        .ok_or(StoreError::NotFound("entity"))
+        .ok_or(StoreError::NotFound("entity"))?;
+    Ok((entity, old_type))
 }
 
-/// Soft-deletes an entity: it disappears from every read and takes no new values.
-pub async fn delete(
-    tx: &Transaction<'_>,
-    tenant: TenantId,
-    entity_id: i64,
-) -> Result<(), StoreError> {
-    let n = tx
-        .execute(
+/// Soft-deletes an entity: it disappears from every read and takes no new values. Returns
+/// its type (the cached list of that type is stale now).
+pub async fn delete(tx: &Tx<'_>, tenant: TenantId, entity_id: i64) -> Result<String, StoreError> {
+    let row = tx
+        .cached_query_opt(
             "UPDATE public.entities SET is_deleted = true, version = version + 1, updated_at = now() \
-             WHERE tenant_id = $1 AND entity_id = $2 AND NOT is_deleted",
+             WHERE tenant_id = $1 AND entity_id = $2 AND NOT is_deleted RETURNING entity_type",
             &[&tenant.0, &entity_id],
         )
         .await?;
-    if n == 0 {
-        return Err(StoreError::NotFound("entity"));
+    match row {
+        Some(r) => Ok(r.try_get(0)?),
+        None => Err(StoreError::NotFound("entity")),
     }
-    Ok(())
 }
 
 /// Entities by id after `after` (keyset pagination), optionally of one type.
 pub async fn list(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tenant: TenantId,
     entity_type: Option<&str>,
     after: i64,
     limit: i64,
 ) -> Result<Vec<Entity>, StoreError> {
     let rows = tx
-        .query(
+        .cached_query(
             "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
              FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
              WHERE e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted AND ($3::text IS NULL OR e.entity_type = $3) \
@@ -239,14 +242,45 @@ pub async fn list(
 
 /// Which of `ids` are live entities of the tenant.
 pub async fn existing_ids(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     tenant: TenantId,
     ids: &[i64],
 ) -> Result<std::collections::HashSet<i64>, StoreError> {
     let rows = tx
-        .query(
+        .cached_query(
             "SELECT entity_id FROM public.entities WHERE tenant_id = $1 AND entity_id = ANY($2) AND NOT is_deleted",
             &[&tenant.0, &ids],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// Live entities with these ids, by id (ids the tenant does not have are skipped).
+pub async fn by_ids(tx: &Tx<'_>, tenant: TenantId, ids: &[i64]) -> Result<Vec<Entity>, StoreError> {
+    let rows = tx
+        .cached_query(
+            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+             FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
+             WHERE e.tenant_id = $1 AND e.entity_id = ANY($2) AND NOT e.is_deleted ORDER BY e.entity_id",
+            &[&tenant.0, &ids],
+        )
+        .await?;
+    rows.iter().map(entity_from).collect()
+}
+
+/// Ids of the tenant's live entities of one type, at most `cap` + 1 of them (so a caller can
+/// tell "more than `cap`").
+pub async fn ids_of_type(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    entity_type: &str,
+    cap: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let rows = tx
+        .cached_query(
+            "SELECT entity_id FROM public.entities \
+             WHERE tenant_id = $1 AND entity_type = $2 AND NOT is_deleted ORDER BY entity_id LIMIT $3",
+            &[&tenant.0, &entity_type, &(cap + 1)],
         )
         .await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()

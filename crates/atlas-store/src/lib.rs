@@ -9,16 +9,61 @@
 pub mod admin;
 pub mod entities;
 mod error;
+pub mod reads;
 
 use std::str::FromStr;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use futures_util::future::BoxFuture;
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::NoTls;
 
 pub use deadpool_postgres::Pool;
 pub use error::StoreError;
 pub use tokio_postgres;
+
+/// The tenant-scoped transaction handed to store functions. Its statement cache keeps
+/// prepared statements per pooled connection, so hot reads are planned once per connection
+/// (planning a statement over 100 hash partitions costs more than running it).
+pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// Queries through the connection's prepared-statement cache: a statement is parsed once per
+/// pooled connection and, after PostgreSQL's first custom plans, runs on a generic plan with
+/// run-time partition pruning instead of being planned on every call.
+pub(crate) trait Cached {
+    /// Like `query`, prepared once per connection.
+    async fn cached_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError>;
+
+    /// Like `query_opt`, prepared once per connection.
+    async fn cached_query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StoreError>;
+}
+
+impl Cached for Tx<'_> {
+    async fn cached_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let stmt = self.prepare_cached(sql).await?;
+        Ok(self.query(&stmt, params).await?)
+    }
+
+    async fn cached_query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        let stmt = self.prepare_cached(sql).await?;
+        Ok(self.query_opt(&stmt, params).await?)
+    }
+}
 
 /// A tenant's id. Constructed only from authenticated context, never from a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +168,7 @@ impl Store {
     /// it returns `Ok`. On `Err` (or if the future is dropped) the transaction rolls back.
     pub async fn with_tenant<T, E, F>(&self, tenant: TenantId, f: F) -> Result<T, E>
     where
-        F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, E>> + Send,
+        F: for<'t> FnOnce(&'t Tx<'t>) -> BoxFuture<'t, Result<T, E>> + Send,
         E: From<StoreError>,
         T: Send,
     {
@@ -225,7 +270,7 @@ impl Store {
 /// [`Store::with_tenant`] on any pool (e.g. a replica's, for reads).
 pub async fn in_tenant_tx<T, E, F>(pool: &Pool, tenant: TenantId, f: F) -> Result<T, E>
 where
-    F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, E>> + Send,
+    F: for<'t> FnOnce(&'t Tx<'t>) -> BoxFuture<'t, Result<T, E>> + Send,
     E: From<StoreError>,
     T: Send,
 {

@@ -332,6 +332,7 @@ pub async fn define_attribute(
         })
         .await?;
     tracing::info!(attribute_id = attribute.attribute_id, name = %attribute.attribute_name, "attribute defined");
+    state.attributes_changed().await;
     Ok((StatusCode::CREATED, Json(attribute)))
 }
 
@@ -348,7 +349,7 @@ pub async fn update_attribute(
     JsonBody(body): JsonBody<AttributeChanges>,
 ) -> Result<Json<Attribute>, ApiError> {
     let id = positive(id, "attribute")?;
-    state
+    let (attribute, reprojected) = state
         .inner
         .store
         .update_attribute(
@@ -361,8 +362,20 @@ pub async fn update_attribute(
             },
         )
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound("attribute".into()))
+        .ok_or_else(|| ApiError::NotFound("attribute".into()))?;
+    // Committed: drop what the change made stale (the catalogue, re-projected entities).
+    let hot: Vec<(i64, i64)> = reprojected.iter().map(|(t, e)| (t.0, *e)).collect();
+    state.inner.cache.entities_changed(&hot, &[]).await;
+    if !hot.is_empty() {
+        tracing::info!(
+            attribute_id = id,
+            is_hot = attribute.is_hot,
+            entities = hot.len(),
+            "projection re-derived"
+        );
+    }
+    state.attributes_changed().await;
+    Ok(Json(attribute))
 }
 
 /// The attribute catalogue.

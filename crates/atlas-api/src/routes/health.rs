@@ -75,19 +75,10 @@ async fn migrations(state: &AppState) -> &'static str {
 }
 
 async fn redis_state(state: &AppState) -> &'static str {
-    let Some(client) = &state.inner.redis else {
-        return "unconfigured";
-    };
-    let probe = async {
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-        Ok(Some(_)) => "up",
-        _ => "down",
+    match state.inner.cache.ping().await {
+        None => "unconfigured",
+        Some(true) => "up",
+        Some(false) => "down",
     }
 }
 

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod health;
+pub mod reads;
 pub mod telemetry;
 pub mod tenant;

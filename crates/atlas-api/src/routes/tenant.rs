@@ -192,6 +192,14 @@ pub async fn register_entities(
         })
         .await
         .map_err(|e| prefix_single_entity_field(e, single))?;
+    let mut types: Vec<&str> = items.iter().map(|e| e.entity_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let keys: Vec<String> = types
+        .iter()
+        .map(|t| state.inner.cache.list_key(tenant.0, t))
+        .collect();
+    state.inner.cache.invalidate(&keys).await;
     Ok((
         StatusCode::CREATED,
         Json(EntityPage {
@@ -245,24 +253,79 @@ pub async fn list_entities(
             other => other.into(),
         })?;
     }
-    let entity_type = params.entity_type;
-    let items = state
-        .inner
-        .store
-        .with_tenant(tenant, move |tx| {
-            async move { entities::list(tx, tenant, entity_type.as_deref(), after, limit).await }
-                .boxed()
-        })
-        .await?;
+    let items = match params.entity_type {
+        Some(t) => match type_ids(&state, tenant, &t).await? {
+            Some(ids) => {
+                let page: Vec<i64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| *id > after)
+                    .take(usize::try_from(limit).unwrap_or(0))
+                    .collect();
+                let more = ids.iter().filter(|id| **id > after).count() > page.len();
+                let last = page.last().copied();
+                let items = in_tenant(&state, tenant, move |tx| {
+                    async move { entities::by_ids(tx, tenant, &page).await }.boxed()
+                })
+                .await?;
+                let next_cursor = last.filter(|_| more).map(|id| id.to_string());
+                return Ok(Json(EntityPage { items, next_cursor }));
+            }
+            None => {
+                in_tenant(&state, tenant, move |tx| {
+                    async move { entities::list(tx, tenant, Some(&t), after, limit).await }.boxed()
+                })
+                .await?
+            }
+        },
+        None => {
+            in_tenant(&state, tenant, move |tx| {
+                async move { entities::list(tx, tenant, None, after, limit).await }.boxed()
+            })
+            .await?
+        }
+    };
     let next_cursor = next_cursor(items.len(), limit, items.last().map(|e| e.entity_id));
     Ok(Json(EntityPage { items, next_cursor }))
+}
+
+/// Types with more entities than this are listed from PostgreSQL only (a set this large is
+/// no cheaper to page through than the type index).
+const MAX_CACHED_LIST: i64 = 10_000;
+
+/// The sorted ids of a type from `entity:list:{tenant}:{type}`, filled from PostgreSQL on a
+/// miss; `None` when the type is too large to cache.
+async fn type_ids(
+    state: &AppState,
+    tenant: TenantId,
+    entity_type: &str,
+) -> Result<Option<Vec<i64>>, ApiError> {
+    let cache = &state.inner.cache;
+    let key = cache.list_key(tenant.0, entity_type);
+    if let Some(mut ids) = cache.members(atlas_cache::Kind::List, &key).await {
+        ids.sort_unstable();
+        return Ok(Some(ids));
+    }
+    let lease = cache.lease(&key).await;
+    let t = entity_type.to_owned();
+    let ids = in_tenant(state, tenant, move |tx| {
+        async move { entities::ids_of_type(tx, tenant, &t, MAX_CACHED_LIST).await }.boxed()
+    })
+    .await?;
+    if i64::try_from(ids.len()).unwrap_or(i64::MAX) > MAX_CACHED_LIST {
+        return Ok(None);
+    }
+    if let Some(lease) = lease {
+        cache.fill_set(lease, &ids, atlas_cache::LIST_TTL).await;
+    }
+    Ok(Some(ids))
 }
 
 async fn in_tenant<T: Send + 'static>(
     state: &AppState,
     tenant: TenantId,
     f: impl for<'t> FnOnce(
-        &'t atlas_store::tokio_postgres::Transaction<'t>,
+        &'t atlas_store::Tx<'t>,
     ) -> futures_util::future::BoxFuture<'t, Result<T, StoreError>>
     + Send,
 ) -> Result<T, ApiError> {
@@ -301,7 +364,7 @@ pub async fn update_entity(
     PathId(id): PathId,
     JsonBody(body): JsonBody<EntityChanges>,
 ) -> Result<Json<Entity>, ApiError> {
-    in_tenant(&state, tenant, move |tx| {
+    let (entity, old_type) = in_tenant(&state, tenant, move |tx| {
         async move {
             entities::update(
                 tx,
@@ -315,8 +378,14 @@ pub async fn update_entity(
         }
         .boxed()
     })
-    .await
-    .map(Json)
+    .await?;
+    let cache = &state.inner.cache;
+    let mut keys = vec![cache.list_key(tenant.0, &old_type)];
+    if entity.entity_type != old_type {
+        keys.push(cache.list_key(tenant.0, &entity.entity_type));
+    }
+    cache.invalidate(&keys).await;
+    Ok(Json(entity))
 }
 
 /// Soft-deletes an entity: it disappears from every read and takes no new values.
@@ -330,9 +399,16 @@ pub async fn delete_entity(
     State(state): State<AppState>,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    in_tenant(&state, tenant, move |tx| {
+    let entity_type = in_tenant(&state, tenant, move |tx| {
         async move { entities::delete(tx, tenant, id).await }.boxed()
     })
     .await?;
+    // Committed: the entity's hot attributes, its type's list and the tenant's aggregates
+    // (which exclude deleted entities) are stale.
+    let cache = &state.inner.cache;
+    cache
+        .invalidate(&[cache.list_key(tenant.0, &entity_type)])
+        .await;
+    cache.entities_changed(&[(tenant.0, id)], &[tenant.0]).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -42,19 +42,21 @@ impl Server {
         limits: Limits,
         ingest: atlas_ingest::IngestConfig,
     ) -> Self {
-        let invalidator = atlas_ingest::Invalidator::connect(&db.urls.redis_url)
-            .await
-            .unwrap_or_else(|e| panic!("redis: {e}"));
+        let cache = cache_for(&db, &db.urls.redis_url);
+        Self::with_cache(db, store, limits, ingest, cache).await
+    }
+
+    /// A server whose cache is `cache` (e.g. on a Redis of the test's own).
+    pub async fn with_cache(
+        db: TestDb,
+        store: atlas_store::Store,
+        limits: Limits,
+        ingest: atlas_ingest::IngestConfig,
+        cache: atlas_cache::Cache,
+    ) -> Self {
         let (ingestor, pipeline) =
-            atlas_ingest::Ingestor::start(store.clone(), invalidator, ingest);
-        let state = AppState::new(
-            store,
-            Some(ADMIN),
-            Some(&db.urls.redis_url),
-            limits,
-            Some(ingestor),
-        )
-        .unwrap_or_else(|e| panic!("state: {e}"));
+            atlas_ingest::Ingestor::start(store.clone(), cache.clone(), ingest);
+        let state = AppState::new(store, Some(ADMIN), cache, limits, Some(ingestor));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -143,6 +145,17 @@ impl Server {
             let _ = task.await;
         }
     }
+}
+
+/// A cache on `redis_url` whose keys are namespaced by the test's database (parallel test
+/// databases reuse tenant and entity ids).
+pub fn cache_for(db: &TestDb, redis_url: &str) -> atlas_cache::Cache {
+    atlas_cache::Cache::new(redis_url, &cache_prefix(db)).unwrap_or_else(|e| panic!("redis: {e}"))
+}
+
+/// The key prefix of a test database's cache.
+pub fn cache_prefix(db: &TestDb) -> String {
+    format!("{}:", db.name)
 }
 
 /// Sends a request; returns the status and the JSON body (Null when empty).

@@ -1,0 +1,651 @@
+//! The read API (tenant key): hot attributes through Redis, search on the GIN index, newest
+//! value and series on the primary key, aggregates cached per tenant generation, attribute
+//! statistics. Every database read runs in the tenant-scoped transaction.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use atlas_cache::Kind;
+use atlas_store::admin::DataType;
+use atlas_store::reads::{
+    self, AggFn, AggregateQuery, AttrRef, AttributeStats, Bucket, HotAttributes, Point, Scope,
+    Search, SearchHit, SeriesQuery,
+};
+use atlas_store::{StoreError, TenantId, entities};
+
+use crate::AppState;
+use crate::auth::Tenant;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathId, QueryParams};
+use crate::routes::admin::{PageParams, page};
+
+/// A JSON document (possibly straight from Redis) with `X-Atlas-Cache: hit|miss`.
+fn json_document(body: Arc<str>, hit: bool) -> Response {
+    let mut r = body.to_string().into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "x-atlas-cache",
+        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+    );
+    r
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, ApiError> {
+    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("serializing: {e}")))
+}
+
+async fn in_tenant<T: Send + 'static>(
+    state: &AppState,
+    tenant: TenantId,
+    f: impl for<'t> FnOnce(
+        &'t atlas_store::Tx<'t>,
+    ) -> futures_util::future::BoxFuture<'t, Result<T, StoreError>>
+    + Send,
+) -> Result<T, ApiError> {
+    Ok(state.inner.store.with_tenant(tenant, f).await?)
+}
+
+/// An entity's hot attributes, from Redis `entity:{tenant}:{entity}` (TTL 300 s) or
+/// `entity_jsonb`. Answers carry `X-Atlas-Cache: hit|miss`.
+#[utoipa::path(get, path = "/v1/entities/{id}/attributes", tag = "reads", security(("tenant_key" = [])),
+    params(("id" = i64, Path, description = "Entity id")),
+    responses((status = 200, body = HotAttributes), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn hot_attributes(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let key = state.inner.cache.entity_key(tenant.0, id);
+    let s = state.clone();
+    let (doc, hit) = state
+        .cached_json(
+            Kind::Entity,
+            key,
+            atlas_cache::ENTITY_TTL,
+            true,
+            move || async move {
+                let hot = in_tenant(&s, tenant, move |tx| {
+                    async move { reads::hot_attributes(tx, tenant, id).await }.boxed()
+                })
+                .await?;
+                hot.as_ref().map(to_json).transpose()
+            },
+        )
+        .await?;
+    doc.map(|d| json_document(d, hit))
+        .ok_or_else(|| ApiError::NotFound("entity".into()))
+}
+
+/// A hot-attribute search.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    /// Hot attributes containing this object (`@>`), e.g. `{"status": "online"}`; values
+    /// are typed (8 matches the integer 8, not the string "8").
+    #[schema(value_type = Option<Object>)]
+    pub contains: Option<serde_json::Value>,
+    /// Has this hot attribute (`?`).
+    pub has_key: Option<String>,
+    /// Has any of these hot attributes (`?|`), 1–100 names.
+    #[schema(min_items = 1, max_items = 100)]
+    pub has_any: Option<Vec<String>>,
+    /// Has all of these hot attributes (`?&`), 1–100 names.
+    #[schema(min_items = 1, max_items = 100)]
+    pub has_all: Option<Vec<String>>,
+    /// Only entities of this type.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]
+    pub entity_type: Option<String>,
+    /// Page size (1 to the configured maximum; default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[schema(pattern = "^[0-9]{1,18}$")]
+    pub cursor: Option<String>,
+}
+
+/// Search results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchPage {
+    /// Matching entities, by id.
+    pub items: Vec<SearchHit>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+fn no_nul(s: &str, field: &str) -> Result<(), ApiError> {
+    if s.contains('\0') {
+        return Err(ApiError::invalid_value(
+            field,
+            "must not contain the NUL character",
+        ));
+    }
+    Ok(())
+}
+
+fn key_list(list: Option<&Vec<String>>, field: &str) -> Result<(), ApiError> {
+    let Some(list) = list else { return Ok(()) };
+    if list.is_empty() || list.len() > 100 {
+        return Err(ApiError::invalid_value(
+            field,
+            "give between 1 and 100 attribute names",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .try_for_each(|(i, k)| no_nul(k, &format!("{field}[{i}]")))
+}
+
+/// Searches the tenant's entities by hot attributes (every given condition must hold). Served
+/// by the GIN index on `entity_jsonb.hot_attrs` under tenant isolation.
+#[utoipa::path(post, path = "/v1/entities/search", tag = "reads", security(("tenant_key" = [])),
+    request_body = SearchBody,
+    responses((status = 200, body = SearchPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn search(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<SearchBody>,
+) -> Result<axum::Json<SearchPage>, ApiError> {
+    let (after, limit) = page(
+        &state,
+        &PageParams {
+            limit: body.limit,
+            cursor: body.cursor.clone(),
+        },
+    )
+    .map_err(|e| match e {
+        // Body fields are 422, not 400.
+        ApiError::BadRequest { message, field, .. } => ApiError::Unprocessable {
+            code: "invalid_value",
+            message,
+            field,
+        },
+        other => other,
+    })?;
+    if body.contains.is_none()
+        && body.has_key.is_none()
+        && body.has_any.is_none()
+        && body.has_all.is_none()
+    {
+        return Err(ApiError::invalid_value(
+            "body",
+            "give at least one of contains, has_key, has_any, has_all",
+        ));
+    }
+    if let Some(c) = &body.contains {
+        if !c.is_object() {
+            return Err(ApiError::invalid_value(
+                "contains",
+                "must be a JSON object of hot attribute values",
+            ));
+        }
+        entities::check_storable_json(c, "contains")?;
+    }
+    if let Some(k) = &body.has_key {
+        no_nul(k, "has_key")?;
+    }
+    key_list(body.has_any.as_ref(), "has_any")?;
+    key_list(body.has_all.as_ref(), "has_all")?;
+    if let Some(t) = &body.entity_type {
+        entities::validate_entity_type(t, "entity_type")?;
+    }
+    let q = Search {
+        contains: body.contains,
+        has_key: body.has_key,
+        has_any: body.has_any,
+        has_all: body.has_all,
+        entity_type: body.entity_type,
+    };
+    let items = in_tenant(&state, tenant, move |tx| {
+        async move { reads::search(tx, &q, after, limit).await }.boxed()
+    })
+    .await?;
+    let next_cursor =
+        crate::routes::admin::next_cursor(items.len(), limit, items.last().map(|h| h.entity_id));
+    Ok(axum::Json(SearchPage { items, next_cursor }))
+}
+
+/// Resolves `attribute` (a name, or an id) in the catalogue; an unknown one is looked up
+/// again once (it may have been defined a moment ago) before it is a 404 naming the field.
+async fn attribute(state: &AppState, raw: Option<&str>) -> Result<(String, AttrRef), ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Err(ApiError::bad_field(
+            "attribute",
+            "required: an attribute name or id",
+        ));
+    };
+    for fresh in [false, true] {
+        if let Some(rule) = state.catalog(fresh).await?.resolve(raw) {
+            return Ok((
+                rule.name.clone(),
+                AttrRef {
+                    attribute_id: rule.id,
+                    data_type: rule.data_type,
+                },
+            ));
+        }
+    }
+    Err(ApiError::UnknownReference {
+        message: format!("attribute `{raw}` not found"),
+        field: "attribute".into(),
+    })
+}
+
+/// `latest` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LatestParams {
+    /// Attribute name or id.
+    pub attribute: Option<String>,
+}
+
+/// The newest value of one attribute.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Latest {
+    /// The entity.
+    pub entity_id: i64,
+    /// The attribute's name.
+    pub attribute: String,
+    /// The newest reading; null when the entity has none of this attribute.
+    pub latest: Option<Point>,
+}
+
+/// The newest value of an attribute for an entity (primary-key lookup, newest partition first).
+#[utoipa::path(get, path = "/v1/entities/{id}/latest", tag = "reads", security(("tenant_key" = [])),
+    params(("id" = i64, Path, description = "Entity id"), LatestParams),
+    responses((status = 200, body = Latest), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn latest(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    QueryParams(params): QueryParams<LatestParams>,
+) -> Result<axum::Json<Latest>, ApiError> {
+    let (name, attr) = attribute(&state, params.attribute.as_deref()).await?;
+    let found = in_tenant(&state, tenant, move |tx| {
+        async move { reads::latest(tx, tenant, id, attr).await }.boxed()
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    Ok(axum::Json(Latest {
+        entity_id: id,
+        attribute: name,
+        latest: found,
+    }))
+}
+
+/// Parses a time parameter: epoch milliseconds or RFC 3339.
+fn time_param(raw: Option<&str>, field: &str) -> Result<DateTime<Utc>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Err(ApiError::bad_field(
+            field,
+            "required: epoch milliseconds or an RFC 3339 time",
+        ));
+    };
+    let parsed = if raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        raw.parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+    } else {
+        DateTime::parse_from_rfc3339(raw)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    parsed.ok_or_else(|| {
+        ApiError::bad_field(
+            field,
+            format!("`{raw}` is neither epoch milliseconds nor an RFC 3339 time"),
+        )
+    })
+}
+
+/// Checks `[from, to)`: ordered and within the configured maximum range.
+fn time_range(
+    state: &AppState,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let from = time_param(from, "from")?;
+    let to = time_param(to, "to")?;
+    if to <= from {
+        return Err(ApiError::invalid_value("to", "must be later than `from`"));
+    }
+    let max_days = state.inner.limits.max_time_range_days;
+    if to - from > chrono::Duration::days(max_days) {
+        return Err(ApiError::invalid_value(
+            "to",
+            format!("the range from `from` to `to` may span at most {max_days} days"),
+        ));
+    }
+    Ok((from, to))
+}
+
+/// Sort order of a series.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first (default).
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// `series` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesParams {
+    /// Attribute name or id.
+    pub attribute: Option<String>,
+    /// Inclusive start: epoch milliseconds or RFC 3339.
+    pub from: Option<String>,
+    /// Exclusive end: epoch milliseconds or RFC 3339; at most the configured maximum range
+    /// (31 days by default) after `from`.
+    pub to: Option<String>,
+    /// Page size (1 to the configured maximum; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `asc` (default) or `desc`.
+    #[param(inline)]
+    pub order: Option<Order>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,19}$")]
+    pub cursor: Option<String>,
+}
+
+/// A page of a series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesPage {
+    /// The entity.
+    pub entity_id: i64,
+    /// The attribute's name.
+    pub attribute: String,
+    /// The readings in order.
+    pub items: Vec<Point>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// An entity's values of one attribute in `[from, to)` (primary-key range scan).
+#[utoipa::path(get, path = "/v1/entities/{id}/series", tag = "reads", security(("tenant_key" = [])),
+    params(("id" = i64, Path, description = "Entity id"), SeriesParams),
+    responses((status = 200, body = SeriesPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn series(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    QueryParams(params): QueryParams<SeriesParams>,
+) -> Result<axum::Json<SeriesPage>, ApiError> {
+    let (from, to) = time_range(&state, params.from.as_deref(), params.to.as_deref())?;
+    let (_, limit) = page(
+        &state,
+        &PageParams {
+            limit: params.limit,
+            cursor: None,
+        },
+    )?;
+    // The cursor is the last reading's time in epoch microseconds.
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_micros)
+                .ok_or_else(|| ApiError::bad_field("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
+    let (name, attr) = attribute(&state, params.attribute.as_deref()).await?;
+    let q = SeriesQuery {
+        entity_id: id,
+        attr,
+        from,
+        to,
+        cursor,
+        limit,
+        descending: matches!(params.order, Some(Order::Desc)),
+    };
+    let items = in_tenant(&state, tenant, move |tx| {
+        async move { reads::series(tx, tenant, &q).await }.boxed()
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    let full = i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit;
+    let next_cursor = items
+        .last()
+        .filter(|_| full)
+        .and_then(|p| DateTime::parse_from_rfc3339(&p.time).ok())
+        .map(|t| t.timestamp_micros().to_string());
+    Ok(axum::Json(SeriesPage {
+        entity_id: id,
+        attribute: name,
+        items,
+        next_cursor,
+    }))
+}
+
+/// Bucket widths offered, in seconds.
+const BUCKETS: [(&str, i64); 8] = [
+    ("1m", 60),
+    ("5m", 300),
+    ("15m", 900),
+    ("30m", 1800),
+    ("1h", 3600),
+    ("6h", 21_600),
+    ("12h", 43_200),
+    ("1d", 86_400),
+];
+/// Most buckets one aggregate may return.
+const MAX_BUCKETS: i64 = 10_000;
+
+/// `aggregates` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AggregateParams {
+    /// Attribute name or id (integer or decimal for avg/min/max/sum; any type for count).
+    pub attribute: Option<String>,
+    /// Inclusive start: epoch milliseconds or RFC 3339.
+    pub from: Option<String>,
+    /// Exclusive end (at most the configured maximum range after `from`).
+    pub to: Option<String>,
+    /// Bucket width: 1m, 5m, 15m, 30m, 1h, 6h, 12h or 1d (buckets aligned in UTC).
+    #[param(pattern = "^(1m|5m|15m|30m|1h|6h|12h|1d)$")]
+    pub bucket: Option<String>,
+    /// avg, min, max, sum or count.
+    #[serde(rename = "fn")]
+    #[param(rename = "fn", pattern = "^(avg|min|max|sum|count)$")]
+    pub func: Option<String>,
+    /// Only this entity.
+    pub entity_id: Option<i64>,
+    /// Only entities of this type (not with `entity_id`).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]
+    pub entity_type: Option<String>,
+}
+
+/// An aggregate.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Aggregate {
+    /// The attribute's name.
+    pub attribute: String,
+    /// The function.
+    #[serde(rename = "fn")]
+    pub func: AggFn,
+    /// Bucket width.
+    pub bucket: String,
+    /// Non-empty buckets, oldest first.
+    pub items: Vec<Bucket>,
+}
+
+/// Buckets of avg/min/max/sum/count over an attribute's values, tenant-wide or for one
+/// entity or type; cached in Redis as `agg:{tenant}:{generation}:{query}` for 60 s, and a
+/// new generation after every write of the tenant makes older entries unreachable.
+#[utoipa::path(get, path = "/v1/aggregates", tag = "reads", security(("tenant_key" = [])),
+    params(AggregateParams),
+    responses((status = 200, body = Aggregate), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn aggregates(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<AggregateParams>,
+) -> Result<Response, ApiError> {
+    let (from, to) = time_range(&state, params.from.as_deref(), params.to.as_deref())?;
+    let bucket = params.bucket.as_deref().unwrap_or("");
+    let bucket_s = BUCKETS
+        .iter()
+        .find(|(name, _)| *name == bucket)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "bucket",
+                "required: one of 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d",
+            )
+        })?;
+    if (to - from).num_seconds() / bucket_s >= MAX_BUCKETS {
+        return Err(ApiError::invalid_value(
+            "bucket",
+            format!(
+                "the range holds more than {MAX_BUCKETS} buckets of {bucket}; use a wider bucket"
+            ),
+        ));
+    }
+    let func = match params.func.as_deref() {
+        Some("avg") => AggFn::Avg,
+        Some("min") => AggFn::Min,
+        Some("max") => AggFn::Max,
+        Some("sum") => AggFn::Sum,
+        Some("count") => AggFn::Count,
+        _ => {
+            return Err(ApiError::bad_field(
+                "fn",
+                "required: one of avg, min, max, sum, count",
+            ));
+        }
+    };
+    let scope = match (params.entity_id, params.entity_type) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_value(
+                "entity_type",
+                "give entity_id or entity_type, not both",
+            ));
+        }
+        (Some(id), None) => Scope::Entity(id),
+        (None, Some(t)) => {
+            entities::validate_entity_type(&t, "entity_type")
+                .map_err(|e| ApiError::bad_field("entity_type", e.to_string()))?;
+            Scope::Type(t)
+        }
+        (None, None) => Scope::Tenant,
+    };
+    let (name, attr) = attribute(&state, params.attribute.as_deref()).await?;
+    if func.numeric() && !matches!(attr.data_type, DataType::Integer | DataType::Decimal) {
+        return Err(ApiError::invalid_value(
+            "fn",
+            format!(
+                "`{name}` holds {} values; only count applies",
+                attr.data_type
+            ),
+        ));
+    }
+    let scope_key = match &scope {
+        Scope::Tenant => "all".to_owned(),
+        Scope::Entity(id) => format!("e{id}"),
+        Scope::Type(t) => format!("t{t}"),
+    };
+    let q = AggregateQuery {
+        attribute_id: attr.attribute_id,
+        from,
+        to,
+        bucket_s,
+        func,
+        scope,
+    };
+    let bucket_name = bucket.to_owned();
+    let s = state.clone();
+    let load = move || async move {
+        let items = in_tenant(&s, tenant, move |tx| {
+            async move { reads::aggregate(tx, tenant, &q).await }.boxed()
+        })
+        .await?;
+        items
+            .map(|items| {
+                to_json(&Aggregate {
+                    attribute: name,
+                    func,
+                    bucket: bucket_name,
+                    items,
+                })
+            })
+            .transpose()
+    };
+    // The generation is read before the database (see atlas_cache); without Redis there is
+    // nothing to read or fill.
+    let generation = state.inner.cache.agg_generation(tenant.0).await;
+    let (doc, hit) = match generation {
+        Some(g) => {
+            let key = state.inner.cache.agg_key(
+                tenant.0,
+                &g,
+                &format!(
+                    "{}:{}:{}:{}:{:?}:{scope_key}",
+                    attr.attribute_id,
+                    from.timestamp_micros(),
+                    to.timestamp_micros(),
+                    bucket_s,
+                    func
+                ),
+            );
+            state
+                .cached_json(Kind::Agg, key, atlas_cache::AGG_TTL, false, load)
+                .await?
+        }
+        None => (load().await?.map(Arc::from), false),
+    };
+    doc.map(|d| json_document(d, hit))
+        .ok_or_else(|| ApiError::NotFound("entity".into()))
+}
+
+/// The tenant's attribute statistics.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsList {
+    /// One row per attribute the tenant has values of, as of the last refresh.
+    pub items: Vec<AttributeStats>,
+}
+
+/// Per-attribute usage of the calling tenant, from `mv_entity_attribute_stats` through the
+/// tenant-fenced view (refreshed periodically, so it trails the newest writes).
+#[utoipa::path(get, path = "/v1/stats/attributes", tag = "reads", security(("tenant_key" = [])),
+    responses((status = 200, body = StatsList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn attribute_stats(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+) -> Result<axum::Json<StatsList>, ApiError> {
+    let items = in_tenant(&state, tenant, move |tx| {
+        async move { reads::attribute_stats(tx).await }.boxed()
+    })
+    .await?;
+    Ok(axum::Json(StatsList { items }))
+}

@@ -1,0 +1,698 @@
+//! The Redis cache layer (the seed's layer 0) in front of PostgreSQL.
+//!
+//! Key patterns (every key starts with the configured namespace prefix; tenant data keys carry
+//! the tenant):
+//! - `entity:{tenant}:{entity}` — an entity's hot attributes (JSON), TTL 300 s;
+//! - `entity:list:{tenant}:{entity_type}` — a set of the ids of a type, TTL 60 s;
+//! - `agg:{tenant}:{generation}:{query}` — an aggregate result, TTL 60 s;
+//! - `attribute:name_to_id` and `attribute:meta` — hashes of the global catalogue, TTL 1 h.
+//!
+//! Rules that keep it correct:
+//! - **Redis is never required.** Every call has a short timeout; an error or a timeout is a
+//!   miss (counted), and the caller reads PostgreSQL.
+//! - **No stale set.** A reader takes a *lease* (`<key>:lease`, a random token) before it reads
+//!   the database, and its fill is a Lua script that stores the value only if its lease is
+//!   still there. Writers invalidate after COMMIT by deleting the key *and* its lease, so a
+//!   fill that read the database before the commit finds its lease gone and stores nothing.
+//!   Aggregates use a per-tenant generation instead: a writer replaces the generation after
+//!   COMMIT; a reader reads the generation before the database, so a late fill lands under a
+//!   generation nobody reads any more.
+//! - **Atomic multi-command writes.** A fill (value + TTL, set members + TTL, both hashes +
+//!   TTL) runs as one Lua script; invalidations run in MULTI/EXEC: no key is left without TTL.
+//! - **TTL jitter** (±10 %) so entries filled together do not expire together.
+//! - **Single-flight** ([`SingleFlight`]): concurrent misses of one key in a process share one
+//!   database read.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use rand::Rng;
+use redis::aio::ConnectionManager;
+
+/// How long one Redis call may take before it counts as a miss.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// A lease outlives any database read it guards; an abandoned one expires by itself.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// TTL of an entity's hot attributes (seed: 300 s).
+pub const ENTITY_TTL: Duration = Duration::from_secs(300);
+/// TTL of an entity-type list (seed: 60 s).
+pub const LIST_TTL: Duration = Duration::from_secs(60);
+/// TTL of an aggregate (seed: 60 s).
+pub const AGG_TTL: Duration = Duration::from_secs(60);
+/// TTL of the attribute catalogue hashes (seed: 1 h).
+pub const META_TTL: Duration = Duration::from_secs(3600);
+/// A tenant's aggregate generation lives this long after its last write.
+const GENERATION_TTL: Duration = Duration::from_secs(3600);
+
+/// Why the cache could not be set up (running without it is always possible).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The Redis URL is invalid.
+    #[error("invalid redis_url: {0}")]
+    Url(#[from] redis::RedisError),
+}
+
+/// What a cache entry holds (the `kind` label of the counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An entity's hot attributes.
+    Entity,
+    /// The ids of an entity type.
+    List,
+    /// An aggregate.
+    Agg,
+    /// The attribute catalogue.
+    Meta,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Entity => "entity",
+            Kind::List => "list",
+            Kind::Agg => "agg",
+            Kind::Meta => "meta",
+        }
+    }
+}
+
+/// A reader's claim to fill one key (see the crate docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    key: String,
+    token: String,
+}
+
+/// Redis's own keyspace counters (`INFO stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyspaceStats {
+    /// Lookups that found a key.
+    pub hits: u64,
+    /// Lookups that did not.
+    pub misses: u64,
+}
+
+impl KeyspaceStats {
+    /// Hits over lookups; `None` before the first lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let total = self.hits + self.misses;
+        (total > 0).then(|| self.hits as f64 / total as f64)
+    }
+}
+
+/// The cache; cheap to clone. Without Redis every lookup is a miss and writes do nothing.
+#[derive(Clone, Default)]
+pub struct Cache {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("enabled", &self.inner.is_some())
+            .field("prefix", &self.inner.as_ref().map(|i| i.prefix.as_str()))
+            .finish()
+    }
+}
+
+const FILL_VALUE: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1";
+
+// Member 0 marks the set as filled, so a type with no entities is cached too (ids start at 1).
+const FILL_SET: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SADD', KEYS[1], '0')
+local i = 3
+while i <= #ARGV do
+  local last = math.min(i + 499, #ARGV)
+  redis.call('SADD', KEYS[1], unpack(ARGV, i, last))
+  i = last + 1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1";
+
+// KEYS: name_to_id, meta, lease. ARGV: token, ttl, then (name, id, json) triples.
+const FILL_META: &str = r"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+local i = 3
+while i + 2 <= #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1";
+
+const GENERATION: &str = r"
+local g = redis.call('GET', KEYS[1])
+if not g then
+  g = ARGV[1]
+  redis.call('SET', KEYS[1], g, 'PX', ARGV[2])
+end
+return g";
+
+fn count(kind: Kind, result: &'static str) {
+    metrics::counter!("atlas_cache_requests_total", "kind" => kind.label(), "result" => result)
+        .increment(1);
+}
+
+fn jitter(ttl: Duration) -> u64 {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let spread = ms / 10;
+    ms - spread + rand::rng().random_range(0..=spread * 2)
+}
+
+fn token() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+fn lease_key(key: &str) -> String {
+    format!("{key}:lease")
+}
+
+impl Cache {
+    /// No Redis: every lookup misses, every write is skipped.
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    /// A cache on Redis at `url`; every key starts with `prefix` (empty in production, a
+    /// per-database namespace in tests). Connects lazily and reconnects by itself, so a
+    /// server starts and serves while Redis is down.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            inner: Some(Arc::new(Inner {
+                conn,
+                prefix: prefix.to_owned(),
+            })),
+        })
+    }
+
+    /// Whether a Redis is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    fn prefix(&self) -> &str {
+        self.inner.as_ref().map(|i| i.prefix.as_str()).unwrap_or("")
+    }
+
+    /// Key of an entity's hot attributes.
+    pub fn entity_key(&self, tenant: i64, entity_id: i64) -> String {
+        format!("{}entity:{tenant}:{entity_id}", self.prefix())
+    }
+
+    /// Key of the id set of an entity type.
+    pub fn list_key(&self, tenant: i64, entity_type: &str) -> String {
+        format!("{}entity:list:{tenant}:{entity_type}", self.prefix())
+    }
+
+    /// Key of a tenant's aggregate generation.
+    pub fn agg_generation_key(&self, tenant: i64) -> String {
+        format!("{}agg:gen:{tenant}", self.prefix())
+    }
+
+    /// Key of an aggregate under a generation; `query` identifies its parameters.
+    pub fn agg_key(&self, tenant: i64, generation: &str, query: &str) -> String {
+        format!("{}agg:{tenant}:{generation}:{query}", self.prefix())
+    }
+
+    /// Keys of the catalogue hashes: (`attribute:name_to_id`, `attribute:meta`).
+    pub fn meta_keys(&self) -> (String, String) {
+        let p = self.prefix();
+        (
+            format!("{p}attribute:name_to_id"),
+            format!("{p}attribute:meta"),
+        )
+    }
+
+    /// Runs one command or pipeline with the call timeout; `None` on any failure.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        f: impl for<'c> FnOnce(&'c mut ConnectionManager) -> BoxFuture<'c, redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let inner = self.inner.as_ref()?;
+        let mut conn = inner.conn.clone();
+        match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
+                tracing::debug!(error = %e, op = what, "redis call failed");
+                None
+            }
+            Err(_) => {
+                metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
+                tracing::debug!(op = what, "redis call timed out");
+                None
+            }
+        }
+    }
+
+    /// The cached string at `key`; a miss on absence or any Redis failure.
+    pub async fn get(&self, kind: Kind, key: &str) -> Option<String> {
+        self.inner.as_ref()?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        match self
+            .run("get", move |c| {
+                async move { cmd.query_async::<Option<String>>(c).await }.boxed()
+            })
+            .await
+        {
+            Some(Some(v)) => {
+                count(kind, "hit");
+                Some(v)
+            }
+            Some(None) => {
+                count(kind, "miss");
+                None
+            }
+            None => {
+                count(kind, "error");
+                None
+            }
+        }
+    }
+
+    /// The members of the id set at `key` (without the filled marker); a miss when absent.
+    pub async fn members(&self, kind: Kind, key: &str) -> Option<Vec<i64>> {
+        self.inner.as_ref()?;
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(key);
+        match self
+            .run("smembers", move |c| {
+                async move { cmd.query_async::<Vec<i64>>(c).await }.boxed()
+            })
+            .await
+        {
+            Some(ids) if !ids.is_empty() => {
+                count(kind, "hit");
+                Some(ids.into_iter().filter(|id| *id != 0).collect())
+            }
+            Some(_) => {
+                count(kind, "miss");
+                None
+            }
+            None => {
+                count(kind, "error");
+                None
+            }
+        }
+    }
+
+    /// The catalogue hash `attribute:meta` (name → JSON); a miss when absent.
+    pub async fn meta(&self) -> Option<Vec<(String, String)>> {
+        self.inner.as_ref()?;
+        let (_, meta) = self.meta_keys();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(meta);
+        match self
+            .run("hgetall", move |c| {
+                async move { cmd.query_async::<Vec<(String, String)>>(c).await }.boxed()
+            })
+            .await
+        {
+            Some(pairs) if !pairs.is_empty() => {
+                count(Kind::Meta, "hit");
+                Some(pairs)
+            }
+            Some(_) => {
+                count(Kind::Meta, "miss");
+                None
+            }
+            None => {
+                count(Kind::Meta, "error");
+                None
+            }
+        }
+    }
+
+    /// Takes the lease to fill `key`; call it *before* reading the database. `None` when
+    /// Redis is unavailable (then do not fill).
+    pub async fn lease(&self, key: &str) -> Option<Lease> {
+        let lease = Lease {
+            key: key.to_owned(),
+            token: token(),
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(lease_key(key))
+            .arg(&lease.token)
+            .arg("PX")
+            .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000));
+        self.run("lease", move |c| {
+            async move { cmd.query_async::<()>(c).await }.boxed()
+        })
+        .await
+        .map(|()| lease)
+    }
+
+    /// Stores `value` under the lease's key with `ttl` (jittered) if the lease is still
+    /// held; returns whether it was stored.
+    pub async fn fill(&self, lease: Lease, value: &str, ttl: Duration) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FILL_VALUE)
+            .arg(2)
+            .arg(&lease.key)
+            .arg(lease_key(&lease.key))
+            .arg(&lease.token)
+            .arg(value)
+            .arg(jitter(ttl));
+        self.run("fill", move |c| {
+            async move { cmd.query_async::<i64>(c).await }.boxed()
+        })
+        .await
+            == Some(1)
+    }
+
+    /// Stores an id set under the lease's key with `ttl` (jittered) if the lease is still held.
+    pub async fn fill_set(&self, lease: Lease, ids: &[i64], ttl: Duration) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FILL_SET)
+            .arg(2)
+            .arg(&lease.key)
+            .arg(lease_key(&lease.key))
+            .arg(&lease.token)
+            .arg(jitter(ttl))
+            .arg(ids);
+        self.run("fill_set", move |c| {
+            async move { cmd.query_async::<i64>(c).await }.boxed()
+        })
+        .await
+            == Some(1)
+    }
+
+    /// Takes the lease on the catalogue hashes.
+    pub async fn meta_lease(&self) -> Option<Lease> {
+        let (_, meta) = self.meta_keys();
+        self.lease(&meta).await
+    }
+
+    /// Stores the catalogue: `(name, id, metadata JSON)` for every attribute, both hashes and
+    /// their TTL in one script, if the lease is still held.
+    pub async fn fill_meta(&self, lease: Lease, attributes: &[(String, i64, String)]) -> bool {
+        let (name_to_id, _) = self.meta_keys();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FILL_META)
+            .arg(3)
+            .arg(name_to_id)
+            .arg(&lease.key)
+            .arg(lease_key(&lease.key))
+            .arg(&lease.token)
+            .arg(jitter(META_TTL));
+        for (name, id, json) in attributes {
+            cmd.arg(name).arg(id).arg(json);
+        }
+        self.run("fill_meta", move |c| {
+            async move { cmd.query_async::<i64>(c).await }.boxed()
+        })
+        .await
+            == Some(1)
+    }
+
+    /// A tenant's current aggregate generation (created when absent); read it *before* the
+    /// database. `None` when Redis is unavailable (then neither read nor fill).
+    pub async fn agg_generation(&self, tenant: i64) -> Option<String> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(GENERATION)
+            .arg(1)
+            .arg(self.agg_generation_key(tenant))
+            .arg(token())
+            .arg(u64::try_from(GENERATION_TTL.as_millis()).unwrap_or(3_600_000));
+        self.run("generation", move |c| {
+            async move { cmd.query_async::<String>(c).await }.boxed()
+        })
+        .await
+    }
+
+    /// Stores a value without a lease (for keys made unreachable by a generation change).
+    pub async fn put(&self, key: &str, value: &str, ttl: Duration) -> bool {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(jitter(ttl));
+        self.run("put", move |c| {
+            async move { cmd.query_async::<()>(c).await }.boxed()
+        })
+        .await
+        .is_some()
+    }
+
+    /// Deletes keys and their leases (one DEL, atomic). Call after COMMIT. Failures are
+    /// logged: entries then expire by TTL.
+    pub async fn invalidate(&self, keys: &[String]) {
+        if keys.is_empty() || self.inner.is_none() {
+            return;
+        }
+        let mut cmd = redis::cmd("DEL");
+        for k in keys {
+            cmd.arg(k).arg(lease_key(k));
+        }
+        let n = keys.len();
+        if self
+            .run("invalidate", move |c| {
+                async move { cmd.query_async::<i64>(c).await }.boxed()
+            })
+            .await
+            .is_none()
+        {
+            tracing::warn!(keys = n, "cache invalidation failed; entries expire by TTL");
+        }
+    }
+
+    /// After a commit that changed these entities' values: drops their hot-attribute entries
+    /// and moves each tenant to a new aggregate generation, in one MULTI/EXEC.
+    pub async fn entities_changed(&self, hot: &[(i64, i64)], tenants: &[i64]) {
+        if (hot.is_empty() && tenants.is_empty()) || self.inner.is_none() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !hot.is_empty() {
+            let mut del = redis::cmd("DEL");
+            for (t, e) in hot {
+                let k = self.entity_key(*t, *e);
+                del.arg(lease_key(&k)).arg(k);
+            }
+            pipe.add_command(del).ignore();
+        }
+        let ttl = u64::try_from(GENERATION_TTL.as_millis()).unwrap_or(3_600_000);
+        for t in tenants {
+            pipe.cmd("SET")
+                .arg(self.agg_generation_key(*t))
+                .arg(token())
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+        }
+        let n = hot.len();
+        if self
+            .run("invalidate", move |c| {
+                async move { pipe.query_async::<()>(c).await }.boxed()
+            })
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                entities = n,
+                "cache invalidation failed; entries expire by TTL"
+            );
+        }
+    }
+
+    /// Whether Redis answers PING within the call timeout (`None` when not configured).
+    pub async fn ping(&self) -> Option<bool> {
+        self.inner.as_ref()?;
+        let cmd = redis::cmd("PING");
+        Some(
+            self.run("ping", move |c| {
+                async move { cmd.query_async::<String>(c).await }.boxed()
+            })
+            .await
+            .is_some(),
+        )
+    }
+
+    /// Redis's `INFO stats` keyspace hits and misses (the whole server, every client).
+    pub async fn keyspace_stats(&self) -> Option<KeyspaceStats> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("stats");
+        let text = self
+            .run("info", move |c| {
+                async move { cmd.query_async::<String>(c).await }.boxed()
+            })
+            .await?;
+        parse_keyspace_stats(&text)
+    }
+}
+
+/// Reads `keyspace_hits` and `keyspace_misses` from `INFO stats` output.
+pub fn parse_keyspace_stats(info: &str) -> Option<KeyspaceStats> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(KeyspaceStats {
+        hits: field("keyspace_hits")?,
+        misses: field("keyspace_misses")?,
+    })
+}
+
+type Flight<T> = Shared<BoxFuture<'static, T>>;
+
+/// Concurrent callers asking for the same key share one computation (one database read per
+/// key per process at a time).
+pub struct SingleFlight<T: Clone> {
+    flights: Arc<Mutex<HashMap<String, Flight<T>>>>,
+}
+
+impl<T: Clone> Default for SingleFlight<T> {
+    fn default() -> Self {
+        Self {
+            flights: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl<T: Clone> std::fmt::Debug for SingleFlight<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleFlight").finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    /// The result of `make()` for `key`, shared with every caller that asks while it runs.
+    pub async fn run<F>(&self, key: String, make: impl FnOnce() -> F) -> T
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let flight = {
+            let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some(f) => {
+                    metrics::counter!("atlas_cache_singleflight_joined_total").increment(1);
+                    f.clone()
+                }
+                None => {
+                    let flights = Arc::clone(&self.flights);
+                    let k = key.clone();
+                    let fut = make();
+                    let shared = async move {
+                        let out = fut.await;
+                        flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+                        out
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(key, shared.clone());
+                    shared
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// Keys with a computation in flight.
+    pub fn in_flight(&self) -> usize {
+        self.flights.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn keyspace_stats_are_parsed_from_info() {
+        let info =
+            "# Stats\r\ntotal_connections_received:3\r\nkeyspace_hits:90\r\nkeyspace_misses:10\r\n";
+        let s = parse_keyspace_stats(info);
+        assert_eq!(
+            s,
+            Some(KeyspaceStats {
+                hits: 90,
+                misses: 10
+            })
+        );
+        assert_eq!(s.and_then(|s| s.hit_rate()), Some(0.9));
+        assert_eq!(parse_keyspace_stats("# Stats\r\n"), None);
+    }
+
+    #[test]
+    fn ttl_jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(300));
+            assert!((270_000..=330_000).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn keys_carry_prefix_and_tenant() {
+        let c = Cache::disabled();
+        assert_eq!(c.entity_key(7, 42), "entity:7:42");
+        assert_eq!(c.list_key(7, "sensor"), "entity:list:7:sensor");
+        assert_eq!(c.agg_key(7, "g", "q"), "agg:7:g:q");
+    }
+
+    #[tokio::test]
+    async fn single_flight_runs_once_for_concurrent_callers() {
+        let sf: Arc<SingleFlight<usize>> = Arc::new(SingleFlight::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let sf = Arc::clone(&sf);
+            let runs = Arc::clone(&runs);
+            let gate = Arc::clone(&gate);
+            tasks.push(tokio::spawn(async move {
+                sf.run("k".into(), move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    7
+                })
+                .await
+            }));
+        }
+        // Let every task join the flight, then release it.
+        while sf.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        gate.notify_one();
+        for t in tasks {
+            assert_eq!(t.await.ok(), Some(7));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(sf.in_flight(), 0);
+    }
+}

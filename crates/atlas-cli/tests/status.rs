@@ -1,0 +1,109 @@
+//! `atlas status`: the human table and the JSON document, with everything up and with the
+//! primary unreachable.
+
+use std::process::Command;
+
+use atlas_testkit::TestDb;
+use serde_json::Value;
+
+fn status(db: &TestDb, database_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_atlas"))
+        .arg("status")
+        .args(args)
+        .env("ATLAS_DATABASE_URL", database_url)
+        .env("ATLAS_REPLICA_URLS", db.urls.replica_urls.join(","))
+        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
+        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
+        .env("ATLAS_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn status_reports_databases_redis_hit_rate_staging_and_partitions() {
+    let db = TestDb::new().await;
+    // The new database must have reached the replica.
+    drop(db.replica().await);
+    // A Redis hit and a miss, so the keyspace counters have something to say.
+    let mut redis = redis::Client::open(db.urls.redis_url.as_str())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = format!("{}:status-probe", db.name);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("1")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let out = status(&db, &db.urls.database_url, &["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s["primary"]["state"], "up", "{s}");
+    assert_eq!(s["primary"]["in_recovery"], false, "{s}");
+    assert_eq!(s["replicas"][0]["state"], "up", "{s}");
+    assert_eq!(s["replicas"][0]["in_recovery"], true, "{s}");
+    assert_eq!(s["redis"]["state"], "up", "{s}");
+    let rate = s["redis"]["hit_rate"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&rate), "{s}");
+    assert!(
+        s["redis"]["keyspace_hits"].as_u64().unwrap_or(0) >= 1,
+        "{s}"
+    );
+    assert_eq!(s["staging"]["rows"], 0, "{s}");
+    assert!(
+        s["partitions"]["time_partitions"].as_u64().unwrap_or(0) >= 3,
+        "{s}"
+    );
+    assert!(
+        s["partitions"]["horizon_days"].as_i64().unwrap_or(0) >= 28,
+        "{s}"
+    );
+
+    let out = status(&db, &db.urls.database_url, &[]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "primary",
+        "replica 1",
+        "redis",
+        "hit rate",
+        "staging backlog",
+        "time partitions",
+    ] {
+        assert!(table.contains(expected), "missing {expected}:\n{table}");
+    }
+    assert!(
+        table.lines().next().is_some_and(|l| l.ends_with("up")),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn status_fails_and_says_so_when_the_primary_is_unreachable() {
+    let db = TestDb::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dead = format!("postgres://atlas_app:x@127.0.0.1:{port}/nothing");
+    let out = status(&db, &dead, &["--json"]);
+    assert!(!out.status.success());
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s["primary"]["state"], "down", "{s}");
+    assert!(s["staging"].is_null(), "{s}");
+    assert_eq!(s["redis"]["state"], "up", "{s}");
+}

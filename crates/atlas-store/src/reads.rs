@@ -1,0 +1,511 @@
+//! The read path of one tenant: hot attributes, search, newest value, series, aggregates and
+//! attribute statistics. Like [`crate::entities`], every function runs in the tenant-scoped
+//! transaction and every statement also names the tenant, so partitions prune and the tenant
+//! indexes apply. Values come back typed by their attribute's data type, in the same JSON form
+//! as the hot projection (8, not "8"; decimals without trailing zeros; RFC 3339 times).
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::admin::DataType;
+use crate::{Cached, StoreError, TenantId, Tx};
+
+/// An attribute a read is about (resolved from the catalogue by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrRef {
+    /// Its id.
+    pub attribute_id: i64,
+    /// Its type: which column holds its values.
+    pub data_type: DataType,
+}
+
+/// An entity's hot attributes (its projection).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HotAttributes {
+    /// The entity.
+    pub entity_id: i64,
+    /// Newest value of each hot attribute, typed.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub attributes: serde_json::Value,
+    /// Event time (epoch milliseconds) of each value in `attributes`.
+    pub ts: std::collections::BTreeMap<String, i64>,
+}
+
+/// One reading of an attribute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Point {
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+    /// Event time, RFC 3339 with microseconds (exact; also the series cursor).
+    pub time: String,
+    /// The value, typed by the attribute's data type.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub value: serde_json::Value,
+}
+
+/// A search result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SearchHit {
+    /// The entity.
+    pub entity_id: i64,
+    /// Its type.
+    pub entity_type: String,
+    /// Its hot attributes.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub attributes: serde_json::Value,
+}
+
+/// Search conditions on hot attributes; every given one must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Search {
+    /// `hot_attrs @> contains`.
+    pub contains: Option<serde_json::Value>,
+    /// `hot_attrs ? has_key`.
+    pub has_key: Option<String>,
+    /// `hot_attrs ?| has_any`.
+    pub has_any: Option<Vec<String>>,
+    /// `hot_attrs ?& has_all`.
+    pub has_all: Option<Vec<String>>,
+    /// Only entities of this type.
+    pub entity_type: Option<String>,
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AggFn {
+    /// Mean of numeric values.
+    Avg,
+    /// Smallest numeric value.
+    Min,
+    /// Largest numeric value.
+    Max,
+    /// Sum of numeric values.
+    Sum,
+    /// Number of values (any type).
+    Count,
+}
+
+impl AggFn {
+    /// The SQL aggregate over the numeric value (a fixed fragment, never user text).
+    fn sql(self) -> &'static str {
+        match self {
+            AggFn::Avg => {
+                "trim_scale(round(avg(coalesce(ev.value_int::numeric, ev.value_decimal)), 10))::text"
+            }
+            AggFn::Min => {
+                "trim_scale(min(coalesce(ev.value_int::numeric, ev.value_decimal)))::text"
+            }
+            AggFn::Max => {
+                "trim_scale(max(coalesce(ev.value_int::numeric, ev.value_decimal)))::text"
+            }
+            AggFn::Sum => {
+                "trim_scale(sum(coalesce(ev.value_int::numeric, ev.value_decimal)))::text"
+            }
+            AggFn::Count => "count(*)::text",
+        }
+    }
+
+    /// Whether it needs numeric values.
+    pub fn numeric(self) -> bool {
+        !matches!(self, AggFn::Count)
+    }
+}
+
+/// Which entities an aggregate covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every live entity of the tenant.
+    Tenant,
+    /// One entity.
+    Entity(i64),
+    /// Live entities of one type.
+    Type(String),
+}
+
+/// One bucket of an aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Bucket {
+    /// Bucket start (UTC, aligned to the bucket width since 2000-01-01), epoch milliseconds.
+    pub ts: i64,
+    /// The aggregate of the values in `[ts, ts + bucket)`; exact decimal.
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
+    pub value: serde_json::Number,
+    /// How many values the bucket holds.
+    pub count: i64,
+}
+
+/// The tenant's usage of one attribute, from the statistics view (refreshed periodically).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttributeStats {
+    /// The attribute.
+    pub attribute_id: i64,
+    /// Its name.
+    pub attribute_name: String,
+    /// Entities with at least one value.
+    pub distinct_entities: i64,
+    /// Values stored.
+    pub total_values: i64,
+    /// Oldest value's time.
+    pub oldest: Option<DateTime<Utc>>,
+    /// Newest value's time.
+    pub newest: Option<DateTime<Utc>>,
+}
+
+/// The typed columns of the time series, decimals as exact text.
+macro_rules! value_columns {
+    () => {
+        "SELECT ev.value, ev.value_int, trim_scale(ev.value_decimal)::text AS value_decimal, \
+         ev.value_bool, ev.value_date, ev.value_timestamp, ev.ingested_at FROM public.entity_values_ts ev "
+    };
+}
+
+/// The hot-attributes statement ($1 tenant, $2 entity); public so tests can EXPLAIN it.
+pub const HOT_SQL: &str = "SELECT coalesce(j.hot_attrs, '{}'::jsonb), coalesce(j.hot_attrs_at, '{}'::jsonb) \
+     FROM public.entities e \
+     LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
+     WHERE e.tenant_id = $1 AND e.entity_id = $2 AND NOT e.is_deleted";
+
+/// The newest-value statement ($1 tenant, $2 entity, $3 attribute). Ordered by the primary
+/// key (tenant, entity, attribute, ingested_at) backwards: the newest partition is read first
+/// and the scan stops at the first row.
+pub const LATEST_SQL: &str = concat!(
+    value_columns!(),
+    "WHERE ev.tenant_id = $1 AND ev.entity_id = $2 AND ev.attribute_id = $3 \
+     ORDER BY ev.ingested_at DESC LIMIT 1"
+);
+
+/// The series statement, oldest first ($1 tenant, $2 entity, $3 attribute, $4 from,
+/// $5 to, $6 cursor, $7 limit).
+pub const SERIES_ASC_SQL: &str = concat!(
+    value_columns!(),
+    "WHERE ev.tenant_id = $1 AND ev.entity_id = $2 AND ev.attribute_id = $3 \
+       AND ev.ingested_at >= $4 AND ev.ingested_at < $5 \
+       AND ($6::timestamptz IS NULL OR ev.ingested_at > $6) \
+     ORDER BY ev.ingested_at ASC LIMIT $7"
+);
+
+/// The series statement, newest first (parameters as [`SERIES_ASC_SQL`]).
+pub const SERIES_DESC_SQL: &str = concat!(
+    value_columns!(),
+    "WHERE ev.tenant_id = $1 AND ev.entity_id = $2 AND ev.attribute_id = $3 \
+       AND ev.ingested_at >= $4 AND ev.ingested_at < $5 \
+       AND ($6::timestamptz IS NULL OR ev.ingested_at < $6) \
+     ORDER BY ev.ingested_at DESC LIMIT $7"
+);
+
+/// RFC 3339 in UTC with microseconds, as the projection writes times.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn number(text: &str) -> Result<serde_json::Number, StoreError> {
+    serde_json::from_str::<serde_json::Number>(text)
+        .map_err(|e| StoreError::Corrupt(format!("numeric `{text}` is not a JSON number: {e}")))
+}
+
+/// The value of a time-series row as JSON, from the column its data type uses.
+fn typed_value(row: &tokio_postgres::Row, t: DataType) -> Result<serde_json::Value, StoreError> {
+    use serde_json::Value;
+    let missing = || StoreError::Corrupt(format!("a {t} value is missing its column"));
+    Ok(match t {
+        DataType::String => Value::String(
+            row.try_get::<_, Option<String>>("value")?
+                .ok_or_else(missing)?,
+        ),
+        DataType::Json => {
+            let text = row
+                .try_get::<_, Option<String>>("value")?
+                .ok_or_else(missing)?;
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("stored json value: {e}")))?
+        }
+        DataType::Integer => Value::from(
+            row.try_get::<_, Option<i64>>("value_int")?
+                .ok_or_else(missing)?,
+        ),
+        DataType::Decimal => Value::Number(number(
+            &row.try_get::<_, Option<String>>("value_decimal")?
+                .ok_or_else(missing)?,
+        )?),
+        DataType::Boolean => Value::Bool(
+            row.try_get::<_, Option<bool>>("value_bool")?
+                .ok_or_else(missing)?,
+        ),
+        DataType::Date => Value::String(
+            row.try_get::<_, Option<NaiveDate>>("value_date")?
+                .ok_or_else(missing)?
+                .format("%Y-%m-%d")
+                .to_string(),
+        ),
+        DataType::Timestamp => Value::String(rfc3339(
+            row.try_get::<_, Option<DateTime<Utc>>>("value_timestamp")?
+                .ok_or_else(missing)?,
+        )),
+    })
+}
+
+fn point(row: &tokio_postgres::Row, t: DataType) -> Result<Point, StoreError> {
+    let at: DateTime<Utc> = row.try_get("ingested_at")?;
+    Ok(Point {
+        ts: at.timestamp_millis(),
+        time: rfc3339(at),
+        value: typed_value(row, t)?,
+    })
+}
+
+/// Whether the tenant has this live entity.
+pub async fn entity_exists(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    entity_id: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .cached_query_opt(
+            "SELECT 1 FROM public.entities WHERE tenant_id = $1 AND entity_id = $2 AND NOT is_deleted",
+            &[&tenant.0, &entity_id],
+        )
+        .await?
+        .is_some())
+}
+
+/// An entity's hot attributes; `None` when the tenant has no such live entity.
+pub async fn hot_attributes(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    entity_id: i64,
+) -> Result<Option<HotAttributes>, StoreError> {
+    let row = tx
+        .cached_query_opt(HOT_SQL, &[&tenant.0, &entity_id])
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let attributes: serde_json::Value = row.try_get(0)?;
+    let at: serde_json::Value = row.try_get(1)?;
+    let ts = at
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_i64().map(|us| (k.clone(), us.div_euclid(1000))))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(HotAttributes {
+        entity_id,
+        attributes,
+        ts,
+    }))
+}
+
+/// Live entities whose hot attributes match `q`, by id after `after`, at most `limit`.
+/// Runs `search_entities` (0009), which the GIN index serves despite RLS.
+pub async fn search(
+    tx: &Tx<'_>,
+    q: &Search,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<SearchHit>, StoreError> {
+    let limit = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+    let rows = tx
+        .cached_query(
+            "SELECT entity_id, entity_type, hot_attrs FROM public.search_entities($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &q.contains,
+                &q.has_key,
+                &q.has_any,
+                &q.has_all,
+                &q.entity_type,
+                &after,
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SearchHit {
+                entity_id: r.try_get(0)?,
+                entity_type: r.try_get(1)?,
+                attributes: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// The newest value of an attribute for an entity: `Ok(None)` when the tenant has no such
+/// live entity, `Ok(Some(None))` when the entity has no value of it yet.
+pub async fn latest(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    entity_id: i64,
+    attr: AttrRef,
+) -> Result<Option<Option<Point>>, StoreError> {
+    if !entity_exists(tx, tenant, entity_id).await? {
+        return Ok(None);
+    }
+    let row = tx
+        .cached_query_opt(LATEST_SQL, &[&tenant.0, &entity_id, &attr.attribute_id])
+        .await?;
+    Ok(Some(row.map(|r| point(&r, attr.data_type)).transpose()?))
+}
+
+/// Series query: an entity's values of one attribute in `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesQuery {
+    /// The entity.
+    pub entity_id: i64,
+    /// The attribute.
+    pub attr: AttrRef,
+    /// Inclusive start.
+    pub from: DateTime<Utc>,
+    /// Exclusive end.
+    pub to: DateTime<Utc>,
+    /// Continue after (ascending) or before (descending) this time.
+    pub cursor: Option<DateTime<Utc>>,
+    /// At most this many.
+    pub limit: i64,
+    /// Newest first.
+    pub descending: bool,
+}
+
+/// An entity's values in a time range; `None` when the tenant has no such live entity.
+pub async fn series(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    q: &SeriesQuery,
+) -> Result<Option<Vec<Point>>, StoreError> {
+    if !entity_exists(tx, tenant, q.entity_id).await? {
+        return Ok(None);
+    }
+    let sql = if q.descending {
+        SERIES_DESC_SQL
+    } else {
+        SERIES_ASC_SQL
+    };
+    let rows = tx
+        .cached_query(
+            sql,
+            &[
+                &tenant.0,
+                &q.entity_id,
+                &q.attr.attribute_id,
+                &q.from,
+                &q.to,
+                &q.cursor,
+                &q.limit,
+            ],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| point(r, q.attr.data_type))
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// Aggregate query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AggregateQuery {
+    /// The attribute.
+    pub attribute_id: i64,
+    /// Inclusive start.
+    pub from: DateTime<Utc>,
+    /// Exclusive end.
+    pub to: DateTime<Utc>,
+    /// Bucket width in seconds.
+    pub bucket_s: i64,
+    /// The function.
+    pub func: AggFn,
+    /// Which entities.
+    pub scope: Scope,
+}
+
+/// The aggregate statement for a function and scope ($1 tenant, $2 attribute, $3 from,
+/// $4 bucket seconds, $5 to, $6 entity id or type); public so tests can EXPLAIN it. Values of
+/// deleted entities are excluded like the entities themselves.
+pub fn aggregate_sql(func: AggFn, scope: &Scope) -> String {
+    let scope_sql = match scope {
+        Scope::Entity(_) => " AND ev.entity_id = $6",
+        Scope::Type(_) => {
+            " AND ev.entity_id IN (SELECT e.entity_id FROM public.entities e \
+             WHERE e.tenant_id = $1 AND e.entity_type = $6 AND NOT e.is_deleted)"
+        }
+        Scope::Tenant => {
+            " AND ev.entity_id NOT IN (SELECT e.entity_id FROM public.entities e \
+             WHERE e.tenant_id = $1 AND e.is_deleted)"
+        }
+    };
+    // Only fixed fragments are joined; every value is a bind parameter.
+    [
+        "SELECT date_bin($4::bigint * interval '1 second', ev.ingested_at, timestamptz '2000-01-01 00:00:00+00') AS b, ",
+        func.sql(),
+        ", count(*) FROM public.entity_values_ts ev \
+         WHERE ev.tenant_id = $1 AND ev.attribute_id = $2 AND ev.ingested_at >= $3 AND ev.ingested_at < $5",
+        scope_sql,
+        " GROUP BY b ORDER BY b",
+    ]
+    .concat()
+}
+
+/// Buckets of `fn(value)` over an attribute's values; `None` when the scope names an entity
+/// the tenant does not have. Empty buckets are omitted.
+pub async fn aggregate(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    q: &AggregateQuery,
+) -> Result<Option<Vec<Bucket>>, StoreError> {
+    let scope_arg: Option<&(dyn tokio_postgres::types::ToSql + Sync)> = match &q.scope {
+        Scope::Entity(id) => {
+            if !entity_exists(tx, tenant, *id).await? {
+                return Ok(None);
+            }
+            Some(id)
+        }
+        Scope::Type(t) => Some(t),
+        Scope::Tenant => None,
+    };
+    let sql = aggregate_sql(q.func, &q.scope);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&tenant.0, &q.attribute_id, &q.from, &q.bucket_s, &q.to];
+    params.extend(scope_arg);
+    let rows = tx.cached_query(&sql, &params).await?;
+    rows.iter()
+        .map(|r| {
+            let b: DateTime<Utc> = r.try_get(0)?;
+            let v: Option<String> = r.try_get(1)?;
+            Ok(Bucket {
+                ts: b.timestamp_millis(),
+                value: number(v.as_deref().unwrap_or("0"))?,
+                count: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()
+        .map(Some)
+}
+
+/// The tenant's attribute statistics (through the tenant-fenced view of the MV).
+pub async fn attribute_stats(tx: &Tx<'_>) -> Result<Vec<AttributeStats>, StoreError> {
+    let rows = tx
+        .cached_query(
+            "SELECT attribute_id, attribute_name::text, distinct_entities, total_values, oldest, newest \
+             FROM public.tenant_attribute_stats ORDER BY attribute_id",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AttributeStats {
+                attribute_id: r.try_get(0)?,
+                attribute_name: r.try_get(1)?,
+                distinct_entities: r.try_get(2)?,
+                total_values: r.try_get(3)?,
+                oldest: r.try_get(4)?,
+                newest: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
