@@ -176,6 +176,22 @@ async fn hot_attributes_are_served_from_redis_and_every_write_invalidates_them()
     delete(&server, &key, e[0]).await;
     let (s, b) = get(&server, &key, &path).await;
     assert_error(s, &b, 404);
+
+    // Hits and misses are exported.
+    let metrics = server
+        .req(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    for series in [
+        "atlas_cache_requests_total{kind=\"entity\",result=\"hit\"}",
+        "atlas_cache_requests_total{kind=\"entity\",result=\"miss\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
     server.stop().await;
 }
 
@@ -1159,6 +1175,7 @@ async fn bad_read_input_is_a_4xx_naming_the_field() {
         (json!({"has_any": []}), 422, "has_any"),
         (json!({"has_all": ["a", 1]}), 400, "has_all[1]"),
         (json!({"has_key": "a", "limit": 0}), 422, "limit"),
+        (json!({"has_key": "a", "limit": 2.5}), 400, "limit"),
         (json!({"has_key": "a", "cursor": "x"}), 422, "cursor"),
         (
             json!({"has_key": "a", "entity_type": "a b"}),

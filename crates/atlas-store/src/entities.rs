@@ -220,6 +220,35 @@ pub async fn delete(tx: &Tx<'_>, tenant: TenantId, entity_id: i64) -> Result<Str
     }
 }
 
+/// An entity row with its properties: the projection row is joined per entity (LATERAL), so
+/// a cached generic plan probes one hash partition per row instead of joining all 100.
+macro_rules! entity_rows {
+    ($where:literal) => {
+        concat!(
+            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+             FROM public.entities e LEFT JOIN LATERAL (\
+                 SELECT j.cold_attrs FROM public.entity_jsonb j \
+                 WHERE j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id) j ON true \
+             WHERE ",
+            $where
+        )
+    };
+}
+
+/// Listing statement, any type ($1 tenant, $2 after, $3 limit).
+const LIST_ALL: &str = entity_rows!(
+    "e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted ORDER BY e.entity_id LIMIT $3"
+);
+/// Listing statement, one type ($1 tenant, $2 after, $3 limit, $4 type).
+const LIST_TYPE: &str = entity_rows!(
+    "e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted AND e.entity_type = $4 \
+     ORDER BY e.entity_id LIMIT $3"
+);
+/// Entities by ids ($1 tenant, $2 ids).
+const BY_IDS: &str = entity_rows!(
+    "e.tenant_id = $1 AND e.entity_id = ANY($2) AND NOT e.is_deleted ORDER BY e.entity_id"
+);
+
 /// Entities by id after `after` (keyset pagination), optionally of one type.
 pub async fn list(
     tx: &Tx<'_>,
@@ -228,15 +257,16 @@ pub async fn list(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Entity>, StoreError> {
-    let rows = tx
-        .cached_query(
-            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
-             FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
-             WHERE e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted AND ($3::text IS NULL OR e.entity_type = $3) \
-             ORDER BY e.entity_id LIMIT $4",
-            &[&tenant.0, &after, &entity_type, &limit],
-        )
-        .await?;
+    let rows = match entity_type {
+        Some(t) => {
+            tx.cached_query(LIST_TYPE, &[&tenant.0, &after, &limit, &t])
+                .await?
+        }
+        None => {
+            tx.cached_query(LIST_ALL, &[&tenant.0, &after, &limit])
+                .await?
+        }
+    };
     rows.iter().map(entity_from).collect()
 }
 
@@ -257,14 +287,7 @@ pub async fn existing_ids(
 
 /// Live entities with these ids, by id (ids the tenant does not have are skipped).
 pub async fn by_ids(tx: &Tx<'_>, tenant: TenantId, ids: &[i64]) -> Result<Vec<Entity>, StoreError> {
-    let rows = tx
-        .cached_query(
-            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
-             FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
-             WHERE e.tenant_id = $1 AND e.entity_id = ANY($2) AND NOT e.is_deleted ORDER BY e.entity_id",
-            &[&tenant.0, &ids],
-        )
-        .await?;
+    let rows = tx.cached_query(BY_IDS, &[&tenant.0, &ids]).await?;
     rows.iter().map(entity_from).collect()
 }
 

@@ -40,8 +40,7 @@ pub struct Point {
     pub ts: i64,
     /// Event time, RFC 3339 with microseconds (exact; also the series cursor).
     pub time: String,
-    /// The value, typed by the attribute's data type.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    /// The value, typed by the attribute's data type (any JSON type).
     pub value: serde_json::Value,
 }
 

@@ -109,6 +109,7 @@ pub struct SearchBody {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]
     pub entity_type: Option<String>,
     /// Page size (1 to the configured maximum; default 100).
+    #[serde(default, deserialize_with = "atlas_ingest::typing::integral_i64_opt")]
     #[schema(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -252,6 +253,7 @@ async fn attribute(state: &AppState, raw: Option<&str>) -> Result<(String, AttrR
 #[into_params(parameter_in = Query)]
 pub struct LatestParams {
     /// Attribute name or id.
+    #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
 }
 
@@ -354,11 +356,14 @@ pub enum Order {
 #[into_params(parameter_in = Query)]
 pub struct SeriesParams {
     /// Attribute name or id.
+    #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
-    /// Inclusive start: epoch milliseconds or RFC 3339.
+    /// Inclusive start: epoch milliseconds (an RFC 3339 time is accepted too).
+    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
     pub from: Option<String>,
-    /// Exclusive end: epoch milliseconds or RFC 3339; at most the configured maximum range
-    /// (31 days by default) after `from`.
+    /// Exclusive end, after `from` and at most the configured maximum range (31 days by
+    /// default) after it: epoch milliseconds (or RFC 3339).
+    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
     pub to: Option<String>,
     /// Page size (1 to the configured maximum; default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -367,7 +372,7 @@ pub struct SeriesParams {
     #[param(inline)]
     pub order: Option<Order>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^-?[0-9]{1,19}$")]
+    #[param(pattern = "^[0-9]{1,16}$")]
     pub cursor: Option<String>,
 }
 
@@ -465,17 +470,21 @@ const MAX_BUCKETS: i64 = 10_000;
 #[into_params(parameter_in = Query)]
 pub struct AggregateParams {
     /// Attribute name or id (integer or decimal for avg/min/max/sum; any type for count).
+    #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
-    /// Inclusive start: epoch milliseconds or RFC 3339.
+    /// Inclusive start: epoch milliseconds (an RFC 3339 time is accepted too).
+    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
     pub from: Option<String>,
-    /// Exclusive end (at most the configured maximum range after `from`).
+    /// Exclusive end, after `from` and at most the configured maximum range after it.
+    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
     pub to: Option<String>,
-    /// Bucket width: 1m, 5m, 15m, 30m, 1h, 6h, 12h or 1d (buckets aligned in UTC).
-    #[param(pattern = "^(1m|5m|15m|30m|1h|6h|12h|1d)$")]
+    /// Bucket width: 1m, 5m, 15m, 30m, 1h, 6h, 12h or 1d (buckets aligned in UTC; at most
+    /// 10 000 of them in the range).
+    #[param(required = true, pattern = "^(1m|5m|15m|30m|1h|6h|12h|1d)$")]
     pub bucket: Option<String>,
     /// avg, min, max, sum or count.
     #[serde(rename = "fn")]
-    #[param(rename = "fn", pattern = "^(avg|min|max|sum|count)$")]
+    #[param(rename = "fn", required = true, pattern = "^(avg|min|max|sum|count)$")]
     pub func: Option<String>,
     /// Only this entity.
     pub entity_id: Option<i64>,

@@ -293,6 +293,9 @@ pub async fn list_entities(
 /// no cheaper to page through than the type index).
 const MAX_CACHED_LIST: i64 = 10_000;
 
+/// The only member of a cached list whose type has more than [`MAX_CACHED_LIST`] entities.
+const TOO_LARGE: i64 = -1;
+
 /// The sorted ids of a type from `entity:list:{tenant}:{type}`, filled from PostgreSQL on a
 /// miss; `None` when the type is too large to cache.
 async fn type_ids(
@@ -303,6 +306,9 @@ async fn type_ids(
     let cache = &state.inner.cache;
     let key = cache.list_key(tenant.0, entity_type);
     if let Some(mut ids) = cache.members(atlas_cache::Kind::List, &key).await {
+        if ids == [TOO_LARGE] {
+            return Ok(None);
+        }
         ids.sort_unstable();
         return Ok(Some(ids));
     }
@@ -312,13 +318,17 @@ async fn type_ids(
         async move { entities::ids_of_type(tx, tenant, &t, MAX_CACHED_LIST).await }.boxed()
     })
     .await?;
-    if i64::try_from(ids.len()).unwrap_or(i64::MAX) > MAX_CACHED_LIST {
-        return Ok(None);
-    }
+    let too_large = i64::try_from(ids.len()).unwrap_or(i64::MAX) > MAX_CACHED_LIST;
     if let Some(lease) = lease {
-        cache.fill_set(lease, &ids, atlas_cache::LIST_TTL).await;
+        // A large type is remembered as such, so its pages skip the id scan until the TTL.
+        let members = if too_large {
+            &[TOO_LARGE][..]
+        } else {
+            &ids[..]
+        };
+        cache.fill_set(lease, members, atlas_cache::LIST_TTL).await;
     }
-    Ok(Some(ids))
+    Ok((!too_large).then_some(ids))
 }
 
 async fn in_tenant<T: Send + 'static>(
