@@ -8,5 +8,6 @@ mod attack;
 mod auth;
 mod contract;
 mod entities;
+mod maintenance;
 mod reads;
 mod telemetry;

@@ -250,6 +250,20 @@ pub async fn serve(config: &Config) -> Result<()> {
         cache.clone(),
         atlas_ingest::IngestConfig::from_settings(&resolved.ingest),
     );
+    // Every server runs the maintenance worker; one of them leads (advisory lock).
+    let worker = match (&resolved.database_url, resolved.maintenance.enabled) {
+        (Some(url), true) => Some(
+            atlas_maintain::Worker {
+                store: store.clone(),
+                cache: cache.clone(),
+                settings: atlas_maintain::Settings::from_config(&resolved.maintenance),
+                database_url: url.clone(),
+                source: format!("atlas-{}-{}", hostname(), std::process::id()),
+            }
+            .spawn(),
+        ),
+        _ => None,
+    };
     let state = atlas_api::AppState::new(
         store,
         resolved.admin_token.as_deref(),
@@ -262,8 +276,18 @@ pub async fn serve(config: &Config) -> Result<()> {
     atlas_api::serve(listener, state, shutdown_signal()).await?;
     // Every request has been answered; write what is still queued and drain staging.
     pipeline.shutdown().await;
+    if let Some(w) = worker {
+        w.stop().await;
+    }
     tracing::info!("atlas stopped");
     Ok(())
+}
+
+/// This machine's name (for heartbeat sources), at most 24 characters.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().chars().take(24).collect())
+        .unwrap_or_else(|_| "host".into())
 }
 
 async fn shutdown_signal() {

@@ -61,6 +61,12 @@ enum Command {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
+    /// One maintenance round now (partitions, retention, BRIN, heartbeat cleanup, stats),
+    /// whoever leads; `refresh-stats` only refreshes the attribute statistics.
+    Maintain {
+        #[command(subcommand)]
+        what: Option<MaintainCmd>,
+    },
     /// The whole system at a glance: databases, Redis hit rate, staging backlog, partitions.
     Status {
         /// Print one JSON object.
@@ -73,6 +79,12 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         batch: i32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MaintainCmd {
+    /// Refresh the attribute statistics view now (CONCURRENTLY: readers are not blocked).
+    RefreshStats,
 }
 
 #[tokio::main]
@@ -97,6 +109,33 @@ async fn main() -> Result<()> {
         Command::Key { cmd } => admin::key(&config, cmd).await,
         Command::Attribute { cmd } => admin::attribute(&config, cmd).await,
         Command::Status { json } => status::run(&config, json).await,
+        Command::Maintain { what } => {
+            let resolved = stack::resolved(&config)?;
+            let m = atlas_maintain::Maintainer::new(
+                stack::store(&config)?,
+                atlas_maintain::Settings::from_config(&resolved.maintenance),
+            );
+            match what {
+                Some(MaintainCmd::RefreshStats) => {
+                    let started = std::time::Instant::now();
+                    let rows = m.refresh_stats().await?;
+                    println!(
+                        "refreshed mv_entity_attribute_stats: {rows} rows in {:.2} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    Ok(())
+                }
+                None => {
+                    let report = m.run_once(chrono::Utc::now()).await;
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    if report.errors.is_empty() {
+                        Ok(())
+                    } else {
+                        anyhow::bail!("{} maintenance task(s) failed", report.errors.len())
+                    }
+                }
+            }
+        }
         Command::Flush { batch } => {
             let store = stack::store(&config)?;
             let total = demo::flush_all(&store, batch, None).await?;

@@ -76,19 +76,59 @@ pub async fn collect(config: &Config) -> Result<Value> {
         Value::Null
     };
     let partitions = if up {
-        match store.ts_partition_coverage().await {
-            Ok(ranges) => {
-                let horizon = ranges.iter().map(|(_, to)| *to).max();
+        match partition_sizes(&store).await {
+            Ok(list) => {
+                let horizon = list
+                    .iter()
+                    .filter_map(|p| p["to"].as_str())
+                    .max()
+                    .map(str::to_owned);
+                let horizon_days = horizon
+                    .as_deref()
+                    .and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok())
+                    .map(|h| (h.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_days());
+                let total: i64 = list.iter().filter_map(|p| p["bytes"].as_i64()).sum();
                 json!({
-                    "time_partitions": ranges.len(),
-                    "covered_until": horizon.map(|h| h.to_rfc3339()),
-                    "horizon_days": horizon.map(|h| (h - chrono::Utc::now()).num_days()),
+                    "time_partitions": list.len(),
+                    "covered_until": horizon,
+                    "horizon_days": horizon_days,
+                    "total_bytes": total,
+                    "list": list,
                 })
             }
-            Err(e) => json!({"error": e.to_string()}),
+            Err(e) => json!({"error": chain(e.as_ref())}),
         }
     } else {
         Value::Null
+    };
+    let resolved = crate::stack::resolved(config)?;
+    let settings = atlas_maintain::Settings::from_config(&resolved.maintenance);
+    let monitor = atlas_maintain::Monitor::new(
+        store.clone(),
+        cache.clone(),
+        settings.thresholds.clone(),
+        settings.premake,
+    );
+    for (i, lag) in monitor.replica_lags().await.into_iter().enumerate() {
+        if let Some(r) = replicas.get_mut(i) {
+            r["lag_s"] = json!(lag.lag_s);
+            if let Some(e) = lag.error {
+                r["lag_error"] = json!(e);
+            }
+        }
+    }
+    let (alerts, maintenance) = if up {
+        let alerts = match monitor.check(chrono::Utc::now()).await {
+            Ok(a) => json!(a),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        let runs = match atlas_maintain::last_runs(&store).await {
+            Ok(r) => json!(r),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        (alerts, runs)
+    } else {
+        (Value::Null, Value::Null)
     };
     Ok(json!({
         "primary": primary,
@@ -96,7 +136,38 @@ pub async fn collect(config: &Config) -> Result<Value> {
         "redis": redis,
         "staging": staging,
         "partitions": partitions,
+        "maintenance": maintenance,
+        "alerts": alerts,
     }))
+}
+
+/// Every time-series partition with its bounds and size.
+async fn partition_sizes(
+    store: &atlas_store::Store,
+) -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>> {
+    let client = store.primary().get().await?;
+    let rows = client
+        .query(
+            "SELECT c.relname::text, \
+                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
+                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz, \
+                    pg_total_relation_size(c.oid) \
+             FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'public.entity_values_ts'::regclass ORDER BY 2",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.get::<_, String>(0),
+                "from": r.get::<_, chrono::DateTime<chrono::Utc>>(1).to_rfc3339(),
+                "to": r.get::<_, chrono::DateTime<chrono::Utc>>(2).to_rfc3339(),
+                "bytes": r.get::<_, i64>(3),
+            })
+        })
+        .collect())
 }
 
 /// Runs `atlas status`; fails (non-zero exit) when the primary is down.
@@ -138,7 +209,13 @@ pub fn render(s: &Value) -> String {
         line("replicas", "none configured".into());
     }
     for (i, r) in replicas.iter().enumerate() {
-        line(&format!("replica {}", i + 1), db(r));
+        let mut t = db(r);
+        match (r["lag_s"].as_f64(), r["lag_error"].as_str()) {
+            (Some(l), _) => t.push_str(&format!(", heartbeat lag {l:.2} s")),
+            (None, Some(e)) => t.push_str(&format!(", lag unknown ({e})")),
+            _ => {}
+        }
+        line(&format!("replica {}", i + 1), t);
     }
     let r = &s["redis"];
     let mut redis = text(&r["state"]);
@@ -175,12 +252,51 @@ pub fn render(s: &Value) -> String {
             "-".into()
         } else {
             format!(
-                "{} partitions, covered until {} ({} days ahead)",
+                "{} partitions, covered until {} ({} days ahead), {:.1} MB",
                 text(&p["time_partitions"]),
                 text(&p["covered_until"]),
-                text(&p["horizon_days"])
+                text(&p["horizon_days"]),
+                p["total_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0
             )
         },
     );
+    let runs = s["maintenance"].as_array().cloned().unwrap_or_default();
+    let stats = runs.iter().find(|r| r["task"] == "stats_refresh");
+    line(
+        "last stats refresh",
+        match stats {
+            Some(r) => format!(
+                "{} ({} rows in {:.2} s{})",
+                text(&r["finished_at"]),
+                text(&r["rows"]),
+                r["seconds"].as_f64().unwrap_or(0.0),
+                if r["ok"] == false { ", FAILED" } else { "" }
+            ),
+            None => "never".into(),
+        },
+    );
+    let last_round = runs
+        .iter()
+        .filter_map(|r| r["finished_at"].as_str())
+        .max()
+        .map(str::to_owned);
+    line(
+        "last maintenance",
+        last_round.unwrap_or_else(|| "never".into()),
+    );
+    let alerts = s["alerts"].as_array().cloned().unwrap_or_default();
+    let firing: Vec<&Value> = alerts.iter().filter(|a| a["firing"] == true).collect();
+    if alerts.is_empty() {
+        line("alerts", "-".into());
+    } else if firing.is_empty() {
+        line("alerts", format!("none firing ({} checked)", alerts.len()));
+    } else {
+        for a in firing {
+            line(
+                "ALERT",
+                format!("{}: {}", text(&a["alert"]), text(&a["message"])),
+            );
+        }
+    }
     out
 }

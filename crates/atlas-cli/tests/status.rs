@@ -7,8 +7,13 @@ use atlas_testkit::TestDb;
 use serde_json::Value;
 
 fn status(db: &TestDb, database_url: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["status"];
+    all.extend(args);
+    atlas(db, database_url, &all)
+}
+
+fn atlas(db: &TestDb, database_url: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_atlas"))
-        .arg("status")
         .args(args)
         .env("ATLAS_DATABASE_URL", database_url)
         .env("ATLAS_REPLICA_URLS", db.urls.replica_urls.join(","))

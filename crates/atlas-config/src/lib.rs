@@ -39,6 +39,74 @@ pub struct Config {
     pub limits: Limits,
     /// The ingest pipeline.
     pub ingest: Ingest,
+    /// The maintainer and its alerts.
+    pub maintenance: Maintenance,
+}
+
+/// Time-series partition width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionInterval {
+    /// One partition per month (the seed's default).
+    Month,
+    /// One partition per day (for high volume; applies from the newest existing partition on).
+    Day,
+}
+
+/// The maintainer (`[maintenance]` in `atlas.toml`): one leader across servers does the work
+/// the seed gives pg_partman and pg_cron, and raises the alerts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Maintenance {
+    /// Run the maintainer (and heartbeat) inside `atlas serve`.
+    pub enabled: bool,
+    /// Seconds between maintenance rounds (partitions, retention, BRIN, alerts).
+    pub interval_s: u64,
+    /// Monthly or daily time-series partitions.
+    pub partition_interval: PartitionInterval,
+    /// Keep partitions premade this many days ahead (default 62: two months).
+    pub premake_days: u32,
+    /// Drop time-series partitions whose data is all older than this many days (0: keep all).
+    pub retention_days: u32,
+    /// Seconds between refreshes of the attribute statistics view.
+    pub stats_refresh_s: u64,
+    /// Longest wait for a partition's locks when detaching it.
+    pub lock_timeout_ms: u32,
+    /// Milliseconds between replication heartbeats (well under the 3 s lag budget).
+    pub heartbeat_interval_ms: u64,
+    /// Alert: staged rows waiting.
+    pub alert_backlog_rows: i64,
+    /// Alert: seconds the oldest staged row has waited.
+    pub alert_staged_age_s: f64,
+    /// Alert: replica lag in seconds.
+    pub alert_replica_lag_s: f64,
+    /// Alert: WAL bytes a replication slot retains.
+    pub alert_slot_retained_bytes: i64,
+    /// Alert: transaction-id age of the database.
+    pub alert_xid_age: i64,
+    /// Alert: Redis hit rate below this fraction.
+    pub alert_cache_hit_rate: f64,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_s: 30,
+            partition_interval: PartitionInterval::Month,
+            premake_days: 62,
+            retention_days: 0,
+            stats_refresh_s: 3_600,
+            lock_timeout_ms: 2_000,
+            heartbeat_interval_ms: 1_000,
+            alert_backlog_rows: 1_000_000,
+            alert_staged_age_s: 60.0,
+            alert_replica_lag_s: 5.0,
+            alert_slot_retained_bytes: 1 << 30,
+            alert_xid_age: 500_000_000,
+            alert_cache_hit_rate: 0.9,
+        }
+    }
 }
 
 /// The ingest pipeline (`[ingest]` in `atlas.toml`).
@@ -124,6 +192,7 @@ impl Default for Config {
             pool_size: 16,
             limits: Limits::default(),
             ingest: Ingest::default(),
+            maintenance: Maintenance::default(),
         }
     }
 }
@@ -314,9 +383,34 @@ impl Config {
             ("ingest.queue_rows", i.queue_rows >= i.batch_rows),
             ("ingest.writers", (1..=64).contains(&i.writers)),
         ];
+        let m = &self.maintenance;
+        let maintenance_checks: [(&'static str, bool); 6] = [
+            (
+                "maintenance.interval_s",
+                (1..=86_400).contains(&m.interval_s),
+            ),
+            (
+                "maintenance.premake_days",
+                (1..=3_650).contains(&m.premake_days),
+            ),
+            ("maintenance.stats_refresh_s", m.stats_refresh_s >= 1),
+            (
+                "maintenance.lock_timeout_ms",
+                (1..=60_000).contains(&m.lock_timeout_ms),
+            ),
+            (
+                "maintenance.heartbeat_interval_ms",
+                (50..=60_000).contains(&m.heartbeat_interval_ms),
+            ),
+            (
+                "maintenance.alert_cache_hit_rate",
+                (0.0..=1.0).contains(&m.alert_cache_hit_rate),
+            ),
+        ];
         if let Some((field, _)) = checks
             .iter()
             .chain(ingest_checks.iter())
+            .chain(maintenance_checks.iter())
             .find(|(_, ok)| !ok)
         {
             return Err(ConfigError::Invalid {

@@ -52,6 +52,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_schema_usage.sql"),
     migration!(8, "0008_ingest_rows.sql"),
     migration!(9, "0009_reads.sql"),
+    migration!(10, "0010_maintenance.sql"),
 ];
 
 impl Migration {

@@ -17,6 +17,7 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use futures_util::future::BoxFuture;
 use tokio_postgres::NoTls;
 
+pub use deadpool_postgres;
 pub use deadpool_postgres::Pool;
 pub use error::StoreError;
 pub use tokio_postgres;

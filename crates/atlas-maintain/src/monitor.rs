@@ -1,0 +1,359 @@
+//! Alerts: each is a Prometheus gauge `atlas_alert_firing{alert}` (1 firing, 0 not) plus a
+//! warning log while it fires, and a row in `atlas status`.
+//!
+//! - `staging_backlog`: staged rows waiting (bounded count) over the threshold;
+//! - `staged_age`: the oldest staged row waited longer than the threshold;
+//! - `partition_horizon`: time-series partitions end sooner than the premake setting;
+//! - `replica_lag`: a replica's heartbeat lag (primary `now()` minus the newest heartbeat the
+//!   replica has replayed — both primary-clock values, so no clock skew) over the threshold,
+//!   or the replica does not answer;
+//! - `slot_retained_wal`: a replication slot retains more WAL than the threshold;
+//! - `xid_age`: the database's transaction-id age over the threshold (wraparound risk);
+//! - `cache_hit_rate`: Redis's hit rate since the previous check below the threshold (only
+//!   with at least 100 lookups in between).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use atlas_cache::{Cache, KeyspaceStats};
+use atlas_store::Store;
+
+use crate::MaintainError;
+
+/// Alert thresholds (from `[maintenance]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Staged rows.
+    pub backlog_rows: i64,
+    /// Seconds the oldest staged row waited.
+    pub staged_age_s: f64,
+    /// Replica lag in seconds.
+    pub replica_lag_s: f64,
+    /// WAL bytes a slot retains.
+    pub slot_retained_bytes: i64,
+    /// Transaction-id age.
+    pub xid_age: i64,
+    /// Lowest acceptable Redis hit rate.
+    pub cache_hit_rate: f64,
+}
+
+impl Thresholds {
+    /// From the `[maintenance]` section.
+    pub fn from_config(m: &atlas_config::Maintenance) -> Self {
+        Self {
+            backlog_rows: m.alert_backlog_rows,
+            staged_age_s: m.alert_staged_age_s,
+            replica_lag_s: m.alert_replica_lag_s,
+            slot_retained_bytes: m.alert_slot_retained_bytes,
+            xid_age: m.alert_xid_age,
+            cache_hit_rate: m.alert_cache_hit_rate,
+        }
+    }
+}
+
+/// One alert's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// Its name (the `alert` label).
+    pub alert: String,
+    /// Whether it fires.
+    pub firing: bool,
+    /// What was measured (None: could not be measured).
+    pub value: Option<f64>,
+    /// The threshold.
+    pub threshold: f64,
+    /// A readable explanation.
+    pub message: String,
+}
+
+fn alert(name: &str, value: Option<f64>, threshold: f64, firing: bool, message: String) -> Alert {
+    Alert {
+        alert: name.to_owned(),
+        firing,
+        value,
+        threshold,
+        message,
+    }
+}
+
+/// One replica's measured lag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplicaLag {
+    /// Position in `replica_urls` (1-based).
+    pub replica: usize,
+    /// Heartbeat lag in seconds; None when the replica did not answer or has no heartbeat.
+    pub lag_s: Option<f64>,
+    /// Why it could not be measured.
+    pub error: Option<String>,
+}
+
+/// Checks the alerts; remembers Redis counters between checks for the interval hit rate.
+#[derive(Debug)]
+pub struct Monitor {
+    store: Store,
+    cache: Cache,
+    thresholds: Thresholds,
+    premake: chrono::Duration,
+    last_keyspace: Mutex<Option<KeyspaceStats>>,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Monitor {
+    /// A monitor of `store` and `cache`; `premake` is the partition horizon to keep.
+    pub fn new(
+        store: Store,
+        cache: Cache,
+        thresholds: Thresholds,
+        premake: chrono::Duration,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            thresholds,
+            premake,
+            last_keyspace: Mutex::new(None),
+        }
+    }
+
+    /// Heartbeat lag of every replica, from the primary's clock.
+    pub async fn replica_lags(&self) -> Vec<ReplicaLag> {
+        let primary_now = async {
+            let c = self.store.primary().get().await?;
+            let now: DateTime<Utc> = c.query_one("SELECT now()", &[]).await?.get(0);
+            Ok::<_, MaintainError>(now)
+        };
+        let primary_now = tokio::time::timeout(PROBE_TIMEOUT, primary_now).await;
+        let mut out = Vec::new();
+        for (i, pool) in self.store.replicas().iter().enumerate() {
+            let newest = async {
+                let c = pool.get().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT \"timestamp\" FROM public.replication_heartbeat ORDER BY id DESC LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                Ok::<_, MaintainError>(row.map(|r| r.get::<_, DateTime<Utc>>(0)))
+            };
+            let lag = match (
+                &primary_now,
+                tokio::time::timeout(PROBE_TIMEOUT, newest).await,
+            ) {
+                (Ok(Ok(now)), Ok(Ok(Some(hb)))) => ReplicaLag {
+                    replica: i + 1,
+                    lag_s: Some(((*now - hb).num_milliseconds() as f64 / 1000.0).max(0.0)),
+                    error: None,
+                },
+                (_, Ok(Ok(None))) => ReplicaLag {
+                    replica: i + 1,
+                    lag_s: None,
+                    error: Some("no heartbeat replayed yet".into()),
+                },
+                (_, Ok(Err(e))) => ReplicaLag {
+                    replica: i + 1,
+                    lag_s: None,
+                    error: Some(e.to_string()),
+                },
+                (_, Err(_)) => ReplicaLag {
+                    replica: i + 1,
+                    lag_s: None,
+                    error: Some("timed out".into()),
+                },
+                (Ok(Err(e)), _) => ReplicaLag {
+                    replica: i + 1,
+                    lag_s: None,
+                    error: Some(format!("primary: {e}")),
+                },
+                (Err(_), _) => ReplicaLag {
+                    replica: i + 1,
+                    lag_s: None,
+                    error: Some("primary timed out".into()),
+                },
+            };
+            if let Some(l) = lag.lag_s {
+                metrics::gauge!("atlas_replica_lag_seconds", "replica" => (i + 1).to_string())
+                    .set(l);
+            }
+            out.push(lag);
+        }
+        out
+    }
+
+    /// Every alert as of `now` (the partition horizon is judged against `now`).
+    pub async fn check(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, MaintainError> {
+        let t = &self.thresholds;
+        let mut alerts = Vec::new();
+        let client = self.store.primary().get().await?;
+
+        // Bounded: at most this many staged rows are counted (and searched for the oldest,
+        // which heap order puts first).
+        let cap = i32::try_from(
+            t.backlog_rows
+                .saturating_add(1)
+                .max(1_000_000)
+                .min(i64::from(i32::MAX)),
+        )
+        .unwrap_or(i32::MAX);
+        let row = client
+            .query_one(
+                "SELECT backlog, extract(epoch FROM (now() - oldest_staged_at))::float8 FROM public.staging_stats($1)",
+                &[&cap],
+            )
+            .await?;
+        let backlog: i64 = row.get(0);
+        let age: Option<f64> = row.get(1);
+        alerts.push(alert(
+            "staging_backlog",
+            Some(backlog as f64),
+            t.backlog_rows as f64,
+            backlog > t.backlog_rows,
+            format!(
+                "{backlog} staged rows waiting (threshold {})",
+                t.backlog_rows
+            ),
+        ));
+        let age = age.unwrap_or(0.0);
+        alerts.push(alert(
+            "staged_age",
+            Some(age),
+            t.staged_age_s,
+            age > t.staged_age_s,
+            format!(
+                "the oldest staged row waited {age:.1} s (threshold {} s)",
+                t.staged_age_s
+            ),
+        ));
+
+        let horizon: Option<DateTime<Utc>> = client
+            .query_one(
+                "SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz) \
+                 FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = 'public.entity_values_ts'::regclass",
+                &[],
+            )
+            .await?
+            .get(0);
+        let days = horizon.map(|h| (h - now).num_seconds() as f64 / 86_400.0);
+        let want = self.premake.num_seconds() as f64 / 86_400.0;
+        metrics::gauge!("atlas_partition_horizon_days").set(days.unwrap_or(0.0));
+        alerts.push(alert(
+            "partition_horizon",
+            days,
+            want,
+            days.is_none_or(|d| d < want),
+            match days {
+                Some(d) => format!("time partitions end in {d:.1} days (keep {want:.0} ahead)"),
+                None => "there are no time partitions".into(),
+            },
+        ));
+
+        for lag in self.replica_lags().await {
+            let firing = lag.lag_s.is_none_or(|l| l >= t.replica_lag_s);
+            alerts.push(alert(
+                &format!("replica_lag:{}", lag.replica),
+                lag.lag_s,
+                t.replica_lag_s,
+                firing,
+                match (&lag.lag_s, &lag.error) {
+                    (Some(l), _) => format!("replica {} lags {l:.1} s", lag.replica),
+                    (None, Some(e)) => format!("replica {} is unhealthy: {e}", lag.replica),
+                    (None, None) => format!("replica {} is unhealthy", lag.replica),
+                },
+            ));
+        }
+
+        let slots = client
+            .query(
+                "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
+                 FROM pg_catalog.pg_replication_slots WHERE restart_lsn IS NOT NULL ORDER BY 1",
+                &[],
+            )
+            .await?;
+        let (worst_slot, worst) = slots
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1)))
+            .fold((String::new(), 0.0_f64), |acc, (n, b)| {
+                if b > acc.1 { (n, b) } else { acc }
+            });
+        for r in &slots {
+            metrics::gauge!("atlas_slot_retained_wal_bytes", "slot" => r.get::<_, String>(0))
+                .set(r.get::<_, f64>(1));
+        }
+        alerts.push(alert(
+            "slot_retained_wal",
+            Some(worst),
+            t.slot_retained_bytes as f64,
+            worst > t.slot_retained_bytes as f64,
+            if worst_slot.is_empty() {
+                "no replication slot retains WAL".into()
+            } else {
+                format!("slot {worst_slot} retains {worst:.0} bytes of WAL")
+            },
+        ));
+
+        let xid_age: i32 = client
+            .query_one(
+                "SELECT age(datfrozenxid) FROM pg_catalog.pg_database WHERE datname = current_database()",
+                &[],
+            )
+            .await?
+            .get(0);
+        metrics::gauge!("atlas_xid_age").set(f64::from(xid_age));
+        alerts.push(alert(
+            "xid_age",
+            Some(f64::from(xid_age)),
+            t.xid_age as f64,
+            i64::from(xid_age) > t.xid_age,
+            format!("transaction-id age {xid_age}"),
+        ));
+
+        if self.cache.is_enabled() {
+            let now_stats = self.cache.keyspace_stats().await;
+            let previous = self
+                .last_keyspace
+                .lock()
+                .ok()
+                .and_then(|mut l| std::mem::replace(&mut *l, now_stats));
+            let (rate, lookups) = match (now_stats, previous) {
+                (Some(n), Some(p)) if n.hits >= p.hits && n.misses >= p.misses => {
+                    let d = KeyspaceStats {
+                        hits: n.hits - p.hits,
+                        misses: n.misses - p.misses,
+                    };
+                    (d.hit_rate(), d.hits + d.misses)
+                }
+                (Some(n), _) => (n.hit_rate(), n.hits + n.misses),
+                (None, _) => (None, 0),
+            };
+            if let Some(r) = rate {
+                metrics::gauge!("atlas_cache_hit_rate").set(r);
+            }
+            alerts.push(alert(
+                "cache_hit_rate",
+                rate,
+                t.cache_hit_rate,
+                lookups >= 100 && rate.is_some_and(|r| r < t.cache_hit_rate),
+                match rate {
+                    Some(r) => format!("Redis hit rate {:.1} % over {lookups} lookups", r * 100.0),
+                    None => "Redis hit rate unknown (unreachable or no lookups)".into(),
+                },
+            ));
+        }
+
+        for a in &alerts {
+            metrics::gauge!("atlas_alert_firing", "alert" => a.alert.clone()).set(if a.firing {
+                1.0
+            } else {
+                0.0
+            });
+            if a.firing {
+                tracing::warn!(alert = %a.alert, value = ?a.value, threshold = a.threshold, "{}", a.message);
+            }
+        }
+        Ok(alerts)
+    }
+}

@@ -1,0 +1,230 @@
+//! Each alert fires when provoked, and stays quiet on a healthy fresh database.
+
+use atlas_maintain::monitor::Thresholds;
+use atlas_maintain::{Alert, Maintainer, Monitor, Settings};
+use atlas_testkit::TestDb;
+use chrono::{Duration, Utc};
+
+fn find<'a>(alerts: &'a [Alert], name: &str) -> &'a Alert {
+    alerts
+        .iter()
+        .find(|a| a.alert == name)
+        .unwrap_or_else(|| panic!("no {name} alert in {alerts:?}"))
+}
+
+fn quiet() -> Thresholds {
+    Thresholds::from_config(&atlas_config::Maintenance::default())
+}
+
+#[tokio::test]
+async fn a_healthy_database_raises_nothing_and_a_backlog_or_stale_staged_row_does() {
+    let db = TestDb::new().await;
+    let store = db.store(2);
+    assert!(
+        Maintainer::new(store.clone(), Settings::default())
+            .run_once(Utc::now())
+            .await
+            .errors
+            .is_empty()
+    );
+    let thresholds = Thresholds {
+        backlog_rows: 5,
+        ..quiet()
+    };
+    let monitor = Monitor::new(
+        store.clone(),
+        atlas_cache::Cache::disabled(),
+        thresholds,
+        Duration::days(62),
+    );
+    let alerts = monitor
+        .check(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "staging_backlog",
+        "staged_age",
+        "partition_horizon",
+        "slot_retained_wal",
+        "xid_age",
+    ] {
+        assert!(!find(&alerts, name).firing, "{name}: {alerts:?}");
+    }
+
+    // Ten staged rows (over the threshold of 5), one of them two minutes old.
+    db.admin()
+        .await
+        .batch_execute(
+            "INSERT INTO entity_values_ingest (entity_id, tenant_id, attribute_id, value_int, staged_at)
+                 SELECT g, 1, 1, g, now() FROM generate_series(1, 9) g;
+             INSERT INTO entity_values_ingest (entity_id, tenant_id, attribute_id, value_int, staged_at)
+                 VALUES (10, 1, 1, 10, now() - interval '2 minutes');",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts = monitor
+        .check(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let backlog = find(&alerts, "staging_backlog");
+    assert!(backlog.firing && backlog.value == Some(10.0), "{backlog:?}");
+    let age = find(&alerts, "staged_age");
+    assert!(
+        age.firing && age.value.is_some_and(|v| v >= 119.0),
+        "{age:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_short_partition_horizon_fires() {
+    let db = TestDb::new().await;
+    let store = db.store(2);
+    let monitor = Monitor::new(
+        store.clone(),
+        atlas_cache::Cache::disabled(),
+        quiet(),
+        Duration::days(62),
+    );
+    assert!(
+        Maintainer::new(store, Settings::default())
+            .run_once(Utc::now())
+            .await
+            .errors
+            .is_empty()
+    );
+    assert!(
+        !find(
+            &monitor
+                .check(Utc::now())
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+            "partition_horizon"
+        )
+        .firing
+    );
+    // Seen from 40 days later, fewer than 62 days remain.
+    let later = monitor
+        .check(Utc::now() + Duration::days(40))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let h = find(&later, "partition_horizon");
+    assert!(h.firing && h.value.is_some_and(|d| d < 62.0), "{h:?}");
+}
+
+#[tokio::test]
+async fn replica_lag_fires_for_a_stale_heartbeat_and_for_an_unreachable_replica() {
+    let primary = TestDb::new().await;
+    // A "replica" whose newest replayed heartbeat is 10 s old (another database answering the
+    // same query: the lag arithmetic is what is under test), and one that does not answer.
+    let stale = TestDb::new().await;
+    stale
+        .admin()
+        .await
+        .execute(
+            "INSERT INTO replication_heartbeat (\"timestamp\", source) VALUES (now() - interval '10 seconds', 'old')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dead = format!("postgres://atlas_app:x@127.0.0.1:{port}/none");
+    let store = atlas_store::Store::connect(
+        &primary.urls.database_url,
+        &[stale.urls.database_url.clone(), dead],
+        2,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = Monitor::new(
+        store,
+        atlas_cache::Cache::disabled(),
+        quiet(),
+        Duration::days(62),
+    );
+    let alerts = monitor
+        .check(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lagging = find(&alerts, "replica_lag:1");
+    assert!(
+        lagging.firing && lagging.value.is_some_and(|l| (9.0..60.0).contains(&l)),
+        "{lagging:?}"
+    );
+    let down = find(&alerts, "replica_lag:2");
+    assert!(down.firing && down.value.is_none(), "{down:?}");
+
+    // A fresh heartbeat on the "replica" clears it.
+    stale
+        .admin()
+        .await
+        .execute(
+            "INSERT INTO replication_heartbeat (source) VALUES ('new')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts = monitor
+        .check(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!find(&alerts, "replica_lag:1").firing, "{alerts:?}");
+}
+
+#[tokio::test]
+async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_thresholds() {
+    let db = TestDb::new().await;
+    let admin = db.admin().await;
+    let slot = format!("atlas_alert_{}", db.name);
+    admin
+        .query_one(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Some WAL after the slot's restart point.
+    admin
+        .batch_execute("CREATE TABLE wal_filler AS SELECT g FROM generate_series(1, 20000) g")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let cache = atlas_cache::Cache::new(&db.urls.redis_url, &format!("{}:", db.name))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = Monitor::new(
+        db.store(2),
+        cache.clone(),
+        Thresholds {
+            slot_retained_bytes: 1,
+            xid_age: 0,
+            cache_hit_rate: 0.99,
+            ..quiet()
+        },
+        Duration::days(62),
+    );
+    let _ = monitor.check(Utc::now()).await;
+    // A thousand misses between two checks.
+    for i in 0..1000 {
+        let _ = cache
+            .get(
+                atlas_cache::Kind::Entity,
+                &format!("{}:absent:{i}", db.name),
+            )
+            .await;
+    }
+    let alerts = monitor
+        .check(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wal = find(&alerts, "slot_retained_wal");
+    assert!(wal.firing && wal.value.is_some_and(|b| b > 1.0), "{wal:?}");
+    assert!(find(&alerts, "xid_age").firing, "{alerts:?}");
+    let hit = find(&alerts, "cache_hit_rate");
+    assert!(hit.firing && hit.value.is_some_and(|r| r < 0.99), "{hit:?}");
+
+    admin
+        .query_one("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -1,0 +1,181 @@
+//! Partition premaking (monthly and daily) and retention with the maintainer's clock moved.
+
+use atlas_maintain::{Maintainer, Settings};
+use atlas_testkit::TestDb;
+use chrono::{DateTime, Duration, Utc};
+
+async fn coverage(db: &TestDb) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
+    let admin = db.admin().await;
+    let mut rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = admin
+        .query(
+            "SELECT c.relname::text, \
+                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
+                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'public.entity_values_ts'::regclass",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    rows.sort_by_key(|r| r.1);
+    rows
+}
+
+fn contiguous(parts: &[(String, DateTime<Utc>, DateTime<Utc>)]) -> bool {
+    parts.windows(2).all(|w| w[0].2 == w[1].1)
+}
+
+#[tokio::test]
+async fn moving_the_clock_premakes_partitions_and_retention_drops_old_ones() {
+    let db = TestDb::new().await;
+    let settings = Settings {
+        retention: Some(Duration::days(30)),
+        ..Settings::default()
+    };
+    let m = Maintainer::new(db.store(2), settings);
+    let now = Utc::now();
+
+    let first = m.run_once(now).await;
+    assert!(first.errors.is_empty(), "{first:?}");
+    let parts = coverage(&db).await;
+    let horizon = parts.last().map(|p| p.2).unwrap_or(now);
+    assert!(horizon >= now + Duration::days(62), "{parts:?}");
+    assert!(contiguous(&parts), "{parts:?}");
+    assert!(
+        first.dropped.is_empty(),
+        "nothing is 30 days old yet: {first:?}"
+    );
+    assert!(
+        first.stats_rows.is_some(),
+        "the first round refreshes the stats"
+    );
+
+    // A value in the current month, stored as the owner would.
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "INSERT INTO tenants (tenant_name) VALUES ('t');
+             INSERT INTO attributes (attribute_name, data_type) VALUES ('temperature', 'decimal');
+             INSERT INTO entities (tenant_id, entity_type) SELECT tenant_id, 'sensor' FROM tenants;
+             INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, ingested_at)
+                 SELECT e.entity_id, e.tenant_id, a.attribute_id, 1, now() FROM entities e, attributes a;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // 70 days later: partitions reach 62 days past that, and everything that ended more than
+    // 30 days before it (the current month included) is gone.
+    let later = now + Duration::days(70);
+    let report = m.run_once(later).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        !report.created.is_empty() && !report.dropped.is_empty(),
+        "{report:?}"
+    );
+    let parts = coverage(&db).await;
+    assert!(contiguous(&parts), "{parts:?}");
+    assert!(
+        parts
+            .last()
+            .is_some_and(|p| p.2 >= later + Duration::days(62)),
+        "{parts:?}"
+    );
+    assert!(
+        parts.iter().all(|p| p.2 > later - Duration::days(30)),
+        "a partition past retention survived: {parts:?}"
+    );
+    let current = format!("entity_values_{}", now.format("%Y_%m"));
+    assert!(report.dropped.contains(&current), "{report:?}");
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM entity_values_ts", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(left, 0);
+
+    // Switching to daily partitions continues from the newest bound, one day each.
+    let daily = Maintainer::new(
+        db.store(2),
+        Settings {
+            daily: true,
+            ..Settings::default()
+        },
+    );
+    let much_later = later + Duration::days(70);
+    let report = daily.run_once(much_later).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    let parts = coverage(&db).await;
+    assert!(contiguous(&parts), "{parts:?}");
+    let new_daily: Vec<_> = parts
+        .iter()
+        .filter(|p| report.created.contains(&p.0))
+        .collect();
+    assert!(!new_daily.is_empty());
+    assert!(
+        new_daily.iter().all(|p| p.2 - p.1 == Duration::days(1)),
+        "{new_daily:?}"
+    );
+    assert!(
+        parts
+            .last()
+            .is_some_and(|p| p.2 >= much_later + Duration::days(62))
+    );
+
+    // Each task's run is recorded.
+    let runs = atlas_maintain::last_runs(&db.store(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tasks: Vec<&str> = runs.iter().map(|r| r.task.as_str()).collect();
+    for t in [
+        "brin",
+        "entity_partitions",
+        "heartbeat_cleanup",
+        "partitions",
+        "retention",
+        "stats_refresh",
+    ] {
+        assert!(tasks.contains(&t), "{t} not recorded: {tasks:?}");
+    }
+    assert!(runs.iter().all(|r| r.ok), "{runs:?}");
+}
+
+#[tokio::test]
+async fn retention_gives_up_on_a_lock_it_cannot_get_within_its_timeout() {
+    let db = TestDb::new().await;
+    let m = Maintainer::new(
+        db.store(2),
+        Settings {
+            retention: Some(Duration::days(30)),
+            lock_timeout_ms: 200,
+            ..Settings::default()
+        },
+    );
+    let now = Utc::now();
+    assert!(m.run_once(now).await.errors.is_empty());
+    // A long reader holds a lock on the time series: DETACH must wait for it…
+    let mut reader = db.admin().await;
+    let tx = reader.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    tx.execute("SELECT count(*) FROM entity_values_ts", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // …so premaking and retention give up after their lock timeout, and report it.
+    let started = std::time::Instant::now();
+    let report = m.run_once(now + Duration::days(70)).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    for task in ["partitions", "retention"] {
+        assert!(
+            report.errors.iter().any(|e| e.starts_with(task)),
+            "{task}: {report:?}"
+        );
+    }
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    // Next round, with the lock free, it succeeds.
+    let report = m.run_once(now + Duration::days(70)).await;
+    assert!(
+        report.errors.is_empty() && !report.dropped.is_empty(),
+        "{report:?}"
+    );
+}
