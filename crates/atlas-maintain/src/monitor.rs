@@ -13,7 +13,6 @@
 //!   with at least 100 lookups in between).
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -79,16 +78,7 @@ fn alert(name: &str, value: Option<f64>, threshold: f64, firing: bool, message: 
     }
 }
 
-/// One replica's measured lag.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReplicaLag {
-    /// Position in `replica_urls` (1-based).
-    pub replica: usize,
-    /// Heartbeat lag in seconds; None when the replica did not answer or has no heartbeat.
-    pub lag_s: Option<f64>,
-    /// Why it could not be measured.
-    pub error: Option<String>,
-}
+pub use atlas_replication::ReplicaLag;
 
 /// Checks the alerts; remembers Redis counters between checks for the interval hit rate.
 #[derive(Debug)]
@@ -99,8 +89,6 @@ pub struct Monitor {
     premake: chrono::Duration,
     last_keyspace: Mutex<Option<KeyspaceStats>>,
 }
-
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Monitor {
     /// A monitor of `store` and `cache`; `premake` is the partition horizon to keep.
@@ -121,66 +109,7 @@ impl Monitor {
 
     /// Heartbeat lag of every replica, from the primary's clock.
     pub async fn replica_lags(&self) -> Vec<ReplicaLag> {
-        let primary_now = async {
-            let c = self.store.primary().get().await?;
-            let now: DateTime<Utc> = c.query_one("SELECT now()", &[]).await?.get(0);
-            Ok::<_, MaintainError>(now)
-        };
-        let primary_now = tokio::time::timeout(PROBE_TIMEOUT, primary_now).await;
-        let mut out = Vec::new();
-        for (i, pool) in self.store.replicas().iter().enumerate() {
-            let newest = async {
-                let c = pool.get().await?;
-                let row = c
-                    .query_opt(
-                        "SELECT \"timestamp\" FROM public.replication_heartbeat ORDER BY id DESC LIMIT 1",
-                        &[],
-                    )
-                    .await?;
-                Ok::<_, MaintainError>(row.map(|r| r.get::<_, DateTime<Utc>>(0)))
-            };
-            let lag = match (
-                &primary_now,
-                tokio::time::timeout(PROBE_TIMEOUT, newest).await,
-            ) {
-                (Ok(Ok(now)), Ok(Ok(Some(hb)))) => ReplicaLag {
-                    replica: i + 1,
-                    lag_s: Some(((*now - hb).num_milliseconds() as f64 / 1000.0).max(0.0)),
-                    error: None,
-                },
-                (_, Ok(Ok(None))) => ReplicaLag {
-                    replica: i + 1,
-                    lag_s: None,
-                    error: Some("no heartbeat replayed yet".into()),
-                },
-                (_, Ok(Err(e))) => ReplicaLag {
-                    replica: i + 1,
-                    lag_s: None,
-                    error: Some(e.to_string()),
-                },
-                (_, Err(_)) => ReplicaLag {
-                    replica: i + 1,
-                    lag_s: None,
-                    error: Some("timed out".into()),
-                },
-                (Ok(Err(e)), _) => ReplicaLag {
-                    replica: i + 1,
-                    lag_s: None,
-                    error: Some(format!("primary: {e}")),
-                },
-                (Err(_), _) => ReplicaLag {
-                    replica: i + 1,
-                    lag_s: None,
-                    error: Some("primary timed out".into()),
-                },
-            };
-            if let Some(l) = lag.lag_s {
-                metrics::gauge!("atlas_replica_lag_seconds", "replica" => (i + 1).to_string())
-                    .set(l);
-            }
-            out.push(lag);
-        }
-        out
+        atlas_replication::measure(&self.store).await
     }
 
     /// Every alert as of `now` (the partition horizon is judged against `now`).
