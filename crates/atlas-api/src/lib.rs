@@ -7,6 +7,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,11 +37,16 @@ struct Inner {
     rate: auth::RateLimiter,
     limits: Limits,
     cache: atlas_cache::Cache,
-    flights: atlas_cache::SingleFlight<Result<Option<Arc<str>>, ApiError>>,
+    flights: atlas_cache::SingleFlight<Fill>,
+    router: atlas_replication::Router,
+    default_consistency: atlas_replication::Consistency,
     ingestor: Option<atlas_ingest::Ingestor>,
     catalog: std::sync::Mutex<Option<(Arc<atlas_ingest::Catalog>, std::time::Instant)>>,
     coverage: std::sync::Mutex<Option<(Coverage, std::time::Instant)>>,
 }
+
+/// A single-flight fill's result: the document and where it was read (None: not found).
+type Fill = Result<Option<(Arc<str>, atlas_replication::Target)>, ApiError>;
 
 type Coverage = Arc<Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>>;
 
@@ -74,17 +80,31 @@ pub enum ServeError {
 }
 
 impl AppState {
-    /// State for a server over `store` with `cache` in front of it; without an ingestor,
-    /// `POST /v1/telemetry` is 503.
+    /// State for a server over `store` with `cache` in front of it, routing reads to the
+    /// store's replicas per `replication`; without an ingestor, `POST /v1/telemetry` is 503.
+    /// Replica lag is measured only once [`AppState::router`]'s monitor is spawned; until
+    /// then every read goes to the primary.
     pub fn new(
         store: Store,
         admin_token: Option<&str>,
         cache: atlas_cache::Cache,
         limits: Limits,
+        replication: &atlas_config::Replication,
         ingestor: Option<atlas_ingest::Ingestor>,
     ) -> Self {
         // Install the metrics recorder before anything records.
         let _ = metrics::handle();
+        let router = atlas_replication::Router::new(
+            store.replicas().len(),
+            atlas_replication::Budgets {
+                open_ms: replication.breaker_open_ms,
+                close_ms: replication.breaker_close_ms,
+            },
+        );
+        let default_consistency = replication
+            .default_read_consistency
+            .parse()
+            .unwrap_or(atlas_replication::Consistency::Strong);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -94,6 +114,8 @@ impl AppState {
                 limits,
                 cache,
                 flights: atlas_cache::SingleFlight::default(),
+                router,
+                default_consistency,
                 ingestor,
                 catalog: std::sync::Mutex::new(None),
                 coverage: std::sync::Mutex::new(None),
@@ -106,41 +128,54 @@ impl AppState {
         &self.inner.store
     }
 
+    /// The read router (spawn its lag monitor to route reads to replicas).
+    pub fn router(&self) -> &atlas_replication::Router {
+        &self.inner.router
+    }
+
     /// The cache.
     pub fn cache(&self) -> &atlas_cache::Cache {
         &self.inner.cache
     }
 
-    /// Cache-aside read of one JSON document: Redis, else one database read per key at a
-    /// time in this process (single-flight), then a fill. With `lease`, the fill is fenced by
-    /// a lease taken before the read (see `atlas_cache`); without, the key must already be
-    /// made unreachable by writers (aggregate generations). `Ok(None)` (e.g. not found) is
-    /// not cached. Returns the document and whether it came from Redis.
+    /// Cache-aside read of one JSON document: Redis, else one database read per key and
+    /// routing at a time in this process (single-flight on `key` + `flight`), then a fill —
+    /// only of what the primary answered (see `Router::may_fill_cache`). With `lease`, the
+    /// fill is fenced by a lease taken before the read (see `atlas_cache`); without, the key
+    /// must already be made unreachable by writers (aggregate generations). `Ok(None)` (e.g.
+    /// not found) is not cached. Returns the document and where it was served (`None`: Redis).
     pub(crate) async fn cached_json<F, Fut>(
         &self,
         kind: atlas_cache::Kind,
         key: String,
+        flight: String,
         ttl: Duration,
         lease: bool,
         load: F,
-    ) -> Result<(Option<Arc<str>>, bool), ApiError>
+    ) -> Result<(Option<Arc<str>>, Option<atlas_replication::Target>), ApiError>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Option<String>, ApiError>> + Send + 'static,
+        Fut: std::future::Future<
+                Output = Result<Option<(String, atlas_replication::Target)>, ApiError>,
+            > + Send
+            + 'static,
     {
         let cache = &self.inner.cache;
         if let Some(hit) = cache.get(kind, &key).await {
-            return Ok((Some(Arc::from(hit)), true));
+            return Ok((Some(Arc::from(hit)), None));
         }
         let cache = cache.clone();
+        let router = self.inner.router.clone();
         let k = key.clone();
         let value = self
             .inner
             .flights
-            .run(key, move || async move {
+            .run(format!("{key}{flight}"), move || async move {
                 let held = if lease { cache.lease(&k).await } else { None };
                 let value = load().await?;
-                if let Some(v) = &value {
+                if let Some((v, target)) = &value
+                    && router.may_fill_cache(*target)
+                {
                     match held {
                         Some(l) => {
                             cache.fill(l, v, ttl).await;
@@ -151,10 +186,13 @@ impl AppState {
                         None => {}
                     }
                 }
-                Ok(value.map(Arc::from))
+                Ok(value.map(|(v, t)| (Arc::from(v), t)))
             })
             .await?;
-        Ok((value, false))
+        Ok(match value {
+            Some((doc, target)) => (Some(doc), Some(target)),
+            None => (None, None),
+        })
     }
 
     /// The attribute catalogue for typing (re-read when stale or when `fresh`).

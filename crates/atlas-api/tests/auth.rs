@@ -210,6 +210,7 @@ async fn without_an_admin_token_configured_the_admin_api_is_closed() {
         None,
         atlas_cache::Cache::disabled(),
         atlas_config::Limits::default(),
+        &atlas_config::Replication::default(),
         None,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -10,4 +10,5 @@ mod contract;
 mod entities;
 mod maintenance;
 mod reads;
+mod replication;
 mod telemetry;

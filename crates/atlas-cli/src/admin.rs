@@ -265,12 +265,20 @@ pub async fn serve(config: &Config) -> Result<()> {
         _ => None,
     };
     let state = atlas_api::AppState::new(
-        store,
+        store.clone(),
         resolved.admin_token.as_deref(),
         cache,
         resolved.limits.clone(),
+        &resolved.replication,
         Some(ingestor),
     );
+    // Replica lag, measured from the heartbeats the leader writes, routes eventual reads.
+    let lag_monitor = (!store.replicas().is_empty()).then(|| {
+        state.router().spawn_monitor(
+            store,
+            std::time::Duration::from_millis(resolved.replication.lag_check_interval_ms),
+        )
+    });
     let listener = atlas_api::bind(resolved.listen).await?;
     tracing::info!(listen = %resolved.listen, admin_api = resolved.admin_token.is_some(), "atlas serving");
     atlas_api::serve(listener, state, shutdown_signal()).await?;
@@ -278,6 +286,9 @@ pub async fn serve(config: &Config) -> Result<()> {
     pipeline.shutdown().await;
     if let Some(w) = worker {
         w.stop().await;
+    }
+    if let Some(m) = lag_monitor {
+        m.abort();
     }
     tracing::info!("atlas stopped");
     Ok(())

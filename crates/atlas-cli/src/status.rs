@@ -117,6 +117,14 @@ pub async fn collect(config: &Config) -> Result<Value> {
             }
         }
     }
+    let wal_senders = if up {
+        match atlas_replication::wal_senders(&store).await {
+            Ok(w) => json!(w),
+            Err(e) => json!({"error": e}),
+        }
+    } else {
+        Value::Null
+    };
     let (alerts, maintenance) = if up {
         let alerts = match monitor.check(chrono::Utc::now()).await {
             Ok(a) => json!(a),
@@ -133,6 +141,7 @@ pub async fn collect(config: &Config) -> Result<Value> {
     Ok(json!({
         "primary": primary,
         "replicas": replicas,
+        "wal_senders": wal_senders,
         "redis": redis,
         "staging": staging,
         "partitions": partitions,
@@ -216,6 +225,21 @@ pub fn render(s: &Value) -> String {
             _ => {}
         }
         line(&format!("replica {}", i + 1), t);
+    }
+    for w in s["wal_senders"].as_array().cloned().unwrap_or_default() {
+        line(
+            "wal sender",
+            format!(
+                "{} {} {}, replay lag {} s, replayed {}",
+                text(&w["application_name"]),
+                text(&w["client_addr"]),
+                text(&w["state"]),
+                w["replay_lag_s"]
+                    .as_f64()
+                    .map_or_else(|| "0 (idle)".into(), |l| format!("{l:.3}")),
+                text(&w["replay_lsn"])
+            ),
+        );
     }
     let r = &s["redis"];
     let mut redis = text(&r["state"]);

@@ -1,119 +1,13 @@
 //! Failure tests: every acknowledged value is stored exactly once, whatever dies.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atlas_testkit::{Stack, StackSpec, TestDb, connect};
+use atlas_testkit::{Stack, TestDb, connect};
 use serde_json::json;
 
-const ADMIN: &str = "fault-test-admin-token-0123";
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    /// Starts `atlas serve` against a database; waits until it answers.
-    async fn start(database_url: &str, redis_url: &str) -> Serve {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_atlas"))
-            .arg("serve")
-            .env("ATLAS_DATABASE_URL", database_url)
-            .env("ATLAS_REPLICA_URLS", "")
-            .env("ATLAS_REDIS_URL", redis_url)
-            .env("ATLAS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ATLAS_ADMIN_TOKEN", ADMIN)
-            .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
-            .env("ATLAS_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn atlas serve: {e}"));
-        // Owned by the guard from here on, so it is killed and reaped on every path.
-        let serve = Serve {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let http = reqwest::Client::new();
-        for _ in 0..100 {
-            if http
-                .get(format!("{}/healthz", serve.base))
-                .send()
-                .await
-                .is_ok()
-            {
-                return serve;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("atlas serve did not start");
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Defines `priority`, creates a tenant with a key and `n` entities (through the API).
-async fn fleet(base: &str, n: usize) -> (String, Vec<i64>) {
-    let http = reqwest::Client::new();
-    let post = |path: &str, body: serde_json::Value, auth: &str| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth(auth)
-            .json(&body)
-            .send()
-    };
-    let r = post(
-        "/v1/admin/attributes",
-        json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}),
-        ADMIN,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status(), 201);
-    let t: serde_json::Value = post("/v1/admin/tenants", json!({"tenant_name": "faulty"}), ADMIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let id = t["tenant_id"].as_i64().unwrap_or_default();
-    let k: serde_json::Value = post(&format!("/v1/admin/tenants/{id}/keys"), json!({}), ADMIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let key = k["secret"].as_str().unwrap_or_default().to_owned();
-    let body: Vec<_> = (0..n).map(|_| json!({"entity_type": "sensor"})).collect();
-    let page: serde_json::Value = post("/v1/entities", json!(body), &key)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let ids = page["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{page}"))
-        .iter()
-        .filter_map(|e| e["entity_id"].as_i64())
-        .collect();
-    (key, ids)
-}
+use crate::support::{Serve, fleet, private_stack};
 
 #[derive(Default)]
 struct Outcome {
@@ -235,7 +129,7 @@ fn assert_every_ack_stored_once(acked: &HashSet<(i64, i64)>, stored: &[(i64, i64
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acked_values_survive_kill_9_of_the_server() {
     let db = TestDb::new().await;
-    let mut serve = Serve::start(&db.urls.database_url, &db.urls.redis_url).await;
+    let mut serve = Serve::start(&db.urls.database_url, &[], &db.urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -279,58 +173,9 @@ async fn acked_values_survive_kill_9_of_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers() {
     // A cluster of its own: stopping the shared test cluster would disturb other tests.
-    let dir = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/atlas-fault-stack"
-    ));
-    let spec = StackSpec {
-        pg_port: 55539,
-        replica_port: 55540,
-        redis_port: 63900,
-        ..StackSpec::test(&dir)
-    };
-    let stack = tokio::task::spawn_blocking({
-        let spec = spec.clone();
-        move || Stack::up(&spec)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .unwrap_or_else(|e| panic!("fault stack: {e}"));
-    // A fresh database each run.
-    let name = format!("fault_{}", std::process::id());
-    {
-        let admin = connect(&stack.urls_for("postgres").admin_database_url)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        for generator in [
-            "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
-            "SELECT format('CREATE DATABASE %I', $1::text)",
-        ] {
-            let stmt: String = admin
-                .query_one(generator, &[&name])
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .get(0);
-            admin
-                .batch_execute(&stmt)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
-    let urls = stack.urls_for(&name);
-    {
-        let mut admin = connect(&urls.admin_database_url)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let login = atlas_schema::AppLogin {
-            user: "atlas_app".into(),
-            password: stack.app_password().to_owned(),
-        };
-        atlas_schema::migrate(&mut admin, Some(&login))
-            .await
-            .unwrap_or_else(|e| panic!("migrate: {e}"));
-    }
-    let serve = Serve::start(&urls.database_url, &urls.redis_url).await;
+    let (stack, urls, spec) =
+        private_stack("atlas-fault-stack", (55539, 55540, 63900), "fault").await;
+    let serve = Serve::start(&urls.database_url, &[], &urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,6 +1,9 @@
 //! Tests of the `atlas` binary as a process: acknowledged values survive `kill -9` of the
 //! server and an immediate stop of PostgreSQL.
 
+mod support;
+
 mod faults;
 mod load;
+mod replication;
 mod status;

@@ -61,6 +61,13 @@ async fn status_reports_databases_redis_hit_rate_staging_and_partitions() {
     assert_eq!(s["primary"]["in_recovery"], false, "{s}");
     assert_eq!(s["replicas"][0]["state"], "up", "{s}");
     assert_eq!(s["replicas"][0]["in_recovery"], true, "{s}");
+    // The primary's own view of the replica (the cross-check of the heartbeat lag).
+    assert!(
+        s["wal_senders"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["state"] == "streaming")),
+        "{s}"
+    );
     assert_eq!(s["redis"]["state"], "up", "{s}");
     let rate = s["redis"]["hit_rate"].as_f64().unwrap_or(-1.0);
     assert!((0.0..=1.0).contains(&rate), "{s}");

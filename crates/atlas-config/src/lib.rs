@@ -41,6 +41,33 @@ pub struct Config {
     pub ingest: Ingest,
     /// The maintainer and its alerts.
     pub maintenance: Maintenance,
+    /// Read routing to replicas.
+    pub replication: Replication,
+}
+
+/// Read routing (`[replication]` in `atlas.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replication {
+    /// Consistency of reads that do not name one: `strong`, `eventual` or `analytics`.
+    pub default_read_consistency: String,
+    /// A replica's circuit opens at this heartbeat lag (ms)…
+    pub breaker_open_ms: i64,
+    /// …and closes again only below this one (ms): the eventual-read budget.
+    pub breaker_close_ms: i64,
+    /// How often replica lag is measured (ms).
+    pub lag_check_interval_ms: u64,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            default_read_consistency: "strong".into(),
+            breaker_open_ms: 5_000,
+            breaker_close_ms: 3_000,
+            lag_check_interval_ms: 1_000,
+        }
+    }
 }
 
 /// Time-series partition width.
@@ -193,6 +220,7 @@ impl Default for Config {
             limits: Limits::default(),
             ingest: Ingest::default(),
             maintenance: Maintenance::default(),
+            replication: Replication::default(),
         }
     }
 }
@@ -383,6 +411,25 @@ impl Config {
             ("ingest.queue_rows", i.queue_rows >= i.batch_rows),
             ("ingest.writers", (1..=64).contains(&i.writers)),
         ];
+        let r = &self.replication;
+        if !["strong", "eventual", "analytics"].contains(&r.default_read_consistency.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: "replication.default_read_consistency",
+                message: "must be strong, eventual or analytics".into(),
+            });
+        }
+        if r.breaker_close_ms <= 0 || r.breaker_close_ms > r.breaker_open_ms {
+            return Err(ConfigError::Invalid {
+                field: "replication.breaker_close_ms",
+                message: "must be above 0 and at most breaker_open_ms".into(),
+            });
+        }
+        if !(50..=60_000).contains(&r.lag_check_interval_ms) {
+            return Err(ConfigError::Invalid {
+                field: "replication.lag_check_interval_ms",
+                message: "must be between 50 and 60000".into(),
+            });
+        }
         let m = &self.maintenance;
         let maintenance_checks: [(&'static str, bool); 6] = [
             (

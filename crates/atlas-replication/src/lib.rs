@@ -158,6 +158,51 @@ pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
     out
 }
 
+/// A streaming replica as the primary sees it (`pg_stat_replication`): the cross-check of
+/// the heartbeat lag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WalSender {
+    /// The replica's `application_name`.
+    pub application_name: String,
+    /// Its address.
+    pub client_addr: Option<String>,
+    /// `streaming`, `catchup`, …
+    pub state: Option<String>,
+    /// PostgreSQL's own replay lag (None once the replica is idle and caught up).
+    pub replay_lag_s: Option<f64>,
+    /// The position it has replayed.
+    pub replay_lsn: Option<String>,
+}
+
+/// The primary's view of its streaming replicas.
+pub async fn wal_senders(store: &Store) -> Result<Vec<WalSender>, String> {
+    let rows = probe(async {
+        let c = store.primary().get().await?;
+        Ok(c.query(
+            "SELECT application_name, client_addr, state, replay_lag_s, replay_lsn \
+             FROM public.replication_replay_lag()",
+            &[],
+        )
+        .await?)
+    })
+    .await?;
+    let senders: Vec<WalSender> = rows
+        .iter()
+        .map(|r| WalSender {
+            application_name: r.get(0),
+            client_addr: r.get(1),
+            state: r.get(2),
+            replay_lag_s: r.get(3),
+            replay_lsn: r.get(4),
+        })
+        .collect();
+    for s in &senders {
+        metrics::gauge!("atlas_walsender_replay_lag_seconds", "application_name" => s.application_name.clone())
+            .set(s.replay_lag_s.unwrap_or(0.0));
+    }
+    Ok(senders)
+}
+
 /// The breaker's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {

@@ -128,12 +128,33 @@ BEGIN
 END
 $$;
 
+-- The primary's own view of each streaming replica, to cross-check the heartbeat lag: the
+-- lag columns of pg_stat_replication are visible only with pg_read_all_stats, which the
+-- migrator grants atlas_definer (never the app login).
+CREATE FUNCTION public.replication_replay_lag()
+RETURNS TABLE (application_name text, client_addr text, state text, replay_lag_s double precision, replay_lsn text)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT r.application_name::text, r.client_addr::text, r.state::text,
+           extract(epoch FROM r.replay_lag)::double precision, r.replay_lsn::text
+    FROM pg_catalog.pg_stat_replication r
+    ORDER BY r.application_name, r.client_addr::text
+$$;
+GRANT USAGE, CREATE ON SCHEMA public TO atlas_definer;
+ALTER FUNCTION public.replication_replay_lag() OWNER TO atlas_definer;
+REVOKE CREATE ON SCHEMA public FROM atlas_definer;
+
 REVOKE EXECUTE ON FUNCTION
+    public.replication_replay_lag(),
     public.ensure_ts_partitions_until(timestamptz, boolean),
     public.drop_oldest_ts_partition_before(timestamptz, integer),
     public.summarize_closed_brin(timestamptz)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
+    public.replication_replay_lag(),
     public.ensure_ts_partitions_until(timestamptz, boolean),
     public.drop_oldest_ts_partition_before(timestamptz, integer),
     public.summarize_closed_brin(timestamptz)

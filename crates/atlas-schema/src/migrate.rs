@@ -26,6 +26,8 @@ END
 $$;
 -- Migrations run as atlas_owner and hand function ownership to atlas_definer.
 GRANT atlas_definer TO atlas_owner;
+-- replication_replay_lag() (a definer function) reads pg_stat_replication's lag columns.
+GRANT pg_read_all_stats TO atlas_definer;
 ";
 
 /// `ALTER ROLE … PASSWORD` cannot take a bind parameter: PostgreSQL quotes the values itself

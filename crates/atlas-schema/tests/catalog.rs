@@ -536,6 +536,7 @@ async fn security_definer_functions_are_hardened() {
             "hot_attr_clear",
             "ingest_rows",
             "refresh_attribute_stats",
+            "replication_replay_lag",
             "search_entities",
             "search_entities_plan",
             "stage_flush",

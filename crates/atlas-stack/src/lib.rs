@@ -295,11 +295,30 @@ impl Stack {
     /// Stops the primary: `immediate` is a crash-like stop (no checkpoint; WAL replay at the
     /// next start), otherwise a fast, clean shutdown. For failure tests.
     pub fn stop_primary(&self, immediate: bool) -> Result<(), StackError> {
+        self.stop_pg(&self.primary_dir(), immediate, "stopping the primary")
+    }
+
+    /// Starts the primary again (after [`Stack::stop_primary`]).
+    pub fn start_primary(&self) -> Result<(), StackError> {
+        self.start_pg(&self.primary_dir(), self.spec.pg_port, "primary")
+    }
+
+    /// Stops the replica (see [`Stack::stop_primary`]). For failure tests.
+    pub fn stop_replica(&self, immediate: bool) -> Result<(), StackError> {
+        self.stop_pg(&self.replica_dir(), immediate, "stopping the replica")
+    }
+
+    /// Starts the replica again (after [`Stack::stop_replica`]).
+    pub fn start_replica(&self) -> Result<(), StackError> {
+        self.start_pg(&self.replica_dir(), self.spec.replica_port, "replica")
+    }
+
+    fn stop_pg(&self, data: &Path, immediate: bool, what: &str) -> Result<(), StackError> {
         let mode = if immediate { "immediate" } else { "fast" };
         self.pg(&format!("{PG_BIN}/pg_ctl"))
             .args([
                 "-D",
-                &self.primary_dir().to_string_lossy(),
+                &data.to_string_lossy(),
                 "-m",
                 mode,
                 "-w",
@@ -307,13 +326,8 @@ impl Stack {
                 "60",
                 "stop",
             ])
-            .run("stopping the primary")
+            .run(what)
             .map(|_| ())
-    }
-
-    /// Starts the primary again (after [`Stack::stop_primary`]).
-    pub fn start_primary(&self) -> Result<(), StackError> {
-        self.start_pg(&self.primary_dir(), self.spec.pg_port, "primary")
     }
 
     fn save_state(&self) -> Result<(), StackError> {

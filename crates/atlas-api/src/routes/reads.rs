@@ -13,18 +13,20 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use atlas_cache::Kind;
+use atlas_replication::Target;
 use atlas_store::admin::DataType;
+use atlas_store::entities;
 use atlas_store::reads::{
     self, AggFn, AggregateQuery, AttrRef, AttributeStats, Bucket, HotAttributes, Point, Scope,
     Search, SearchHit, SeriesQuery,
 };
-use atlas_store::{StoreError, TenantId, entities};
 
 use crate::AppState;
 use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathId, QueryParams};
 use crate::routes::admin::{PageParams, page};
+use crate::routing::{ConsistencyParam, ReadFrom, served};
 
 /// A JSON document (possibly straight from Redis) with `X-Atlas-Cache: hit|miss`.
 fn json_document(body: Arc<str>, hit: bool) -> Response {
@@ -45,17 +47,6 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, ApiError> {
     serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("serializing: {e}")))
 }
 
-async fn in_tenant<T: Send + 'static>(
-    state: &AppState,
-    tenant: TenantId,
-    f: impl for<'t> FnOnce(
-        &'t atlas_store::Tx<'t>,
-    ) -> futures_util::future::BoxFuture<'t, Result<T, StoreError>>
-    + Send,
-) -> Result<T, ApiError> {
-    Ok(state.inner.store.with_tenant(tenant, f).await?)
-}
-
 /// An entity's hot attributes, from Redis `entity:{tenant}:{entity}` (TTL 300 s) or
 /// `entity_jsonb`. Answers carry `X-Atlas-Cache: hit|miss`.
 #[utoipa::path(get, path = "/v1/entities/{id}/attributes", tag = "reads", security(("tenant_key" = [])),
@@ -66,27 +57,38 @@ async fn in_tenant<T: Send + 'static>(
 pub async fn hot_attributes(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from: ReadFrom,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let key = state.inner.cache.entity_key(tenant.0, id);
     let s = state.clone();
-    let (doc, hit) = state
+    let (doc, target) = state
         .cached_json(
             Kind::Entity,
             key,
+            from.flight_suffix(),
             atlas_cache::ENTITY_TTL,
             true,
             move || async move {
-                let hot = in_tenant(&s, tenant, move |tx| {
-                    async move { reads::hot_attributes(tx, tenant, id).await }.boxed()
-                })
-                .await?;
-                hot.as_ref().map(to_json).transpose()
+                let (hot, target) = s
+                    .read(from, tenant, move |tx| {
+                        async move { reads::hot_attributes(tx, tenant, id).await }.boxed()
+                    })
+                    .await?;
+                Ok(hot.as_ref().map(to_json).transpose()?.map(|d| (d, target)))
             },
         )
         .await?;
-    doc.map(|d| json_document(d, hit))
-        .ok_or_else(|| ApiError::NotFound("entity".into()))
+    let doc = doc.ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    Ok(cached_answer(doc, target))
+}
+
+/// A document from [`AppState::cached_json`]: from Redis (`target` None) or where it was read.
+fn cached_answer(doc: Arc<str>, target: Option<Target>) -> Response {
+    match target {
+        None => served(json_document(doc, true), Target::Primary, Some("cache")),
+        Some(t) => served(json_document(doc, false), t, None),
+    }
 }
 
 /// A hot-attribute search.
@@ -160,8 +162,9 @@ fn key_list(list: Option<&Vec<String>>, field: &str) -> Result<(), ApiError> {
 pub async fn search(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from: ReadFrom,
     JsonBody(body): JsonBody<SearchBody>,
-) -> Result<axum::Json<SearchPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let (after, limit) = page(
         &state,
         &PageParams {
@@ -212,13 +215,19 @@ pub async fn search(
         has_all: body.has_all,
         entity_type: body.entity_type,
     };
-    let items = in_tenant(&state, tenant, move |tx| {
-        async move { reads::search(tx, &q, after, limit).await }.boxed()
-    })
-    .await?;
+    let (items, target) = state
+        .read(from, tenant, move |tx| {
+            let q = q.clone();
+            async move { reads::search(tx, &q, after, limit).await }.boxed()
+        })
+        .await?;
     let next_cursor =
         crate::routes::admin::next_cursor(items.len(), limit, items.last().map(|h| h.entity_id));
-    Ok(axum::Json(SearchPage { items, next_cursor }))
+    Ok(served(
+        axum::Json(SearchPage { items, next_cursor }).into_response(),
+        target,
+        None,
+    ))
 }
 
 /// Resolves `attribute` (a name, or an id) in the catalogue; an unknown one is looked up
@@ -255,6 +264,9 @@ pub struct LatestParams {
     /// Attribute name or id.
     #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
+    /// Read consistency (or the `X-Atlas-Consistency` header).
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
 }
 
 /// The newest value of one attribute.
@@ -277,20 +289,27 @@ pub struct Latest {
 pub async fn latest(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from: ReadFrom,
     PathId(id): PathId,
     QueryParams(params): QueryParams<LatestParams>,
-) -> Result<axum::Json<Latest>, ApiError> {
+) -> Result<Response, ApiError> {
     let (name, attr) = attribute(&state, params.attribute.as_deref()).await?;
-    let found = in_tenant(&state, tenant, move |tx| {
-        async move { reads::latest(tx, tenant, id, attr).await }.boxed()
-    })
-    .await?
-    .ok_or_else(|| ApiError::NotFound("entity".into()))?;
-    Ok(axum::Json(Latest {
-        entity_id: id,
-        attribute: name,
-        latest: found,
-    }))
+    let (found, target) = state
+        .read(from, tenant, move |tx| {
+            async move { reads::latest(tx, tenant, id, attr).await }.boxed()
+        })
+        .await?;
+    let found = found.ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    Ok(served(
+        axum::Json(Latest {
+            entity_id: id,
+            attribute: name,
+            latest: found,
+        })
+        .into_response(),
+        target,
+        None,
+    ))
 }
 
 /// Parses a time parameter: epoch milliseconds or RFC 3339.
@@ -374,6 +393,9 @@ pub struct SeriesParams {
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,16}$")]
     pub cursor: Option<String>,
+    /// Read consistency (or the `X-Atlas-Consistency` header).
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
 }
 
 /// A page of a series.
@@ -399,9 +421,10 @@ pub struct SeriesPage {
 pub async fn series(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from_: ReadFrom,
     PathId(id): PathId,
     QueryParams(params): QueryParams<SeriesParams>,
-) -> Result<axum::Json<SeriesPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let (from, to) = time_range(&state, params.from.as_deref(), params.to.as_deref())?;
     let (_, limit) = page(
         &state,
@@ -431,23 +454,30 @@ pub async fn series(
         limit,
         descending: matches!(params.order, Some(Order::Desc)),
     };
-    let items = in_tenant(&state, tenant, move |tx| {
-        async move { reads::series(tx, tenant, &q).await }.boxed()
-    })
-    .await?
-    .ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    let (items, target) = state
+        .read(from_, tenant, move |tx| {
+            let q = q.clone();
+            async move { reads::series(tx, tenant, &q).await }.boxed()
+        })
+        .await?;
+    let items = items.ok_or_else(|| ApiError::NotFound("entity".into()))?;
     let full = i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit;
     let next_cursor = items
         .last()
         .filter(|_| full)
         .and_then(|p| DateTime::parse_from_rfc3339(&p.time).ok())
         .map(|t| t.timestamp_micros().to_string());
-    Ok(axum::Json(SeriesPage {
-        entity_id: id,
-        attribute: name,
-        items,
-        next_cursor,
-    }))
+    Ok(served(
+        axum::Json(SeriesPage {
+            entity_id: id,
+            attribute: name,
+            items,
+            next_cursor,
+        })
+        .into_response(),
+        target,
+        None,
+    ))
 }
 
 /// Bucket widths offered, in seconds.
@@ -491,6 +521,9 @@ pub struct AggregateParams {
     /// Only entities of this type (not with `entity_id`).
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]
     pub entity_type: Option<String>,
+    /// Read consistency (or the `X-Atlas-Consistency` header).
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
 }
 
 /// An aggregate.
@@ -518,6 +551,7 @@ pub struct Aggregate {
 pub async fn aggregates(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from_: ReadFrom,
     QueryParams(params): QueryParams<AggregateParams>,
 ) -> Result<Response, ApiError> {
     let (from, to) = time_range(&state, params.from.as_deref(), params.to.as_deref())?;
@@ -594,10 +628,12 @@ pub async fn aggregates(
     let bucket_name = bucket.to_owned();
     let s = state.clone();
     let load = move || async move {
-        let items = in_tenant(&s, tenant, move |tx| {
-            async move { reads::aggregate(tx, tenant, &q).await }.boxed()
-        })
-        .await?;
+        let (items, target) = s
+            .read(from_, tenant, move |tx| {
+                let q = q.clone();
+                async move { reads::aggregate(tx, tenant, &q).await }.boxed()
+            })
+            .await?;
         items
             .map(|items| {
                 to_json(&Aggregate {
@@ -606,13 +642,14 @@ pub async fn aggregates(
                     bucket: bucket_name,
                     items,
                 })
+                .map(|d| (d, target))
             })
             .transpose()
     };
     // The generation is read before the database (see atlas_cache); without Redis there is
     // nothing to read or fill.
     let generation = state.inner.cache.agg_generation(tenant.0).await;
-    let (doc, hit) = match generation {
+    let (doc, target) = match generation {
         Some(g) => {
             let key = state.inner.cache.agg_key(
                 tenant.0,
@@ -627,13 +664,23 @@ pub async fn aggregates(
                 ),
             );
             state
-                .cached_json(Kind::Agg, key, atlas_cache::AGG_TTL, false, load)
+                .cached_json(
+                    Kind::Agg,
+                    key,
+                    from_.flight_suffix(),
+                    atlas_cache::AGG_TTL,
+                    false,
+                    load,
+                )
                 .await?
         }
-        None => (load().await?.map(Arc::from), false),
+        None => match load().await? {
+            Some((d, t)) => (Some(Arc::from(d)), Some(t)),
+            None => (None, None),
+        },
     };
-    doc.map(|d| json_document(d, hit))
-        .ok_or_else(|| ApiError::NotFound("entity".into()))
+    let doc = doc.ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    Ok(cached_answer(doc, target))
 }
 
 /// The tenant's attribute statistics.
@@ -651,10 +698,16 @@ pub struct StatsList {
 pub async fn attribute_stats(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
-) -> Result<axum::Json<StatsList>, ApiError> {
-    let items = in_tenant(&state, tenant, move |tx| {
-        async move { reads::attribute_stats(tx).await }.boxed()
-    })
-    .await?;
-    Ok(axum::Json(StatsList { items }))
+    from: ReadFrom,
+) -> Result<Response, ApiError> {
+    let (items, target) = state
+        .read(from, tenant, move |tx| {
+            async move { reads::attribute_stats(tx).await }.boxed()
+        })
+        .await?;
+    Ok(served(
+        axum::Json(StatsList { items }).into_response(),
+        target,
+        None,
+    ))
 }

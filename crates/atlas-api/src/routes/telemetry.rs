@@ -122,7 +122,7 @@ pub async fn ingest(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<TelemetryParams>,
     JsonValue(body): JsonValue,
-) -> Result<(StatusCode, Json<TelemetryAck>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let Some(ingestor) = state.inner.ingestor.clone() else {
         return Err(ApiError::Unavailable(
             "ingest is not running on this server".into(),
@@ -235,11 +235,13 @@ pub async fn ingest(
         Durability::Durable => (StatusCode::OK, "durable"),
         Durability::Staged => (StatusCode::ACCEPTED, "staged"),
     };
-    Ok((
+    let resp = axum::response::IntoResponse::into_response((
         status,
         Json(TelemetryAck {
             accepted: ack.accepted,
             durability: label.into(),
         }),
-    ))
+    ));
+    // Durable values are committed: the primary's position now covers them.
+    Ok(crate::routing::with_lsn(&state, resp).await)
 }

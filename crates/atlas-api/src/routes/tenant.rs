@@ -16,6 +16,8 @@ use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, JsonValue, PathId, QueryParams, from_json_value};
 use crate::routes::admin::{AttributeList, PageParams, next_cursor, page};
+use crate::routing::{ConsistencyParam, ReadFrom, served, with_lsn};
+use axum::response::{IntoResponse, Response};
 
 /// The calling tenant.
 #[derive(Debug, Serialize, ToSchema)]
@@ -113,6 +115,9 @@ pub struct EntityListParams {
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
+    /// Read consistency (or the `X-Atlas-Consistency` header).
+    #[param(inline)]
+    pub consistency: Option<ConsistencyParam>,
 }
 
 /// Who am I.
@@ -158,7 +163,7 @@ pub async fn register_entities(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
     JsonValue(body): JsonValue,
-) -> Result<(StatusCode, Json<EntityPage>), ApiError> {
+) -> Result<Response, ApiError> {
     let single = body.is_object();
     let inputs: Vec<EntityInput> = match body {
         serde_json::Value::Array(_) => from_json_value::<Vec<EntityInput>>(body)?,
@@ -200,13 +205,15 @@ pub async fn register_entities(
         .map(|t| state.inner.cache.list_key(tenant.0, t))
         .collect();
     state.inner.cache.invalidate(&keys).await;
-    Ok((
+    let resp = (
         StatusCode::CREATED,
         Json(EntityPage {
             items,
             next_cursor: None,
         }),
-    ))
+    )
+        .into_response();
+    Ok(with_lsn(&state, resp).await)
 }
 
 /// A single-object registration reports `entity_type`, not `entities[0].entity_type`.
@@ -237,8 +244,9 @@ fn prefix_single_entity_field(e: StoreError, single: bool) -> ApiError {
 pub async fn list_entities(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from: ReadFrom,
     QueryParams(params): QueryParams<EntityListParams>,
-) -> Result<Json<EntityPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let (after, limit) = page(
         &state,
         &PageParams {
@@ -264,29 +272,44 @@ pub async fn list_entities(
                     .collect();
                 let more = ids.iter().filter(|id| **id > after).count() > page.len();
                 let last = page.last().copied();
-                let items = in_tenant(&state, tenant, move |tx| {
-                    async move { entities::by_ids(tx, tenant, &page).await }.boxed()
-                })
-                .await?;
+                let (items, target) = state
+                    .read(from, tenant, move |tx| {
+                        let page = page.clone();
+                        async move { entities::by_ids(tx, tenant, &page).await }.boxed()
+                    })
+                    .await?;
                 let next_cursor = last.filter(|_| more).map(|id| id.to_string());
-                return Ok(Json(EntityPage { items, next_cursor }));
+                return Ok(served(
+                    Json(EntityPage { items, next_cursor }).into_response(),
+                    target,
+                    None,
+                ));
             }
             None => {
-                in_tenant(&state, tenant, move |tx| {
-                    async move { entities::list(tx, tenant, Some(&t), after, limit).await }.boxed()
-                })
-                .await?
+                state
+                    .read(from, tenant, move |tx| {
+                        let t = t.clone();
+                        async move { entities::list(tx, tenant, Some(&t), after, limit).await }
+                            .boxed()
+                    })
+                    .await?
             }
         },
         None => {
-            in_tenant(&state, tenant, move |tx| {
-                async move { entities::list(tx, tenant, None, after, limit).await }.boxed()
-            })
-            .await?
+            state
+                .read(from, tenant, move |tx| {
+                    async move { entities::list(tx, tenant, None, after, limit).await }.boxed()
+                })
+                .await?
         }
     };
+    let (items, target) = items;
     let next_cursor = next_cursor(items.len(), limit, items.last().map(|e| e.entity_id));
-    Ok(Json(EntityPage { items, next_cursor }))
+    Ok(served(
+        Json(EntityPage { items, next_cursor }).into_response(),
+        target,
+        None,
+    ))
 }
 
 /// Types with more entities than this are listed from PostgreSQL only (a set this large is
@@ -351,14 +374,16 @@ async fn in_tenant<T: Send + 'static>(
 pub async fn get_entity(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
+    from: ReadFrom,
     PathId(id): PathId,
-) -> Result<Json<Entity>, ApiError> {
-    in_tenant(&state, tenant, move |tx| {
-        async move { entities::get(tx, tenant, id).await }.boxed()
-    })
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::NotFound("entity".into()))
+) -> Result<Response, ApiError> {
+    let (entity, target) = state
+        .read(from, tenant, move |tx| {
+            async move { entities::get(tx, tenant, id).await }.boxed()
+        })
+        .await?;
+    let entity = entity.ok_or_else(|| ApiError::NotFound("entity".into()))?;
+    Ok(served(Json(entity).into_response(), target, None))
 }
 
 /// Changes an entity's type or properties (`version` + 1).
@@ -373,7 +398,7 @@ pub async fn update_entity(
     State(state): State<AppState>,
     PathId(id): PathId,
     JsonBody(body): JsonBody<EntityChanges>,
-) -> Result<Json<Entity>, ApiError> {
+) -> Result<Response, ApiError> {
     let (entity, old_type) = in_tenant(&state, tenant, move |tx| {
         async move {
             entities::update(
@@ -395,7 +420,7 @@ pub async fn update_entity(
         keys.push(cache.list_key(tenant.0, &entity.entity_type));
     }
     cache.invalidate(&keys).await;
-    Ok(Json(entity))
+    Ok(with_lsn(&state, Json(entity).into_response()).await)
 }
 
 /// Soft-deletes an entity: it disappears from every read and takes no new values.
@@ -408,7 +433,7 @@ pub async fn delete_entity(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
     PathId(id): PathId,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let entity_type = in_tenant(&state, tenant, move |tx| {
         async move { entities::delete(tx, tenant, id).await }.boxed()
     })
@@ -420,5 +445,5 @@ pub async fn delete_entity(
         .invalidate(&[cache.list_key(tenant.0, &entity_type)])
         .await;
     cache.entities_changed(&[(tenant.0, id)], &[tenant.0]).await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(with_lsn(&state, StatusCode::NO_CONTENT.into_response()).await)
 }

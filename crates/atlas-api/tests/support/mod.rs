@@ -56,7 +56,14 @@ impl Server {
     ) -> Self {
         let (ingestor, pipeline) =
             atlas_ingest::Ingestor::start(store.clone(), cache.clone(), ingest);
-        let state = AppState::new(store, Some(ADMIN), cache, limits, Some(ingestor));
+        let state = AppState::new(
+            store,
+            Some(ADMIN),
+            cache,
+            limits,
+            &atlas_config::Replication::default(),
+            Some(ingestor),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));

@@ -1,0 +1,173 @@
+//! Where a read is served: the consistency a request asks for (`X-Atlas-Consistency` or
+//! `?consistency=`, else the configured default), the WAL position it must see
+//! (`X-Atlas-Min-Lsn`, from a write's `X-Atlas-Lsn`), and the router's measured lag. Answers
+//! say where they were served (`X-Atlas-Served-By`) and how far behind that was
+//! (`X-Atlas-Lag-Ms`).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
+
+use atlas_replication::{Consistency, Lsn, Target};
+use atlas_store::{StoreError, TenantId, Tx};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// `X-Atlas-Consistency`.
+pub const CONSISTENCY: &str = "x-atlas-consistency";
+/// `X-Atlas-Min-Lsn`.
+pub const MIN_LSN: &str = "x-atlas-min-lsn";
+/// `X-Atlas-Lsn` (on write answers).
+pub const LSN: &str = "x-atlas-lsn";
+/// `X-Atlas-Served-By`.
+pub const SERVED_BY: &str = "x-atlas-served-by";
+/// `X-Atlas-Lag-Ms`.
+pub const LAG_MS: &str = "x-atlas-lag-ms";
+
+/// The `consistency` query parameter (documents it; [`ReadFrom`] reads it).
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyParam {
+    /// The primary.
+    Strong,
+    /// A replica within the lag budget, else the primary.
+    Eventual,
+    /// The analytics store when there is one; else like eventual.
+    Analytics,
+}
+
+/// A read's routing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFrom {
+    /// The consistency asked for.
+    pub consistency: Consistency,
+    /// The WAL position the answer must include.
+    pub min_lsn: Option<Lsn>,
+}
+
+impl ReadFrom {
+    /// A key suffix that keeps single-flight fills of different routings apart.
+    pub(crate) fn flight_suffix(&self) -> String {
+        format!(
+            "#{:?}#{}",
+            self.consistency,
+            self.min_lsn.map(|l| l.to_string()).unwrap_or_default()
+        )
+    }
+}
+
+impl FromRequestParts<AppState> for ReadFrom {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| -> Result<Option<String>, ApiError> {
+            parts
+                .headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::to_owned)
+                        .map_err(|_| ApiError::bad_field(name, "not a visible ASCII value"))
+                })
+                .transpose()
+        };
+        let consistency = match header(CONSISTENCY)? {
+            Some(v) => v
+                .parse()
+                .map_err(|e: String| ApiError::bad_field("X-Atlas-Consistency", e))?,
+            None => {
+                let query = parts.uri.query().unwrap_or("");
+                match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "consistency") {
+                    Some((_, v)) => v
+                        .parse()
+                        .map_err(|e: String| ApiError::bad_field("consistency", e))?,
+                    None => state.inner.default_consistency,
+                }
+            }
+        };
+        let min_lsn = header(MIN_LSN)?
+            .map(|v| {
+                v.parse()
+                    .map_err(|e: String| ApiError::bad_field("X-Atlas-Min-Lsn", e))
+            })
+            .transpose()?;
+        Ok(ReadFrom {
+            consistency,
+            min_lsn,
+        })
+    }
+}
+
+/// Whether a failure on a replica means "read it from the primary instead": the replica is
+/// unreachable, or cancelled the query for a conflict with recovery.
+fn replica_gone(e: &StoreError) -> bool {
+    e.is_unavailable()
+        || e.sqlstate().is_some_and(|c| {
+            *c == atlas_store::tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+        })
+}
+
+impl AppState {
+    /// Runs a tenant read where `from` routes it. A replica that fails as unreachable is
+    /// skipped for the primary (the breaker opens at its next measurement), so a stopped
+    /// replica never fails a request. Returns the result and where it was served.
+    pub(crate) async fn read<T, F>(
+        &self,
+        from: ReadFrom,
+        tenant: TenantId,
+        f: F,
+    ) -> Result<(T, Target), ApiError>
+    where
+        T: Send,
+        F: for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<T, StoreError>> + Send + Sync,
+    {
+        let store = &self.inner.store;
+        let target = self.inner.router.route(from.consistency, from.min_lsn);
+        if let Target::Replica { index, .. } = target
+            && let Some(pool) = store.replicas().get(index)
+        {
+            match atlas_store::in_tenant_tx(pool, tenant, &f).await {
+                Ok(v) => return Ok((v, target)),
+                Err(e) if replica_gone(&e) => {
+                    metrics::counter!("atlas_replica_fallbacks_total").increment(1);
+                    tracing::debug!(error = %e, replica = index + 1, "replica read failed; reading the primary");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let v = store.with_tenant(tenant, &f).await?;
+        Ok((v, Target::Primary))
+    }
+}
+
+/// Adds `X-Atlas-Served-By` and `X-Atlas-Lag-Ms` (`served_by` overrides the target's name,
+/// e.g. `cache`).
+pub(crate) fn served(mut resp: Response, target: Target, served_by: Option<&str>) -> Response {
+    let h = resp.headers_mut();
+    let by = served_by.map_or_else(|| target.served_by(), str::to_owned);
+    if let Ok(v) = HeaderValue::from_str(&by) {
+        h.insert(HeaderName::from_static(SERVED_BY), v);
+    }
+    h.insert(
+        HeaderName::from_static(LAG_MS),
+        HeaderValue::from(target.lag_ms().max(0)),
+    );
+    resp
+}
+
+/// Adds `X-Atlas-Lsn` to a write's answer: the primary's WAL position after the commit, which a
+/// later read sends as `X-Atlas-Min-Lsn` to read its own write.
+pub(crate) async fn with_lsn(state: &AppState, mut resp: Response) -> Response {
+    if let Some(lsn) = atlas_replication::primary_lsn(&state.inner.store).await
+        && let Ok(v) = HeaderValue::from_str(&lsn.to_string())
+    {
+        resp.headers_mut().insert(HeaderName::from_static(LSN), v);
+    }
+    resp
+}

@@ -1,0 +1,173 @@
+//! The circuit breaker against a real streaming replica (a private stack: pausing or
+//! stopping the shared test replica would disturb other tests): paused replay sends eventual
+//! reads to the primary once lag reaches 5 s and back only below 3 s, without flapping; a
+//! stopped replica fails no request.
+
+use std::time::{Duration, Instant};
+
+use atlas_testkit::connect;
+use serde_json::json;
+
+use crate::support::{Serve, fleet, private_stack};
+
+/// One eventual read: (status, served by, lag ms).
+async fn eventual(http: &reqwest::Client, url: &str, key: &str) -> (u16, String, i64) {
+    match http
+        .get(url)
+        .bearer_auth(key)
+        .header("X-Atlas-Consistency", "eventual")
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let h = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (
+                r.status().as_u16(),
+                h("x-atlas-served-by"),
+                h("x-atlas-lag-ms").parse().unwrap_or(-1),
+            )
+        }
+        Err(_) => (0, String::new(), -1),
+    }
+}
+
+/// Polls eventual reads every 100 ms until `served_by` answers or `limit` passes; returns
+/// every answer seen.
+async fn until(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    served_by: &str,
+    limit: Duration,
+) -> Vec<(Duration, u16, String, i64)> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < limit {
+        let (s, by, lag) = eventual(http, url, key).await;
+        seen.push((start.elapsed(), s, by.clone(), lag));
+        if by == served_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_replay_opens_the_circuit_at_5_s_and_closes_it_below_3_s_and_a_stopped_replica_fails_nothing()
+ {
+    let (stack, urls, spec) =
+        private_stack("atlas-repl-stack", (55639, 55640, 64000), "repl").await;
+    let serve = Serve::start(&urls.database_url, &urls.replica_urls, &urls.redis_url).await;
+    let (key, entities) = fleet(&serve.base, 1).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/telemetry", serve.base))
+        .bearer_auth(&key)
+        .json(&json!({"entity_id": entities[0], "values": {"priority": 1}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    let url = format!(
+        "{}/v1/entities/{}/latest?attribute=priority",
+        serve.base, entities[0]
+    );
+
+    // Heartbeats flow (1 s), lag is measured (1 s): eventual reads reach the replica.
+    let seen = until(&http, &url, &key, "replica-1", Duration::from_secs(20)).await;
+    assert!(
+        seen.last().is_some_and(|s| s.2 == "replica-1"),
+        "never served by the replica: {seen:?}"
+    );
+
+    // Pause replay: the replica's heartbeat lag grows by a second every second.
+    let replica_admin = urls.admin_database_url.replace(
+        &format!(":{}/", spec.pg_port),
+        &format!(":{}/", spec.replica_port),
+    );
+    let replica = connect(&replica_admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    replica
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let paused = until(&http, &url, &key, "primary", Duration::from_secs(20)).await;
+    let switched = paused
+        .last()
+        .filter(|s| s.2 == "primary")
+        .unwrap_or_else(|| panic!("eventual reads stayed on the paused replica: {paused:?}"));
+    assert!(paused.iter().all(|s| s.1 == 200), "{paused:?}");
+    // Not before the lag could reach 5 s, and within a heartbeat and a measurement after.
+    assert!(
+        switched.0 >= Duration::from_secs(3) && switched.0 <= Duration::from_secs(9),
+        "switched after {:?}: {paused:?}",
+        switched.0
+    );
+    let last_replica_lag = paused
+        .iter()
+        .filter(|s| s.2 == "replica-1")
+        .map(|s| s.3)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        last_replica_lag < 5_000,
+        "served with {last_replica_lag} ms lag"
+    );
+    // While paused it stays on the primary.
+    for _ in 0..15 {
+        let (s, by, _) = eventual(&http, &url, &key).await;
+        assert_eq!((s, by.as_str()), (200, "primary"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Resume: back to the replica once lag is under 3 s, and it stays there (no flapping).
+    replica
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resumed = until(&http, &url, &key, "replica-1", Duration::from_secs(20)).await;
+    assert!(
+        resumed.last().is_some_and(|s| s.2 == "replica-1"),
+        "never returned to the replica: {resumed:?}"
+    );
+    assert!(resumed.iter().all(|s| s.1 == 200), "{resumed:?}");
+    for _ in 0..20 {
+        let (s, by, lag) = eventual(&http, &url, &key).await;
+        assert_eq!(
+            (s, by.as_str()),
+            (200, "replica-1"),
+            "flapped back (lag {lag})"
+        );
+        assert!(lag < 3_000, "{lag}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Stop the replica: every eventual read still succeeds, from the primary.
+    drop(replica);
+    let s = stack.clone();
+    tokio::task::spawn_blocking(move || s.stop_replica(true))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let mut primary_answers = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        let (s, by, _) = eventual(&http, &url, &key).await;
+        assert_eq!(s, 200, "a request failed with the replica down ({by})");
+        if by == "primary" {
+            primary_answers += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(primary_answers > 0);
+    drop(serve);
+    let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
+}

@@ -1,0 +1,167 @@
+//! Helpers of the process-level tests: the `atlas serve` child, a fleet made through the API,
+//! and private stacks for tests that stop or pause a database.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use atlas_testkit::{Stack, StackSpec, StackUrls, connect};
+use serde_json::json;
+
+pub const ADMIN: &str = "fault-test-admin-token-0123";
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub struct Serve {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Serve {
+    /// Starts `atlas serve` against a database (and replicas); waits until it answers.
+    pub async fn start(database_url: &str, replica_urls: &[String], redis_url: &str) -> Serve {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_atlas"))
+            .arg("serve")
+            .env("ATLAS_DATABASE_URL", database_url)
+            .env("ATLAS_REPLICA_URLS", replica_urls.join(","))
+            .env("ATLAS_REDIS_URL", redis_url)
+            .env("ATLAS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ATLAS_ADMIN_TOKEN", ADMIN)
+            .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
+            .env("ATLAS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn atlas serve: {e}"));
+        // Owned by the guard from here on, so it is killed and reaped on every path.
+        let serve = Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http
+                .get(format!("{}/healthz", serve.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return serve;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("atlas serve did not start");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Defines `priority`, creates a tenant with a key and `n` entities (through the API).
+pub async fn fleet(base: &str, n: usize) -> (String, Vec<i64>) {
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value, auth: &str| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(auth)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v1/admin/attributes",
+        json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}),
+        ADMIN,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 201);
+    let t: serde_json::Value = post("/v1/admin/tenants", json!({"tenant_name": "faulty"}), ADMIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = t["tenant_id"].as_i64().unwrap_or_default();
+    let k: serde_json::Value = post(&format!("/v1/admin/tenants/{id}/keys"), json!({}), ADMIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = k["secret"].as_str().unwrap_or_default().to_owned();
+    let body: Vec<_> = (0..n).map(|_| json!({"entity_type": "sensor"})).collect();
+    let page: serde_json::Value = post("/v1/entities", json!(body), &key)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ids = page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .filter_map(|e| e["entity_id"].as_i64())
+        .collect();
+    (key, ids)
+}
+
+/// Brings up a private stack in `target/<dir>` on `(primary, replica, redis)` ports and a
+/// fresh, migrated database `<prefix>_<pid>` on it. Returns the spec too, to take it down.
+pub async fn private_stack(
+    dir: &str,
+    ports: (u16, u16, u16),
+    prefix: &str,
+) -> (Stack, StackUrls, StackSpec) {
+    let dir =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).join(dir);
+    let spec = StackSpec {
+        pg_port: ports.0,
+        replica_port: ports.1,
+        redis_port: ports.2,
+        ..StackSpec::test(&dir)
+    };
+    let up = spec.clone();
+    let stack = tokio::task::spawn_blocking(move || Stack::up(&up))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("private stack: {e}"));
+    let name = format!("{prefix}_{}", std::process::id());
+    let admin = connect(&stack.urls_for("postgres").admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for generator in [
+        "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+        "SELECT format('CREATE DATABASE %I', $1::text)",
+    ] {
+        let stmt: String = admin
+            .query_one(generator, &[&name])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(0);
+        admin
+            .batch_execute(&stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let urls = stack.urls_for(&name);
+    let mut db_admin = connect(&urls.admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let login = atlas_schema::AppLogin {
+        user: "atlas_app".into(),
+        password: stack.app_password().to_owned(),
+    };
+    atlas_schema::migrate(&mut db_admin, Some(&login))
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    (stack, urls, spec)
+}
