@@ -11,4 +11,5 @@ mod entities;
 mod maintenance;
 mod reads;
 mod replication;
+mod sentinel;
 mod telemetry;

@@ -114,8 +114,33 @@ pub struct Cache {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// The connection to the current master (None until Sentinel named one).
+    conn: std::sync::RwLock<Option<ConnectionManager>>,
     prefix: String,
+    sentinel: Option<SentinelSource>,
+}
+
+/// Where the master's address comes from when Sentinels are configured.
+struct SentinelSource {
+    sentinels: Vec<redis::Client>,
+    master_name: String,
+    /// Credentials and database of the master (its host and port come from Sentinel).
+    base: redis::ConnectionInfo,
+    /// When the master was last asked for, so failures do not storm the Sentinels.
+    last_ask: Mutex<Option<std::time::Instant>>,
+    /// The master's address in use.
+    current: Mutex<Option<(String, u16)>>,
+}
+
+/// Sentinels are asked again at most this often.
+const SENTINEL_ASK_EVERY: Duration = Duration::from_millis(250);
+
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(CALL_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 impl std::fmt::Debug for Cache {
@@ -201,18 +226,99 @@ impl Cache {
     /// server starts and serves while Redis is down.
     pub fn new(url: &str, prefix: &str) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
         Ok(Self {
             inner: Some(Arc::new(Inner {
-                conn,
+                conn: std::sync::RwLock::new(Some(conn)),
                 prefix: prefix.to_owned(),
+                sentinel: None,
             })),
         })
+    }
+
+    /// A cache on the master that the `sentinels` name `master_name`; `url` supplies the
+    /// master's credentials and database. The master is asked for at first use and again
+    /// whenever a call fails (at most every 250 ms): redis-rs keeps a connection's address
+    /// for good, so after a failover only asking Sentinel again finds the promoted replica.
+    pub fn with_sentinel(
+        url: &str,
+        sentinels: &[String],
+        master_name: &str,
+        prefix: &str,
+    ) -> Result<Self, CacheError> {
+        let base = redis::IntoConnectionInfo::into_connection_info(url)?;
+        let sentinels = sentinels
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            inner: Some(Arc::new(Inner {
+                conn: std::sync::RwLock::new(None),
+                prefix: prefix.to_owned(),
+                sentinel: Some(SentinelSource {
+                    sentinels,
+                    master_name: master_name.to_owned(),
+                    base,
+                    last_ask: Mutex::new(None),
+                    current: Mutex::new(None),
+                }),
+            })),
+        })
+    }
+
+    /// Asks the Sentinels for the master and, when it moved, connects to the new one.
+    async fn ask_sentinel(inner: &Inner) {
+        let Some(source) = &inner.sentinel else {
+            return;
+        };
+        {
+            let mut last = source.last_ask.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < SENTINEL_ASK_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        for sentinel in &source.sentinels {
+            let ask = async {
+                let mut c = sentinel.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&source.master_name)
+                    .query_async::<Option<(String, u16)>>(&mut c)
+                    .await
+            };
+            let Ok(Ok(Some(addr))) = tokio::time::timeout(CONNECT_TIMEOUT, ask).await else {
+                continue;
+            };
+            let moved = {
+                let mut current = source.current.lock().unwrap_or_else(|p| p.into_inner());
+                let moved = current.as_ref() != Some(&addr);
+                *current = Some(addr.clone());
+                moved
+            };
+            let have = inner.conn.read().map(|c| c.is_some()).unwrap_or(false);
+            if moved || !have {
+                let info = source
+                    .base
+                    .clone()
+                    .set_addr(redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1));
+                match redis::Client::open(info)
+                    .and_then(|c| ConnectionManager::new_lazy_with_config(c, manager_config()))
+                {
+                    Ok(m) => {
+                        tracing::info!(host = %addr.0, port = addr.1, "cache uses the Redis master Sentinel names");
+                        if let Ok(mut conn) = inner.conn.write() {
+                            *conn = Some(m);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot connect to the master Sentinel names")
+                    }
+                }
+            }
+            return;
+        }
+        tracing::warn!("no Sentinel answered; the cache is unavailable until one does");
     }
 
     /// Whether a Redis is configured.
@@ -260,20 +366,35 @@ impl Cache {
         f: impl for<'c> FnOnce(&'c mut ConnectionManager) -> BoxFuture<'c, redis::RedisResult<T>>,
     ) -> Option<T> {
         let inner = self.inner.as_ref()?;
-        let mut conn = inner.conn.clone();
-        match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
-            Ok(Ok(v)) => Some(v),
+        let current = inner.conn.read().ok().and_then(|c| c.clone());
+        let mut conn = match current {
+            Some(c) => c,
+            None => {
+                // Sentinel has not named a master yet: ask (bounded by its timeouts).
+                Self::ask_sentinel(inner).await;
+                inner.conn.read().ok().and_then(|c| c.clone())?
+            }
+        };
+        let failed = match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
+            Ok(Ok(v)) => return Some(v),
             Ok(Err(e)) => {
-                metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
                 tracing::debug!(error = %e, op = what, "redis call failed");
-                None
+                true
             }
             Err(_) => {
-                metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
                 tracing::debug!(op = what, "redis call timed out");
-                None
+                true
+            }
+        };
+        if failed {
+            metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
+            // The master may have moved (or this one is now a read-only replica).
+            if inner.sentinel.is_some() {
+                let inner = Arc::clone(inner);
+                tokio::spawn(async move { Self::ask_sentinel(&inner).await });
             }
         }
+        None
     }
 
     /// The cached string at `key`; a miss on absence or any Redis failure.

@@ -240,11 +240,8 @@ pub async fn serve(config: &Config) -> Result<()> {
     let resolved = crate::stack::resolved(config)?;
     let store = crate::stack::store(config)?;
     // Redis is a cache: the server starts and serves while it is down, and connects when
-    // it comes up.
-    let cache = match resolved.redis_url.as_deref() {
-        Some(url) => atlas_cache::Cache::new(url, &resolved.cache_prefix)?,
-        None => atlas_cache::Cache::disabled(),
-    };
+    // it comes up (through Sentinel when configured).
+    let cache = crate::stack::cache(config)?;
     let (ingestor, pipeline) = atlas_ingest::Ingestor::start(
         store.clone(),
         cache.clone(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use atlas_config::Config;
 use atlas_ingest::typing::type_readings;
-use atlas_ingest::{Cache, Catalog, Durability, IngestConfig, Ingestor, Reading, TimeRules};
+use atlas_ingest::{Catalog, Durability, IngestConfig, Ingestor, Reading, TimeRules};
 use atlas_store::{StoreError, TenantId};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -97,10 +97,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let catalog = Catalog::new(store.list_attributes().await?);
     let coverage = store.ts_partition_coverage().await?;
-    let cache = match resolved.redis_url.as_deref() {
-        Some(url) => Cache::new(url, &resolved.cache_prefix)?,
-        None => Cache::disabled(),
-    };
+    let cache = crate::stack::cache(config)?;
     let (ingestor, pipeline) = Ingestor::start(
         store.clone(),
         cache,

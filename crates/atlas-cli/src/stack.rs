@@ -75,6 +75,10 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
                 urls.replica_urls.join(",")
             );
             println!("export ATLAS_REDIS_URL='{}'", urls.redis_url);
+            println!(
+                "export ATLAS_REDIS_SENTINEL_URLS='{}'",
+                urls.redis_sentinel_urls.join(",")
+            );
             Ok(())
         }
         StackAction::Down { purge, test } => {
@@ -121,6 +125,10 @@ fn with_stack_defaults(config: &Config) -> Result<Config> {
         if config.replica_urls.is_empty() {
             config.replica_urls = urls.replica_urls;
         }
+        // The stack's Redis comes with a replica and a Sentinel: use the master it names.
+        if config.redis_url.is_none() && config.redis_sentinel_urls.is_empty() {
+            config.redis_sentinel_urls = urls.redis_sentinel_urls;
+        }
         config.redis_url.get_or_insert(urls.redis_url);
     }
     Ok(config)
@@ -142,6 +150,12 @@ pub fn admin_url(config: &Config) -> Result<String> {
 pub fn cache(config: &Config) -> Result<atlas_cache::Cache> {
     let config = with_stack_defaults(config)?;
     Ok(match config.redis_url.as_deref() {
+        Some(url) if !config.redis_sentinel_urls.is_empty() => atlas_cache::Cache::with_sentinel(
+            url,
+            &config.redis_sentinel_urls,
+            &config.redis_master_name,
+            &config.cache_prefix,
+        )?,
         Some(url) => atlas_cache::Cache::new(url, &config.cache_prefix)?,
         None => atlas_cache::Cache::disabled(),
     })

@@ -27,6 +27,12 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key, to share one Redis between deployments (default: none).
     pub cache_prefix: String,
+    /// Redis Sentinels (`redis://host:port`): when set, the Redis master's address comes from
+    /// them (asked again whenever the master stops answering); `redis_url` then supplies only
+    /// the credentials and database.
+    pub redis_sentinel_urls: Vec<String>,
+    /// The master's name at the Sentinels.
+    pub redis_master_name: String,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// Bearer token of the admin API.
@@ -213,6 +219,8 @@ impl Default for Config {
             replica_urls: Vec::new(),
             redis_url: None,
             cache_prefix: String::new(),
+            redis_sentinel_urls: Vec::new(),
+            redis_master_name: "atlas".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
             stack_dir: PathBuf::from(".atlas"),
@@ -292,6 +300,14 @@ pub struct ConfigArgs {
     /// Prefix of every Redis key.
     #[arg(long, global = true, env = "ATLAS_CACHE_PREFIX")]
     pub cache_prefix: Option<String>,
+    /// Comma-separated Redis Sentinel URLs.
+    #[arg(
+        long,
+        global = true,
+        env = "ATLAS_REDIS_SENTINEL_URLS",
+        value_delimiter = ','
+    )]
+    pub redis_sentinel_urls: Option<Vec<String>>,
     /// HTTP listen address, e.g. 127.0.0.1:8080.
     #[arg(long, global = true, env = "ATLAS_LISTEN")]
     pub listen: Option<String>,
@@ -365,6 +381,13 @@ impl Config {
             })?;
         }
         set(&mut self.cache_prefix, &args.cache_prefix);
+        if let Some(urls) = &args.redis_sentinel_urls {
+            self.redis_sentinel_urls = urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+        }
         set(&mut self.stack_dir, &args.stack_dir);
         set(&mut self.pool_size, &args.pool_size);
         Ok(())

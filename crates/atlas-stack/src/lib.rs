@@ -105,8 +105,10 @@ pub struct StackUrls {
     pub database_url: String,
     /// `atlas_app` connections to the replicas.
     pub replica_urls: Vec<String>,
-    /// Redis.
+    /// Redis (the primary).
     pub redis_url: String,
+    /// The Redis Sentinel watching the primary and its replica (master name `atlas`).
+    pub redis_sentinel_urls: Vec<String>,
 }
 
 /// Whether each service answers.
@@ -201,16 +203,24 @@ impl Stack {
         let Some(stack) = Self::open(spec)? else {
             return Ok(());
         };
-        let _ = Cmd::new("redis-cli")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &spec.redis_port.to_string(),
-                "--no-auth-warning",
-            ])
-            .args(["-a", &stack.state.redis_password, "shutdown", "nosave"])
-            .output_quiet();
+        // The Sentinel first (it would fail the primary over), then the replica, the primary.
+        let pidfile = spec.dir.join("sentinel").join("sentinel.pid");
+        if let Ok(pid) = fs::read_to_string(&pidfile) {
+            let _ = Cmd::new("kill").arg(pid.trim()).output_quiet();
+            let _ = fs::remove_file(&pidfile);
+        }
+        for port in [spec.redis_port + 1, spec.redis_port] {
+            let _ = Cmd::new("redis-cli")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "--no-auth-warning",
+                ])
+                .args(["-a", &stack.state.redis_password, "shutdown", "nosave"])
+                .output_quiet();
+        }
         for data in [stack.replica_dir(), stack.primary_dir()] {
             if data.join("postmaster.pid").exists() {
                 stack
@@ -269,6 +279,7 @@ impl Stack {
                 "redis://:{}@127.0.0.1:{}/0",
                 self.state.redis_password, self.spec.redis_port
             ),
+            redis_sentinel_urls: vec![format!("redis://127.0.0.1:{}/", self.sentinel_port())],
         }
     }
 
@@ -556,7 +567,124 @@ impl Stack {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
     }
 
+    /// Redis as the seed runs it: a primary, a replica and a Sentinel watching them.
     fn up_redis(&self) -> Result<(), StackError> {
+        self.up_redis_primary()?;
+        self.up_redis_replica()?;
+        self.up_sentinel()
+    }
+
+    /// The Redis replica's port (the primary's + 1).
+    pub fn redis_replica_port(&self) -> u16 {
+        self.spec.redis_port + 1
+    }
+
+    /// The Sentinel's port (the primary's + 2).
+    pub fn sentinel_port(&self) -> u16 {
+        self.spec.redis_port + 2
+    }
+
+    fn ping_port(&self, port: u16, password: bool) -> bool {
+        let mut cmd = Cmd::new("redis-cli").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--no-auth-warning",
+        ]);
+        if password {
+            cmd = cmd.args(["-a", &self.state.redis_password]);
+        }
+        cmd.arg("ping")
+            .output_quiet()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+    }
+
+    fn up_redis_replica(&self) -> Result<(), StackError> {
+        let port = self.redis_replica_port();
+        if self.ping_port(port, true) {
+            return Ok(());
+        }
+        let dir = self.spec.dir.join("redis-replica");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let conf = format!(
+            "# Written by atlas stack.\n\
+             bind 127.0.0.1\n\
+             port {port}\n\
+             protected-mode yes\n\
+             requirepass {password}\n\
+             masterauth {password}\n\
+             replicaof 127.0.0.1 {primary}\n\
+             daemonize yes\n\
+             dir {dir}\n\
+             pidfile {dir}/redis.pid\n\
+             logfile {log}\n\
+             maxmemory 256mb\n\
+             maxmemory-policy allkeys-lru\n\
+             save \"\"\n\
+             appendonly no\n",
+            password = self.state.redis_password,
+            primary = self.spec.redis_port,
+            dir = dir.display(),
+            log = self
+                .spec
+                .dir
+                .join("logs")
+                .join("redis-replica.log")
+                .display(),
+        );
+        let path = dir.join("redis.conf");
+        write_private(&path, &conf)?;
+        Cmd::new("redis-server")
+            .arg(&path.to_string_lossy())
+            .run("starting the Redis replica")?;
+        wait_for(Duration::from_secs(30), || self.ping_port(port, true)).map_err(|()| {
+            StackError::Timeout {
+                what: format!("the Redis replica on port {port}"),
+            }
+        })
+    }
+
+    fn up_sentinel(&self) -> Result<(), StackError> {
+        let port = self.sentinel_port();
+        if self.ping_port(port, false) {
+            return Ok(());
+        }
+        let dir = self.spec.dir.join("sentinel");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Quorum 1 (one Sentinel); a master silent for 1 s is failed over. Sentinel rewrites
+        // this file with what it learns, so it is written afresh at each start.
+        let conf = format!(
+            "# Written by atlas stack.\n\
+             bind 127.0.0.1\n\
+             port {port}\n\
+             daemonize yes\n\
+             dir {dir}\n\
+             pidfile {dir}/sentinel.pid\n\
+             logfile {log}\n\
+             sentinel monitor atlas 127.0.0.1 {primary} 1\n\
+             sentinel auth-pass atlas {password}\n\
+             sentinel down-after-milliseconds atlas 1000\n\
+             sentinel failover-timeout atlas 5000\n",
+            password = self.state.redis_password,
+            primary = self.spec.redis_port,
+            dir = dir.display(),
+            log = self.spec.dir.join("logs").join("sentinel.log").display(),
+        );
+        let path = dir.join("sentinel.conf");
+        write_private(&path, &conf)?;
+        Cmd::new("redis-server")
+            .arg(&path.to_string_lossy())
+            .arg("--sentinel")
+            .run("starting the Redis Sentinel")?;
+        wait_for(Duration::from_secs(30), || self.ping_port(port, false)).map_err(|()| {
+            StackError::Timeout {
+                what: format!("the Redis Sentinel on port {port}"),
+            }
+        })
+    }
+
+    fn up_redis_primary(&self) -> Result<(), StackError> {
         let dir = self.spec.dir.join("redis");
         if self.redis_ping() {
             return Ok(());
