@@ -208,29 +208,30 @@ pub async fn ingest(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let ack = ingestor
-        .submit(rows, durability)
-        .await
-        .map_err(|e| match e {
-            IngestError::QueueFull => {
-                ApiError::Unavailable("the ingest queue is full; retry later".into())
-            }
-            IngestError::ShuttingDown => {
-                ApiError::Unavailable("the server is shutting down; retry".into())
-            }
-            IngestError::Unavailable(_) => {
-                ApiError::Unavailable("the database is unavailable".into())
-            }
-            IngestError::Refused {
-                refused,
-                reason,
-                row,
-            } => ApiError::Conflict {
-                message: format!("{refused} value(s) were not stored: {reason}"),
-                field: fields.get(row).cloned(),
-            },
-            other => ApiError::Internal(other.to_string()),
-        })?;
+    let submitted = ingestor.submit(rows, durability).await;
+    if matches!(submitted, Err(IngestError::Refused { .. })) {
+        // Rows the database refused may have hit a partition dropped since coverage was last
+        // read: re-read it now, so the next such write is a clean 422 on `ts`.
+        let _ = state.time_rules(true).await;
+    }
+    let ack = submitted.map_err(|e| match e {
+        IngestError::QueueFull => {
+            ApiError::Unavailable("the ingest queue is full; retry later".into())
+        }
+        IngestError::ShuttingDown => {
+            ApiError::Unavailable("the server is shutting down; retry".into())
+        }
+        IngestError::Unavailable(_) => ApiError::Unavailable("the database is unavailable".into()),
+        IngestError::Refused {
+            refused,
+            reason,
+            row,
+        } => ApiError::Conflict {
+            message: format!("{refused} value(s) were not stored: {reason}"),
+            field: fields.get(row).cloned(),
+        },
+        other => ApiError::Internal(other.to_string()),
+    })?;
     let (status, label) = match durability {
         Durability::Durable => (StatusCode::OK, "durable"),
         Durability::Staged => (StatusCode::ACCEPTED, "staged"),
