@@ -836,10 +836,7 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let port = crate::support::free_port();
         let mut r = Self { port, child: None };
         r.restart();
         r
@@ -850,28 +847,8 @@ impl OwnRedis {
     }
 
     fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("redis-server: {e}"));
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on {}", self.port);
+        let flags = crate::support::redis_flags(self.port);
+        self.child = Some(crate::support::redis_server(&flags, self.port));
     }
 
     fn stop(&mut self) {

@@ -2,30 +2,13 @@
 //! succeeding from PostgreSQL, Sentinel promotes the replica, and fills and invalidations
 //! resume against it (the cache asks Sentinel again; redis-rs alone would keep the old address).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{Server, call};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn wait_port(port: u16) {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on {port}");
-}
+use crate::support::{Server, call, free_port, redis_flags, redis_server};
 
 /// A Redis primary, its replica and one Sentinel, of this test's own.
 struct Trio {
@@ -42,38 +25,14 @@ impl Trio {
         let dir =
             std::env::temp_dir().join(format!("atlas-sentinel-{}-{}", std::process::id(), ports.2));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let redis = |args: Vec<String>| {
-            Command::new("redis-server")
-                .args(args)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("redis-server: {e}"))
-        };
-        let common = |port: u16| -> Vec<String> {
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect()
-        };
-        let primary = redis(common(ports.0));
-        wait_port(ports.0);
-        let mut args = common(ports.1);
+        let primary = redis_server(&redis_flags(ports.0), ports.0);
+        let mut args = redis_flags(ports.1);
         args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             ports.0.to_string(),
         ]);
-        let replica = redis(args);
-        wait_port(ports.1);
+        let replica = redis_server(&args, ports.1);
         let conf = dir.join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -86,11 +45,10 @@ impl Trio {
             ),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let sentinel = redis(vec![
-            conf.to_string_lossy().into_owned(),
-            "--sentinel".into(),
-        ]);
-        wait_port(ports.2);
+        let sentinel = redis_server(
+            &[conf.to_string_lossy().into_owned(), "--sentinel".into()],
+            ports.2,
+        );
         Trio {
             primary: Some(primary),
             replica,

@@ -76,8 +76,19 @@ pub async fn collect(config: &Config) -> Result<Value> {
         Value::Null
     };
     let partitions = if up {
-        match partition_sizes(&store).await {
-            Ok(list) => {
+        match store.ts_partitions().await {
+            Ok(parts) => {
+                let list: Vec<Value> = parts
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "name": p.name,
+                            "from": p.from.to_rfc3339(),
+                            "to": p.to.to_rfc3339(),
+                            "bytes": p.bytes,
+                        })
+                    })
+                    .collect();
                 let horizon = list
                     .iter()
                     .filter_map(|p| p["to"].as_str())
@@ -96,7 +107,7 @@ pub async fn collect(config: &Config) -> Result<Value> {
                     "list": list,
                 })
             }
-            Err(e) => json!({"error": chain(e.as_ref())}),
+            Err(e) => json!({"error": chain(&e)}),
         }
     } else {
         Value::Null
@@ -148,35 +159,6 @@ pub async fn collect(config: &Config) -> Result<Value> {
         "maintenance": maintenance,
         "alerts": alerts,
     }))
-}
-
-/// Every time-series partition with its bounds and size.
-async fn partition_sizes(
-    store: &atlas_store::Store,
-) -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>> {
-    let client = store.primary().get().await?;
-    let rows = client
-        .query(
-            "SELECT c.relname::text, \
-                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
-                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz, \
-                    pg_total_relation_size(c.oid) \
-             FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'public.entity_values_ts'::regclass ORDER BY 2",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            json!({
-                "name": r.get::<_, String>(0),
-                "from": r.get::<_, chrono::DateTime<chrono::Utc>>(1).to_rfc3339(),
-                "to": r.get::<_, chrono::DateTime<chrono::Utc>>(2).to_rfc3339(),
-                "bytes": r.get::<_, i64>(3),
-            })
-        })
-        .collect())
 }
 
 /// Runs `atlas status`; fails (non-zero exit) when the primary is down.

@@ -127,14 +127,11 @@ impl Monitor {
                 .min(i64::from(i32::MAX)),
         )
         .unwrap_or(i32::MAX);
-        let row = client
-            .query_one(
-                "SELECT backlog, extract(epoch FROM (now() - oldest_staged_at))::float8 FROM public.staging_stats($1)",
-                &[&cap],
-            )
-            .await?;
-        let backlog: i64 = row.get(0);
-        let age: Option<f64> = row.get(1);
+        let staged = self.store.staging_backlog(cap).await?;
+        let backlog = staged.rows;
+        let age: Option<f64> = staged
+            .oldest_staged_at
+            .map(|t| ((Utc::now() - t).num_milliseconds() as f64 / 1000.0).max(0.0));
         alerts.push(alert(
             "staging_backlog",
             Some(backlog as f64),
@@ -157,15 +154,13 @@ impl Monitor {
             ),
         ));
 
-        let horizon: Option<DateTime<Utc>> = client
-            .query_one(
-                "SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz) \
-                 FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
-                 WHERE i.inhparent = 'public.entity_values_ts'::regclass",
-                &[],
-            )
+        let horizon: Option<DateTime<Utc>> = self
+            .store
+            .ts_partition_coverage()
             .await?
-            .get(0);
+            .iter()
+            .map(|r| r.1)
+            .max();
         let days = horizon.map(|h| (h - now).num_seconds() as f64 / 86_400.0);
         let want = self.premake.num_seconds() as f64 / 86_400.0;
         metrics::gauge!("atlas_partition_horizon_days").set(days.unwrap_or(0.0));

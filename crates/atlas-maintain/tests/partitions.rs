@@ -5,23 +5,13 @@ use atlas_testkit::TestDb;
 use chrono::{DateTime, Duration, Utc};
 
 async fn coverage(db: &TestDb) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
-    let admin = db.admin().await;
-    let mut rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = admin
-        .query(
-            "SELECT c.relname::text, \
-                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
-                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'public.entity_values_ts'::regclass",
-            &[],
-        )
+    db.store(1)
+        .ts_partitions()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    rows.sort_by_key(|r| r.1);
-    rows
+        .into_iter()
+        .map(|p| (p.name, p.from, p.to))
+        .collect()
 }
 
 fn contiguous(parts: &[(String, DateTime<Utc>, DateTime<Utc>)]) -> bool {

@@ -16,6 +16,25 @@ CREATE TABLE public.maintenance_runs (
 CREATE INDEX idx_maintenance_runs_task ON public.maintenance_runs (task, finished_at DESC);
 GRANT SELECT, INSERT, DELETE ON public.maintenance_runs TO atlas_app;
 
+-- Name and bounds of every entity_values_ts partition, read from the catalog: the one place
+-- partition bounds are parsed. pg_get_expr prints the bounds in the session's time zone and
+-- they are cast back in the same session, so the zone cannot skew them.
+CREATE FUNCTION public.ts_partition_bounds()
+RETURNS TABLE (relid oid, relname text, lo timestamptz, hi timestamptz)
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid, c.relname::text,
+           (regexp_match(b.expr, 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
+           (regexp_match(b.expr, 'TO \(''([^'']+)''\)'))[1]::timestamptz
+    FROM pg_catalog.pg_inherits i
+    JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS b (expr)
+    WHERE i.inhparent = 'public.entity_values_ts'::regclass
+      AND b.expr LIKE 'FOR VALUES FROM%'
+$$;
+
 -- Extends entity_values_ts forward from its newest partition (or from p_until's month/day
 -- when there is none) with monthly (p_daily false) or daily partitions until the newest
 -- upper bound is at least p_until. Starting from the newest bound, a change of interval
@@ -37,11 +56,7 @@ BEGIN
         RAISE EXCEPTION 'ensure_ts_partitions_until: p_until must be within 20 years'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz)
-           AT TIME ZONE 'UTC'
-    INTO v_lo
-    FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'public.entity_values_ts'::regclass;
+    SELECT max(p.hi) AT TIME ZONE 'UTC' INTO v_lo FROM public.ts_partition_bounds() p;
     IF v_lo IS NULL THEN
         v_lo := date_trunc(CASE WHEN p_daily THEN 'day' ELSE 'month' END, now() AT TIME ZONE 'UTC');
     END IF;
@@ -84,11 +99,10 @@ BEGIN
         RAISE EXCEPTION 'drop_oldest_ts_partition_before: p_lock_timeout_ms must be between 1 and 60000'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT c.relname INTO v_name
-    FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'public.entity_values_ts'::regclass
-      AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz <= p_before
-    ORDER BY (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
+    SELECT p.relname INTO v_name
+    FROM public.ts_partition_bounds() p
+    WHERE p.hi <= p_before
+    ORDER BY p.hi
     LIMIT 1;
     IF v_name IS NULL THEN
         RETURN NULL;
@@ -114,13 +128,11 @@ DECLARE
 BEGIN
     FOR r IN
         SELECT ix.indexrelid
-        FROM pg_catalog.pg_inherits i
-        JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-        JOIN pg_catalog.pg_index ix ON ix.indrelid = c.oid
+        FROM public.ts_partition_bounds() p
+        JOIN pg_catalog.pg_index ix ON ix.indrelid = p.relid
         JOIN pg_catalog.pg_class ic ON ic.oid = ix.indexrelid
         JOIN pg_catalog.pg_am am ON am.oid = ic.relam AND am.amname = 'brin'
-        WHERE i.inhparent = 'public.entity_values_ts'::regclass
-          AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz <= p_now
+        WHERE p.hi <= p_now
     LOOP
         v_total := v_total + brin_summarize_new_values(r.indexrelid);
     END LOOP;
@@ -148,12 +160,14 @@ ALTER FUNCTION public.replication_replay_lag() OWNER TO atlas_definer;
 REVOKE CREATE ON SCHEMA public FROM atlas_definer;
 
 REVOKE EXECUTE ON FUNCTION
+    public.ts_partition_bounds(),
     public.replication_replay_lag(),
     public.ensure_ts_partitions_until(timestamptz, boolean),
     public.drop_oldest_ts_partition_before(timestamptz, integer),
     public.summarize_closed_brin(timestamptz)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
+    public.ts_partition_bounds(),
     public.replication_replay_lag(),
     public.ensure_ts_partitions_until(timestamptz, boolean),
     public.drop_oldest_ts_partition_before(timestamptz, integer),

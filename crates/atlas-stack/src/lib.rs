@@ -548,25 +548,6 @@ impl Stack {
         self.start_pg(&data, self.spec.replica_port, "replica")
     }
 
-    fn redis_cli(&self) -> Cmd {
-        Cmd::new("redis-cli")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.spec.redis_port.to_string(),
-                "--no-auth-warning",
-            ])
-            .args(["-a", &self.state.redis_password])
-    }
-
-    fn redis_ping(&self) -> bool {
-        self.redis_cli()
-            .arg("ping")
-            .output_quiet()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-    }
-
     /// Redis as the seed runs it: a primary, a replica and a Sentinel watching them.
     fn up_redis(&self) -> Result<(), StackError> {
         self.up_redis_primary()?;
@@ -600,132 +581,108 @@ impl Stack {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
     }
 
-    fn up_redis_replica(&self) -> Result<(), StackError> {
-        let port = self.redis_replica_port();
-        if self.ping_port(port, true) {
+    fn redis_ping(&self) -> bool {
+        self.ping_port(self.spec.redis_port, true)
+    }
+
+    /// Writes `<dir>/<name>/<name>.conf` and starts `redis-server` on it (in Sentinel mode, which
+    /// takes no password, when `sentinel`), unless something of ours already answers on
+    /// `port`; waits until it answers.
+    fn start_redis(
+        &self,
+        what: &str,
+        name: &str,
+        port: u16,
+        sentinel: bool,
+        settings: &str,
+    ) -> Result<(), StackError> {
+        let password = !sentinel;
+        if self.ping_port(port, password) {
             return Ok(());
         }
-        let dir = self.spec.dir.join("redis-replica");
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Something answers there, but not as ours: not our Redis.
+            return Err(StackError::PortInUse {
+                port,
+                what: what.into(),
+            });
+        }
+        let dir = self.spec.dir.join(name);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let conf = format!(
             "# Written by atlas stack.\n\
              bind 127.0.0.1\n\
              port {port}\n\
-             protected-mode yes\n\
-             requirepass {password}\n\
-             masterauth {password}\n\
-             replicaof 127.0.0.1 {primary}\n\
              daemonize yes\n\
              dir {dir}\n\
-             pidfile {dir}/redis.pid\n\
+             pidfile {dir}/{name}.pid\n\
              logfile {log}\n\
-             maxmemory 256mb\n\
-             maxmemory-policy allkeys-lru\n\
-             save \"\"\n\
-             appendonly no\n",
-            password = self.state.redis_password,
-            primary = self.spec.redis_port,
+             {settings}",
             dir = dir.display(),
             log = self
                 .spec
                 .dir
                 .join("logs")
-                .join("redis-replica.log")
+                .join(format!("{name}.log"))
                 .display(),
         );
-        let path = dir.join("redis.conf");
+        let path = dir.join(format!("{name}.conf"));
         write_private(&path, &conf)?;
-        Cmd::new("redis-server")
-            .arg(&path.to_string_lossy())
-            .run("starting the Redis replica")?;
-        wait_for(Duration::from_secs(30), || self.ping_port(port, true)).map_err(|()| {
+        let mut cmd = Cmd::new("redis-server").arg(&path.to_string_lossy());
+        if sentinel {
+            cmd = cmd.arg("--sentinel");
+        }
+        cmd.run(&format!("starting {what}"))?;
+        wait_for(Duration::from_secs(30), || self.ping_port(port, password)).map_err(|()| {
             StackError::Timeout {
-                what: format!("the Redis replica on port {port}"),
+                what: format!("{what} on port {port}"),
             }
         })
     }
 
+    /// The seed's cache settings: bounded memory with LRU eviction, no persistence (the cache
+    /// is rebuilt from PostgreSQL).
+    fn redis_data_settings(&self) -> String {
+        format!(
+            "protected-mode yes\n\
+             requirepass {password}\n\
+             maxmemory 256mb\n\
+             maxmemory-policy allkeys-lru\n\
+             save \"\"\n\
+             appendonly no\n",
+            password = self.state.redis_password,
+        )
+    }
+
+    fn up_redis_primary(&self) -> Result<(), StackError> {
+        let settings = self.redis_data_settings();
+        self.start_redis("Redis", "redis", self.spec.redis_port, false, &settings)
+    }
+
+    fn up_redis_replica(&self) -> Result<(), StackError> {
+        let settings = format!(
+            "{}masterauth {}\nreplicaof 127.0.0.1 {}\n",
+            self.redis_data_settings(),
+            self.state.redis_password,
+            self.spec.redis_port
+        );
+        let port = self.redis_replica_port();
+        self.start_redis("the Redis replica", "redis-replica", port, false, &settings)
+    }
+
     fn up_sentinel(&self) -> Result<(), StackError> {
-        let port = self.sentinel_port();
-        if self.ping_port(port, false) {
-            return Ok(());
-        }
-        let dir = self.spec.dir.join("sentinel");
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
         // Quorum 1 (one Sentinel); a master silent for 1 s is failed over. Sentinel rewrites
-        // this file with what it learns, so it is written afresh at each start.
-        let conf = format!(
-            "# Written by atlas stack.\n\
-             bind 127.0.0.1\n\
-             port {port}\n\
-             daemonize yes\n\
-             dir {dir}\n\
-             pidfile {dir}/sentinel.pid\n\
-             logfile {log}\n\
-             sentinel monitor atlas 127.0.0.1 {primary} 1\n\
+        // its file with what it learns, so the file is written afresh at each start.
+        let settings = format!(
+            "sentinel monitor atlas 127.0.0.1 {primary} 1\n\
              sentinel auth-pass atlas {password}\n\
              sentinel down-after-milliseconds atlas 1000\n\
              sentinel failover-timeout atlas 5000\n",
             password = self.state.redis_password,
             primary = self.spec.redis_port,
-            dir = dir.display(),
-            log = self.spec.dir.join("logs").join("sentinel.log").display(),
         );
-        let path = dir.join("sentinel.conf");
-        write_private(&path, &conf)?;
-        Cmd::new("redis-server")
-            .arg(&path.to_string_lossy())
-            .arg("--sentinel")
-            .run("starting the Redis Sentinel")?;
-        wait_for(Duration::from_secs(30), || self.ping_port(port, false)).map_err(|()| {
-            StackError::Timeout {
-                what: format!("the Redis Sentinel on port {port}"),
-            }
-        })
-    }
-
-    fn up_redis_primary(&self) -> Result<(), StackError> {
-        let dir = self.spec.dir.join("redis");
-        if self.redis_ping() {
-            return Ok(());
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", self.spec.redis_port)).is_ok() {
-            // Something answers there, but not with our password: not our Redis.
-            return Err(StackError::PortInUse {
-                port: self.spec.redis_port,
-                what: "Redis".into(),
-            });
-        }
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        // The seed's cache settings: bounded memory with LRU eviction, no persistence (the
-        // cache is rebuilt from PostgreSQL).
-        let conf = format!(
-            "# Written by atlas stack.\n\
-             bind 127.0.0.1\n\
-             port {port}\n\
-             protected-mode yes\n\
-             requirepass {password}\n\
-             daemonize yes\n\
-             dir {dir}\n\
-             pidfile {dir}/redis.pid\n\
-             logfile {log}\n\
-             maxmemory 256mb\n\
-             maxmemory-policy allkeys-lru\n\
-             save \"\"\n\
-             appendonly no\n",
-            port = self.spec.redis_port,
-            password = self.state.redis_password,
-            dir = dir.display(),
-            log = self.spec.dir.join("logs").join("redis.log").display(),
-        );
-        let path = dir.join("redis.conf");
-        write_private(&path, &conf)?;
-        Cmd::new("redis-server")
-            .arg(&path.to_string_lossy())
-            .run("starting Redis")?;
-        wait_for(Duration::from_secs(30), || self.redis_ping()).map_err(|()| StackError::Timeout {
-            what: format!("Redis on port {}", self.spec.redis_port),
-        })
+        let port = self.sentinel_port();
+        self.start_redis("the Redis Sentinel", "sentinel", port, true, &settings)
     }
 }
 

@@ -245,25 +245,53 @@ impl Store {
     }
 }
 
-/// The time ranges that have `entity_values_ts` partitions, read from the catalog (bounds are
-/// cast back to timestamptz in the same session, so the session time zone cannot skew them).
-const PARTITION_BOUNDS: &str = "SELECT (regexp_match(b, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, \
-            (regexp_match(b, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
-     FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS b FROM pg_catalog.pg_inherits i \
-           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
-           WHERE i.inhparent = 'public.entity_values_ts'::regclass) p \
-     WHERE b LIKE 'FOR VALUES FROM%'";
-
 /// A time range `[from, to)` covered by a partition.
 pub type TimeRange = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+
+/// One `entity_values_ts` partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsPartition {
+    /// Its table name.
+    pub name: String,
+    /// Inclusive lower bound.
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// Exclusive upper bound.
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// Size with indexes, in bytes.
+    pub bytes: i64,
+}
 
 impl Store {
     /// The ranges of time `entity_values_ts` has partitions for.
     pub async fn ts_partition_coverage(&self) -> Result<Vec<TimeRange>, StoreError> {
+        Ok(self
+            .ts_partitions()
+            .await?
+            .into_iter()
+            .map(|p| (p.from, p.to))
+            .collect())
+    }
+
+    /// Every `entity_values_ts` partition, oldest first (bounds from `ts_partition_bounds()`,
+    /// the schema's one parser of partition bounds).
+    pub async fn ts_partitions(&self) -> Result<Vec<TsPartition>, StoreError> {
         let client = self.primary.get().await?;
-        let rows = client.query(PARTITION_BOUNDS, &[]).await?;
+        let rows = client
+            .query(
+                "SELECT relname, lo, hi, pg_total_relation_size(relid) \
+                 FROM public.ts_partition_bounds() ORDER BY lo",
+                &[],
+            )
+            .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| {
+                Ok(TsPartition {
+                    name: r.try_get(0)?,
+                    from: r.try_get(1)?,
+                    to: r.try_get(2)?,
+                    bytes: r.try_get(3)?,
+                })
+            })
             .collect()
     }
 }

@@ -193,3 +193,46 @@ pub fn assert_error(status: u16, body: &Value, expected: u16) -> Option<String> 
     );
     err["field"].as_str().map(str::to_owned)
 }
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The flags of a test's own throw-away Redis on `port` (loopback, no persistence).
+pub fn redis_flags(port: u16) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Starts `redis-server args` and waits until `port` accepts connections.
+pub fn redis_server(args: &[String], port: u16) -> std::process::Child {
+    let mut child = std::process::Command::new("redis-server")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e}"));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("redis-server did not start on {port}");
+}
