@@ -594,6 +594,62 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_and_replication_settings_are_read_and_checked() {
+        let config = Config::from_toml(
+            "[maintenance]\npartition_interval = \"day\"\nretention_days = 90\n\
+             [replication]\ndefault_read_consistency = \"eventual\"\n",
+            Path::new("atlas.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.maintenance.partition_interval,
+            PartitionInterval::Day
+        );
+        assert_eq!(config.maintenance.retention_days, 90);
+        assert_eq!(config.replication.default_read_consistency, "eventual");
+        assert!(config.validate().is_ok());
+        for (toml, field) in [
+            ("[maintenance]\ninterval_s = 0\n", "maintenance.interval_s"),
+            (
+                "[maintenance]\nalert_cache_hit_rate = 1.5\n",
+                "maintenance.alert_cache_hit_rate",
+            ),
+            (
+                "[maintenance]\nheartbeat_interval_ms = 10\n",
+                "maintenance.heartbeat_interval_ms",
+            ),
+            (
+                "[replication]\ndefault_read_consistency = \"sometimes\"\n",
+                "replication.default_read_consistency",
+            ),
+            (
+                "[replication]\nbreaker_close_ms = 6000\n",
+                "replication.breaker_close_ms",
+            ),
+            (
+                "[replication]\nlag_check_interval_ms = 1\n",
+                "replication.lag_check_interval_ms",
+            ),
+        ] {
+            let err = Config::from_toml(toml, Path::new("atlas.toml"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+        let err = Config::from_toml(
+            "[maintenance]\npartition_interval = \"week\"\n",
+            Path::new("atlas.toml"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("partition_interval"), "{err}");
+    }
+
+    #[test]
     fn named_config_file_must_exist() {
         let args = ConfigArgs {
             config: Some(PathBuf::from("/nonexistent/atlas.toml")),
