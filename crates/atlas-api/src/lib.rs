@@ -43,6 +43,19 @@ struct Inner {
     ingestor: Option<atlas_ingest::Ingestor>,
     catalog: std::sync::Mutex<Option<(Arc<atlas_ingest::Catalog>, std::time::Instant)>>,
     coverage: std::sync::Mutex<Option<(Coverage, std::time::Instant)>>,
+    analytics: Option<AnalyticsStore>,
+}
+
+/// The analytics store that `atlas cdc` fills: reads with consistency `analytics` of the time
+/// series (latest, series, aggregates) are served from it while it is within its lag budget.
+#[derive(Clone)]
+pub struct AnalyticsStore {
+    /// Pool of `atlas_app` logins to the analytics database.
+    pub pool: atlas_store::Pool,
+    /// The slot whose sink progress measures its lag.
+    pub slot: String,
+    /// Beyond this lag (ms) reads go to the primary instead.
+    pub lag_budget_ms: i64,
 }
 
 /// A single-flight fill's result: the document and where it was read (None: not found).
@@ -119,8 +132,17 @@ impl AppState {
                 ingestor,
                 catalog: std::sync::Mutex::new(None),
                 coverage: std::sync::Mutex::new(None),
+                analytics: None,
             }),
         }
+    }
+
+    /// Serves `analytics` reads of the time series from `store` (call before cloning the state).
+    pub fn with_analytics(mut self, store: AnalyticsStore) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.analytics = Some(store);
+        }
+        self
     }
 
     /// The store.

@@ -72,3 +72,16 @@ pub async fn render() -> Response {
         }
     }
 }
+
+/// Serves only `/metrics` on `listener` until `shutdown` resolves: for processes without the
+/// HTTP API (`atlas cdc`).
+pub async fn serve_metrics_only(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = handle();
+    let app = axum::Router::new().route("/metrics", axum::routing::get(render));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

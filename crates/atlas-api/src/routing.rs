@@ -11,6 +11,7 @@ use axum::response::Response;
 use futures_util::future::BoxFuture;
 
 use atlas_replication::{Consistency, Lsn, Target};
+
 use atlas_store::{StoreError, TenantId, Tx};
 
 use crate::AppState;
@@ -35,7 +36,7 @@ pub enum ConsistencyParam {
     Strong,
     /// A replica within the lag budget, else the primary.
     Eventual,
-    /// The analytics store when there is one; else like eventual.
+    /// The analytics store (time-series reads, within its lag budget); else like eventual.
     Analytics,
 }
 
@@ -144,6 +145,53 @@ impl AppState {
         let v = store.with_tenant(tenant, &f).await?;
         Ok((v, Target::Primary))
     }
+}
+
+impl AppState {
+    /// [`AppState::read`] for reads of the time series, which the analytics store can serve:
+    /// with consistency `analytics` they go there while its lag (the newest applied commit's
+    /// age, measured in the same transaction) is within budget. An analytics store that is
+    /// behind, empty or unreachable hands the read on to the router (never an error).
+    pub(crate) async fn read_series<T, F>(
+        &self,
+        from: ReadFrom,
+        tenant: TenantId,
+        f: F,
+    ) -> Result<(T, Target), ApiError>
+    where
+        T: Send,
+        F: for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<T, StoreError>> + Send + Sync,
+    {
+        if from.consistency == Consistency::Analytics
+            && from.min_lsn.is_none()
+            && let Some(an) = &self.inner.analytics
+        {
+            match analytics_lag(an).await {
+                Ok(Some(lag_ms)) if lag_ms <= an.lag_budget_ms => {
+                    match atlas_store::in_tenant_tx(&an.pool, tenant, &f).await {
+                        Ok(v) => return Ok((v, Target::Analytics { lag_ms })),
+                        Err(e) => fallback("error", &e),
+                    }
+                }
+                Ok(_) => metrics::counter!("atlas_analytics_fallbacks_total", "reason" => "lag")
+                    .increment(1),
+                Err(e) => fallback("error", &e),
+            }
+        }
+        self.read(from, tenant, f).await
+    }
+}
+
+/// The analytics store's lag for its slot (None: it has applied nothing yet).
+async fn analytics_lag(an: &crate::AnalyticsStore) -> Result<Option<i64>, StoreError> {
+    let mut client = an.pool.get().await?;
+    let tx = client.transaction().await?;
+    atlas_store::reads::analytics_lag_ms(&tx, &an.slot).await
+}
+
+fn fallback(reason: &'static str, e: &StoreError) {
+    metrics::counter!("atlas_analytics_fallbacks_total", "reason" => reason).increment(1);
+    tracing::debug!(error = %e, "analytics store read failed; routing elsewhere");
 }
 
 /// Adds `X-Atlas-Served-By` and `X-Atlas-Lag-Ms` (`served_by` overrides the target's name,

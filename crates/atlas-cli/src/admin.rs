@@ -269,6 +269,22 @@ pub async fn serve(config: &Config) -> Result<()> {
         &resolved.replication,
         Some(ingestor),
     );
+    // Analytics reads go to the store `atlas cdc` fills (its own database on the primary's
+    // cluster, read as atlas_app under RLS); until it exists they fall back to the router.
+    let state = match (
+        &resolved.database_url,
+        resolved.cdc.analytics_database.as_str(),
+    ) {
+        (Some(url), name) if !name.is_empty() => {
+            let an_url = atlas_cdc::with_database(url, name)?;
+            state.with_analytics(atlas_api::AnalyticsStore {
+                pool: atlas_store::pool(&an_url, resolved.pool_size.div_ceil(2))?,
+                slot: resolved.cdc.slot_name.clone(),
+                lag_budget_ms: resolved.cdc.lag_budget_ms,
+            })
+        }
+        _ => state,
+    };
     // Replica lag, measured from the heartbeats the leader writes, routes eventual reads.
     let lag_monitor = (!store.replicas().is_empty()).then(|| {
         state.router().spawn_monitor(
@@ -298,7 +314,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "host".into())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_read;
+mod cdc;
 mod demo;
 mod load;
 mod stack;
@@ -73,6 +74,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Logical CDC: stream the publication eav_cdc as Debezium-shaped events to the NDJSON
+    /// files and the analytics store (at-least-once; the store applies each change once).
+    Cdc(cdc::CdcArgs),
     /// Move staged rows into the time series until staging is empty.
     Flush {
         /// Rows per stage_flush call.
@@ -109,6 +113,7 @@ async fn main() -> Result<()> {
         Command::Key { cmd } => admin::key(&config, cmd).await,
         Command::Attribute { cmd } => admin::attribute(&config, cmd).await,
         Command::Status { json } => status::run(&config, json).await,
+        Command::Cdc(args) => cdc::run(&config, &args).await,
         Command::Maintain { what } => {
             let resolved = stack::resolved(&config)?;
             let m = atlas_maintain::Maintainer::new(

@@ -149,8 +149,14 @@ pub async fn collect(config: &Config) -> Result<Value> {
     } else {
         (Value::Null, Value::Null)
     };
+    let cdc = if up {
+        cdc_status(&store, &resolved).await
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "primary": primary,
+        "cdc": cdc,
         "replicas": replicas,
         "wal_senders": wal_senders,
         "redis": redis,
@@ -159,6 +165,53 @@ pub async fn collect(config: &Config) -> Result<Value> {
         "maintenance": maintenance,
         "alerts": alerts,
     }))
+}
+
+/// The CDC slot (what it retains) and the analytics store (how far behind it is).
+async fn cdc_status(store: &atlas_store::Store, config: &Config) -> Value {
+    let slot_name = &config.cdc.slot_name;
+    let slot = match store.primary().get().await {
+        Ok(client) => match atlas_cdc::slot_state(&client, slot_name).await {
+            Ok(Some(s)) => json!({
+                "exists": true,
+                "active": s.active,
+                "retained_wal_bytes": s.retained_bytes,
+                "wal_status": s.wal_status,
+                "confirmed_lsn": atlas_replication::Lsn(s.confirmed_lsn).to_string(),
+            }),
+            Ok(None) => json!({"exists": false}),
+            Err(e) => json!({"error": chain(&e)}),
+        },
+        Err(e) => json!({"error": chain(&e)}),
+    };
+    let analytics = match (&config.database_url, config.cdc.analytics_database.as_str()) {
+        (Some(url), name) if !name.is_empty() => {
+            let probe = async {
+                let url = atlas_cdc::with_database(url, name).map_err(|e| e.to_string())?;
+                let client = atlas_store::connect(&url).await.map_err(|e| chain(&e))?;
+                atlas_cdc::sink_progress(&client, slot_name)
+                    .await
+                    .map_err(|e| chain(&e))
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(Some(p))) => json!({
+                    "state": "up",
+                    "database": name,
+                    "end_lsn": atlas_replication::Lsn(p.end_lsn).to_string(),
+                    "commit_ts": p.commit_ts.to_rfc3339(),
+                    "synced_at": p.synced_at.to_rfc3339(),
+                    "lag_s": (chrono::Utc::now() - p.commit_ts).num_milliseconds() as f64 / 1000.0,
+                    "sink_delay_s": (p.synced_at - p.commit_ts).num_milliseconds() as f64 / 1000.0,
+                    "events": p.events,
+                }),
+                Ok(Ok(None)) => json!({"state": "empty", "database": name}),
+                Ok(Err(e)) => json!({"state": "down", "database": name, "error": e}),
+                Err(_) => json!({"state": "down", "database": name, "error": "timed out"}),
+            }
+        }
+        _ => json!({"state": "unconfigured"}),
+    };
+    json!({"slot_name": slot_name, "slot": slot, "analytics": analytics})
 }
 
 /// Runs `atlas status`; fails (non-zero exit) when the primary is down.
@@ -266,6 +319,50 @@ pub fn render(s: &Value) -> String {
             )
         },
     );
+    let c = &s["cdc"];
+    if !c.is_null() {
+        let slot = &c["slot"];
+        line(
+            "cdc slot",
+            if slot["exists"] == true {
+                format!(
+                    "{} {}, retains {:.1} MB of WAL ({}), confirmed {}",
+                    text(&c["slot_name"]),
+                    if slot["active"] == true {
+                        "active"
+                    } else {
+                        "idle"
+                    },
+                    slot["retained_wal_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+                    text(&slot["wal_status"]),
+                    text(&slot["confirmed_lsn"])
+                )
+            } else if let Some(e) = slot["error"].as_str() {
+                format!("unknown ({e})")
+            } else {
+                format!(
+                    "{} not created (atlas cdc has not run)",
+                    text(&c["slot_name"])
+                )
+            },
+        );
+        let an = &c["analytics"];
+        line(
+            "analytics store",
+            match an["state"].as_str() {
+                Some("up") => format!(
+                    "{}: lag {:.1} s, {} events, last synced {}",
+                    text(&an["database"]),
+                    an["lag_s"].as_f64().unwrap_or(0.0),
+                    text(&an["events"]),
+                    text(&an["synced_at"])
+                ),
+                Some("empty") => format!("{}: nothing applied yet", text(&an["database"])),
+                Some("down") => format!("{}: down ({})", text(&an["database"]), text(&an["error"])),
+                _ => "not configured".into(),
+            },
+        );
+    }
     let runs = s["maintenance"].as_array().cloned().unwrap_or_default();
     let stats = runs.iter().find(|r| r["task"] == "stats_refresh");
     line(

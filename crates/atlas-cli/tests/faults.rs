@@ -10,8 +10,8 @@ use serde_json::json;
 use crate::support::{Serve, fleet, private_stack};
 
 #[derive(Default)]
-struct Outcome {
-    acked: HashSet<(i64, i64)>,
+pub(crate) struct Outcome {
+    pub(crate) acked: HashSet<(i64, i64)>,
     unavailable: usize,
     errors: usize,
     /// Responses other than 200/503, by status (a 500 here is a bug: down means 503).
@@ -21,7 +21,7 @@ struct Outcome {
 
 /// Clients sending one reading per request with unique times, until `until`; records what
 /// was acknowledged. `outage_over` flags successes after the outage ended.
-async fn drive(
+pub(crate) async fn drive(
     base: String,
     key: String,
     entities: Vec<i64>,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cdc;
 mod faults;
 mod load;
 mod replication;

@@ -25,9 +25,20 @@ pub struct Serve {
 impl Serve {
     /// Starts `atlas serve` against a database (and replicas); waits until it answers.
     pub async fn start(database_url: &str, replica_urls: &[String], redis_url: &str) -> Serve {
+        Self::start_with(database_url, replica_urls, redis_url, &[]).await
+    }
+
+    /// [`Serve::start`] with more environment (e.g. `ATLAS_CONFIG`).
+    pub async fn start_with(
+        database_url: &str,
+        replica_urls: &[String],
+        redis_url: &str,
+        env: &[(&str, &str)],
+    ) -> Serve {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_atlas"))
             .arg("serve")
+            .envs(env.iter().copied())
             .env("ATLAS_DATABASE_URL", database_url)
             .env("ATLAS_REPLICA_URLS", replica_urls.join(","))
             .env("ATLAS_REDIS_URL", redis_url)

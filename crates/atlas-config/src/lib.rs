@@ -49,6 +49,45 @@ pub struct Config {
     pub maintenance: Maintenance,
     /// Read routing to replicas.
     pub replication: Replication,
+    /// Logical CDC (`atlas cdc`) and the analytics store.
+    pub cdc: Cdc,
+}
+
+/// Logical CDC and the analytics store (`[cdc]` in `atlas.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cdc {
+    /// The analytics store's database, on the primary's cluster; the server's analytics reads
+    /// and the sink use the primary's URLs with this database name. Empty: no analytics store.
+    pub analytics_database: String,
+    /// The logical replication slot `atlas cdc` reads (created when missing).
+    pub slot_name: String,
+    /// A batch goes to the sinks after this many change events…
+    pub batch_events: usize,
+    /// …or this long after the previous one (ms).
+    pub batch_interval_ms: u64,
+    /// A heartbeat message is written to the WAL this often (ms), so the slot advances and
+    /// the lag stays measured on an idle system.
+    pub heartbeat_interval_ms: u64,
+    /// Directory of the NDJSON sink (one file per table and hour); empty: no NDJSON sink.
+    pub ndjson_dir: String,
+    /// Reads with consistency `analytics` go to the primary when the store is further behind
+    /// than this (ms): the seed's 5-minute budget.
+    pub lag_budget_ms: i64,
+}
+
+impl Default for Cdc {
+    fn default() -> Self {
+        Self {
+            analytics_database: "atlas_analytics".into(),
+            slot_name: "atlas_cdc".into(),
+            batch_events: 10_000,
+            batch_interval_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            ndjson_dir: String::new(),
+            lag_budget_ms: 300_000,
+        }
+    }
 }
 
 /// Read routing (`[replication]` in `atlas.toml`).
@@ -229,6 +268,7 @@ impl Default for Config {
             ingest: Ingest::default(),
             maintenance: Maintenance::default(),
             replication: Replication::default(),
+            cdc: Cdc::default(),
         }
     }
 }
@@ -453,6 +493,36 @@ impl Config {
                 message: "must be between 50 and 60000".into(),
             });
         }
+        let c = &self.cdc;
+        let slot_ok = !c.slot_name.is_empty()
+            && c.slot_name.len() <= 63
+            && c.slot_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let cdc_checks: [(&'static str, bool); 6] = [
+            ("cdc.slot_name", slot_ok),
+            ("cdc.analytics_database", c.analytics_database.len() <= 63),
+            (
+                "cdc.batch_events",
+                (1..=1_000_000).contains(&c.batch_events),
+            ),
+            (
+                "cdc.batch_interval_ms",
+                (10..=600_000).contains(&c.batch_interval_ms),
+            ),
+            (
+                "cdc.heartbeat_interval_ms",
+                (100..=600_000).contains(&c.heartbeat_interval_ms),
+            ),
+            ("cdc.lag_budget_ms", c.lag_budget_ms >= 1),
+        ];
+        if let Some((field, _)) = cdc_checks.iter().find(|(_, ok)| !ok) {
+            return Err(ConfigError::Invalid {
+                field,
+                message: "out of range (see README: CDC; slot names are [a-z0-9_], at most 63)"
+                    .into(),
+            });
+        }
         let m = &self.maintenance;
         let maintenance_checks: [(&'static str, bool); 6] = [
             (
@@ -647,6 +717,39 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(err.contains("partition_interval"), "{err}");
+    }
+
+    #[test]
+    fn cdc_settings_are_read_and_checked() {
+        let config = Config::from_toml(
+            "[cdc]\nslot_name = \"fleet_cdc\"\nbatch_events = 500\nndjson_dir = \"/tmp/cdc\"\n",
+            Path::new("atlas.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cdc.slot_name, "fleet_cdc");
+        assert_eq!(config.cdc.batch_events, 500);
+        assert_eq!(config.cdc.ndjson_dir, "/tmp/cdc");
+        assert_eq!(config.cdc.batch_interval_ms, 30_000);
+        assert!(config.validate().is_ok());
+        for (toml, field) in [
+            ("[cdc]\nslot_name = \"Bad-Slot\"\n", "cdc.slot_name"),
+            ("[cdc]\nslot_name = \"\"\n", "cdc.slot_name"),
+            ("[cdc]\nbatch_events = 0\n", "cdc.batch_events"),
+            ("[cdc]\nbatch_interval_ms = 1\n", "cdc.batch_interval_ms"),
+            (
+                "[cdc]\nheartbeat_interval_ms = 5\n",
+                "cdc.heartbeat_interval_ms",
+            ),
+            ("[cdc]\nlag_budget_ms = 0\n", "cdc.lag_budget_ms"),
+        ] {
+            let err = Config::from_toml(toml, Path::new("atlas.toml"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
     }
 
     #[test]

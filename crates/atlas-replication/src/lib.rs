@@ -244,6 +244,11 @@ pub enum Target {
         /// Its lag when last measured.
         lag_ms: i64,
     },
+    /// The analytics store (filled by `atlas cdc`), `lag_ms` behind the primary's commits.
+    Analytics {
+        /// Commit-to-store lag of the newest change it holds, measured with the read.
+        lag_ms: i64,
+    },
 }
 
 impl Target {
@@ -252,6 +257,7 @@ impl Target {
         match self {
             Target::Primary => "primary".into(),
             Target::Replica { index, .. } => format!("replica-{}", index + 1),
+            Target::Analytics { .. } => "analytics".into(),
         }
     }
 
@@ -259,7 +265,7 @@ impl Target {
     pub fn lag_ms(&self) -> i64 {
         match self {
             Target::Primary => 0,
-            Target::Replica { lag_ms, .. } => *lag_ms,
+            Target::Replica { lag_ms, .. } | Target::Analytics { lag_ms } => *lag_ms,
         }
     }
 }

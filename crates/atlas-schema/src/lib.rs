@@ -11,7 +11,10 @@ mod error;
 mod migrate;
 
 pub use error::SchemaError;
-pub use migrate::{AppLogin, MigrateReport, MigrationState, migrate, migration_status};
+pub use migrate::{
+    AppLogin, MigrateReport, MigrationState, migrate, migrate_set, migration_status,
+    migration_status_of,
+};
 
 /// The role that owns every table of the schema.
 pub const OWNER_ROLE: &str = "atlas_owner";
@@ -33,10 +36,13 @@ pub struct Migration {
 
 macro_rules! migration {
     ($version:literal, $file:literal) => {
+        migration!($version, "migrations", $file)
+    };
+    ($version:literal, $dir:literal, $file:literal) => {
         Migration {
             version: $version,
             name: $file,
-            sql: include_str!(concat!("../migrations/", $file)),
+            sql: include_str!(concat!("../", $dir, "/", $file)),
         }
     };
 }
@@ -54,6 +60,9 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_reads.sql"),
     migration!(10, "0010_maintenance.sql"),
 ];
+
+/// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.
+pub const ANALYTICS_MIGRATIONS: &[Migration] = &[migration!(1, "analytics", "0001_analytics.sql")];
 
 impl Migration {
     /// Hex SHA-256 of the file's text: an applied migration whose file changed is refused.
@@ -85,7 +94,12 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order_and_match_their_files() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        check_set("migrations", MIGRATIONS);
+        check_set("analytics", ANALYTICS_MIGRATIONS);
+    }
+
+    fn check_set(folder: &str, set: &[Migration]) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .filter_map(|e| e.ok())
@@ -93,12 +107,12 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        let listed: Vec<&str> = set.iter().map(|m| m.name).collect();
         assert_eq!(
             files, listed,
-            "every file in migrations/ must be listed in MIGRATIONS"
+            "every file in {folder}/ must be listed in its migration set"
         );
-        for (i, m) in MIGRATIONS.iter().enumerate() {
+        for (i, m) in set.iter().enumerate() {
             let expected = i32::try_from(i + 1).unwrap_or(i32::MAX);
             assert_eq!(m.version, expected, "{} is out of sequence", m.name);
             assert!(

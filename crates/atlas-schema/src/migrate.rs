@@ -113,11 +113,20 @@ pub async fn migrate(
     client: &mut Client,
     app: Option<&AppLogin>,
 ) -> Result<MigrateReport, SchemaError> {
+    migrate_set(client, app, MIGRATIONS).await
+}
+
+/// [`migrate`] with another migration set (the analytics store's own database).
+pub async fn migrate_set(
+    client: &mut Client,
+    app: Option<&AppLogin>,
+    set: &'static [Migration],
+) -> Result<MigrateReport, SchemaError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
         .await
         .map_err(db("taking the migration lock"))?;
-    let result = migrate_locked(client, app).await;
+    let result = migrate_locked(client, app, set).await;
     // Session locks end with the session anyway; unlock so a caller may keep the connection.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
@@ -128,6 +137,7 @@ pub async fn migrate(
 async fn migrate_locked(
     client: &mut Client,
     app: Option<&AppLogin>,
+    set: &'static [Migration],
 ) -> Result<MigrateReport, SchemaError> {
     client
         .batch_execute(BOOTSTRAP_ROLES)
@@ -163,7 +173,7 @@ async fn migrate_locked(
         .await
         .map_err(db("creating the history table"))?;
 
-    let states = migration_status(client).await?;
+    let states = migration_status_of(client, set).await?;
     let mut report = MigrateReport::default();
     for state in states {
         match &state.applied_checksum {
@@ -208,6 +218,14 @@ async fn apply(client: &mut Client, m: &Migration) -> Result<(), SchemaError> {
 /// The state of every embedded migration in the connected database. Fails when the database
 /// has a migration this binary does not know.
 pub async fn migration_status(client: &Client) -> Result<Vec<MigrationState>, SchemaError> {
+    migration_status_of(client, MIGRATIONS).await
+}
+
+/// [`migration_status`] for another migration set.
+pub async fn migration_status_of(
+    client: &Client,
+    set: &'static [Migration],
+) -> Result<Vec<MigrationState>, SchemaError> {
     let exists: bool = client
         .query_one(
             "SELECT to_regclass('public.atlas_schema_migrations') IS NOT NULL",
@@ -232,14 +250,14 @@ pub async fn migration_status(client: &Client) -> Result<Vec<MigrationState>, Sc
     };
     if let Some((version, name, _)) = applied
         .iter()
-        .find(|(v, _, _)| !MIGRATIONS.iter().any(|m| m.version == *v))
+        .find(|(v, _, _)| !set.iter().any(|m| m.version == *v))
     {
         return Err(SchemaError::Unknown {
             version: *version,
             name: name.clone(),
         });
     }
-    Ok(MIGRATIONS
+    Ok(set
         .iter()
         .map(|m| MigrationState {
             migration: *m,

@@ -508,3 +508,16 @@ pub async fn attribute_stats(tx: &Tx<'_>) -> Result<Vec<AttributeStats>, StoreEr
         })
         .collect()
 }
+
+/// In the analytics store: how far (ms) the newest change it applied for `slot` is behind now,
+/// by the primary's commit time; None when the sink has applied nothing yet.
+pub async fn analytics_lag_ms(tx: &Tx<'_>, slot: &str) -> Result<Option<i64>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT (extract(epoch FROM clock_timestamp() - commit_ts) * 1000)::bigint \
+             FROM cdc.sink_progress WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

@@ -189,6 +189,16 @@ impl TestDb {
         panic!("replica connection: {last}")
     }
 
+    /// Name of this test's analytics-store database (dropped with the test database).
+    pub fn analytics_name(&self) -> String {
+        format!("{}_an", self.name)
+    }
+
+    /// Name of this test's logical slot (dropped with the test database).
+    pub fn slot_name(&self) -> String {
+        format!("{}_slot", self.name)
+    }
+
     /// Pools for the app role (primary + replica) with `size` connections each.
     pub fn store(&self, size: usize) -> Store {
         Store::connect(&self.urls.database_url, &self.urls.replica_urls, size)
@@ -208,6 +218,37 @@ impl Drop for TestDb {
             {
                 rt.block_on(async {
                     if let Ok(admin) = connect(&url).await {
+                        // A logical slot keeps its database from being dropped (and would
+                        // retain WAL for ever): end its reader, drop it, then the databases.
+                        let _ = admin
+                            .execute(
+                                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                                 WHERE database = $1 AND active_pid IS NOT NULL",
+                                &[&name],
+                            )
+                            .await;
+                        for _ in 0..50 {
+                            let _ = admin
+                                .execute(
+                                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                                     WHERE database = $1 AND NOT active",
+                                    &[&name],
+                                )
+                                .await;
+                            let left = admin
+                                .query_one(
+                                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                                    &[&name],
+                                )
+                                .await
+                                .map(|r| r.get::<_, i64>(0))
+                                .unwrap_or(0);
+                            if left == 0 {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        let _ = generated(&admin, DROP_DB, &[&format!("{name}_an")]).await;
                         let _ = generated(&admin, DROP_DB, &[&name]).await;
                     }
                 });

@@ -295,7 +295,7 @@ pub async fn latest(
 ) -> Result<Response, ApiError> {
     let (name, attr) = attribute(&state, params.attribute.as_deref()).await?;
     let (found, target) = state
-        .read(from, tenant, move |tx| {
+        .read_series(from, tenant, move |tx| {
             async move { reads::latest(tx, tenant, id, attr).await }.boxed()
         })
         .await?;
@@ -455,7 +455,7 @@ pub async fn series(
         descending: matches!(params.order, Some(Order::Desc)),
     };
     let (items, target) = state
-        .read(from_, tenant, move |tx| {
+        .read_series(from_, tenant, move |tx| {
             let q = q.clone();
             async move { reads::series(tx, tenant, &q).await }.boxed()
         })
@@ -629,7 +629,7 @@ pub async fn aggregates(
     let s = state.clone();
     let load = move || async move {
         let (items, target) = s
-            .read(from_, tenant, move |tx| {
+            .read_series(from_, tenant, move |tx| {
                 let q = q.clone();
                 async move { reads::aggregate(tx, tenant, &q).await }.boxed()
             })

@@ -1,0 +1,451 @@
+//! Where change events go: one [`Sink`] trait, two sinks. A sink returns only once what it
+//! was given is durable; only then is the slot advanced.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{SecondsFormat, Utc};
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value, json};
+use tokio_postgres::Client;
+
+use crate::CdcError;
+use crate::event::{ChangeEvent, Op, Transaction};
+
+/// One batch of committed transactions, in commit order.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The transactions (heartbeat-only ones have no events but still move the position).
+    pub transactions: Vec<Transaction>,
+    /// The source database (the envelope's `source.db`).
+    pub database: String,
+    /// The slot they came from.
+    pub slot: String,
+    /// A chunk of the initial snapshot: applied, but the sink's position is not moved (the
+    /// snapshot is complete only when the batch that follows it, at the slot's start, is).
+    pub snapshot: bool,
+}
+
+impl Batch {
+    /// Number of change events.
+    pub fn events(&self) -> usize {
+        self.transactions.iter().map(|t| t.events.len()).sum()
+    }
+}
+
+/// A destination of change events.
+pub trait Sink: Send {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+    /// Stores the batch durably; may be given a batch again after a crash (at-least-once).
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), CdcError>>;
+    /// Whether the sink has not got the initial snapshot yet (it then gets one before the
+    /// stream, even when the slot already existed).
+    fn needs_snapshot(&mut self) -> BoxFuture<'_, Result<bool, CdcError>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// NDJSON files, one per table and hour of commit time (`DIR/TABLE/YYYY-MM-DDTHH.ndjson`), one
+/// Debezium envelope per line, fsynced before the batch is confirmed. A replay after a crash
+/// may append a line twice; readers deduplicate by `source.lsn` + key.
+#[derive(Debug, Clone)]
+pub struct NdjsonSink {
+    dir: PathBuf,
+}
+
+impl NdjsonSink {
+    /// Writes under `dir` (created when missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn write_blocking(
+        dir: &std::path::Path,
+        files: HashMap<PathBuf, Vec<u8>>,
+    ) -> std::io::Result<()> {
+        for (path, bytes) in files {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
+        }
+        // New files' directory entries must be durable too.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Sink for NdjsonSink {
+    fn name(&self) -> &'static str {
+        "ndjson"
+    }
+
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), CdcError>> {
+        Box::pin(async move {
+            let now_ms = Utc::now().timestamp_millis();
+            let mut files: HashMap<PathBuf, Vec<u8>> = HashMap::new();
+            for tx in &batch.transactions {
+                let hour = tx.commit_ts.format("%Y-%m-%dT%H").to_string();
+                for e in &tx.events {
+                    let path = self.dir.join(&e.table).join(format!("{hour}.ndjson"));
+                    let buf = files.entry(path).or_default();
+                    serde_json::to_writer(&mut *buf, &tx.envelope(e, &batch.database, now_ms))
+                        .map_err(|e| CdcError::Sink(format!("encoding an event: {e}")))?;
+                    buf.push(b'\n');
+                }
+            }
+            if files.is_empty() {
+                return Ok(());
+            }
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || Self::write_blocking(&dir, files))
+                .await
+                .map_err(|e| CdcError::Sink(format!("ndjson writer: {e}")))?
+                .map_err(|e| CdcError::Sink(format!("writing {}: {e}", self.dir.display())))
+        })
+    }
+}
+
+/// A state table of the analytics store: its columns and primary key, read from its catalog.
+#[derive(Debug, Clone)]
+struct TableSpec {
+    columns: Vec<String>,
+    key: Vec<String>,
+}
+
+/// The analytics store (a separate PostgreSQL database, migrations in `analytics/`): each
+/// batch is one transaction that appends every event to `cdc.change_events` (unique by table,
+/// key and LSN), applies the net effect to the state tables, and records the batch's end LSN
+/// in `cdc.sink_progress`. Transactions at or below the recorded LSN are skipped, so a batch
+/// replayed after a crash changes nothing: each change is held exactly once.
+pub struct AnalyticsSink {
+    client: Client,
+    slot: String,
+    tables: HashMap<String, TableSpec>,
+}
+
+/// Events per INSERT statement (bounds the size of one bind parameter).
+const CHUNK: usize = 5_000;
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn db(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CdcError {
+    move |source| CdcError::Db { step, source }
+}
+
+impl AnalyticsSink {
+    /// Connects (as a superuser: the sink writes every tenant's rows) and reads the state
+    /// tables' columns and keys.
+    pub async fn connect(url: &str, slot: &str) -> Result<Self, CdcError> {
+        let client = atlas_store::connect(url)
+            .await
+            .map_err(|e| CdcError::Connect(e.to_string()))?;
+        let rows = client
+            .query(
+                "SELECT c.relname::text, \
+                        array_agg(a.attname::text ORDER BY a.attnum), \
+                        array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum = ANY (i.indkey)) \
+                 FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public' \
+                 JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE c.relkind = 'r' AND c.relname IN ('attributes', 'entities', 'entity_jsonb', 'entity_values_ts') \
+                 GROUP BY c.relname",
+                &[],
+            )
+            .await
+            .map_err(db("reading the analytics tables"))?;
+        let tables: HashMap<String, TableSpec> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    TableSpec {
+                        columns: r.get(1),
+                        key: r.get(2),
+                    },
+                )
+            })
+            .collect();
+        if tables.len() != 4 {
+            return Err(CdcError::Config(
+                "the analytics database is not migrated (run `atlas cdc` once with the admin URL)"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            client,
+            slot: slot.to_owned(),
+            tables,
+        })
+    }
+
+    async fn apply(&mut self, batch: &Batch) -> Result<(), CdcError> {
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(db("starting the batch"))?;
+        if !batch.snapshot {
+            tx.execute(
+                "INSERT INTO cdc.sink_progress (slot_name, end_lsn, commit_ts) VALUES ($1, 0, now()) \
+                 ON CONFLICT (slot_name) DO NOTHING",
+                &[&self.slot],
+            )
+            .await
+            .map_err(db("reading the sink progress"))?;
+        }
+        // FOR UPDATE: two consumers of one slot serialize here instead of interleaving.
+        let done: i64 = if batch.snapshot {
+            -1 // snapshot chunks are all applied (idempotently) and move nothing
+        } else {
+            tx.query_one(
+                "SELECT end_lsn FROM cdc.sink_progress WHERE slot_name = $1 FOR UPDATE",
+                &[&self.slot],
+            )
+            .await
+            .map_err(db("reading the sink progress"))?
+            .get(0)
+        };
+        let fresh: Vec<&Transaction> = batch
+            .transactions
+            .iter()
+            .filter(|t| i64::try_from(t.end_lsn).unwrap_or(i64::MAX) > done)
+            .collect();
+        let Some(last) = fresh.last() else {
+            return tx.commit().await.map_err(db("committing the batch"));
+        };
+
+        let mut history = Vec::new();
+        for t in &fresh {
+            for e in &t.events {
+                history.push(json!({
+                    "table_name": e.table,
+                    "key": e.key,
+                    "lsn": e.lsn,
+                    "op": e.op.code(),
+                    "tx_id": t.xid,
+                    "commit_ts": t.commit_ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+                    "tenant_id": e.tenant_id(),
+                    "before": e.before,
+                    "after": e.after,
+                }));
+            }
+        }
+        for chunk in history.chunks(CHUNK) {
+            tx.execute(
+                "INSERT INTO cdc.change_events (table_name, key, lsn, op, tx_id, commit_ts, tenant_id, before, after) \
+                 SELECT table_name, key, lsn, op, tx_id, commit_ts, tenant_id, before, after \
+                 FROM jsonb_to_recordset($1::jsonb) AS x(table_name text, key jsonb, lsn bigint, op char(1), \
+                      tx_id bigint, commit_ts timestamptz, tenant_id bigint, before jsonb, after jsonb) \
+                 ON CONFLICT (table_name, key, lsn) DO NOTHING",
+                &[&Value::Array(chunk.to_vec())],
+            )
+            .await
+            .map_err(db("appending change events"))?;
+        }
+
+        // Net effect per table and key; a truncate applies what came before it first.
+        let mut pending: HashMap<String, NetChanges> = HashMap::new();
+        for t in &fresh {
+            for e in &t.events {
+                if !self.tables.contains_key(&e.table) {
+                    continue; // published later than this analytics schema knows of
+                }
+                if e.op == Op::Truncate {
+                    if let Some(net) = pending.remove(&e.table) {
+                        Self::flush_table(&self.tables, &tx, &e.table, net).await?;
+                    }
+                    tx.batch_execute(&format!("TRUNCATE public.{}", quote(&e.table)))
+                        .await
+                        .map_err(db("truncating a state table"))?;
+                    continue;
+                }
+                pending.entry(e.table.clone()).or_default().add(e, t);
+            }
+        }
+        for (table, net) in pending {
+            Self::flush_table(&self.tables, &tx, &table, net).await?;
+        }
+
+        let events = i64::try_from(history.len()).unwrap_or(i64::MAX);
+        let end = i64::try_from(last.end_lsn).unwrap_or(i64::MAX);
+        if !batch.snapshot {
+            tx.execute(
+                "UPDATE cdc.sink_progress SET end_lsn = $2, commit_ts = $3, synced_at = now(), \
+                 events = events + $4 WHERE slot_name = $1",
+                &[&self.slot, &end, &last.commit_ts, &events],
+            )
+            .await
+            .map_err(db("recording the sink progress"))?;
+        }
+        tx.commit().await.map_err(db("committing the batch"))
+    }
+
+    async fn flush_table(
+        tables: &HashMap<String, TableSpec>,
+        tx: &tokio_postgres::Transaction<'_>,
+        table: &str,
+        net: NetChanges,
+    ) -> Result<(), CdcError> {
+        let Some(spec) = tables.get(table) else {
+            return Ok(());
+        };
+        let net = net.finish();
+        let t = format!("public.{}", quote(table));
+        let key_match = spec
+            .key
+            .iter()
+            .map(|k| format!("t.{0} = k.{0}", quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        if !net.deletes.is_empty() {
+            for chunk in net.deletes.chunks(CHUNK) {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {t} t USING jsonb_populate_recordset(NULL::{t}, $1::jsonb) k WHERE {key_match}"
+                    ),
+                    &[&Value::Array(chunk.to_vec())],
+                )
+                .await
+                .map_err(db("applying deletes"))?;
+            }
+        }
+        // Rows group by which columns they carry (unchanged TOAST is left as stored).
+        let mut groups: HashMap<Vec<String>, Vec<Value>> = HashMap::new();
+        for (row, missing) in net.upserts {
+            groups.entry(missing).or_default().push(Value::Object(row));
+        }
+        let key_list = spec
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (missing, rows) in groups {
+            let set = spec
+                .columns
+                .iter()
+                .filter(|c| !spec.key.contains(c) && !missing.contains(c))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let action = if set.is_empty() {
+                "NOTHING".to_owned()
+            } else {
+                format!("UPDATE SET {set}")
+            };
+            let sql = format!(
+                "INSERT INTO {t} AS t SELECT * FROM jsonb_populate_recordset(NULL::{t}, $1::jsonb) \
+                 ON CONFLICT ({key_list}) DO {action}"
+            );
+            for chunk in rows.chunks(CHUNK) {
+                tx.execute(&sql, &[&Value::Array(chunk.to_vec())])
+                    .await
+                    .map_err(db("applying inserts and updates"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A row to upsert and the columns it does not carry (unchanged TOAST).
+type Image = (Map<String, Value>, Vec<String>);
+
+/// The net effect of a run of events on one table: the last image of each key (None: gone).
+#[derive(Debug, Default)]
+struct NetChanges {
+    order: Vec<String>,
+    last: HashMap<String, Option<Image>>,
+    deletes: Vec<Value>,
+    upserts: Vec<Image>,
+}
+
+impl NetChanges {
+    fn set(&mut self, key: String, image: Option<Image>) {
+        if !self.last.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.last.insert(key, image);
+    }
+
+    fn add(&mut self, e: &ChangeEvent, t: &Transaction) {
+        let key = Value::Object(e.key.clone()).to_string();
+        match (&e.op, &e.after) {
+            (Op::Delete, _) | (_, None) => self.set(key, None),
+            // Create, update and snapshot read all leave the row as `after` says.
+            (_, Some(after)) => {
+                // An update that changed the key removes the old one.
+                if let Some(before) = &e.before {
+                    let old_key: Map<String, Value> = e
+                        .key
+                        .keys()
+                        .map(|k| (k.clone(), before.get(k).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    if old_key != e.key {
+                        self.set(Value::Object(old_key).to_string(), None);
+                    }
+                }
+                let mut row = after.clone();
+                for c in &e.unavailable {
+                    row.remove(c);
+                }
+                row.insert("_lsn".into(), Value::from(e.lsn));
+                row.insert(
+                    "_commit_ts".into(),
+                    Value::String(t.commit_ts.to_rfc3339_opts(SecondsFormat::Micros, true)),
+                );
+                self.set(key, Some((row, e.unavailable.clone())));
+            }
+        }
+    }
+
+    fn finish(mut self) -> Self {
+        for key in std::mem::take(&mut self.order) {
+            match self.last.remove(&key).flatten() {
+                Some(image) => self.upserts.push(image),
+                None => {
+                    if let Ok(Value::Object(k)) = serde_json::from_str::<Value>(&key) {
+                        self.deletes.push(Value::Object(k));
+                    }
+                }
+            }
+        }
+        self
+    }
+}
+
+impl Sink for AnalyticsSink {
+    fn name(&self) -> &'static str {
+        "analytics"
+    }
+
+    fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), CdcError>> {
+        Box::pin(self.apply(batch))
+    }
+
+    fn needs_snapshot(&mut self) -> BoxFuture<'_, Result<bool, CdcError>> {
+        Box::pin(async move {
+            let row = self
+                .client
+                .query_opt(
+                    "SELECT 1 FROM cdc.sink_progress WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await
+                .map_err(db("reading the sink progress"))?;
+            Ok(row.is_none())
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! `atlas cdc`: the logical CDC consumer — slot `cdc.slot_name` on the primary's Atlas
+//! database, NDJSON files under `cdc.ndjson_dir`, the analytics store `cdc.analytics_database`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use atlas_cdc::{AnalyticsSink, Consumer, NdjsonSink, Settings, Sink, Source};
+use atlas_config::Config;
+
+/// Options of `atlas cdc`.
+#[derive(Debug, clap::Args)]
+pub struct CdcArgs {
+    /// Deliver what the slot holds now, print a summary and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Drop the slot (releasing the WAL it retains) and exit.
+    #[arg(long)]
+    pub drop_slot: bool,
+    /// Test hook: stop after the sinks confirmed a batch, before the slot advance.
+    #[arg(long, hide = true)]
+    pub pause_before_advance: bool,
+}
+
+/// The URLs CDC uses: the slot's database and the analytics store, both as the admin (a
+/// superuser may use slots and writes every tenant's rows).
+pub(crate) fn urls(config: &Config) -> Result<(String, Option<String>)> {
+    let resolved = crate::stack::resolved(config)?;
+    let Some(admin) = resolved.admin_database_url else {
+        bail!("atlas cdc needs admin_database_url (a role that may use replication slots)");
+    };
+    let analytics = if resolved.cdc.analytics_database.is_empty() {
+        None
+    } else {
+        Some(atlas_cdc::with_database(
+            &admin,
+            &resolved.cdc.analytics_database,
+        )?)
+    };
+    Ok((admin, analytics))
+}
+
+async fn consumer(config: &Config, args: &CdcArgs) -> Result<Consumer> {
+    let (admin, analytics) = urls(config)?;
+    let c = &config.cdc;
+    let source = Source::connect(&admin, &c.slot_name).await?;
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if !c.ndjson_dir.is_empty() {
+        sinks.push(Box::new(NdjsonSink::new(&c.ndjson_dir)));
+    }
+    if let Some(url) = &analytics {
+        atlas_cdc::prepare_analytics(&admin, &c.analytics_database)
+            .await
+            .context("preparing the analytics store")?;
+        sinks.push(Box::new(AnalyticsSink::connect(url, &c.slot_name).await?));
+    }
+    if sinks.is_empty() {
+        bail!("no sink: set cdc.ndjson_dir and/or cdc.analytics_database");
+    }
+    let mut consumer = Consumer::new(
+        source,
+        sinks,
+        Settings {
+            batch_events: c.batch_events,
+            batch_interval: Duration::from_millis(c.batch_interval_ms),
+            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+            pause_before_advance: args.pause_before_advance,
+        },
+    );
+    let rows = consumer.start(&admin).await?;
+    if rows > 0 {
+        tracing::info!(slot = %c.slot_name, rows, "initial snapshot delivered");
+    }
+    Ok(consumer)
+}
+
+/// Runs `atlas cdc`.
+pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
+    let config = crate::stack::resolved(config)?;
+    if args.drop_slot {
+        let (admin, _) = urls(&config)?;
+        Source::connect(&admin, &config.cdc.slot_name)
+            .await?
+            .drop_slot()
+            .await?;
+        println!("dropped slot {}", config.cdc.slot_name);
+        return Ok(());
+    }
+    if args.once {
+        let mut c = consumer(&config, args).await?;
+        let started = std::time::Instant::now();
+        // A heartbeat first: the store's newest commit time is then "now", not the last write.
+        c.heartbeat_if_due().await?;
+        let report = c.drain().await?;
+        let state = c.export_slot_state().await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "transactions": report.transactions,
+                "events": report.events,
+                "end_lsn": report.end_lsn,
+                "lag_ms": report.lag_ms,
+                "seconds": started.elapsed().as_secs_f64(),
+                "retained_wal_bytes": state.map(|s| s.retained_bytes),
+            })
+        );
+        return Ok(());
+    }
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let mut s = stop.clone();
+        tokio::spawn(atlas_api::metrics::serve_metrics_only(
+            listener,
+            async move {
+                let _ = s.changed().await;
+            },
+        ));
+    }
+    tokio::spawn(async move {
+        crate::admin::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(slot = %config.cdc.slot_name, "atlas cdc running");
+    // A lost connection (restart, failover) is retried from the slot's confirmed position:
+    // nothing the sinks did not confirm was advanced past.
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = match consumer(&config, args).await {
+            Ok(mut c) => {
+                backoff = Duration::from_millis(200);
+                c.run(&mut stop).await.map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e),
+        };
+        if *stop.borrow() {
+            tracing::info!("atlas cdc stopped");
+            return Ok(());
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis(), "cdc failed; reconnecting");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

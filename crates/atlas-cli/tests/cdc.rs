@@ -1,0 +1,434 @@
+//! `atlas cdc` as a process, with `atlas serve` ingesting: a kill -9 between the sink write
+//! and the slot advance loses and duplicates nothing; a stopped consumer makes the slot retain
+//! WAL (reported by `atlas status`) and catches up without loss; analytics reads are served
+//! from the store while it is within budget.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use atlas_testkit::{TestDb, connect};
+use serde_json::Value;
+
+use crate::faults::{Outcome, drive};
+use crate::support::{Serve, fleet};
+
+/// A config file naming this test's slot, analytics database and NDJSON directory.
+fn config_file(db: &TestDb, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cdc-{}", db.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let ndjson = dir.join("ndjson");
+    let path = dir.join("atlas.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cdc]\nslot_name = \"{}\"\nanalytics_database = \"{}\"\nndjson_dir = \"{}\"\n\
+             batch_events = 200\nbatch_interval_ms = 100\nheartbeat_interval_ms = 500\n{extra}",
+            db.slot_name(),
+            db.analytics_name(),
+            ndjson.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (path, ndjson)
+}
+
+fn atlas(db: &TestDb, config: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_atlas"));
+    c.env("ATLAS_CONFIG", config)
+        .env("ATLAS_ADMIN_DATABASE_URL", &db.urls.admin_database_url)
+        .env("ATLAS_DATABASE_URL", &db.urls.database_url)
+        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
+        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
+        .env("ATLAS_LOG", "warn");
+    c
+}
+
+fn run_once(db: &TestDb, config: &std::path::Path) -> Value {
+    let out = atlas(db, config)
+        .args(["cdc", "--once"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn status(db: &TestDb, config: &std::path::Path) -> Value {
+    let out = atlas(db, config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Ingest through `atlas serve` in the background; returns a stopper.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+impl Load {
+    async fn start(serve: &Serve) -> Load {
+        let (key, entities) = fleet(&serve.base, 20).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(drive(
+            serve.base.clone(),
+            key,
+            entities,
+            Arc::clone(&stop),
+            Arc::new(AtomicBool::new(false)),
+            Arc::clone(&acked),
+        ));
+        Load { stop, acked, task }
+    }
+
+    async fn until_acked(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acked.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(self.acked.load(Ordering::SeqCst) >= n, "the load runs");
+    }
+
+    async fn finish(self) -> Outcome {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+type Reading = (i64, i64, i64);
+
+async fn readings(url: &str, table: &str) -> Vec<Reading> {
+    let c = connect(url).await.unwrap_or_else(|e| panic!("{e}"));
+    c.query(
+        &format!(
+            "SELECT entity_id, attribute_id, (extract(epoch FROM ingested_at) * 1000000)::bigint FROM {table} ORDER BY 1, 2, 3"
+        ),
+        &[],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+async fn scalar(url: &str, sql: &str) -> i64 {
+    connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
+}
+
+fn analytics_url(db: &TestDb) -> String {
+    let mut u = url::Url::parse(&db.urls.admin_database_url).unwrap_or_else(|e| panic!("{e}"));
+    u.set_path(&format!("/{}", db.analytics_name()));
+    u.to_string()
+}
+
+/// Every row of the primary is in the analytics store once, and the history holds each
+/// insert once.
+async fn assert_store_matches_primary(db: &TestDb) -> usize {
+    let primary = readings(&db.urls.admin_database_url, "entity_values_ts").await;
+    let an = analytics_url(db);
+    let copy = readings(&an, "public.entity_values_ts").await;
+    assert_eq!(
+        copy.len(),
+        primary.len(),
+        "rows in the store vs the primary"
+    );
+    assert!(
+        copy == primary,
+        "the store holds exactly the primary's rows"
+    );
+    // Rows stored before the slot existed come as snapshot reads, the rest as inserts.
+    let inserts = scalar(
+        &an,
+        "SELECT count(*) FROM cdc.change_events WHERE table_name = 'entity_values_ts' AND op = 'c'",
+    )
+    .await;
+    let rows_seen = scalar(
+        &an,
+        "SELECT count(DISTINCT key) FROM cdc.change_events WHERE table_name = 'entity_values_ts' AND op IN ('r', 'c')",
+    )
+    .await;
+    assert_eq!(
+        usize::try_from(rows_seen).unwrap_or(0),
+        primary.len(),
+        "every row in the history"
+    );
+    assert!(inserts > 0);
+    let applied = scalar(&an, "SELECT sum(events)::bigint FROM cdc.sink_progress").await;
+    let held = scalar(
+        &an,
+        "SELECT count(*) FROM cdc.change_events WHERE op <> 'r'",
+    )
+    .await;
+    assert_eq!(applied, held, "every streamed event is in the history once");
+    primary.len()
+}
+
+fn ndjson_readings(dir: &std::path::Path) -> HashSet<Reading> {
+    let mut out = HashSet::new();
+    let Ok(files) = std::fs::read_dir(dir.join("entity_values_ts")) else {
+        return out;
+    };
+    for f in files {
+        let text = std::fs::read_to_string(f.unwrap_or_else(|e| panic!("{e}")).path())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}"));
+            let a = &v["after"];
+            if v["op"] != "c" && v["op"] != "r" {
+                continue;
+            }
+            let at = chrono::DateTime::parse_from_rfc3339(a["ingested_at"].as_str().unwrap_or(""))
+                .unwrap_or_else(|e| panic!("{e}"));
+            out.insert((
+                a["entity_id"].as_i64().unwrap_or(0),
+                a["attribute_id"].as_i64().unwrap_or(0),
+                at.timestamp_micros(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_between_sink_write_and_slot_advance_loses_and_duplicates_nothing() {
+    let db = TestDb::new().await;
+    let (config, ndjson) = config_file(&db, "");
+    let serve = Serve::start(&db.urls.database_url, &[], &db.urls.redis_url).await;
+    let load = Load::start(&serve).await;
+    load.until_acked(50).await;
+
+    // A consumer that stops right after its sinks confirmed a batch…
+    let mut child = atlas(&db, &config)
+        .args(["cdc", "--pause-before-advance"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut paused = Killed(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("pausing before the slot advance") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the consumer never wrote a batch: {e}"));
+    // …is killed there: the store has the batch, the slot has not moved past it.
+    paused.0.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = paused.0.wait();
+    let an = analytics_url(&db);
+    let sunk = scalar(&an, "SELECT end_lsn FROM cdc.sink_progress").await;
+    let admin = connect(&db.urls.admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let confirmed: i64 = admin
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot_name()],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert!(
+        confirmed < sunk,
+        "killed before the advance: slot {confirmed} < sink {sunk}"
+    );
+    let in_store_before = scalar(&an, "SELECT count(*) FROM cdc.change_events").await;
+    assert!(in_store_before > 0, "the batch reached the store");
+
+    // Ingest goes on, then the consumer is restarted and drains.
+    load.until_acked(load.acked.load(Ordering::SeqCst) + 50)
+        .await;
+    let outcome = load.finish().await;
+    let report = run_once(&db, &config);
+    assert!(report["events"].as_u64().unwrap_or(0) > 0, "{report}");
+
+    let n = assert_store_matches_primary(&db).await;
+    assert!(
+        n >= outcome.acked.len(),
+        "{n} stored, {} acked",
+        outcome.acked.len()
+    );
+    // NDJSON is at-least-once: every row is there (the replayed batch may be twice).
+    let files = ndjson_readings(&ndjson);
+    let primary: HashSet<Reading> = readings(&db.urls.admin_database_url, "entity_values_ts")
+        .await
+        .into_iter()
+        .collect();
+    assert!(
+        primary.is_subset(&files),
+        "{} rows missing from NDJSON",
+        primary.difference(&files).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
+    let db = TestDb::new().await;
+    let (config, _) = config_file(&db, "[maintenance]\nalert_slot_retained_bytes = 65536\n");
+    let serve = Serve::start(&db.urls.database_url, &[], &db.urls.redis_url).await;
+    let first = run_once(&db, &config); // creates the slot and the store
+    assert_eq!(first["events"], 0, "{first}");
+    let s0 = status(&db, &config);
+    let r0 = s0["cdc"]["slot"]["retained_wal_bytes"]
+        .as_i64()
+        .unwrap_or(-1);
+    assert!(r0 >= 0, "{}", s0["cdc"]);
+
+    // Ingest while no consumer runs: the slot keeps the WAL.
+    let load = Load::start(&serve).await;
+    load.until_acked(400).await;
+    let s1 = status(&db, &config);
+    let r1 = s1["cdc"]["slot"]["retained_wal_bytes"]
+        .as_i64()
+        .unwrap_or(-1);
+    assert!(r1 > r0 + 65_536, "retained WAL grows: {r0} → {r1}");
+    assert_eq!(s1["cdc"]["slot"]["active"], false);
+    let alerts = s1["alerts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        alerts.iter().any(|a| a["alert"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("slot_retained_wal"))
+            && a["firing"] == true),
+        "the retained-WAL alert fires: {alerts:?}"
+    );
+
+    // A consumer started while the load still runs catches up; then the load stops.
+    let consumer = Killed(
+        atlas(&db, &config)
+            .args(["cdc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    load.until_acked(load.acked.load(Ordering::SeqCst) + 200)
+        .await;
+    let outcome = load.finish().await;
+    let primary = readings(&db.urls.admin_database_url, "entity_values_ts")
+        .await
+        .len();
+    let an = analytics_url(&db);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scalar(&an, "SELECT count(*) FROM public.entity_values_ts").await
+        < i64::try_from(primary).unwrap_or(0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(consumer);
+    let n = assert_store_matches_primary(&db).await;
+    assert!(n >= outcome.acked.len());
+    let s2 = status(&db, &config);
+    let r2 = s2["cdc"]["slot"]["retained_wal_bytes"]
+        .as_i64()
+        .unwrap_or(-1);
+    assert!(r2 < r1, "caught up, the slot released WAL: {r1} → {r2}");
+    assert_eq!(s2["cdc"]["analytics"]["state"], "up", "{}", s2["cdc"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn analytics_reads_are_served_by_the_store_within_budget() {
+    let db = TestDb::new().await;
+    let (config, _) = config_file(&db, "lag_budget_ms = 3000\n");
+    let cfg = config.to_string_lossy().into_owned();
+    let serve = Serve::start_with(
+        &db.urls.database_url,
+        &[],
+        &db.urls.redis_url,
+        &[("ATLAS_CONFIG", &cfg)],
+    )
+    .await;
+    let (key, entities) = fleet(&serve.base, 2).await;
+    let http = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let body: Vec<Value> = (0..10)
+        .map(|i| serde_json::json!({"entity_id": entities[0], "ts": now - 60_000 + i * 1000, "values": {"priority": i}}))
+        .collect();
+    let r = http
+        .post(format!("{}/v1/telemetry", serve.base))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    let series = |consistency: &'static str| {
+        let (http, base, key) = (http.clone(), serve.base.clone(), key.clone());
+        let id = entities[0];
+        async move {
+            let r = http
+                .get(format!(
+                    "{base}/v1/entities/{id}/series?attribute=priority&from={}&to={}&consistency={consistency}",
+                    now - 3_600_000,
+                    now + 60_000
+                ))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.status(), 200);
+            let by = r
+                .headers()
+                .get("x-atlas-served-by")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body: Value = r.json().await.unwrap_or_else(|e| panic!("{e}"));
+            (by, body)
+        }
+    };
+    // Before the store has anything, analytics reads fall back and still answer.
+    let (by, _) = series("analytics").await;
+    assert_ne!(by, "analytics");
+
+    run_once(&db, &config);
+    let (by, from_store) = series("analytics").await;
+    assert_eq!(by, "analytics");
+    let (by, from_primary) = series("strong").await;
+    assert_eq!(by, "primary");
+    assert_eq!(
+        from_store, from_primary,
+        "the store answers as the primary does"
+    );
+    assert_eq!(from_store["items"].as_array().map(Vec::len), Some(10));
+
+    // Past the budget (no consumer, no heartbeats) the primary answers.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (by, late) = series("analytics").await;
+    assert_eq!(by, "primary");
+    assert_eq!(late, from_primary);
+}
