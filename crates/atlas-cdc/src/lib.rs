@@ -108,6 +108,11 @@ impl Consumer {
     /// that completes it. Returns the number of snapshot rows (0: none was needed).
     pub async fn start(&mut self, snapshot_url: &str) -> Result<usize, CdcError> {
         let created = self.source.ensure_slot().await?;
+        if created {
+            for sink in &mut self.sinks {
+                sink.reset_state().await?;
+            }
+        }
         let mut needed = created;
         for sink in &mut self.sinks {
             needed |= sink.needs_snapshot().await?;

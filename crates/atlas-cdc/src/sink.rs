@@ -35,7 +35,7 @@ impl Batch {
 }
 
 /// A destination of change events.
-pub trait Sink: Send {
+pub trait Sink: Send + Sync {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
     /// Stores the batch durably; may be given a batch again after a crash (at-least-once).
@@ -44,6 +44,11 @@ pub trait Sink: Send {
     /// stream, even when the slot already existed).
     fn needs_snapshot(&mut self) -> BoxFuture<'_, Result<bool, CdcError>> {
         Box::pin(async { Ok(false) })
+    }
+    /// A new slot starts from a new snapshot: forget any state derived from an earlier one
+    /// (rows deleted since would otherwise stay).
+    fn reset_state(&mut self) -> BoxFuture<'_, Result<(), CdcError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -433,6 +438,32 @@ impl Sink for AnalyticsSink {
 
     fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), CdcError>> {
         Box::pin(self.apply(batch))
+    }
+
+    fn reset_state(&mut self) -> BoxFuture<'_, Result<(), CdcError>> {
+        Box::pin(async move {
+            let tables: Vec<String> = self
+                .tables
+                .keys()
+                .map(|t| format!("public.{}", quote(t)))
+                .collect();
+            // The history stays: it is what happened. The progress goes with the state.
+            let tx = self
+                .client
+                .transaction()
+                .await
+                .map_err(db("resetting the state tables"))?;
+            tx.batch_execute(&format!("TRUNCATE {}", tables.join(", ")))
+                .await
+                .map_err(db("resetting the state tables"))?;
+            tx.execute(
+                "DELETE FROM cdc.sink_progress WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(db("resetting the state tables"))?;
+            tx.commit().await.map_err(db("resetting the state tables"))
+        })
     }
 
     fn needs_snapshot(&mut self) -> BoxFuture<'_, Result<bool, CdcError>> {

@@ -237,7 +237,26 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
         ]
     );
 
-    // Tenant isolation holds in the analytics store too.
+    // Tenant isolation holds in the analytics store too: forced RLS on every tenant table…
+    let unforced: Vec<String> = an
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' \
+             WHERE c.relkind = 'r' AND n.nspname IN ('public', 'cdc') \
+               AND NOT (c.relrowsecurity AND c.relforcerowsecurity AND \
+                        EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        unforced.is_empty(),
+        "tenant tables without forced RLS: {unforced:?}"
+    );
+    // …and the app role sees nothing without a tenant, only its tenant's rows with one.
     let app = connect(&with_database(&db.urls.database_url, &db.analytics_name()).unwrap())
         .await
         .unwrap();

@@ -25,6 +25,9 @@ pub enum BenchCmd {
     Ingest(IngestArgs),
     /// Read latencies of every read endpoint, on cache hit and miss, at a fixed rate.
     Read(crate::bench_read::ReadArgs),
+    /// CDC: events/s from the slot to the analytics store, and commit-to-store lag at a
+    /// steady ingest rate.
+    Cdc(crate::bench_cdc::CdcArgs),
 }
 
 /// `atlas bench ingest` options.
@@ -62,12 +65,15 @@ pub struct IngestArgs {
 
 const VALUES_PER_READING: u64 = 5;
 const BENCH_DB: &str = "atlas_bench";
+/// The analytics store of `atlas bench cdc`.
+pub(crate) const BENCH_ANALYTICS_DB: &str = "atlas_bench_analytics";
 
 /// Runs a bench verb.
 pub async fn run(config: &Config, cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ingest(args) => ingest(config, &args).await,
         BenchCmd::Read(args) => crate::bench_read::run(config, &args).await,
+        BenchCmd::Cdc(args) => crate::bench_cdc::run(config, &args).await,
     }
 }
 
@@ -389,11 +395,26 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
 /// Drops and recreates the `atlas_bench` database on the local stack and migrates it.
 pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres::Client)> {
     let admin = crate::connect(&stack.urls_for("postgres").admin_database_url).await?;
-    for generator in [
-        "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
-        "SELECT format('CREATE DATABASE %I', $1::text)",
+    // A logical slot (left by `atlas bench cdc`) keeps its database from being dropped.
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = $1 AND NOT active",
+            &[&BENCH_DB],
+        )
+        .await?;
+    for (generator, db) in [
+        (
+            "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+            BENCH_ANALYTICS_DB,
+        ),
+        (
+            "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+            BENCH_DB,
+        ),
+        ("SELECT format('CREATE DATABASE %I', $1::text)", BENCH_DB),
     ] {
-        let stmt: String = admin.query_one(generator, &[&BENCH_DB]).await?.get(0);
+        let stmt: String = admin.query_one(generator, &[&db]).await?.get(0);
         admin.batch_execute(&stmt).await?;
     }
     let urls = stack.urls_for(BENCH_DB);

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_cdc;
 mod bench_read;
 mod cdc;
 mod demo;
