@@ -120,12 +120,26 @@ impl Sink for NdjsonSink {
     }
 }
 
-/// A state table of the analytics store: its columns and primary key, read from its catalog.
+/// A state table of the analytics store: its columns and primary key, read from its catalog,
+/// and the statements that write it (built by PostgreSQL's `format(%I)` from those names).
 #[derive(Debug, Clone)]
 struct TableSpec {
     columns: Vec<String>,
     key: Vec<String>,
+    delete_sql: String,
+    /// Upsert statements by the columns a row does not carry (unchanged TOAST).
+    upsert_sql: HashMap<Vec<String>, String>,
 }
+
+/// `DELETE … USING` the keys in a JSON array parameter.
+const DELETE_SQL: &str = "SELECT format('DELETE FROM public.%1$I t USING jsonb_populate_recordset(NULL::public.%1$I, $1::jsonb) k WHERE %2$s', \
+     $1::text, (SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') FROM unnest($2::text[]) c))";
+/// Insert-or-update of the rows in a JSON array parameter, setting only columns `$3`.
+const UPSERT_SQL: &str = "SELECT format('INSERT INTO public.%1$I AS t SELECT * FROM jsonb_populate_recordset(NULL::public.%1$I, $1::jsonb) ON CONFLICT (%2$s) DO %3$s', \
+     $1::text, (SELECT string_agg(format('%I', k), ', ') FROM unnest($2::text[]) k), \
+     coalesce('UPDATE SET ' || (SELECT string_agg(format('%1$I = EXCLUDED.%1$I', c), ', ') FROM unnest($3::text[]) c), 'NOTHING'))";
+/// TRUNCATE of the named state tables.
+const TRUNCATE_SQL: &str = "SELECT format('TRUNCATE %s', (SELECT string_agg(format('public.%I', t), ', ') FROM unnest($1::text[]) t))";
 
 /// The analytics store (a separate PostgreSQL database, migrations in `analytics/`): each
 /// batch is one transaction that appends every event to `cdc.change_events` (unique by table,
@@ -140,10 +154,6 @@ pub struct AnalyticsSink {
 
 /// Events per INSERT statement (bounds the size of one bind parameter).
 const CHUNK: usize = 5_000;
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
 
 fn db(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CdcError {
     move |source| CdcError::Db { step, source }
@@ -171,18 +181,25 @@ impl AnalyticsSink {
             )
             .await
             .map_err(db("reading the analytics tables"))?;
-        let tables: HashMap<String, TableSpec> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    TableSpec {
-                        columns: r.get(1),
-                        key: r.get(2),
-                    },
-                )
-            })
-            .collect();
+        let mut tables = HashMap::new();
+        for r in &rows {
+            let (name, columns, key): (String, Vec<String>, Vec<String>) =
+                (r.get(0), r.get(1), r.get(2));
+            let delete_sql = client
+                .query_one(DELETE_SQL, &[&name, &key])
+                .await
+                .map_err(db("building the delete statement"))?
+                .get(0);
+            tables.insert(
+                name,
+                TableSpec {
+                    columns,
+                    key,
+                    delete_sql,
+                    upsert_sql: HashMap::new(),
+                },
+            );
+        }
         if tables.len() != 4 {
             return Err(CdcError::Config(
                 "the analytics database is not migrated (run `atlas cdc` once with the admin URL)"
@@ -270,9 +287,14 @@ impl AnalyticsSink {
                 }
                 if e.op == Op::Truncate {
                     if let Some(net) = pending.remove(&e.table) {
-                        Self::flush_table(&self.tables, &tx, &e.table, net).await?;
+                        Self::flush_table(&mut self.tables, &tx, &e.table, net).await?;
                     }
-                    tx.batch_execute(&format!("TRUNCATE public.{}", quote(&e.table)))
+                    let truncate: String = tx
+                        .query_one(TRUNCATE_SQL, &[&vec![e.table.clone()]])
+                        .await
+                        .map_err(db("truncating a state table"))?
+                        .get(0);
+                    tx.batch_execute(&truncate)
                         .await
                         .map_err(db("truncating a state table"))?;
                     continue;
@@ -281,7 +303,7 @@ impl AnalyticsSink {
             }
         }
         for (table, net) in pending {
-            Self::flush_table(&self.tables, &tx, &table, net).await?;
+            Self::flush_table(&mut self.tables, &tx, &table, net).await?;
         }
 
         let events = i64::try_from(history.len()).unwrap_or(i64::MAX);
@@ -299,62 +321,43 @@ impl AnalyticsSink {
     }
 
     async fn flush_table(
-        tables: &HashMap<String, TableSpec>,
+        tables: &mut HashMap<String, TableSpec>,
         tx: &tokio_postgres::Transaction<'_>,
         table: &str,
         net: NetChanges,
     ) -> Result<(), CdcError> {
-        let Some(spec) = tables.get(table) else {
+        let Some(spec) = tables.get_mut(table) else {
             return Ok(());
         };
         let net = net.finish();
-        let t = format!("public.{}", quote(table));
-        let key_match = spec
-            .key
-            .iter()
-            .map(|k| format!("t.{0} = k.{0}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        if !net.deletes.is_empty() {
-            for chunk in net.deletes.chunks(CHUNK) {
-                tx.execute(
-                    &format!(
-                        "DELETE FROM {t} t USING jsonb_populate_recordset(NULL::{t}, $1::jsonb) k WHERE {key_match}"
-                    ),
-                    &[&Value::Array(chunk.to_vec())],
-                )
+        for chunk in net.deletes.chunks(CHUNK) {
+            tx.execute(&spec.delete_sql, &[&Value::Array(chunk.to_vec())])
                 .await
                 .map_err(db("applying deletes"))?;
-            }
         }
         // Rows group by which columns they carry (unchanged TOAST is left as stored).
         let mut groups: HashMap<Vec<String>, Vec<Value>> = HashMap::new();
         for (row, missing) in net.upserts {
             groups.entry(missing).or_default().push(Value::Object(row));
         }
-        let key_list = spec
-            .key
-            .iter()
-            .map(|k| quote(k))
-            .collect::<Vec<_>>()
-            .join(", ");
         for (missing, rows) in groups {
-            let set = spec
-                .columns
-                .iter()
-                .filter(|c| !spec.key.contains(c) && !missing.contains(c))
-                .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let action = if set.is_empty() {
-                "NOTHING".to_owned()
-            } else {
-                format!("UPDATE SET {set}")
+            let sql = match spec.upsert_sql.get(&missing) {
+                Some(sql) => sql.clone(),
+                None => {
+                    let set: Vec<&String> = spec
+                        .columns
+                        .iter()
+                        .filter(|c| !spec.key.contains(c) && !missing.contains(c))
+                        .collect();
+                    let sql: String = tx
+                        .query_one(UPSERT_SQL, &[&table, &spec.key, &set])
+                        .await
+                        .map_err(db("building the upsert statement"))?
+                        .get(0);
+                    spec.upsert_sql.insert(missing, sql.clone());
+                    sql
+                }
             };
-            let sql = format!(
-                "INSERT INTO {t} AS t SELECT * FROM jsonb_populate_recordset(NULL::{t}, $1::jsonb) \
-                 ON CONFLICT ({key_list}) DO {action}"
-            );
             for chunk in rows.chunks(CHUNK) {
                 tx.execute(&sql, &[&Value::Array(chunk.to_vec())])
                     .await
@@ -442,18 +445,19 @@ impl Sink for AnalyticsSink {
 
     fn reset_state(&mut self) -> BoxFuture<'_, Result<(), CdcError>> {
         Box::pin(async move {
-            let tables: Vec<String> = self
-                .tables
-                .keys()
-                .map(|t| format!("public.{}", quote(t)))
-                .collect();
+            let tables: Vec<String> = self.tables.keys().cloned().collect();
             // The history stays: it is what happened. The progress goes with the state.
             let tx = self
                 .client
                 .transaction()
                 .await
                 .map_err(db("resetting the state tables"))?;
-            tx.batch_execute(&format!("TRUNCATE {}", tables.join(", ")))
+            let truncate: String = tx
+                .query_one(TRUNCATE_SQL, &[&tables])
+                .await
+                .map_err(db("resetting the state tables"))?
+                .get(0);
+            tx.batch_execute(&truncate)
                 .await
                 .map_err(db("resetting the state tables"))?;
             tx.execute(

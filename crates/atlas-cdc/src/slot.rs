@@ -326,9 +326,20 @@ impl SnapshotReader {
         t: &SnapshotTable,
         n: usize,
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, CdcError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let fetch: String = self
+            .client
+            .query_one(
+                "SELECT format('FETCH %s FROM atlas_snapshot', $1::bigint)",
+                &[&n],
+            )
+            .await
+            .map_err(db("reading the snapshot"))?
+            .get(0);
+        // The text protocol: values arrive as text, typed below like the stream's.
         let messages = self
             .client
-            .simple_query(&format!("FETCH {n} FROM atlas_snapshot"))
+            .simple_query(&fetch)
             .await
             .map_err(db("reading the snapshot"))?;
         let mut rows = Vec::new();

@@ -80,12 +80,17 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
     say("preparing a fresh atlas_bench database and analytics store on the local stack…");
     let (urls, admin) = fresh_db(&stack).await?;
     admin
-        .batch_execute(&format!(
+        .batch_execute(
             "INSERT INTO tenants (tenant_id, tenant_name) VALUES (1, 'bench');
-             INSERT INTO attributes (attribute_id, attribute_name, data_type) VALUES (1, 'temperature', 'decimal');
-             INSERT INTO entities (entity_id, tenant_id, entity_type) SELECT g, 1, 'sensor' FROM generate_series(1, {}) g;",
-            args.entities
-        ))
+             INSERT INTO attributes (attribute_id, attribute_name, data_type) VALUES (1, 'temperature', 'decimal');",
+        )
+        .await?;
+    admin
+        .execute(
+            "INSERT INTO entities (entity_id, tenant_id, entity_type) \
+             SELECT g, 1, 'sensor' FROM generate_series(1, $1::bigint) g",
+            &[&args.entities],
+        )
         .await?;
     let settings = Settings {
         batch_events: config.cdc.batch_events,

@@ -10,14 +10,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use atlas_testkit::{TestDb, connect};
+use atlas_testkit::{StackUrls, TestDb, connect};
 use serde_json::Value;
 
 use crate::faults::{Outcome, drive};
 use crate::support::{Serve, fleet};
 
+/// The database a CDC test streams from, with the slot and analytics-store names the test
+/// kit also cleans up.
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) urls: StackUrls,
+}
+
+impl Target {
+    pub(crate) fn of(urls: &StackUrls) -> Target {
+        let u = url::Url::parse(&urls.admin_database_url).unwrap_or_else(|e| panic!("{e}"));
+        Target {
+            name: u.path().trim_start_matches('/').to_owned(),
+            urls: urls.clone(),
+        }
+    }
+    pub(crate) fn slot_name(&self) -> String {
+        format!("{}_slot", self.name)
+    }
+    fn analytics_name(&self) -> String {
+        format!("{}_an", self.name)
+    }
+}
+
 /// A config file naming this test's slot, analytics database and NDJSON directory.
-fn config_file(db: &TestDb, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn config_file(db: &Target, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir =
         std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cdc-{}", db.name));
     let _ = std::fs::remove_dir_all(&dir);
@@ -38,7 +61,7 @@ fn config_file(db: &TestDb, extra: &str) -> (std::path::PathBuf, std::path::Path
     (path, ndjson)
 }
 
-fn atlas(db: &TestDb, config: &std::path::Path) -> Command {
+pub(crate) fn atlas(db: &Target, config: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_atlas"));
     c.env("ATLAS_CONFIG", config)
         .env("ATLAS_ADMIN_DATABASE_URL", &db.urls.admin_database_url)
@@ -49,7 +72,7 @@ fn atlas(db: &TestDb, config: &std::path::Path) -> Command {
     c
 }
 
-fn run_once(db: &TestDb, config: &std::path::Path) -> Value {
+fn run_once(db: &Target, config: &std::path::Path) -> Value {
     let out = atlas(db, config)
         .args(["cdc", "--once"])
         .output()
@@ -62,7 +85,7 @@ fn run_once(db: &TestDb, config: &std::path::Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn status(db: &TestDb, config: &std::path::Path) -> Value {
+fn status(db: &Target, config: &std::path::Path) -> Value {
     let out = atlas(db, config)
         .args(["status", "--json"])
         .output()
@@ -71,7 +94,7 @@ fn status(db: &TestDb, config: &std::path::Path) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -118,7 +141,7 @@ impl Load {
 
 type Reading = (i64, i64, i64);
 
-async fn readings(url: &str, table: &str) -> Vec<Reading> {
+pub(crate) async fn readings(url: &str, table: &str) -> Vec<Reading> {
     let c = connect(url).await.unwrap_or_else(|e| panic!("{e}"));
     c.query(
         &format!(
@@ -133,7 +156,7 @@ async fn readings(url: &str, table: &str) -> Vec<Reading> {
     .collect()
 }
 
-async fn scalar(url: &str, sql: &str) -> i64 {
+pub(crate) async fn scalar(url: &str, sql: &str) -> i64 {
     connect(url)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -143,7 +166,7 @@ async fn scalar(url: &str, sql: &str) -> i64 {
         .get(0)
 }
 
-fn analytics_url(db: &TestDb) -> String {
+pub(crate) fn analytics_url(db: &Target) -> String {
     let mut u = url::Url::parse(&db.urls.admin_database_url).unwrap_or_else(|e| panic!("{e}"));
     u.set_path(&format!("/{}", db.analytics_name()));
     u.to_string()
@@ -151,7 +174,7 @@ fn analytics_url(db: &TestDb) -> String {
 
 /// Every row of the primary is in the analytics store once, and the history holds each
 /// insert once.
-async fn assert_store_matches_primary(db: &TestDb) -> usize {
+pub(crate) async fn assert_store_matches_primary(db: &Target) -> usize {
     let primary = readings(&db.urls.admin_database_url, "entity_values_ts").await;
     let an = analytics_url(db);
     let copy = readings(&an, "public.entity_values_ts").await;
@@ -220,13 +243,14 @@ fn ndjson_readings(dir: &std::path::Path) -> HashSet<Reading> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_between_sink_write_and_slot_advance_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
-    let (config, ndjson) = config_file(&db, "");
+    let t = Target::of(&db.urls);
+    let (config, ndjson) = config_file(&t, "");
     let serve = Serve::start(&db.urls.database_url, &[], &db.urls.redis_url).await;
     let load = Load::start(&serve).await;
     load.until_acked(50).await;
 
     // A consumer that stops right after its sinks confirmed a batch…
-    let mut child = atlas(&db, &config)
+    let mut child = atlas(&t, &config)
         .args(["cdc", "--pause-before-advance"])
         .stderr(Stdio::piped())
         .spawn()
@@ -249,7 +273,7 @@ async fn kill_9_between_sink_write_and_slot_advance_loses_and_duplicates_nothing
     // …is killed there: the store has the batch, the slot has not moved past it.
     paused.0.kill().unwrap_or_else(|e| panic!("{e}"));
     let _ = paused.0.wait();
-    let an = analytics_url(&db);
+    let an = analytics_url(&t);
     let sunk = scalar(&an, "SELECT end_lsn FROM cdc.sink_progress").await;
     let admin = connect(&db.urls.admin_database_url)
         .await
@@ -257,7 +281,7 @@ async fn kill_9_between_sink_write_and_slot_advance_loses_and_duplicates_nothing
     let confirmed: i64 = admin
         .query_one(
             "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot_name()],
+            &[&t.slot_name()],
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -273,10 +297,10 @@ async fn kill_9_between_sink_write_and_slot_advance_loses_and_duplicates_nothing
     load.until_acked(load.acked.load(Ordering::SeqCst) + 50)
         .await;
     let outcome = load.finish().await;
-    let report = run_once(&db, &config);
+    let report = run_once(&t, &config);
     assert!(report["events"].as_u64().unwrap_or(0) > 0, "{report}");
 
-    let n = assert_store_matches_primary(&db).await;
+    let n = assert_store_matches_primary(&t).await;
     assert!(
         n >= outcome.acked.len(),
         "{n} stored, {} acked",
@@ -298,11 +322,12 @@ async fn kill_9_between_sink_write_and_slot_advance_loses_and_duplicates_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     let db = TestDb::new().await;
-    let (config, _) = config_file(&db, "[maintenance]\nalert_slot_retained_bytes = 65536\n");
+    let t = Target::of(&db.urls);
+    let (config, _) = config_file(&t, "[maintenance]\nalert_slot_retained_bytes = 65536\n");
     let serve = Serve::start(&db.urls.database_url, &[], &db.urls.redis_url).await;
-    let first = run_once(&db, &config); // creates the slot and the store
+    let first = run_once(&t, &config); // creates the slot and the store
     assert_eq!(first["events"], 0, "{first}");
-    let s0 = status(&db, &config);
+    let s0 = status(&t, &config);
     let r0 = s0["cdc"]["slot"]["retained_wal_bytes"]
         .as_i64()
         .unwrap_or(-1);
@@ -311,7 +336,7 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     // Ingest while no consumer runs: the slot keeps the WAL.
     let load = Load::start(&serve).await;
     load.until_acked(400).await;
-    let s1 = status(&db, &config);
+    let s1 = status(&t, &config);
     let r1 = s1["cdc"]["slot"]["retained_wal_bytes"]
         .as_i64()
         .unwrap_or(-1);
@@ -328,7 +353,7 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
 
     // A consumer started while the load still runs catches up; then the load stops.
     let consumer = Killed(
-        atlas(&db, &config)
+        atlas(&t, &config)
             .args(["cdc"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -341,7 +366,7 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     let primary = readings(&db.urls.admin_database_url, "entity_values_ts")
         .await
         .len();
-    let an = analytics_url(&db);
+    let an = analytics_url(&t);
     let deadline = Instant::now() + Duration::from_secs(60);
     while scalar(&an, "SELECT count(*) FROM public.entity_values_ts").await
         < i64::try_from(primary).unwrap_or(0)
@@ -350,9 +375,9 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(consumer);
-    let n = assert_store_matches_primary(&db).await;
+    let n = assert_store_matches_primary(&t).await;
     assert!(n >= outcome.acked.len());
-    let s2 = status(&db, &config);
+    let s2 = status(&t, &config);
     let r2 = s2["cdc"]["slot"]["retained_wal_bytes"]
         .as_i64()
         .unwrap_or(-1);
@@ -363,7 +388,8 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn analytics_reads_are_served_by_the_store_within_budget() {
     let db = TestDb::new().await;
-    let (config, _) = config_file(&db, "lag_budget_ms = 3000\n");
+    let t = Target::of(&db.urls);
+    let (config, _) = config_file(&t, "lag_budget_ms = 3000\n");
     let cfg = config.to_string_lossy().into_owned();
     let serve = Serve::start_with(
         &db.urls.database_url,
@@ -415,7 +441,7 @@ async fn analytics_reads_are_served_by_the_store_within_budget() {
     let (by, _) = series("analytics").await;
     assert_ne!(by, "analytics");
 
-    run_once(&db, &config);
+    run_once(&t, &config);
     let (by, from_store) = series("analytics").await;
     assert_eq!(by, "analytics");
     let (by, from_primary) = series("strong").await;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use atlas_testkit::{Stack, TestDb, connect};
 use serde_json::json;
 
+use crate::cdc;
 use crate::support::{Serve, fleet, private_stack};
 
 #[derive(Default)]
@@ -177,6 +178,17 @@ async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers
         private_stack("atlas-fault-stack", (55539, 55540, 63900), "fault").await;
     let serve = Serve::start(&urls.database_url, &[], &urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
+    // `atlas cdc` streams throughout and must ride out the outage by itself too.
+    let target = cdc::Target::of(&urls);
+    let (config, _) = cdc::config_file(&target, "");
+    let consumer = cdc::Killed(
+        cdc::atlas(&target, &config)
+            .arg("cdc")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -232,5 +244,31 @@ async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers
     );
     assert_every_ack_stored_once(&outcome.acked, &stored(&urls.admin_database_url).await);
     drop(serve);
+
+    // The consumer reconnected after the restart and catches up with the primary: every row
+    // once in the analytics store.
+    let primary = cdc::readings(&urls.admin_database_url, "entity_values_ts")
+        .await
+        .len();
+    let an = cdc::analytics_url(&target);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while cdc::scalar(&an, "SELECT count(*) FROM public.entity_values_ts").await
+        < i64::try_from(primary).unwrap_or(i64::MAX)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(consumer);
+    cdc::assert_store_matches_primary(&target).await;
+    // The cluster outlives the test: its slot must not keep WAL for ever.
+    let admin = connect(&urls.admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&target.slot_name()],
+        )
+        .await;
     let _ = tokio::task::spawn_blocking(move || Stack::down(&spec, false)).await;
 }
