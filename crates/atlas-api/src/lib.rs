@@ -50,12 +50,25 @@ struct Inner {
 /// series (latest, series, aggregates) are served from it while it is within its lag budget.
 #[derive(Clone)]
 pub struct AnalyticsStore {
-    /// Pool of `atlas_app` logins to the analytics database.
-    pub pool: atlas_store::Pool,
-    /// The slot whose sink progress measures its lag.
-    pub slot: String,
-    /// Beyond this lag (ms) reads go to the primary instead.
-    pub lag_budget_ms: i64,
+    pub(crate) pool: atlas_store::Pool,
+    pub(crate) slot: String,
+    pub(crate) lag_budget_ms: i64,
+    /// After a failure the store is skipped until this instant (ms since the Unix epoch), so
+    /// a missing or stopped analytics database costs reads nothing but one attempt per pause.
+    pub(crate) skip_until_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl AnalyticsStore {
+    /// `pool`: `atlas_app` logins to the analytics database; `slot`: the CDC slot whose sink
+    /// progress measures its lag; beyond `lag_budget_ms` reads are routed elsewhere.
+    pub fn new(pool: atlas_store::Pool, slot: &str, lag_budget_ms: i64) -> Self {
+        Self {
+            pool,
+            slot: slot.to_owned(),
+            lag_budget_ms,
+            skip_until_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        }
+    }
 }
 
 /// A single-flight fill's result: the document and where it was read (None: not found).

@@ -8,6 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
+use std::sync::atomic::Ordering;
+
 use futures_util::future::BoxFuture;
 
 use atlas_replication::{Consistency, Lsn, Target};
@@ -162,20 +164,22 @@ impl AppState {
         T: Send,
         F: for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<T, StoreError>> + Send + Sync,
     {
+        let now_ms = chrono::Utc::now().timestamp_millis();
         if from.consistency == Consistency::Analytics
             && from.min_lsn.is_none()
             && let Some(an) = &self.inner.analytics
+            && an.skip_until_ms.load(Ordering::Relaxed) <= now_ms
         {
             match analytics_lag(an).await {
                 Ok(Some(lag_ms)) if lag_ms <= an.lag_budget_ms => {
                     match atlas_store::in_tenant_tx(&an.pool, tenant, &f).await {
                         Ok(v) => return Ok((v, Target::Analytics { lag_ms })),
-                        Err(e) => fallback("error", &e),
+                        Err(e) => fallback(an, now_ms, &e),
                     }
                 }
                 Ok(_) => metrics::counter!("atlas_analytics_fallbacks_total", "reason" => "lag")
                     .increment(1),
-                Err(e) => fallback("error", &e),
+                Err(e) => fallback(an, now_ms, &e),
             }
         }
         self.read(from, tenant, f).await
@@ -189,9 +193,14 @@ async fn analytics_lag(an: &crate::AnalyticsStore) -> Result<Option<i64>, StoreE
     atlas_store::reads::analytics_lag_ms(&tx, &an.slot).await
 }
 
-fn fallback(reason: &'static str, e: &StoreError) {
-    metrics::counter!("atlas_analytics_fallbacks_total", "reason" => reason).increment(1);
-    tracing::debug!(error = %e, "analytics store read failed; routing elsewhere");
+/// How long a failed analytics store is skipped.
+const ANALYTICS_PAUSE_MS: i64 = 5_000;
+
+fn fallback(an: &crate::AnalyticsStore, now_ms: i64, e: &StoreError) {
+    metrics::counter!("atlas_analytics_fallbacks_total", "reason" => "error").increment(1);
+    an.skip_until_ms
+        .store(now_ms + ANALYTICS_PAUSE_MS, Ordering::Relaxed);
+    tracing::warn!(error = %e, pause_ms = ANALYTICS_PAUSE_MS, "analytics store read failed; routing elsewhere");
 }
 
 /// Adds `X-Atlas-Served-By` and `X-Atlas-Lag-Ms` (`served_by` overrides the target's name,

@@ -277,11 +277,11 @@ pub async fn serve(config: &Config) -> Result<()> {
     ) {
         (Some(url), name) if !name.is_empty() => {
             let an_url = atlas_cdc::with_database(url, name)?;
-            state.with_analytics(atlas_api::AnalyticsStore {
-                pool: atlas_store::pool(&an_url, resolved.pool_size.div_ceil(2))?,
-                slot: resolved.cdc.slot_name.clone(),
-                lag_budget_ms: resolved.cdc.lag_budget_ms,
-            })
+            state.with_analytics(atlas_api::AnalyticsStore::new(
+                atlas_store::pool(&an_url, resolved.pool_size.div_ceil(2))?,
+                &resolved.cdc.slot_name,
+                resolved.cdc.lag_budget_ms,
+            ))
         }
         _ => state,
     };
