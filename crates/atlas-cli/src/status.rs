@@ -325,14 +325,11 @@ pub fn render(s: &Value) -> String {
         line(
             "cdc slot",
             if slot["exists"] == true {
+                // `active` is true only while a peek runs (the SQL interface holds no
+                // session on the slot): the store's sync time says whether a consumer runs.
                 format!(
-                    "{} {}, retains {:.1} MB of WAL ({}), confirmed {}",
+                    "{} retains {:.1} MB of WAL ({}), confirmed {}",
                     text(&c["slot_name"]),
-                    if slot["active"] == true {
-                        "active"
-                    } else {
-                        "idle"
-                    },
                     slot["retained_wal_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
                     text(&slot["wal_status"]),
                     text(&slot["confirmed_lsn"])
@@ -351,7 +348,7 @@ pub fn render(s: &Value) -> String {
             "analytics store",
             match an["state"].as_str() {
                 Some("up") => format!(
-                    "{}: lag {:.1} s, {} events, last synced {}",
+                    "{}: lag {:.1} s, {} streamed events, last synced {}",
                     text(&an["database"]),
                     an["lag_s"].as_f64().unwrap_or(0.0),
                     text(&an["events"]),
