@@ -352,9 +352,14 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     );
 
     // A consumer started while the load still runs catches up; then the load stops.
+    let metrics_port = crate::support::free_port();
     let consumer = Killed(
         atlas(&t, &config)
-            .args(["cdc"])
+            .args([
+                "cdc",
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -363,6 +368,13 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     load.until_acked(load.acked.load(Ordering::SeqCst) + 200)
         .await;
     let outcome = load.finish().await;
+    let stopped_at: String = connect(&t.urls.admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
     let primary = readings(&db.urls.admin_database_url, "entity_values_ts")
         .await
         .len();
@@ -374,15 +386,54 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Caught up: the slot's confirmed position passes every write of the load. (What it
+    // retains shrinks only at the next running-transactions record, up to 15 s later.)
+    let behind_sql = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND confirmed_flush_lsn < '{}'::pg_lsn",
+        t.slot_name(),
+        stopped_at
+    );
+    while scalar(&t.urls.admin_database_url, &behind_sql).await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        scalar(&t.urls.admin_database_url, &behind_sql).await,
+        0,
+        "the slot confirmed past {stopped_at}"
+    );
+    // Its Prometheus metrics say what it did and what the slot holds.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "atlas_cdc_events_total{table=\"entity_values_ts\",op=\"c\"}",
+        "atlas_cdc_batches_total",
+        "atlas_cdc_lag_seconds",
+        "atlas_cdc_slot_retained_wal_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
     drop(consumer);
     let n = assert_store_matches_primary(&t).await;
     assert!(n >= outcome.acked.len());
     let s2 = status(&t, &config);
-    let r2 = s2["cdc"]["slot"]["retained_wal_bytes"]
-        .as_i64()
-        .unwrap_or(-1);
-    assert!(r2 < r1, "caught up, the slot released WAL: {r1} → {r2}");
     assert_eq!(s2["cdc"]["analytics"]["state"], "up", "{}", s2["cdc"]);
+    let out = atlas(&t, &config)
+        .arg("status")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("cdc slot               {} retains", t.slot_name()))
+            && table.contains(&format!(
+                "analytics store        {}: lag",
+                t.analytics_name()
+            )),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
