@@ -216,9 +216,19 @@ impl Consumer {
             slot: self.source.slot().to_owned(),
             snapshot: false,
         };
+        let peeked_in = started.elapsed();
         for sink in &mut self.sinks {
+            let t = Instant::now();
             sink.write(&batch).await?;
+            metrics::histogram!("atlas_cdc_sink_seconds", "sink" => sink.name())
+                .record(t.elapsed().as_secs_f64());
         }
+        tracing::debug!(
+            messages = peeked.len(),
+            peek_and_decode_ms = peeked_in.as_millis(),
+            sinks_ms = (started.elapsed() - peeked_in).as_millis(),
+            "cdc batch written"
+        );
         let lag_ms = (chrono::Utc::now() - newest).num_milliseconds().max(0);
         if self.settings.pause_before_advance && batch.events() > 0 {
             eprintln!(

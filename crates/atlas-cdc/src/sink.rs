@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use chrono::{SecondsFormat, Utc};
 use futures_util::future::BoxFuture;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio_postgres::Client;
+use tokio_postgres::types::Json;
 
 use crate::CdcError;
 use crate::event::{ChangeEvent, Op, Transaction};
@@ -132,10 +133,10 @@ struct TableSpec {
 }
 
 /// `DELETE … USING` the keys in a JSON array parameter.
-const DELETE_SQL: &str = "SELECT format('DELETE FROM public.%1$I t USING jsonb_populate_recordset(NULL::public.%1$I, $1::jsonb) k WHERE %2$s', \
+const DELETE_SQL: &str = "SELECT format('DELETE FROM public.%1$I t USING unnest($1::jsonb[]) j, jsonb_populate_record(NULL::public.%1$I, j) k WHERE %2$s', \
      $1::text, (SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') FROM unnest($2::text[]) c))";
 /// Insert-or-update of the rows in a JSON array parameter, setting only columns `$3`.
-const UPSERT_SQL: &str = "SELECT format('INSERT INTO public.%1$I AS t SELECT * FROM jsonb_populate_recordset(NULL::public.%1$I, $1::jsonb) ON CONFLICT (%2$s) DO %3$s', \
+const UPSERT_SQL: &str = "SELECT format('INSERT INTO public.%1$I AS t SELECT r.* FROM unnest($1::jsonb[]) j, jsonb_populate_record(NULL::public.%1$I, j) r ON CONFLICT (%2$s) DO %3$s', \
      $1::text, (SELECT string_agg(format('%I', k), ', ') FROM unnest($2::text[]) k), \
      coalesce('UPDATE SET ' || (SELECT string_agg(format('%1$I = EXCLUDED.%1$I', c), ', ') FROM unnest($3::text[]) c), 'NOTHING'))";
 /// TRUNCATE of the named state tables.
@@ -249,33 +250,45 @@ impl AnalyticsSink {
             return tx.commit().await.map_err(db("committing the batch"));
         };
 
-        let mut history = Vec::new();
+        // The history as column arrays (one bind parameter per column, unnested in SQL).
+        let mut h = History::default();
         for t in &fresh {
             for e in &t.events {
-                history.push(json!({
-                    "table_name": e.table,
-                    "key": e.key,
-                    "lsn": e.lsn,
-                    "op": e.op.code(),
-                    "tx_id": t.xid,
-                    "commit_ts": t.commit_ts.to_rfc3339_opts(SecondsFormat::Micros, true),
-                    "tenant_id": e.tenant_id(),
-                    "before": e.before,
-                    "after": e.after,
-                }));
+                h.table.push(e.table.as_str());
+                h.key.push(Json(&e.key));
+                h.lsn.push(i64::try_from(e.lsn).unwrap_or(i64::MAX));
+                h.op.push(e.op.code());
+                h.tx.push(i64::from(t.xid));
+                h.commit_ts.push(t.commit_ts);
+                h.tenant.push(e.tenant_id());
+                h.before.push(e.before.as_ref().map(Json));
+                h.after.push(e.after.as_ref().map(Json));
             }
         }
-        for chunk in history.chunks(CHUNK) {
+        let n = h.lsn.len();
+        let mut from = 0;
+        while from < n {
+            let to = (from + CHUNK).min(n);
             tx.execute(
                 "INSERT INTO cdc.change_events (table_name, key, lsn, op, tx_id, commit_ts, tenant_id, before, after) \
-                 SELECT table_name, key, lsn, op, tx_id, commit_ts, tenant_id, before, after \
-                 FROM jsonb_to_recordset($1::jsonb) AS x(table_name text, key jsonb, lsn bigint, op char(1), \
-                      tx_id bigint, commit_ts timestamptz, tenant_id bigint, before jsonb, after jsonb) \
-                 ON CONFLICT (table_name, key, lsn) DO NOTHING",
-                &[&Value::Array(chunk.to_vec())],
+                 SELECT * FROM unnest($1::text[], $2::jsonb[], $3::int8[], $4::text[], $5::int8[], \
+                                      $6::timestamptz[], $7::int8[], $8::jsonb[], $9::jsonb[]) \
+                 ON CONFLICT (lsn, table_name, key) DO NOTHING",
+                &[
+                    &&h.table[from..to],
+                    &&h.key[from..to],
+                    &&h.lsn[from..to],
+                    &&h.op[from..to],
+                    &&h.tx[from..to],
+                    &&h.commit_ts[from..to],
+                    &&h.tenant[from..to],
+                    &&h.before[from..to],
+                    &&h.after[from..to],
+                ],
             )
             .await
             .map_err(db("appending change events"))?;
+            from = to;
         }
 
         // Net effect per table and key; a truncate applies what came before it first.
@@ -306,7 +319,7 @@ impl AnalyticsSink {
             Self::flush_table(&mut self.tables, &tx, &table, net).await?;
         }
 
-        let events = i64::try_from(history.len()).unwrap_or(i64::MAX);
+        let events = i64::try_from(n).unwrap_or(i64::MAX);
         let end = i64::try_from(last.end_lsn).unwrap_or(i64::MAX);
         if !batch.snapshot {
             tx.execute(
@@ -331,7 +344,7 @@ impl AnalyticsSink {
         };
         let net = net.finish();
         for chunk in net.deletes.chunks(CHUNK) {
-            tx.execute(&spec.delete_sql, &[&Value::Array(chunk.to_vec())])
+            tx.execute(&spec.delete_sql, &[&chunk])
                 .await
                 .map_err(db("applying deletes"))?;
         }
@@ -359,13 +372,27 @@ impl AnalyticsSink {
                 }
             };
             for chunk in rows.chunks(CHUNK) {
-                tx.execute(&sql, &[&Value::Array(chunk.to_vec())])
+                tx.execute(&sql, &[&chunk])
                     .await
                     .map_err(db("applying inserts and updates"))?;
             }
         }
         Ok(())
     }
+}
+
+/// `cdc.change_events` rows as columns.
+#[derive(Default)]
+struct History<'a> {
+    table: Vec<&'a str>,
+    key: Vec<Json<&'a Map<String, Value>>>,
+    lsn: Vec<i64>,
+    op: Vec<&'static str>,
+    tx: Vec<i64>,
+    commit_ts: Vec<chrono::DateTime<chrono::Utc>>,
+    tenant: Vec<Option<i64>>,
+    before: Vec<Option<Json<&'a Map<String, Value>>>>,
+    after: Vec<Option<Json<&'a Map<String, Value>>>>,
 }
 
 /// A row to upsert and the columns it does not carry (unchanged TOAST).

@@ -2,7 +2,7 @@
 -- logical slot of the publication eav_cdc, in batches.
 --
 -- Two shapes of the same changes:
--- * cdc.change_events: every change event once (deduplicated by table + primary key + LSN),
+-- * cdc.change_events: every change event once (deduplicated by LSN + table + primary key),
 --   with op, before and after as the Debezium envelope carried them — the history. Rows of
 --   the initial snapshot are op 'r' at the slot's starting LSN.
 -- * public.<table>: the current state of each published table, same columns as the source plus
@@ -35,7 +35,8 @@ CREATE TABLE cdc.change_events (
     before     jsonb,
     after      jsonb,
     synced_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (table_name, key, lsn)
+    -- LSN first: new events append at the index's right edge and compare on a bigint.
+    PRIMARY KEY (lsn, table_name, key)
 );
 CREATE INDEX idx_change_events_tenant ON cdc.change_events (tenant_id, commit_ts);
 CREATE INDEX idx_change_events_commit ON cdc.change_events USING brin (commit_ts);
