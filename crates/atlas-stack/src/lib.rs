@@ -497,13 +497,29 @@ impl Stack {
             fs::write(&log, "").map_err(io(&log))?;
         }
         process::chown_to_postgres(&log)?;
-        self.pg(&format!("{PG_BIN}/pg_ctl"))
-            .args(["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy()])
-            .args(["-o", &format!("-p {port}"), "-w", "-t", "120", "start"])
-            .run(&format!(
-                "starting PostgreSQL {name} (log: {})",
-                log.display()
-            ))?;
+        // Our ports lie in Linux's ephemeral range: a client connection of this machine may
+        // hold the port for a moment (seen in CI: "could not bind … Address already in use").
+        // Such a clash is retried for a while; any other failure is reported at once.
+        let mut attempt = 0;
+        loop {
+            let started = self
+                .pg(&format!("{PG_BIN}/pg_ctl"))
+                .args(["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy()])
+                .args(["-o", &format!("-p {port}"), "-w", "-t", "120", "start"])
+                .run(&format!(
+                    "starting PostgreSQL {name} (log: {})",
+                    log.display()
+                ));
+            match started {
+                Ok(_) => break,
+                Err(e) if attempt < 20 && log_tail_says_port_taken(&log) => {
+                    attempt += 1;
+                    tracing::warn!(port, attempt, error = %e, "port briefly taken; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         wait_for(Duration::from_secs(60), || self.pg_ready(port)).map_err(|()| {
             StackError::Timeout {
                 what: format!("PostgreSQL {name} on port {port}"),
@@ -744,4 +760,14 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> 
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(())
+}
+
+/// Whether the last lines of a PostgreSQL log say its port could not be bound.
+fn log_tail_says_port_taken(log: &Path) -> bool {
+    fs::read_to_string(log).is_ok_and(|text| {
+        text.lines()
+            .rev()
+            .take(8)
+            .any(|l| l.contains("Address already in use"))
+    })
 }
