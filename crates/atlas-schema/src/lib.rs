@@ -59,6 +59,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_ingest_rows.sql"),
     migration!(9, "0009_reads.sql"),
     migration!(10, "0010_maintenance.sql"),
+    migration!(11, "0011_inline_helpers.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.

@@ -290,3 +290,63 @@ async fn an_entity_lookup_reads_one_partition_of_each_table() {
     assert_eq!(scans_of(&hot, "entities_p"), 1, "{hot}");
     assert_eq!(scans_of(&hot, "entity_jsonb_p"), 1, "{hot}");
 }
+
+#[tokio::test]
+async fn the_flush_per_row_helpers_are_inlined_into_its_plans() {
+    // A helper with a SET clause is a function call per row; without one the planner inlines
+    // its body (0011): the plan shows the CASE, not the function.
+    let db = TestDb::new().await;
+    let c = db.admin().await;
+    for (helper, call) in [
+        (
+            "value_matches_type",
+            "public.value_matches_type(x.t, x.v, x.i, NULL, NULL, NULL, NULL)",
+        ),
+        (
+            "typed_value_jsonb",
+            "public.typed_value_jsonb(x.t, x.v, x.i, NULL, NULL, NULL, NULL)",
+        ),
+        (
+            "jsonb_matches_type",
+            "public.jsonb_matches_type(x.t, to_jsonb(x.i))",
+        ),
+    ] {
+        let plan: Vec<String> = c
+            .query(
+                &[
+                    "EXPLAIN (VERBOSE, COSTS OFF) SELECT ",
+                    call,
+                    " FROM (SELECT g::text AS t, g::text AS v, g::bigint AS i FROM generate_series(1, 10) g) x",
+                ]
+                .concat(),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{helper}: {e}"))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let text = plan.join("\n");
+        assert!(
+            !text.contains(helper),
+            "{helper} is called, not inlined:\n{text}"
+        );
+        assert!(text.contains("CASE"), "{helper}: {text}");
+    }
+    let merge: String = c
+        .query(
+            "EXPLAIN (VERBOSE, COSTS OFF) SELECT m.* FROM (VALUES ('{}'::jsonb)) v(j), \
+             public.hot_attrs_merge(v.j, v.j, v.j, v.j) m",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !merge.contains("Function Scan on hot_attrs_merge"),
+        "{merge}"
+    );
+}
