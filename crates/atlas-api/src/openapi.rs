@@ -52,6 +52,119 @@ impl Modify for Security {
     }
 }
 
+/// Documents the routing headers on the operations that honour them: reads take
+/// `X-Atlas-Consistency` and answer `X-Atlas-Served-By` / `X-Atlas-Lag-Ms`; writes answer
+/// `X-Atlas-Lsn` (see `routing`). `X-Atlas-Min-Lsn` is described, not declared: Schemathesis
+/// ignores a header's `pattern` and would send values any server must refuse.
+struct RoutingHeaders;
+
+/// Operations routed by consistency (their handlers take `ReadFrom` and answer via `served`).
+const ROUTED_READS: &[&str] = &[
+    "hot_attributes",
+    "search",
+    "latest",
+    "series",
+    "aggregates",
+    "attribute_stats",
+    "list_entities",
+    "get_entity",
+];
+/// Operations answered through `with_lsn`.
+const LSN_WRITES: &[&str] = &[
+    "ingest",
+    "register_entities",
+    "update_entity",
+    "delete_entity",
+];
+
+impl Modify for RoutingHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
+
+        let text = |pattern: Option<&str>| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(pattern)
+        };
+        let header = |schema: ObjectBuilder, description: &str| {
+            HeaderBuilder::new()
+                .schema(schema)
+                .description(Some(description))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let id = op.operation_id.clone().unwrap_or_default();
+                let read = ROUTED_READS.contains(&id.as_str());
+                let write = LSN_WRITES.contains(&id.as_str());
+                if read {
+                    let params = op.parameters.get_or_insert_with(Vec::new);
+                    params.push(
+                        ParameterBuilder::new()
+                            .name(crate::routing::CONSISTENCY)
+                            .parameter_in(ParameterIn::Header)
+                            .required(Required::False)
+                            .description(Some(
+                                "strong (primary), eventual (a replica within the lag budget) or \
+                                 analytics (the analytics store, for latest/series/aggregates); \
+                                 overrides ?consistency=. (X-Atlas-Min-Lsn, a write's X-Atlas-Lsn, \
+                                 makes the answer include that write; see README.)",
+                            ))
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .schema_type(Type::String)
+                                    .enum_values(Some(["strong", "eventual", "analytics"])),
+                            ))
+                            .build(),
+                    );
+                }
+                if !read && !write {
+                    continue;
+                }
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if !status.starts_with('2') {
+                        continue;
+                    }
+                    if read {
+                        response.headers.insert(
+                            crate::routing::SERVED_BY.into(),
+                            header(text(None), "primary, replica-N, analytics or cache"),
+                        );
+                        response.headers.insert(
+                            crate::routing::LAG_MS.into(),
+                            header(
+                                ObjectBuilder::new().schema_type(Type::Integer),
+                                "How far behind the primary the answer may be (ms)",
+                            ),
+                        );
+                    } else {
+                        response.headers.insert(
+                            crate::routing::LSN.into(),
+                            header(
+                                text(Some("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")),
+                                "The primary's WAL position after the commit; send it as X-Atlas-Min-Lsn",
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The Atlas HTTP API.
 #[derive(OpenApi)]
 #[openapi(
@@ -69,7 +182,7 @@ impl Modify for Security {
         reads::attribute_stats,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Security),
+    modifiers(&Security, &RoutingHeaders),
     tags((name = "health"), (name = "admin", description = "Operator API (admin token)"),
          (name = "tenant", description = "Tenant API (tenant API key)"),
          (name = "reads", description = "Read API (tenant API key): hot attributes, search, series, aggregates"))

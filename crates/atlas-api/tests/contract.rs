@@ -317,6 +317,50 @@ async fn the_openapi_document_covers_every_route_and_error() {
             "bearer"
         );
     }
+    // The routing headers: every routed read takes the consistency header and
+    // says where it was served; every write says its WAL position.
+    for (path, method) in expected {
+        let op = &doc["paths"][path][method];
+        let header_params: Vec<&str> = op["parameters"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["in"] == "header")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ok = op["responses"]
+            .as_object()
+            .and_then(|r| r.iter().find(|(s, _)| s.starts_with('2')))
+            .map(|(_, r)| r["headers"].clone())
+            .unwrap_or(Value::Null);
+        let is_read = [
+            "/v1/entities/search",
+            "/v1/aggregates",
+            "/v1/stats/attributes",
+        ]
+        .contains(&path)
+            || (method == "get" && path.starts_with("/v1/entities"));
+        let is_write = path == "/v1/telemetry"
+            || (path.starts_with("/v1/entities")
+                && ["post", "patch", "delete"].contains(&method)
+                && path != "/v1/entities/search");
+        if is_read {
+            assert_eq!(header_params, ["x-atlas-consistency"], "{method} {path}");
+            assert!(
+                ok["x-atlas-served-by"].is_object() && ok["x-atlas-lag-ms"].is_object(),
+                "{method} {path}: {ok}"
+            );
+        } else if is_write {
+            assert!(ok["x-atlas-lsn"].is_object(), "{method} {path}: {ok}");
+        } else {
+            assert!(
+                header_params.is_empty() && ok.get("x-atlas-served-by").is_none(),
+                "{method} {path}"
+            );
+        }
+    }
     server.stop().await;
 }
 

@@ -693,7 +693,7 @@ pub struct StatsList {
 /// Per-attribute usage of the calling tenant, from `mv_entity_attribute_stats` through the
 /// tenant-fenced view (refreshed periodically, so it trails the newest writes).
 #[utoipa::path(get, path = "/v1/stats/attributes", tag = "reads", security(("tenant_key" = [])),
-    responses((status = 200, body = StatsList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = StatsList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn attribute_stats(
     Tenant(tenant): Tenant,
