@@ -147,12 +147,10 @@ impl AppState {
         let v = store.with_tenant(tenant, &f).await?;
         Ok((v, Target::Primary))
     }
-}
 
-impl AppState {
     /// [`AppState::read`] for reads of the time series, which the analytics store can serve:
     /// with consistency `analytics` they go there while its lag (the newest applied commit's
-    /// age, measured in the same transaction) is within budget. An analytics store that is
+    /// age, read just before the query) is within budget. An analytics store that is
     /// behind, empty or unreachable hands the read on to the router (never an error).
     pub(crate) async fn read_series<T, F>(
         &self,

@@ -185,8 +185,16 @@ impl Consumer {
             slot: self.source.slot().to_owned(),
             snapshot,
         };
+        self.send(&batch).await
+    }
+
+    /// Hands a batch to every sink in turn; each returns once it is durable there.
+    async fn send(&mut self, batch: &Batch) -> Result<(), CdcError> {
         for sink in &mut self.sinks {
-            sink.write(&batch).await?;
+            let t = Instant::now();
+            sink.write(batch).await?;
+            metrics::histogram!("atlas_cdc_sink_seconds", "sink" => sink.name())
+                .record(t.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -217,12 +225,7 @@ impl Consumer {
             snapshot: false,
         };
         let peeked_in = started.elapsed();
-        for sink in &mut self.sinks {
-            let t = Instant::now();
-            sink.write(&batch).await?;
-            metrics::histogram!("atlas_cdc_sink_seconds", "sink" => sink.name())
-                .record(t.elapsed().as_secs_f64());
-        }
+        self.send(&batch).await?;
         tracing::debug!(
             messages = peeked.len(),
             peek_and_decode_ms = peeked_in.as_millis(),

@@ -32,6 +32,22 @@ pub struct SlotState {
     pub active: bool,
 }
 
+/// Connects with the session output formats every value's text is read by (`typed`): the
+/// stream and the snapshot must render values alike.
+async fn connect_formatted(url: &str) -> Result<Client, CdcError> {
+    let client = atlas_store::connect(url)
+        .await
+        .map_err(|e| CdcError::Connect(e.to_string()))?;
+    client
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; \
+             SET IntervalStyle = 'iso_8601'; SET bytea_output = 'hex'",
+        )
+        .await
+        .map_err(db("setting the session formats"))?;
+    Ok(client)
+}
+
 /// A connection to the primary's Atlas database that reads one slot.
 pub struct Source {
     client: Client,
@@ -47,16 +63,7 @@ impl Source {
     /// Connects with a role that may use replication slots (REPLICATION or superuser) and
     /// fixes the session's output formats: the text of every value is read by them.
     pub async fn connect(url: &str, slot: &str) -> Result<Self, CdcError> {
-        let client = atlas_store::connect(url)
-            .await
-            .map_err(|e| CdcError::Connect(e.to_string()))?;
-        client
-            .batch_execute(
-                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; \
-                 SET IntervalStyle = 'iso_8601'; SET bytea_output = 'hex'",
-            )
-            .await
-            .map_err(db("setting the session formats"))?;
+        let client = connect_formatted(url).await?;
         let database: String = client
             .query_one("SELECT current_database()", &[])
             .await
@@ -244,14 +251,9 @@ pub struct SnapshotTable {
 impl SnapshotReader {
     /// Opens the snapshot transaction.
     pub async fn begin(url: &str) -> Result<Self, CdcError> {
-        let client = atlas_store::connect(url)
-            .await
-            .map_err(|e| CdcError::Connect(e.to_string()))?;
+        let client = connect_formatted(url).await?;
         client
-            .batch_execute(
-                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; \
-                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            )
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(db("starting the snapshot"))?;
         Ok(Self { client })

@@ -26,10 +26,10 @@ pub struct CdcArgs {
 }
 
 /// The URLs CDC uses: the slot's database and the analytics store, both as the admin (a
-/// superuser may use slots and writes every tenant's rows).
-pub(crate) fn urls(config: &Config) -> Result<(String, Option<String>)> {
-    let resolved = crate::stack::resolved(config)?;
-    let Some(admin) = resolved.admin_database_url else {
+/// superuser may use slots and writes every tenant's rows). `resolved`: the config with the
+/// local stack's defaults filled in.
+fn urls(resolved: &Config) -> Result<(String, Option<String>)> {
+    let Some(admin) = resolved.admin_database_url.clone() else {
         bail!("atlas cdc needs admin_database_url (a role that may use replication slots)");
     };
     let analytics = if resolved.cdc.analytics_database.is_empty() {
@@ -43,6 +43,7 @@ pub(crate) fn urls(config: &Config) -> Result<(String, Option<String>)> {
     Ok((admin, analytics))
 }
 
+/// The consumer for a resolved `config`: sinks, analytics store prepared, slot and snapshot.
 async fn consumer(config: &Config, args: &CdcArgs) -> Result<Consumer> {
     let (admin, analytics) = urls(config)?;
     let c = &config.cdc;

@@ -32,10 +32,10 @@ impl Target {
         }
     }
     pub(crate) fn slot_name(&self) -> String {
-        format!("{}_slot", self.name)
+        atlas_testkit::slot_name_for(&self.name)
     }
     fn analytics_name(&self) -> String {
-        format!("{}_an", self.name)
+        atlas_testkit::analytics_name_for(&self.name)
     }
 }
 

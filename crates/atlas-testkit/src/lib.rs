@@ -129,6 +129,16 @@ async fn generated(
 
 pub use atlas_store::connect;
 
+/// The analytics-store database a test names for `database` ([`TestDb`] drops it).
+pub fn analytics_name_for(database: &str) -> String {
+    format!("{database}_an")
+}
+
+/// The logical slot a test names for `database` (slots of a [`TestDb`] are dropped with it).
+pub fn slot_name_for(database: &str) -> String {
+    format!("{database}_slot")
+}
+
 /// A database of its own for one test, dropped when the value is dropped.
 #[derive(Debug)]
 pub struct TestDb {
@@ -191,12 +201,12 @@ impl TestDb {
 
     /// Name of this test's analytics-store database (dropped with the test database).
     pub fn analytics_name(&self) -> String {
-        format!("{}_an", self.name)
+        analytics_name_for(&self.name)
     }
 
     /// Name of this test's logical slot (dropped with the test database).
     pub fn slot_name(&self) -> String {
-        format!("{}_slot", self.name)
+        slot_name_for(&self.name)
     }
 
     /// Pools for the app role (primary + replica) with `size` connections each.
@@ -248,7 +258,7 @@ impl Drop for TestDb {
                             }
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                        let _ = generated(&admin, DROP_DB, &[&format!("{name}_an")]).await;
+                        let _ = generated(&admin, DROP_DB, &[&analytics_name_for(&name)]).await;
                         let _ = generated(&admin, DROP_DB, &[&name]).await;
                     }
                 });
