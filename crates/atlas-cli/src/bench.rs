@@ -56,8 +56,14 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 20_000)]
     naive_rows: u64,
     /// The server's batch window in milliseconds (`[ingest] batch_interval_ms`).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = atlas_config::Ingest::default().batch_interval_ms)]
     batch_interval_ms: u64,
+    /// The server's batch size in values (`[ingest] batch_rows`).
+    #[arg(long, default_value_t = atlas_config::Ingest::default().batch_rows)]
+    batch_rows: usize,
+    /// The server's concurrent batch writers (`[ingest] writers`).
+    #[arg(long, default_value_t = atlas_config::Ingest::default().writers)]
+    writers: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -202,7 +208,10 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     // The server, as users run it, with limits out of the benchmark's way.
     let (server, base) = start_server(
         &urls,
-        &format!("[ingest]\nbatch_interval_ms = {}\n", args.batch_interval_ms),
+        &format!(
+            "[ingest]\nbatch_interval_ms = {}\nbatch_rows = {}\nwriters = {}\n",
+            args.batch_interval_ms, args.batch_rows, args.writers
+        ),
     )
     .await?;
     let pid = server.0.id();
@@ -351,6 +360,8 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         "entities": args.entities,
         "hot_change_every": args.hot_change_every,
         "batch_interval_ms": args.batch_interval_ms,
+        "batch_rows": args.batch_rows,
+        "writers": args.writers,
         "durable_values_per_s": durable_per_s.round(),
         "raw_copy_values_per_s": copy_per_s.round(),
         "naive_insert_values_per_s": naive_per_s.round(),

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
-use atlas_store::{Store, StoreError, TenantId};
+use atlas_store::{Pool, Store, StoreError, TenantId};
 
 use crate::typing::{Row, Typed};
 use atlas_cache::Cache;
@@ -245,16 +245,24 @@ async fn run_batcher(
     config: IngestConfig,
 ) {
     // Batches go to a pool of writers so one batch is collected while others are written.
+    // The writers have connections of their own: they never wait behind requests for one,
+    // and their sessions keep the flush's plans.
     let (batches, batch_rx) = mpsc::channel::<(Vec<Job>, bool)>(config.writers.max(1));
     let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
+    let pool = store
+        .dedicated_primary_pool(config.writers.max(1))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no dedicated writer pool; writers share the primary's");
+            store.primary().clone()
+        });
     let mut writers = Vec::new();
     for _ in 0..config.writers.max(1) {
-        let (rx, store, cache) = (Arc::clone(&batch_rx), store.clone(), cache.clone());
+        let (rx, pool, cache) = (Arc::clone(&batch_rx), pool.clone(), cache.clone());
         writers.push(tokio::spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((jobs, flush)) = next else { return };
-                write_batch(&store, &cache, jobs, flush).await;
+                write_batch(&pool, &cache, jobs, flush).await;
             }
         }));
     }
@@ -305,13 +313,13 @@ async fn run_batcher(
 type DeadKey = (i64, i64, i64, DateTime<Utc>);
 
 /// Writes one batch in one transaction and answers every job of it.
-async fn write_batch(store: &Store, cache: &Cache, jobs: Vec<Job>, flush: bool) {
+async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
     let started = Instant::now();
     let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
     let mode = if flush { "durable" } else { "staged" };
     #[allow(clippy::cast_precision_loss)]
     metrics::histogram!("atlas_ingest_batch_rows", "durability" => mode).record(total as f64);
-    let result = write_rows(store, &jobs, flush).await;
+    let result = write_rows(pool, &jobs, flush).await;
     metrics::histogram!("atlas_ingest_flush_seconds", "durability" => mode)
         .record(started.elapsed().as_secs_f64());
     match result {
@@ -379,11 +387,11 @@ async fn write_batch(store: &Store, cache: &Cache, jobs: Vec<Job>, flush: bool) 
 
 /// Writes a batch: durable rows through `ingest_rows`, staged rows by COPY into staging.
 async fn write_rows(
-    store: &Store,
+    pool: &Pool,
     jobs: &[Job],
     flush: bool,
 ) -> Result<(Vec<(TenantId, i64)>, HashMap<DeadKey, String>), StoreError> {
-    let mut client = store.primary().get().await?;
+    let mut client = pool.get().await?;
     let mut changed = Vec::new();
     let mut dead = HashMap::new();
     if !flush {

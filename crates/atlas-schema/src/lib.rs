@@ -60,6 +60,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_reads.sql"),
     migration!(10, "0010_maintenance.sql"),
     migration!(11, "0011_inline_helpers.sql"),
+    migration!(12, "0012_ingest_fast_path.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.

@@ -349,4 +349,22 @@ async fn the_flush_per_row_helpers_are_inlined_into_its_plans() {
         !merge.contains("Function Scan on hot_attrs_merge"),
         "{merge}"
     );
+    // The projection's fast-path test (0012) is inlined into hot_attrs_apply's upsert: declared
+    // IMMUTABLE around the STABLE jsonb_build_object it would be a function call per entity.
+    let newer: String = c
+        .query(
+            "EXPLAIN (VERBOSE, COSTS OFF) SELECT public.hot_attrs_all_newer(x.j, x.j) \
+             FROM (SELECT jsonb_build_object('k', g) AS j FROM generate_series(1, 10) g) x",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !newer.contains("hot_attrs_all_newer") && newer.contains("jsonb_path_exists"),
+        "{newer}"
+    );
 }

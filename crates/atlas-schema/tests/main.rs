@@ -6,6 +6,7 @@ mod support;
 mod catalog;
 mod explain;
 mod flush;
+mod ingest_rows;
 mod isolation;
 mod migrator;
 mod replica;

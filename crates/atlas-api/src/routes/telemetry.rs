@@ -105,6 +105,23 @@ fn field_error(e: FieldError) -> ApiError {
     }
 }
 
+/// The request field of the `row`th value (rows are the readings' values in order); built
+/// only for an error, not for every value of every request.
+fn value_field(readings: &[Reading], single: bool, row: usize) -> Option<String> {
+    readings
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.values.keys().map(move |k| (i, k)))
+        .nth(row)
+        .map(|(i, k)| {
+            if single {
+                format!("values.{k}")
+            } else {
+                format!("[{i}].values.{k}")
+            }
+        })
+}
+
 /// Stores telemetry. The whole request is validated first: any bad value refuses the request
 /// (naming the item and field) and nothing is written.
 #[utoipa::path(post, path = "/v1/telemetry", tag = "tenant", security(("tenant_key" = [])),
@@ -196,18 +213,6 @@ pub async fn ingest(
         Some(DurabilityParam::Staged) => Durability::Staged,
         _ => Durability::Durable,
     };
-    let fields: Vec<String> = readings
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| {
-            let p = prefix(i);
-            let dot = if p.is_empty() { "" } else { "." };
-            r.values
-                .keys()
-                .map(move |k| format!("{p}{dot}values.{k}"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
     let submitted = ingestor.submit(rows, durability).await;
     if matches!(submitted, Err(IngestError::Refused { .. })) {
         // Rows the database refused may have hit a partition dropped since coverage was last
@@ -228,7 +233,7 @@ pub async fn ingest(
             row,
         } => ApiError::Conflict {
             message: format!("{refused} value(s) were not stored: {reason}"),
-            field: fields.get(row).cloned(),
+            field: value_field(&readings, single, row),
         },
         other => ApiError::Internal(other.to_string()),
     })?;
@@ -245,4 +250,36 @@ pub async fn ingest(
     ));
     // Durable values are committed: the primary's position now covers them.
     Ok(crate::routing::with_lsn(&state, resp).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reading, value_field};
+
+    #[test]
+    fn a_refused_row_is_named_by_its_reading_and_value() {
+        let readings: Vec<Reading> = serde_json::from_value(serde_json::json!([
+            {"entity_id": 1, "values": {"b": 1, "a": 2}},
+            {"entity_id": 2, "values": {"c": 3}},
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Rows follow the readings, and each reading's values in key order (as typed).
+        assert_eq!(
+            value_field(&readings, false, 0).as_deref(),
+            Some("[0].values.a")
+        );
+        assert_eq!(
+            value_field(&readings, false, 1).as_deref(),
+            Some("[0].values.b")
+        );
+        assert_eq!(
+            value_field(&readings, false, 2).as_deref(),
+            Some("[1].values.c")
+        );
+        assert_eq!(value_field(&readings, false, 3), None);
+        assert_eq!(
+            value_field(&readings[1..], true, 0).as_deref(),
+            Some("values.c")
+        );
+    }
 }

@@ -1,0 +1,173 @@
+-- 0012: a fast path for the durable flush (ingest_rows) and for the hot projection.
+--
+-- Measured on one 5 000-value batch (1 000 entities, 3 hot values each): the bare INSERT of
+-- the rows costs what COPY costs (~33 ms), but ingest_rows took ~260 ms. The general path
+-- (flush_moved) classifies every row into a materialized CTE, copies the batch into composite
+-- arrays twice, inserts with ON CONFLICT (a speculative insertion per row, +35 %) and RETURNING,
+-- and merged each entity's projection with a FULL JOIN of jsonb_each sets (~35 µs an entity).
+--
+-- The common batch is all valid, all new and newer than the projection. ingest_rows now checks
+-- that with two aggregate queries, stores the rows with a plain INSERT in primary-key order and
+-- projects straight from its parameter arrays. Anything else - an invalid row, a replayed or
+-- duplicated key, a value outside the partitions - makes the plain INSERT's subtransaction roll
+-- back and the batch takes the unchanged general path (flush_moved): the same dead letters, the
+-- same "replays store nothing", only slower. hot_attrs_apply concatenates when every value of a
+-- delta is newer than every value of the projection and merges key by key otherwise.
+
+-- True when the delta has values and each of its times is newer than every time in the
+-- projection: the merge is then plain concatenation. A jsonpath comparison of two sequences is
+-- existential, so the path finds a projection time >= some delta time. STABLE, not IMMUTABLE:
+-- jsonb_build_object is STABLE, and an IMMUTABLE body with a STABLE call is never inlined.
+CREATE FUNCTION public.hot_attrs_all_newer(p_cur_at jsonb, p_delta_at jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT p_delta_at <> '{}'::jsonb
+       AND NOT jsonb_path_exists(p_cur_at, '$.* ? (@ >= $d.*)', jsonb_build_object('d', p_delta_at))
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb, jsonb) TO atlas_definer;
+
+CREATE OR REPLACE FUNCTION public.hot_attrs_apply(
+    p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    INSERT INTO public.entity_jsonb AS j (entity_id, tenant_id, hot_attrs, hot_attrs_at)
+    SELECT d.entity_id, d.tenant_id, d.vals, d.ats
+    FROM unnest(p_tenants, p_entities, p_vals, p_ats) AS d (tenant_id, entity_id, vals, ats)
+    ORDER BY d.entity_id, d.tenant_id
+    ON CONFLICT (entity_id, tenant_id) DO UPDATE
+        SET hot_attrs = CASE
+                WHEN public.hot_attrs_all_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at)
+                    THEN j.hot_attrs || EXCLUDED.hot_attrs
+                ELSE (public.hot_attrs_merge(j.hot_attrs, j.hot_attrs_at,
+                                             EXCLUDED.hot_attrs, EXCLUDED.hot_attrs_at)).hot_attrs
+            END,
+            hot_attrs_at = CASE
+                WHEN public.hot_attrs_all_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at)
+                    THEN j.hot_attrs_at || EXCLUDED.hot_attrs_at
+                ELSE (public.hot_attrs_merge(j.hot_attrs, j.hot_attrs_at,
+                                             EXCLUDED.hot_attrs, EXCLUDED.hot_attrs_at)).hot_attrs_at
+            END,
+            updated_at = CURRENT_TIMESTAMP
+        WHERE public.hot_attrs_all_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at)
+           OR public.hot_attrs_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at)
+    RETURNING j.tenant_id, j.entity_id
+$$;
+
+CREATE OR REPLACE FUNCTION public.ingest_rows(
+    p_entity_id bigint[], p_tenant_id bigint[], p_attribute_id bigint[], p_value text[],
+    p_value_int bigint[], p_value_decimal numeric[], p_value_bool boolean[], p_value_date date[],
+    p_value_timestamp timestamptz[], p_ingested_at timestamptz[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint, stored integer, hot_changed boolean,
+               dead_attribute_id bigint, dead_ingested_at timestamptz, dead_reason text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_n    integer := coalesce(cardinality(p_entity_id), 0);
+    v_fast boolean;
+    v_rows public.entity_values_ingest[];
+    v_t    bigint[];
+    v_e    bigint[];
+    v_v    jsonb[];
+    v_a    jsonb[];
+    v_ct   bigint[];
+    v_ce   bigint[];
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM unnest(ARRAY[
+            cardinality(p_tenant_id), cardinality(p_attribute_id), cardinality(p_value),
+            cardinality(p_value_int), cardinality(p_value_decimal), cardinality(p_value_bool),
+            cardinality(p_value_date), cardinality(p_value_timestamp), cardinality(p_ingested_at)]) c
+        WHERE c IS DISTINCT FROM v_n)
+    THEN
+        RAISE EXCEPTION 'ingest_rows: the column arrays must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+
+    -- 1. Is every row valid? (the same rules as flush_moved's classification)
+    SELECT bool_and(a.attribute_id IS NOT NULL AND r.at IS NOT NULL
+                    AND public.value_matches_type(a.data_type, r.v, r.vi, r.vd, r.vb, r.vdt, r.vts))
+    INTO v_fast
+    FROM unnest(p_attribute_id, p_value, p_value_int, p_value_decimal, p_value_bool, p_value_date,
+                p_value_timestamp, p_ingested_at) AS r (a, v, vi, vd, vb, vdt, vts, at)
+    LEFT JOIN public.attributes a ON a.attribute_id = r.a;
+    IF v_fast THEN
+        SELECT NOT EXISTS (
+            SELECT 1
+            FROM (SELECT DISTINCT x.t, x.e FROM unnest(p_tenant_id, p_entity_id) AS x (t, e)) x
+            WHERE NOT EXISTS (
+                SELECT 1 FROM public.entities en
+                WHERE en.entity_id = x.e AND en.tenant_id = x.t AND NOT en.is_deleted))
+        INTO v_fast;
+    END IF;
+
+    -- 2. Store them with a plain INSERT in primary-key order (concurrent writers take keys in
+    -- one order, so they cannot deadlock). Any error - above all a key already stored or twice
+    -- in the batch - rolls back just this block and the batch takes the general path.
+    IF v_fast THEN
+        BEGIN
+            INSERT INTO public.entity_values_ts (
+                entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,
+                value_date, value_timestamp, ingested_at)
+            SELECT r.e, r.t, r.a, r.v, r.vi, r.vd, r.vb, r.vdt, r.vts, r.at
+            FROM unnest(p_entity_id, p_tenant_id, p_attribute_id, p_value, p_value_int, p_value_decimal,
+                        p_value_bool, p_value_date, p_value_timestamp, p_ingested_at)
+                 AS r (e, t, a, v, vi, vd, vb, vdt, vts, at)
+            ORDER BY r.t, r.e, r.a, r.at;
+        EXCEPTION WHEN OTHERS THEN
+            v_fast := FALSE;
+        END;
+    END IF;
+
+    IF NOT v_fast THEN
+        SELECT array_agg(ROW(r.e, r.t, r.a, r.v, r.vi, r.vd, r.vb, r.vdt, r.vts, r.at, now())::public.entity_values_ingest)
+        INTO v_rows
+        FROM unnest(p_entity_id, p_tenant_id, p_attribute_id, p_value, p_value_int, p_value_decimal,
+                    p_value_bool, p_value_date, p_value_timestamp, p_ingested_at)
+             AS r (e, t, a, v, vi, vd, vb, vdt, vts, at);
+        RETURN QUERY SELECT * FROM public.flush_moved(v_rows);
+        RETURN;
+    END IF;
+
+    -- 3. Every row is stored: project the newest value of each hot attribute, one delta per
+    -- entity (as flush_moved does from the rows it stored).
+    SELECT array_agg(d.t), array_agg(d.e), array_agg(d.vals), array_agg(d.ats)
+    INTO v_t, v_e, v_v, v_a
+    FROM (
+        SELECT n.t, n.e, jsonb_object_agg(n.name, n.v) AS vals, jsonb_object_agg(n.name, n.at) AS ats
+        FROM (
+            SELECT DISTINCT ON (r.t, r.e, r.a)
+                   r.t, r.e, a.attribute_name AS name,
+                   public.typed_value_jsonb(a.data_type, r.v, r.vi, r.vd, r.vb, r.vdt, r.vts) AS v,
+                   to_jsonb((extract(epoch FROM r.at) * 1000000)::bigint) AS at
+            FROM unnest(p_entity_id, p_tenant_id, p_attribute_id, p_value, p_value_int, p_value_decimal,
+                        p_value_bool, p_value_date, p_value_timestamp, p_ingested_at)
+                 AS r (e, t, a, v, vi, vd, vb, vdt, vts, at)
+            JOIN public.attributes a ON a.attribute_id = r.a AND a.is_hot
+            ORDER BY r.t, r.e, r.a, r.at DESC
+        ) n
+        GROUP BY n.t, n.e
+    ) d;
+    IF v_t IS NOT NULL THEN
+        SELECT array_agg(h.tenant_id), array_agg(h.entity_id) INTO v_ct, v_ce
+        FROM public.hot_attrs_apply(v_t, v_e, v_v, v_a) h;
+    END IF;
+
+    RETURN QUERY
+    SELECT c.t, c.e, c.n, (x.e IS NOT NULL), NULL::bigint, NULL::timestamptz, NULL::text
+    FROM (
+        SELECT s.t, s.e, count(*)::integer AS n FROM unnest(p_tenant_id, p_entity_id) AS s (t, e) GROUP BY 1, 2
+    ) c
+    LEFT JOIN unnest(v_ct, v_ce) AS x (t, e) ON x.t = c.t AND x.e = c.e;
+END
+$$;

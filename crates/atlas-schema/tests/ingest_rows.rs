@@ -1,0 +1,316 @@
+//! ingest_rows (the server's durable flush): its fast path for clean, new batches and the
+//! general path every other batch falls back to must store and project the same.
+
+use atlas_testkit::TestDb;
+use serde_json::json;
+use tokio_postgres::Client;
+
+use crate::support::{Fleet, add_entities, fleet, sqlstate};
+
+/// One value for ingest_rows: (tenant, entity, attribute, text, integer, timestamp).
+type In<'a> = (i64, i64, i64, Option<&'a str>, Option<i64>, &'a str);
+
+/// What ingest_rows answered, and whether it fell back to the general path.
+#[derive(Debug)]
+struct Out {
+    /// (tenant, entity, stored, hot_changed) of the summary rows, sorted.
+    stored: Vec<(i64, i64, i32, bool)>,
+    /// Reasons of dead-lettered values.
+    dead: Vec<String>,
+    /// flush_moved was called: the batch took the general path.
+    general: bool,
+}
+
+async fn track_functions(db: &TestDb) {
+    let admin = db.admin().await;
+    let stmt: String = admin
+        .query_one(
+            "SELECT format('ALTER DATABASE %I SET track_functions = ''all''', current_database())",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    admin
+        .batch_execute(&stmt)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn ingest(app: &mut Client, rows: &[In<'_>]) -> Result<Out, tokio_postgres::Error> {
+    let tenants: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let entities: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let attributes: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let texts: Vec<Option<&str>> = rows.iter().map(|r| r.3).collect();
+    let ints: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
+    let ats: Vec<&str> = rows.iter().map(|r| r.5).collect();
+    // Pending function counts survive until the backend reports them, which it does only
+    // outside a transaction block: the difference within one transaction is this call's.
+    const FLUSH_MOVED_CALLS: &str = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE funcname = 'flush_moved'";
+    let tx = app.transaction().await?;
+    let before: i64 = tx.query_one(FLUSH_MOVED_CALLS, &[]).await?.get(0);
+    let result = tx
+        .query(
+            "SELECT tenant_id, entity_id, stored, hot_changed, dead_reason FROM ingest_rows(\
+               $1, $2, $3, $4, $5, array_fill(NULL::numeric, ARRAY[cardinality($1::bigint[])]), \
+               array_fill(NULL::boolean, ARRAY[cardinality($1::bigint[])]), array_fill(NULL::date, ARRAY[cardinality($1::bigint[])]), \
+               array_fill(NULL::timestamptz, ARRAY[cardinality($1::bigint[])]), $6::text[]::timestamptz[])",
+            &[&entities, &tenants, &attributes, &texts, &ints, &ats],
+        )
+        .await?;
+    let after: i64 = tx.query_one(FLUSH_MOVED_CALLS, &[]).await?.get(0);
+    tx.commit().await?;
+    let mut stored = Vec::new();
+    let mut dead = Vec::new();
+    for r in result {
+        match r.get::<_, Option<String>>(4) {
+            Some(reason) => dead.push(reason),
+            None => stored.push((r.get(0), r.get(1), r.get(2), r.get(3))),
+        }
+    }
+    stored.sort_unstable();
+    Ok(Out {
+        stored,
+        dead,
+        general: after > before,
+    })
+}
+
+async fn must_ingest(app: &mut Client, rows: &[In<'_>]) -> Out {
+    ingest(app, rows)
+        .await
+        .unwrap_or_else(|e| panic!("ingest_rows: {e:?}"))
+}
+
+async fn stored_values(db: &TestDb) -> i64 {
+    db.admin()
+        .await
+        .query_one("SELECT count(*) FROM entity_values_ts", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
+}
+
+async fn hot(db: &TestDb, entity: i64) -> serde_json::Value {
+    db.admin()
+        .await
+        .query_one(
+            "SELECT hot_attrs FROM entity_jsonb WHERE entity_id = $1",
+            &[&entity],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
+}
+
+#[tokio::test]
+async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one() {
+    let db = TestDb::new().await;
+    track_functions(&db).await;
+    let Fleet {
+        tenant_a: ta,
+        a1,
+        a2,
+        b1,
+        status,
+        priority,
+        ..
+    } = fleet(&db).await;
+    let mut app = db.app().await;
+
+    // A clean batch: stored by the plain INSERT, projected from the parameters.
+    let first: [In; 4] = [
+        (ta, a1, status, Some("online"), None, "2026-11-25T10:00:00Z"),
+        (ta, a1, priority, None, Some(8), "2026-11-25T10:00:00Z"),
+        (
+            ta,
+            a1,
+            status,
+            Some("booting"),
+            None,
+            "2026-11-25T09:00:00Z",
+        ),
+        (ta, a2, status, Some("idle"), None, "2026-11-25T10:00:00Z"),
+    ];
+    let out = must_ingest(&mut app, &first).await;
+    assert!(!out.general, "a clean batch fell back: {out:?}");
+    assert_eq!(out.stored, [(ta, a1, 3, true), (ta, a2, 1, true)]);
+    assert!(out.dead.is_empty());
+    assert_eq!(stored_values(&db).await, 4);
+    assert_eq!(
+        hot(&db, a1).await,
+        json!({"status": "online", "priority": 8})
+    );
+    assert_eq!(hot(&db, a2).await, json!({"status": "idle"}));
+
+    // The same batch again: the general path stores nothing and changes nothing.
+    let out = must_ingest(&mut app, &first).await;
+    assert!(out.general, "a replay must take the general path");
+    assert!(out.stored.iter().all(|s| !s.3), "{out:?}");
+    assert!(out.dead.is_empty());
+    assert_eq!(stored_values(&db).await, 4);
+
+    // A duplicate inside a batch is stored once; a replayed row next to a new one adds only
+    // the new one.
+    let out = must_ingest(
+        &mut app,
+        &[
+            (ta, a1, priority, None, Some(9), "2026-11-25T11:00:00Z"),
+            (ta, a1, priority, None, Some(9), "2026-11-25T11:00:00Z"),
+            (ta, a2, status, Some("idle"), None, "2026-11-25T10:00:00Z"),
+            (ta, a2, priority, None, Some(1), "2026-11-25T11:00:00Z"),
+        ],
+    )
+    .await;
+    assert!(out.general);
+    assert_eq!(out.stored, [(ta, a1, 1, true), (ta, a2, 1, true)]);
+    assert_eq!(stored_values(&db).await, 6);
+    assert_eq!(
+        hot(&db, a1).await,
+        json!({"status": "online", "priority": 9})
+    );
+
+    // Invalid rows are dead-lettered by the general path; the valid rows of the batch are
+    // stored.
+    let out = must_ingest(
+        &mut app,
+        &[
+            (ta, a1, 999_999, Some("x"), None, "2026-11-25T12:00:00Z"),
+            (ta, b1, status, Some("theirs"), None, "2026-11-25T12:00:00Z"),
+            (ta, a2, priority, Some("8"), None, "2026-11-25T12:00:00Z"),
+            (ta, a2, status, Some("busy"), None, "2026-11-25T12:00:00Z"),
+        ],
+    )
+    .await;
+    assert!(out.general);
+    let mut dead = out.dead.clone();
+    dead.sort();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead[0].starts_with("entity does not exist"), "{dead:?}");
+    assert_eq!(dead[1], "unknown attribute_id");
+    assert!(dead[2].starts_with("value does not match data_type integer"));
+    assert_eq!(out.stored, [(ta, a2, 1, true)]);
+    assert_eq!(stored_values(&db).await, 7);
+    assert_eq!(hot(&db, a2).await, json!({"status": "busy", "priority": 1}));
+
+    // Clean but late or mixed: stored by the fast path, and the projection keeps each newer
+    // value (the key-by-key merge of hot_attrs_apply).
+    let out = must_ingest(
+        &mut app,
+        &[
+            (ta, a1, status, Some("late"), None, "2026-11-25T09:30:00Z"),
+            (ta, a2, status, Some("newest"), None, "2026-11-25T13:00:00Z"),
+            (ta, a2, priority, None, Some(0), "2026-11-25T10:30:00Z"),
+        ],
+    )
+    .await;
+    assert!(!out.general, "{out:?}");
+    assert_eq!(out.stored, [(ta, a1, 1, false), (ta, a2, 2, true)]);
+    assert_eq!(stored_values(&db).await, 10);
+    assert_eq!(
+        hot(&db, a1).await,
+        json!({"status": "online", "priority": 9})
+    );
+    assert_eq!(
+        hot(&db, a2).await,
+        json!({"status": "newest", "priority": 1})
+    );
+
+    // Arrays of different lengths are refused; an empty batch does nothing.
+    let err = app
+        .query(
+            "SELECT * FROM ingest_rows(ARRAY[1]::bigint[], ARRAY[1, 2]::bigint[], ARRAY[1]::bigint[], \
+             ARRAY[NULL]::text[], ARRAY[1]::bigint[], ARRAY[NULL]::numeric[], ARRAY[NULL]::boolean[], \
+             ARRAY[NULL]::date[], ARRAY[NULL]::timestamptz[], ARRAY[now()])",
+            &[],
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("mismatched arrays were accepted"));
+    assert_eq!(sqlstate(&err), "22023");
+    let out = must_ingest(&mut app, &[]).await;
+    assert!(out.stored.is_empty() && out.dead.is_empty());
+    assert_eq!(stored_values(&db).await, 10);
+}
+
+#[tokio::test]
+async fn the_projections_concatenation_agrees_with_the_key_by_key_merge() {
+    // hot_attrs_apply concatenates when every delta time is newer than every projection time
+    // and merges key by key otherwise. Random projections and deltas over four keys with
+    // times 1..5 (ties and mixes included) must come out as hot_attrs_merge says, and exactly
+    // the rows hot_attrs_newer calls changed must be rewritten.
+    let db = TestDb::new().await;
+    let f = fleet(&db).await;
+    let mut app = db.app().await;
+    let ids = add_entities(&mut app, f.tenant_a, 400).await;
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "SELECT setseed(0.25);
+             CREATE TEMP TABLE cases AS
+             SELECT e.entity_id, e.tenant_id,
+                    coalesce((SELECT jsonb_object_agg(k, to_jsonb(k || floor(random() * 3)::int)) FROM unnest(c.keys) k), '{}') AS cur,
+                    coalesce((SELECT jsonb_object_agg(k, floor(random() * 5 + 1)::int) FROM unnest(c.keys) k), '{}') AS cur_at,
+                    coalesce((SELECT jsonb_object_agg(k, to_jsonb('new-' || k)) FROM unnest(c.dkeys) k), '{}') AS delta,
+                    coalesce((SELECT jsonb_object_agg(k, floor(random() * 5 + 1)::int) FROM unnest(c.dkeys) k), '{}') AS delta_at
+             FROM entities e,
+                  LATERAL (SELECT ARRAY(SELECT k FROM unnest(ARRAY['a','b','c','d']) k WHERE random() < 0.6 + 0 * e.entity_id) AS keys,
+                                  ARRAY(SELECT k FROM unnest(ARRAY['a','b','c','d']) k WHERE random() < 0.5 + 0 * e.entity_id) AS dkeys) c;
+             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at)
+             SELECT entity_id, tenant_id, cur, cur_at FROM cases
+             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET hot_attrs = EXCLUDED.hot_attrs, hot_attrs_at = EXCLUDED.hot_attrs_at;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let row = admin
+        .query_one(
+            "WITH applied AS (
+                 SELECT h.entity_id FROM hot_attrs_apply(
+                     (SELECT array_agg(tenant_id ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(delta ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(delta_at ORDER BY entity_id) FROM cases)) h)
+             SELECT (SELECT count(*) FROM cases),
+                    (SELECT count(*) FROM cases WHERE hot_attrs_all_newer(cur_at, delta_at)),
+                    (SELECT count(*) FROM cases WHERE NOT hot_attrs_all_newer(cur_at, delta_at) AND hot_attrs_newer(cur_at, delta_at)),
+                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM applied),
+                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases WHERE hot_attrs_newer(cur_at, delta_at))",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (cases, fast, merged): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(
+        usize::try_from(cases).is_ok_and(|n| n >= ids.len()),
+        "{cases}"
+    );
+    assert!(
+        fast > 20 && merged > 20,
+        "both paths must be exercised: {fast} fast, {merged} merged"
+    );
+    let applied: Vec<i64> = row.get(3);
+    let expected: Vec<i64> = row.get(4);
+    assert_eq!(
+        applied, expected,
+        "rows rewritten vs rows with a newer value"
+    );
+    let wrong: Vec<(i64, serde_json::Value, serde_json::Value)> = admin
+        .query(
+            "SELECT c.entity_id, to_jsonb(j.*) - 'updated_at' - 'cold_attrs', to_jsonb(m.*)
+             FROM cases c
+             JOIN entity_jsonb j USING (entity_id, tenant_id),
+                  hot_attrs_merge(c.cur, c.cur_at, c.delta, c.delta_at) m
+             WHERE hot_attrs_newer(c.cur_at, c.delta_at)
+               AND (j.hot_attrs, j.hot_attrs_at) IS DISTINCT FROM (m.hot_attrs, m.hot_attrs_at)",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "projection differs from the merge: {wrong:?}"
+    );
+}
