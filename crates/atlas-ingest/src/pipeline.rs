@@ -422,9 +422,13 @@ async fn write_rows(
     }
     // Durable: the rows go as binary column arrays straight into ingest_rows (validate,
     // store, project) in one autocommitted statement: its commit is the acknowledgement.
-    let n: usize = jobs.iter().map(|j| j.rows.len()).sum();
-    let mut c = ColumnArrays::with_capacity(n);
-    for row in jobs.iter().flat_map(|j| j.rows.iter()) {
+    // In primary-key order: ingest_rows sorts by it to insert and to project, and
+    // PostgreSQL's sort finishes in one pass over presorted input (measured: 75 -> 67 ms for
+    // a 5 000-value batch).
+    let mut sorted: Vec<&Row> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
+    sorted.sort_unstable_by_key(|r| (r.tenant.0, r.entity_id, r.attribute_id, r.ingested_at));
+    let mut c = ColumnArrays::with_capacity(sorted.len());
+    for row in sorted {
         c.push(row);
     }
     let rows = client

@@ -671,3 +671,26 @@ async fn partition_functions_premake_ahead_in_utc_and_are_idempotent() {
         .collect();
     assert_eq!(made, ["entities_p2", "entities_p3"]);
 }
+
+#[tokio::test]
+async fn the_flushes_plan_every_call_for_its_batch() {
+    // A generic plan estimates every unnest() at 10 rows and turned flush_moved's
+    // classification into a nested loop over the batch (0012).
+    let db = TestDb::new().await;
+    let c = db.admin().await;
+    for name in ["flush_moved", "ingest_rows"] {
+        let config: Vec<String> = c
+            .query_one(
+                "SELECT coalesce(p.proconfig, '{}') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = 'public' AND p.proname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .get(0);
+        assert!(
+            config.contains(&"plan_cache_mode=force_custom_plan".to_owned()),
+            "{name}: {config:?}"
+        );
+    }
+}
