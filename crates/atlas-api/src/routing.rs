@@ -218,8 +218,15 @@ pub(crate) fn served(mut resp: Response, target: Target, served_by: Option<&str>
 
 /// Adds `X-Atlas-Lsn` to a write's answer: the primary's WAL position after the commit, which a
 /// later read sends as `X-Atlas-Min-Lsn` to read its own write.
-pub(crate) async fn with_lsn(state: &AppState, mut resp: Response) -> Response {
-    if let Some(lsn) = atlas_replication::primary_lsn(&state.inner.store).await
+pub(crate) async fn with_lsn(state: &AppState, resp: Response) -> Response {
+    let lsn = atlas_replication::primary_lsn(&state.inner.store).await;
+    with_known_lsn(resp, lsn)
+}
+
+/// [`with_lsn`] with a position already read after the commit (the ingest writer reads one
+/// per batch instead of one per request).
+pub(crate) fn with_known_lsn(mut resp: Response, lsn: Option<atlas_replication::Lsn>) -> Response {
+    if let Some(lsn) = lsn
         && let Ok(v) = HeaderValue::from_str(&lsn.to_string())
     {
         resp.headers_mut().insert(HeaderName::from_static(LSN), v);

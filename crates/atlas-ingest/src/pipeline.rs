@@ -108,6 +108,9 @@ pub enum IngestError {
 pub struct Ack {
     /// Values accepted: stored now, or already stored (a replay is a no-op).
     pub accepted: usize,
+    /// The primary's WAL position read after the batch committed (at or past its commit), as
+    /// a byte offset; `None` if it could not be read. Read once per batch, not per request.
+    pub wal_lsn: Option<u64>,
 }
 
 struct Job {
@@ -312,6 +315,20 @@ async fn run_batcher(
 
 type DeadKey = (i64, i64, i64, DateTime<Utc>);
 
+/// What a written batch reports: entities whose projection changed, dead-lettered rows, and
+/// the WAL position after its commit.
+type Written = (Vec<(TenantId, i64)>, HashMap<DeadKey, String>, Option<u64>);
+
+/// The WAL position as a byte offset (`pg_lsn` has no binary mapping in tokio-postgres).
+const WAL_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// Reads the WAL position after a commit; a failure only costs the answer its `X-Atlas-Lsn`.
+async fn wal_lsn(client: &atlas_store::deadpool_postgres::Client) -> Option<u64> {
+    let stmt = client.prepare_cached(WAL_LSN).await.ok()?;
+    let lsn: i64 = client.query_one(&stmt, &[]).await.ok()?.try_get(0).ok()?;
+    u64::try_from(lsn).ok()
+}
+
 /// Writes one batch in one transaction and answers every job of it.
 async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
     let started = Instant::now();
@@ -323,7 +340,7 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
     metrics::histogram!("atlas_ingest_flush_seconds", "durability" => mode)
         .record(started.elapsed().as_secs_f64());
     match result {
-        Ok((changed, dead)) => {
+        Ok((changed, dead, wal_lsn)) => {
             metrics::counter!("atlas_ingest_values_total", "outcome" => "stored_or_replayed")
                 .increment(u64::try_from(total - dead.len().min(total)).unwrap_or(0));
             if !dead.is_empty() {
@@ -352,6 +369,7 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
                 let result = match refused {
                     None => Ok(Ack {
                         accepted: job.rows.len(),
+                        wal_lsn,
                     }),
                     Some((row, reason)) => Err(IngestError::Refused {
                         refused: n_refused,
@@ -386,11 +404,7 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
 }
 
 /// Writes a batch: durable rows through `ingest_rows`, staged rows by COPY into staging.
-async fn write_rows(
-    pool: &Pool,
-    jobs: &[Job],
-    flush: bool,
-) -> Result<(Vec<(TenantId, i64)>, HashMap<DeadKey, String>), StoreError> {
+async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, StoreError> {
     let mut client = pool.get().await?;
     let mut changed = Vec::new();
     let mut dead = HashMap::new();
@@ -418,7 +432,7 @@ async fn write_rows(
         }
         writer.finish().await?;
         tx.commit().await?;
-        return Ok((changed, dead));
+        return Ok((changed, dead, wal_lsn(&client).await));
     }
     // Durable: the rows go as binary column arrays straight into ingest_rows (validate,
     // store, project) in one autocommitted statement: its commit is the acknowledgement.
@@ -431,9 +445,12 @@ async fn write_rows(
     for row in sorted {
         c.push(row);
     }
+    let stmt = client
+        .prepare_cached("SELECT * FROM public.ingest_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        .await?;
     let rows = client
         .query(
-            "SELECT * FROM public.ingest_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &stmt,
             &[
                 &c.entity_id,
                 &c.tenant_id,
@@ -459,7 +476,7 @@ async fn write_rows(
             None => {}
         }
     }
-    Ok((changed, dead))
+    Ok((changed, dead, wal_lsn(&client).await))
 }
 
 /// A batch as one array per column (sent in PostgreSQL's binary format).

@@ -431,17 +431,12 @@ pub async fn first_unknown_entity(
     tenant: TenantId,
     readings: &[Reading],
 ) -> Result<Option<usize>, atlas_store::StoreError> {
-    use futures_util::FutureExt;
     let ids: Vec<i64> = readings
         .iter()
         .map(|r| r.entity_id)
         .collect::<std::collections::HashSet<_>>()
         .into_iter()
         .collect();
-    let known = store
-        .with_tenant(tenant, move |tx| {
-            async move { atlas_store::entities::existing_ids(tx, tenant, &ids).await }.boxed()
-        })
-        .await?;
+    let known = store.live_entity_ids(tenant, &ids).await?;
     Ok(readings.iter().position(|r| !known.contains(&r.entity_id)))
 }

@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_maintenance.sql"),
     migration!(11, "0011_inline_helpers.sql"),
     migration!(12, "0012_ingest_fast_path.sql"),
+    migration!(13, "0013_entities_known.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.

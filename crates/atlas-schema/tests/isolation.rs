@@ -554,3 +554,71 @@ fn regex_lite_sql() -> Vec<&'static str> {
         " FROM PUBLIC.",
     ]
 }
+
+#[tokio::test]
+async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_context() {
+    // The telemetry route's one-statement entity check (0013) runs with the caller's rights:
+    // the tenant policy still filters it, and the context it sets ends with the call.
+    let db = TestDb::new().await;
+    let f = fleet(&db).await;
+    db.admin()
+        .await
+        .execute(
+            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
+            &[&f.a2],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut app = db.app().await;
+    let known = |rows: Vec<tokio_postgres::Row>| {
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let ids = vec![f.a1, f.a2, f.b1, 999_999];
+    // Outside a transaction: only tenant A's live entity.
+    let rows = app
+        .query(
+            "SELECT e FROM public.entities_known($1, $2) AS e",
+            &[&f.tenant_a, &ids],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(known(rows), [f.a1]);
+    let after: Option<String> = app
+        .query_one(
+            "SELECT NULLIF(current_setting('app.current_tenant_id', true), '')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(after, None, "the context outlived the call");
+    let visible: i64 = app
+        .query_one("SELECT count(*) FROM entities", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(visible, 0);
+
+    // Inside tenant B's transaction: the answer is still A's, and B's context is back after.
+    let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    set_tenant(&tx, f.tenant_b).await;
+    let rows = tx
+        .query(
+            "SELECT e FROM public.entities_known($1, $2) AS e",
+            &[&f.tenant_a, &ids],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(known(rows), [f.a1]);
+    let seen: Vec<i64> = tx
+        .query("SELECT entity_id FROM entities ORDER BY 1", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, [f.b1], "tenant B's context was not restored");
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+}

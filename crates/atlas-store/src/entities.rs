@@ -270,21 +270,6 @@ pub async fn list(
     rows.iter().map(entity_from).collect()
 }
 
-/// Which of `ids` are live entities of the tenant.
-pub async fn existing_ids(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    ids: &[i64],
-) -> Result<std::collections::HashSet<i64>, StoreError> {
-    let rows = tx
-        .cached_query(
-            "SELECT entity_id FROM public.entities WHERE tenant_id = $1 AND entity_id = ANY($2) AND NOT is_deleted",
-            &[&tenant.0, &ids],
-        )
-        .await?;
-    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-}
-
 /// Live entities with these ids, by id (ids the tenant does not have are skipped).
 pub async fn by_ids(tx: &Tx<'_>, tenant: TenantId, ids: &[i64]) -> Result<Vec<Entity>, StoreError> {
     let rows = tx.cached_query(BY_IDS, &[&tenant.0, &ids]).await?;

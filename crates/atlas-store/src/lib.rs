@@ -173,6 +173,22 @@ impl Store {
         pool_for(self.primary_config.clone(), size)
     }
 
+    /// Which of `ids` are live entities of the tenant, in one statement on the primary:
+    /// `entities_known()` sets the tenant context for its own query (still filtered by the
+    /// tenant policy) and restores the caller's.
+    pub async fn live_entity_ids(
+        &self,
+        tenant: TenantId,
+        ids: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        let client = self.primary.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT e FROM public.entities_known($1, $2) AS e")
+            .await?;
+        let rows = client.query(&stmt, &[&tenant.0, &ids]).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// The primary's pool (for work that is not tenant data: heartbeats, flushing).
     pub fn primary(&self) -> &Pool {
         &self.primary

@@ -248,8 +248,12 @@ pub async fn ingest(
             durability: label.into(),
         }),
     ));
-    // Durable values are committed: the primary's position now covers them.
-    Ok(crate::routing::with_lsn(&state, resp).await)
+    // Durable values are committed: the position the writer read after the commit covers
+    // them (read here only if it could not).
+    Ok(match ack.wal_lsn {
+        Some(lsn) => crate::routing::with_known_lsn(resp, Some(atlas_replication::Lsn(lsn))),
+        None => crate::routing::with_lsn(&state, resp).await,
+    })
 }
 
 #[cfg(test)]
