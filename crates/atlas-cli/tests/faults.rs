@@ -175,7 +175,7 @@ async fn acked_values_survive_kill_9_of_the_server() {
 async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers() {
     // A cluster of its own: stopping the shared test cluster would disturb other tests.
     let (stack, urls, spec) =
-        private_stack("atlas-fault-stack", (55539, 55540, 63900), "fault").await;
+        private_stack("atlas-fault-stack", (61539, 61540, 63900), "fault").await;
     let serve = Serve::start(&urls.database_url, &[], &urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
     // `atlas cdc` streams throughout and must ride out the outage by itself too.

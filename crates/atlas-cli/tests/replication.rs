@@ -63,7 +63,7 @@ async fn until(
 async fn paused_replay_opens_the_circuit_at_5_s_and_closes_it_below_3_s_and_a_stopped_replica_fails_nothing()
  {
     let (stack, urls, spec) =
-        private_stack("atlas-repl-stack", (55639, 55640, 64000), "repl").await;
+        private_stack("atlas-repl-stack", (61639, 61640, 64000), "repl").await;
     let serve = Serve::start(&urls.database_url, &urls.replica_urls, &urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 1).await;
     let http = reqwest::Client::new();

@@ -65,12 +65,13 @@ impl StackSpec {
         })
     }
 
-    /// The test stack: its own ports (55439/55440/63800) so it runs beside a developer stack.
+    /// The test stack: its own ports (61439/61440/63800) so it runs beside a developer stack.
+    /// Above Linux's ephemeral range (32768-60999), where no client connection can hold them.
     pub fn test(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            pg_port: 55439,
-            replica_port: 55440,
+            pg_port: 61439,
+            replica_port: 61440,
             redis_port: 63800,
             durable: false,
         }
@@ -497,9 +498,10 @@ impl Stack {
             fs::write(&log, "").map_err(io(&log))?;
         }
         process::chown_to_postgres(&log)?;
-        // Our ports lie in Linux's ephemeral range: a client connection of this machine may
-        // hold the port for a moment (seen in CI: "could not bind … Address already in use").
-        // Such a clash is retried for a while; any other failure is reported at once.
+        // A port in Linux's ephemeral range (32768-60999; the developer stack's 54329/54330)
+        // may be held for a moment by a client connection of this machine (seen in CI before
+        // the test stacks moved above it: "could not bind … Address already in use"). Such a
+        // clash is retried for a while; any other failure is reported at once.
         let mut attempt = 0;
         loop {
             let started = self
