@@ -51,10 +51,10 @@ async fn ingest(app: &mut Client, rows: &[In<'_>]) -> Result<Out, tokio_postgres
     let before: i64 = tx.query_one(FLUSH_MOVED_CALLS, &[]).await?.get(0);
     let result = tx
         .query(
-            "SELECT tenant_id, entity_id, stored, hot_changed, dead_reason FROM ingest_rows(\
-               $1, $2, $3, $4, $5, array_fill(NULL::numeric, ARRAY[cardinality($1::bigint[])]), \
-               array_fill(NULL::boolean, ARRAY[cardinality($1::bigint[])]), array_fill(NULL::date, ARRAY[cardinality($1::bigint[])]), \
-               array_fill(NULL::timestamptz, ARRAY[cardinality($1::bigint[])]), $6::text[]::timestamptz[])",
+            "SELECT tenant_id, entity_id, stored, hot_changed, dead_reason FROM ingest_rows(ARRAY(\
+               SELECT ROW(x.e, x.t, x.a, x.v, x.vi, NULL, NULL, NULL, NULL, x.at::timestamptz, NULL)::entity_values_ingest \
+               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::text[]) \
+                    AS x (e, t, a, v, vi, at)))",
             &[&entities, &tenants, &attributes, &texts, &ints, &ats],
         )
         .await?;
@@ -216,17 +216,15 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
         json!({"status": "newest", "priority": 1})
     );
 
-    // Arrays of different lengths are refused; an empty batch does nothing.
+    // A NULL row is refused; an empty batch does nothing.
     let err = app
         .query(
-            "SELECT * FROM ingest_rows(ARRAY[1]::bigint[], ARRAY[1, 2]::bigint[], ARRAY[1]::bigint[], \
-             ARRAY[NULL]::text[], ARRAY[1]::bigint[], ARRAY[NULL]::numeric[], ARRAY[NULL]::boolean[], \
-             ARRAY[NULL]::date[], ARRAY[NULL]::timestamptz[], ARRAY[now()])",
+            "SELECT * FROM ingest_rows(ARRAY[NULL::entity_values_ingest])",
             &[],
         )
         .await
         .err()
-        .unwrap_or_else(|| panic!("mismatched arrays were accepted"));
+        .unwrap_or_else(|| panic!("a NULL row was accepted"));
     assert_eq!(sqlstate(&err), "22023");
     let out = must_ingest(&mut app, &[]).await;
     assert!(out.stored.is_empty() && out.dead.is_empty());
