@@ -7,8 +7,13 @@ use tokio_postgres::Client;
 
 use crate::support::{Fleet, add_entities, fleet, sqlstate};
 
-/// One value for ingest_rows: (tenant, entity, attribute, text, integer, timestamp).
-type In<'a> = (i64, i64, i64, Option<&'a str>, Option<i64>, &'a str);
+/// One value for ingest_rows: (tenant, entity, attribute, text, integer, RFC 3339 time).
+type In<'a> = (i64, i64, i64, Option<&'a str>, Option<i64>, String);
+
+/// Today (UTC) at `hms`: inside the partitions the migrations create, whenever the test runs.
+fn at(hms: &str) -> String {
+    format!("{}T{hms}Z", chrono::Utc::now().format("%Y-%m-%d"))
+}
 
 /// What ingest_rows answered, and whether it fell back to the general path.
 #[derive(Debug)]
@@ -43,7 +48,7 @@ async fn ingest(app: &mut Client, rows: &[In<'_>]) -> Result<Out, tokio_postgres
     let attributes: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let texts: Vec<Option<&str>> = rows.iter().map(|r| r.3).collect();
     let ints: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
-    let ats: Vec<&str> = rows.iter().map(|r| r.5).collect();
+    let ats: Vec<&str> = rows.iter().map(|r| r.5.as_str()).collect();
     // Pending function counts survive until the backend reports them, which it does only
     // outside a transaction block: the difference within one transaction is this call's.
     const FLUSH_MOVED_CALLS: &str = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE funcname = 'flush_moved'";
@@ -120,17 +125,10 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
 
     // A clean batch: stored by the plain INSERT, projected from the parameters.
     let first: [In; 4] = [
-        (ta, a1, status, Some("online"), None, "2026-11-25T10:00:00Z"),
-        (ta, a1, priority, None, Some(8), "2026-11-25T10:00:00Z"),
-        (
-            ta,
-            a1,
-            status,
-            Some("booting"),
-            None,
-            "2026-11-25T09:00:00Z",
-        ),
-        (ta, a2, status, Some("idle"), None, "2026-11-25T10:00:00Z"),
+        (ta, a1, status, Some("online"), None, at("10:00:00")),
+        (ta, a1, priority, None, Some(8), at("10:00:00")),
+        (ta, a1, status, Some("booting"), None, at("09:00:00")),
+        (ta, a2, status, Some("idle"), None, at("10:00:00")),
     ];
     let out = must_ingest(&mut app, &first).await;
     assert!(!out.general, "a clean batch fell back: {out:?}");
@@ -155,10 +153,10 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     let out = must_ingest(
         &mut app,
         &[
-            (ta, a1, priority, None, Some(9), "2026-11-25T11:00:00Z"),
-            (ta, a1, priority, None, Some(9), "2026-11-25T11:00:00Z"),
-            (ta, a2, status, Some("idle"), None, "2026-11-25T10:00:00Z"),
-            (ta, a2, priority, None, Some(1), "2026-11-25T11:00:00Z"),
+            (ta, a1, priority, None, Some(9), at("11:00:00")),
+            (ta, a1, priority, None, Some(9), at("11:00:00")),
+            (ta, a2, status, Some("idle"), None, at("10:00:00")),
+            (ta, a2, priority, None, Some(1), at("11:00:00")),
         ],
     )
     .await;
@@ -175,10 +173,10 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     let out = must_ingest(
         &mut app,
         &[
-            (ta, a1, 999_999, Some("x"), None, "2026-11-25T12:00:00Z"),
-            (ta, b1, status, Some("theirs"), None, "2026-11-25T12:00:00Z"),
-            (ta, a2, priority, Some("8"), None, "2026-11-25T12:00:00Z"),
-            (ta, a2, status, Some("busy"), None, "2026-11-25T12:00:00Z"),
+            (ta, a1, 999_999, Some("x"), None, at("12:00:00")),
+            (ta, b1, status, Some("theirs"), None, at("12:00:00")),
+            (ta, a2, priority, Some("8"), None, at("12:00:00")),
+            (ta, a2, status, Some("busy"), None, at("12:00:00")),
         ],
     )
     .await;
@@ -198,9 +196,9 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     let out = must_ingest(
         &mut app,
         &[
-            (ta, a1, status, Some("late"), None, "2026-11-25T09:30:00Z"),
-            (ta, a2, status, Some("newest"), None, "2026-11-25T13:00:00Z"),
-            (ta, a2, priority, None, Some(0), "2026-11-25T10:30:00Z"),
+            (ta, a1, status, Some("late"), None, at("09:30:00")),
+            (ta, a2, status, Some("newest"), None, at("13:00:00")),
+            (ta, a2, priority, None, Some(0), at("10:30:00")),
         ],
     )
     .await;
@@ -310,5 +308,85 @@ async fn the_projections_concatenation_agrees_with_the_key_by_key_merge() {
     assert!(
         wrong.is_empty(),
         "projection differs from the merge: {wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_with_overlapping_batches_store_each_value_once() {
+    // Four writers send batches concurrently; writers 0 and 1 share half their readings (a
+    // client retrying through two servers), writer 2 sends each of its batches twice, writer 3
+    // its own.
+    // Racing plain INSERTs meet the other's uncommitted keys, fail over to the general path,
+    // and every reading ends up stored once, with the newest hot value projected.
+    let db = TestDb::new().await;
+    let f = fleet(&db).await;
+    let mut app = db.app().await;
+    let entities = add_entities(&mut app, f.tenant_a, 30).await;
+    // From now: writer 3's batches reach ~12 days ahead, within the two months of partitions
+    // the migrations make ahead.
+    let start = chrono::Utc::now();
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let mut client = db.app().await;
+        let (entities, tenant, priority) = (entities.clone(), f.tenant_a, f.priority);
+        writers.push(tokio::spawn(async move {
+            let mut sent = std::collections::HashSet::new();
+            for batch in 0..15i64 {
+                let base = if w == 3 { 1_000_000 } else { 0 } + batch * 100;
+                let ats: Vec<String> = (0..entities.len())
+                    .map(|k| {
+                        let k = i64::try_from(k).unwrap_or(0);
+                        // Writer 1 shares only every other reading with writer 0: a batch
+                        // that meets stored keys still has new rows to store.
+                        let own = if w == 1 && k % 2 == 1 { 500_000 } else { 0 };
+                        let s = base + own + k % 7;
+                        (start + chrono::Duration::seconds(s)).to_rfc3339()
+                    })
+                    .collect();
+                let rows: Vec<In> = entities
+                    .iter()
+                    .zip(&ats)
+                    .map(|(e, at)| (tenant, *e, priority, None, Some(base), at.clone()))
+                    .collect();
+                for _ in 0..if w == 2 { 2 } else { 1 } {
+                    let out = ingest(&mut client, &rows)
+                        .await
+                        .unwrap_or_else(|e| panic!("writer {w}: {e:?}"));
+                    assert!(out.dead.is_empty(), "writer {w}: {:?}", out.dead);
+                }
+                sent.extend(rows.iter().map(|r| (r.1, r.5.clone())));
+            }
+            sent
+        }));
+    }
+    let mut expected = std::collections::HashSet::new();
+    for w in writers {
+        expected.extend(w.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let admin = db.admin().await;
+    let (rows, distinct): (i64, i64) = {
+        let r = admin
+            .query_one(
+                "SELECT count(*), count(DISTINCT (entity_id, attribute_id, ingested_at)) FROM entity_values_ts",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(rows, distinct, "a value was stored twice");
+    assert_eq!(usize::try_from(rows).ok(), Some(expected.len()));
+    // Writer 3's last batch is the newest reading of every entity.
+    let wrong: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM entity_jsonb WHERE entity_id = ANY($1) AND hot_attrs -> 'priority' <> '1001400'::jsonb",
+            &[&entities],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(
+        wrong, 0,
+        "the projection is not the newest value everywhere"
     );
 }
