@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use atlas_testkit::TestDb;
 use serde_json::json;
 
-use crate::support::{Value, add_entities, fleet, flush, set_tenant, stage};
+use crate::support::{Value, add_entities, at, fleet, flush, set_tenant, stage};
 
 async fn hot_attrs(db: &TestDb, entity: i64) -> serde_json::Value {
     db.admin()
@@ -32,7 +32,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         f.a1,
         f.temperature,
         Value::Decimal("21.50"),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     stage(
@@ -41,7 +41,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         f.a1,
         f.status,
         Value::Text("online"),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     // An older reading arriving in the same batch, and one arriving later.
@@ -51,7 +51,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         f.a1,
         f.status,
         Value::Text("offline"),
-        "2026-11-25T09:00:00Z",
+        &at("09:00:00"),
     )
     .await;
     stage(
@@ -60,7 +60,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         f.a1,
         f.priority,
         Value::Int(8),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     assert_eq!(flush(&app).await, 4);
@@ -75,7 +75,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         f.a1,
         f.status,
         Value::Text("rebooting"),
-        "2026-11-25T09:30:00Z",
+        &at("09:30:00"),
     )
     .await;
     assert_eq!(
@@ -94,7 +94,7 @@ async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {
         f.a1,
         f.status,
         Value::Text("maintenance"),
-        "2026-11-25T11:00:00Z",
+        &at("11:00:00"),
     )
     .await;
     flush(&app).await;
@@ -141,7 +141,7 @@ async fn replays_and_in_batch_duplicates_store_nothing_twice() {
             f.a1,
             f.priority,
             Value::Int(1),
-            "2026-11-25T10:00:00Z",
+            &at("10:00:00"),
         )
         .await;
     }
@@ -151,7 +151,7 @@ async fn replays_and_in_batch_duplicates_store_nothing_twice() {
         f.a1,
         f.priority,
         Value::Int(2),
-        "2026-11-25T10:01:00Z",
+        &at("10:01:00"),
     )
     .await;
     assert_eq!(flush(&app).await, 2);
@@ -162,7 +162,7 @@ async fn replays_and_in_batch_duplicates_store_nothing_twice() {
         f.a1,
         f.priority,
         Value::Int(1),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     stage(
@@ -171,7 +171,7 @@ async fn replays_and_in_batch_duplicates_store_nothing_twice() {
         f.a1,
         f.priority,
         Value::Int(2),
-        "2026-11-25T10:01:00Z",
+        &at("10:01:00"),
     )
     .await;
     assert_eq!(flush(&app).await, 0);
@@ -198,7 +198,7 @@ async fn poison_rows_are_dead_lettered_and_the_flush_goes_on() {
     let db = TestDb::new().await;
     let f = fleet(&db).await;
     let app = db.app().await;
-    let good = "2026-11-25T10:00:00Z";
+    let good = &at("10:00:00");
     stage(&app, f.tenant_a, f.a1, f.priority, Value::Int(5), good).await; // fine
     stage(&app, f.tenant_b, f.a1, f.priority, Value::Int(5), good).await; // A's entity under B
     stage(&app, f.tenant_a, f.a1, f.priority, Value::Text("5"), good).await; // wrong column
@@ -279,7 +279,7 @@ async fn a_deleted_entity_takes_no_new_values() {
         f.a2,
         f.priority,
         Value::Int(1),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     assert_eq!(flush(&app).await, 0);
@@ -320,7 +320,7 @@ async fn concurrent_flushers_and_replaying_producers_reconcile_exactly() {
                         .execute(
                             "INSERT INTO entity_values_ingest (tenant_id, entity_id, attribute_id, value, value_int, ingested_at) \
                              SELECT $1, e, a, CASE WHEN a = $5 THEN 's' || m END, CASE WHEN a = $6 THEN m END, \
-                                    timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => m) \
+                                    date_trunc('month', now()) + make_interval(secs => m) \
                              FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS t (e, a, m)",
                             &[&f.tenant_a, &es, &ats, &ms, &f.status, &f.priority],
                         )

@@ -5,15 +5,10 @@ use atlas_testkit::TestDb;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::support::{Fleet, add_entities, fleet, sqlstate};
+use crate::support::{Fleet, add_entities, at, fleet, sqlstate};
 
 /// One value for ingest_rows: (tenant, entity, attribute, text, integer, RFC 3339 time).
 type In<'a> = (i64, i64, i64, Option<&'a str>, Option<i64>, String);
-
-/// Today (UTC) at `hms`: inside the partitions the migrations create, whenever the test runs.
-fn at(hms: &str) -> String {
-    format!("{}T{hms}Z", chrono::Utc::now().format("%Y-%m-%d"))
-}
 
 /// What ingest_rows answered, and whether it fell back to the general path.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use atlas_testkit::TestDb;
 
-use crate::support::{Value, fleet, flush, set_tenant, sqlstate, stage};
+use crate::support::{Value, at, fleet, flush, set_tenant, sqlstate, stage};
 
 const TENANT_TABLES: &[&str] = &[
     "entities",
@@ -14,7 +14,7 @@ const TENANT_TABLES: &[&str] = &[
 async fn write_some_values(db: &TestDb) -> crate::support::Fleet {
     let f = fleet(db).await;
     let app = db.app().await;
-    let now = "2026-11-25T10:00:00Z";
+    let now = &at("10:00:00");
     for (tenant, entity) in [(f.tenant_a, f.a1), (f.tenant_a, f.a2), (f.tenant_b, f.b1)] {
         stage(&app, tenant, entity, f.status, Value::Text("online"), now).await;
         stage(
@@ -458,7 +458,7 @@ async fn a_temp_table_cannot_shadow_staging_for_the_flush() {
         f.a1,
         f.priority,
         Value::Int(7),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     // The session's own TEMP table of the same name comes first in its search_path…

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use atlas_testkit::TestDb;
 
-use crate::support::{Value, fleet, flush, stage};
+use crate::support::{Value, at, fleet, flush, stage};
 
 #[tokio::test]
 async fn replica_streams_and_is_read_only() {
@@ -30,7 +30,7 @@ async fn replica_streams_and_is_read_only() {
         f.a1,
         f.priority,
         Value::Int(3),
-        "2026-11-25T10:00:00Z",
+        &at("10:00:00"),
     )
     .await;
     assert_eq!(flush(&app).await, 1);

@@ -49,6 +49,15 @@ pub async fn add_entities(app: &mut Client, tenant: i64, n: i64) -> Vec<i64> {
     ids
 }
 
+/// Today (UTC) at `hms` (RFC 3339): always inside the partitions the migrations create, whenever
+/// the tests run (a fixed date falls out of them within months). The day is taken once per
+/// run, so a test running across midnight keeps its times in order.
+pub fn at(hms: &str) -> String {
+    static DAY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let day = DAY.get_or_init(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
+    format!("{day}T{hms}Z")
+}
+
 /// Sets the tenant context for the current transaction.
 pub async fn set_tenant(client: &impl tokio_postgres::GenericClient, tenant: i64) {
     client
