@@ -1,10 +1,11 @@
 -- 0012: a fast path for the durable flush (ingest_rows) and for the hot projection.
 --
 -- Measured on one 5 000-value batch (1 000 entities, 3 hot values each): the bare INSERT of
--- the rows costs what COPY costs (~33 ms), but ingest_rows took ~260 ms. The general path
--- (flush_moved) classifies every row into a materialized CTE, copies the batch into composite
--- arrays twice, inserts with ON CONFLICT (a speculative insertion per row, +35 %) and RETURNING,
--- and merged each entity's projection with a FULL JOIN of jsonb_each sets (~35 µs an entity).
+-- the rows costs what COPY costs (~33 ms), but ingest_rows took ~94 ms once warm. The general
+-- path (flush_moved) classifies every row into a materialized CTE, copies the batch into
+-- composite arrays twice, inserts with ON CONFLICT (a speculative insertion per row, +35 %) and
+-- RETURNING, and merged each entity's projection with a FULL JOIN of jsonb_each sets (~35 µs
+-- an entity).
 --
 -- The common batch is all valid, all new and newer than the projection. ingest_rows now checks
 -- that with two aggregate queries, stores the rows with a plain INSERT in primary-key order and
@@ -59,8 +60,8 @@ $$;
 
 -- The batch now arrives as one array of staging rows instead of ten column arrays: unnesting
 -- ten arrays fills ten tuplestores on every pass (~3 ms per 5 000 values, four passes), one
--- composite array a single one (measured 75 -> 65 ms for a batch), and the general path takes
--- the same array without rebuilding it.
+-- composite array a single one (measured 75 -> 65 ms for a batch), and the general path gets
+-- the same rows (only stamped with staged_at for its dead letters).
 DROP FUNCTION public.ingest_rows(bigint[], bigint[], bigint[], text[], bigint[], numeric[], boolean[], date[], timestamptz[], timestamptz[]);
 
 CREATE FUNCTION public.ingest_rows(p_rows public.entity_values_ingest[])
