@@ -61,9 +61,8 @@ $$;
 -- The batch now arrives as one array of staging rows instead of ten column arrays: unnesting
 -- ten arrays fills ten tuplestores on every pass (~3 ms per 5 000 values, four passes), one
 -- composite array a single one (measured 75 -> 65 ms for a batch), and the general path gets
--- the same rows (only stamped with staged_at for its dead letters).
-DROP FUNCTION public.ingest_rows(bigint[], bigint[], bigint[], text[], bigint[], numeric[], boolean[], date[], timestamptz[], timestamptz[]);
-
+-- the same rows (only stamped with staged_at for its dead letters). The ten-array form stays,
+-- as a wrapper at the end of this file, for servers of the previous release.
 CREATE FUNCTION public.ingest_rows(p_rows public.entity_values_ingest[])
 RETURNS TABLE (tenant_id bigint, entity_id bigint, stored integer, hot_changed boolean,
                dead_attribute_id bigint, dead_ingested_at timestamptz, dead_reason text)
@@ -174,6 +173,40 @@ ALTER FUNCTION public.ingest_rows(public.entity_values_ingest[]) OWNER TO atlas_
 REVOKE CREATE ON SCHEMA public FROM atlas_definer;
 REVOKE EXECUTE ON FUNCTION public.ingest_rows(public.entity_values_ingest[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.ingest_rows(public.entity_values_ingest[]) TO atlas_app;
+
+-- Servers of the previous release call ingest_rows with ten column arrays (0008). They keep
+-- storing through the same checks while a deployment migrates first and replaces its servers
+-- after, instead of failing every durable write in between. Owner and grants are 0008's.
+CREATE OR REPLACE FUNCTION public.ingest_rows(
+    p_entity_id bigint[], p_tenant_id bigint[], p_attribute_id bigint[], p_value text[],
+    p_value_int bigint[], p_value_decimal numeric[], p_value_bool boolean[], p_value_date date[],
+    p_value_timestamp timestamptz[], p_ingested_at timestamptz[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint, stored integer, hot_changed boolean,
+               dead_attribute_id bigint, dead_ingested_at timestamptz, dead_reason text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM unnest(ARRAY[
+            cardinality(p_tenant_id), cardinality(p_attribute_id), cardinality(p_value),
+            cardinality(p_value_int), cardinality(p_value_decimal), cardinality(p_value_bool),
+            cardinality(p_value_date), cardinality(p_value_timestamp), cardinality(p_ingested_at)]) c
+        WHERE c IS DISTINCT FROM cardinality(p_entity_id))
+    THEN
+        RAISE EXCEPTION 'ingest_rows: the column arrays must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT * FROM public.ingest_rows(ARRAY(
+        SELECT ROW(r.e, r.t, r.a, r.v, r.vi, r.vd, r.vb, r.vdt, r.vts, r.at, NULL)::public.entity_values_ingest
+        FROM unnest(p_entity_id, p_tenant_id, p_attribute_id, p_value, p_value_int, p_value_decimal,
+                    p_value_bool, p_value_date, p_value_timestamp, p_ingested_at)
+             AS r (e, t, a, v, vi, vd, vb, vdt, vts, at)));
+END
+$$;
 
 -- Plan both flushes for the batch at hand. After five calls the plan cache may switch a
 -- PL/pgSQL statement to a generic plan, which estimates every unnest() at 10 rows: measured on

@@ -535,6 +535,7 @@ async fn security_definer_functions_are_hardened() {
             "hot_attr_backfill",
             "hot_attr_clear",
             "ingest_rows",
+            "ingest_rows",
             "refresh_attribute_stats",
             "replication_replay_lag",
             "search_entities",
@@ -678,11 +679,13 @@ async fn the_flushes_plan_every_call_for_its_batch() {
     // classification into a nested loop over the batch (0012).
     let db = TestDb::new().await;
     let c = db.admin().await;
-    for name in ["flush_moved", "ingest_rows"] {
+    for name in [
+        "public.flush_moved(public.entity_values_ingest[])",
+        "public.ingest_rows(public.entity_values_ingest[])",
+    ] {
         let config: Vec<String> = c
             .query_one(
-                "SELECT coalesce(p.proconfig, '{}') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                 WHERE n.nspname = 'public' AND p.proname = $1",
+                "SELECT coalesce(p.proconfig, '{}') FROM pg_proc p WHERE p.oid = $1::text::regprocedure",
                 &[&name],
             )
             .await

@@ -385,3 +385,64 @@ async fn concurrent_writers_with_overlapping_batches_store_each_value_once() {
         "the projection is not the newest value everywhere"
     );
 }
+
+#[tokio::test]
+async fn the_previous_releases_ten_array_call_still_stores() {
+    // A server of the previous release keeps writing while a deployment migrates first and
+    // replaces its servers after: its ten-array call goes through the same checks.
+    let db = TestDb::new().await;
+    let f = fleet(&db).await;
+    let app = db.app().await;
+    let call = "SELECT stored, hot_changed, dead_reason FROM ingest_rows($1::bigint[], $2::bigint[], \
+                $3::bigint[], $4::text[], $5::bigint[], ARRAY[NULL, NULL]::numeric[], \
+                ARRAY[NULL, NULL]::boolean[], ARRAY[NULL, NULL]::date[], ARRAY[NULL, NULL]::timestamptz[], \
+                $6::text[]::timestamptz[])";
+    let (ten, eleven) = (at("10:00:00"), at("11:00:00"));
+    let rows = app
+        .query(
+            call,
+            &[
+                &vec![f.a1, f.b1],
+                &vec![f.tenant_a, f.tenant_a],
+                &vec![f.status, f.status],
+                &vec![Some("online"), Some("theirs")],
+                &vec![None::<i64>, None],
+                &vec![ten.as_str(), eleven.as_str()],
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut outcomes: Vec<(i32, bool, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    outcomes.sort();
+    // Tenant A's entity is stored and projected; tenant B's entity under tenant A is not.
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0].0, 0);
+    assert!(
+        outcomes[0]
+            .2
+            .as_deref()
+            .is_some_and(|r| r.starts_with("entity does not exist")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], (1, true, None));
+    assert_eq!(hot(&db, f.a1).await, json!({"status": "online"}));
+    let err = app
+        .query(
+            call,
+            &[
+                &vec![f.a1],
+                &vec![f.tenant_a, f.tenant_a],
+                &vec![f.status],
+                &vec![Some("x")],
+                &vec![None::<i64>],
+                &vec![ten.as_str()],
+            ],
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("mismatched arrays were accepted"));
+    assert_eq!(sqlstate(&err), "22023");
+}
