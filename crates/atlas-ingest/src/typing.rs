@@ -370,6 +370,16 @@ pub struct Reading {
     pub values: serde_json::Map<String, Value>,
 }
 
+/// A field of a reading: `prefix` is the reading's JSON path (`""` for a single object,
+/// `"[i]"` in an array), `field` the path inside it.
+pub fn field_path(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
 /// Types every value of every reading, or names the first field at fault. `prefix(i)` gives
 /// the JSON path of reading `i` (`""` for a single object, `"[i]"` for an array).
 pub fn type_readings(
@@ -382,27 +392,26 @@ pub fn type_readings(
     let mut rows = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
     for (i, r) in readings.iter().enumerate() {
         let p = prefix(i);
-        let dot = if p.is_empty() { "" } else { "." };
         if r.entity_id < 1 {
             return Err(FieldError {
                 not_found: true,
                 ..FieldError::new(
-                    format!("{p}{dot}entity_id"),
+                    field_path(&p, "entity_id"),
                     format!("entity {} not found", r.entity_id),
                     "unknown_entity",
                 )
             });
         }
-        let at = time.check(r.ts, &format!("{p}{dot}ts"))?;
+        let at = time.check(r.ts, &field_path(&p, "ts"))?;
         if r.values.is_empty() {
             return Err(FieldError::new(
-                format!("{p}{dot}values"),
+                field_path(&p, "values"),
                 "at least one value is required",
                 "no_values",
             ));
         }
         for (key, v) in &r.values {
-            let field = format!("{p}{dot}values.{key}");
+            let field = field_path(&p, &format!("values.{key}"));
             let rule = catalog.resolve(key).ok_or_else(|| {
                 FieldError::new(
                     &field,

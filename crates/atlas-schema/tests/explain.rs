@@ -291,6 +291,17 @@ async fn an_entity_lookup_reads_one_partition_of_each_table() {
     assert_eq!(scans_of(&hot, "entity_jsonb_p"), 1, "{hot}");
 }
 
+/// The plan of `EXPLAIN (VERBOSE, COSTS OFF) <sql>`, as one text.
+async fn verbose_plan(c: &Client, sql: &str) -> String {
+    c.query(&["EXPLAIN (VERBOSE, COSTS OFF) ", sql].concat(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[tokio::test]
 async fn the_flush_per_row_helpers_are_inlined_into_its_plans() {
     // A helper with a SET clause is a function call per row; without one the planner inlines
@@ -311,58 +322,39 @@ async fn the_flush_per_row_helpers_are_inlined_into_its_plans() {
             "public.jsonb_matches_type(x.t, to_jsonb(x.i))",
         ),
     ] {
-        let plan: Vec<String> = c
-            .query(
-                &[
-                    "EXPLAIN (VERBOSE, COSTS OFF) SELECT ",
-                    call,
-                    " FROM (SELECT g::text AS t, g::text AS v, g::bigint AS i FROM generate_series(1, 10) g) x",
-                ]
-                .concat(),
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{helper}: {e}"))
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let text = plan.join("\n");
+        let text = verbose_plan(
+            &c,
+            &[
+                "SELECT ",
+                call,
+                " FROM (SELECT g::text AS t, g::text AS v, g::bigint AS i FROM generate_series(1, 10) g) x",
+            ]
+            .concat(),
+        )
+        .await;
         assert!(
             !text.contains(helper),
             "{helper} is called, not inlined:\n{text}"
         );
         assert!(text.contains("CASE"), "{helper}: {text}");
     }
-    let merge: String = c
-        .query(
-            "EXPLAIN (VERBOSE, COSTS OFF) SELECT m.* FROM (VALUES ('{}'::jsonb)) v(j), \
-             public.hot_attrs_merge(v.j, v.j, v.j, v.j) m",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let merge = verbose_plan(
+        &c,
+        "SELECT m.* FROM (VALUES ('{}'::jsonb)) v(j), public.hot_attrs_merge(v.j, v.j, v.j, v.j) m",
+    )
+    .await;
     assert!(
         !merge.contains("Function Scan on hot_attrs_merge"),
         "{merge}"
     );
     // The projection's fast-path test (0012) is inlined into hot_attrs_apply's upsert: declared
     // IMMUTABLE around the STABLE jsonb_build_object it would be a function call per entity.
-    let newer: String = c
-        .query(
-            "EXPLAIN (VERBOSE, COSTS OFF) SELECT public.hot_attrs_all_newer(x.j, x.j) \
-             FROM (SELECT jsonb_build_object('k', g) AS j FROM generate_series(1, 10) g) x",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let newer = verbose_plan(
+        &c,
+        "SELECT public.hot_attrs_all_newer(x.j, x.j) \
+         FROM (SELECT jsonb_build_object('k', g) AS j FROM generate_series(1, 10) g) x",
+    )
+    .await;
     assert!(
         !newer.contains("hot_attrs_all_newer") && newer.contains("jsonb_path_exists"),
         "{newer}"

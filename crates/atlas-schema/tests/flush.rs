@@ -7,19 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use atlas_testkit::TestDb;
 use serde_json::json;
 
-use crate::support::{Value, add_entities, at, fleet, flush, set_tenant, stage};
-
-async fn hot_attrs(db: &TestDb, entity: i64) -> serde_json::Value {
-    db.admin()
-        .await
-        .query_one(
-            "SELECT hot_attrs FROM entity_jsonb WHERE entity_id = $1",
-            &[&entity],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
-}
+use crate::support::{Value, add_entities, at, fleet, flush, hot_attrs, set_tenant, stage};
 
 #[tokio::test]
 async fn values_land_typed_and_hot_ones_are_projected_last_writer_wins() {

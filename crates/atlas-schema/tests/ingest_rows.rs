@@ -5,7 +5,7 @@ use atlas_testkit::TestDb;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::support::{Fleet, add_entities, at, fleet, sqlstate};
+use crate::support::{Fleet, add_entities, at, fleet, hot_attrs, sqlstate};
 
 /// One value for ingest_rows: (tenant, entity, attribute, text, integer, RFC 3339 time).
 type In<'a> = (i64, i64, i64, Option<&'a str>, Option<i64>, String);
@@ -91,18 +91,6 @@ async fn stored_values(db: &TestDb) -> i64 {
         .get(0)
 }
 
-async fn hot(db: &TestDb, entity: i64) -> serde_json::Value {
-    db.admin()
-        .await
-        .query_one(
-            "SELECT hot_attrs FROM entity_jsonb WHERE entity_id = $1",
-            &[&entity],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
-}
-
 #[tokio::test]
 async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one() {
     let db = TestDb::new().await;
@@ -131,10 +119,10 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     assert!(out.dead.is_empty());
     assert_eq!(stored_values(&db).await, 4);
     assert_eq!(
-        hot(&db, a1).await,
+        hot_attrs(&db, a1).await,
         json!({"status": "online", "priority": 8})
     );
-    assert_eq!(hot(&db, a2).await, json!({"status": "idle"}));
+    assert_eq!(hot_attrs(&db, a2).await, json!({"status": "idle"}));
 
     // The same batch again: the general path stores nothing and changes nothing.
     let out = must_ingest(&mut app, &first).await;
@@ -159,7 +147,7 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     assert_eq!(out.stored, [(ta, a1, 1, true), (ta, a2, 1, true)]);
     assert_eq!(stored_values(&db).await, 6);
     assert_eq!(
-        hot(&db, a1).await,
+        hot_attrs(&db, a1).await,
         json!({"status": "online", "priority": 9})
     );
 
@@ -184,7 +172,10 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     assert!(dead[2].starts_with("value does not match data_type integer"));
     assert_eq!(out.stored, [(ta, a2, 1, true)]);
     assert_eq!(stored_values(&db).await, 7);
-    assert_eq!(hot(&db, a2).await, json!({"status": "busy", "priority": 1}));
+    assert_eq!(
+        hot_attrs(&db, a2).await,
+        json!({"status": "busy", "priority": 1})
+    );
 
     // Clean but late or mixed: stored by the fast path, and the projection keeps each newer
     // value (the key-by-key merge of hot_attrs_apply).
@@ -201,11 +192,11 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
     assert_eq!(out.stored, [(ta, a1, 1, false), (ta, a2, 2, true)]);
     assert_eq!(stored_values(&db).await, 10);
     assert_eq!(
-        hot(&db, a1).await,
+        hot_attrs(&db, a1).await,
         json!({"status": "online", "priority": 9})
     );
     assert_eq!(
-        hot(&db, a2).await,
+        hot_attrs(&db, a2).await,
         json!({"status": "newest", "priority": 1})
     );
 
@@ -428,7 +419,7 @@ async fn the_previous_releases_ten_array_call_still_stores() {
         "{outcomes:?}"
     );
     assert_eq!(outcomes[1], (1, true, None));
-    assert_eq!(hot(&db, f.a1).await, json!({"status": "online"}));
+    assert_eq!(hot_attrs(&db, f.a1).await, json!({"status": "online"}));
     let err = app
         .query(
             call,

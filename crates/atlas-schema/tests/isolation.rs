@@ -555,6 +555,26 @@ fn regex_lite_sql() -> Vec<&'static str> {
     ]
 }
 
+/// `entities_known(tenant, ids)` as the caller, sorted.
+async fn entities_known(
+    c: &impl tokio_postgres::GenericClient,
+    tenant: i64,
+    ids: &[i64],
+) -> Vec<i64> {
+    let mut known: Vec<i64> = c
+        .query(
+            "SELECT e FROM public.entities_known($1, $2) AS e",
+            &[&tenant, &ids],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    known.sort_unstable();
+    known
+}
+
 #[tokio::test]
 async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_context() {
     // The telemetry route's one-statement entity check (0013) runs with the caller's rights:
@@ -570,21 +590,9 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut app = db.app().await;
-    let known = |rows: Vec<tokio_postgres::Row>| {
-        let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        ids.sort_unstable();
-        ids
-    };
     let ids = vec![f.a1, f.a2, f.b1, 999_999];
     // Outside a transaction: only tenant A's live entity.
-    let rows = app
-        .query(
-            "SELECT e FROM public.entities_known($1, $2) AS e",
-            &[&f.tenant_a, &ids],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(known(rows), [f.a1]);
+    assert_eq!(entities_known(&app, f.tenant_a, &ids).await, [f.a1]);
     let after: Option<String> = app
         .query_one(
             "SELECT NULLIF(current_setting('app.current_tenant_id', true), '')",
@@ -604,14 +612,7 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
     // Inside tenant B's transaction: the answer is still A's, and B's context is back after.
     let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
     set_tenant(&tx, f.tenant_b).await;
-    let rows = tx
-        .query(
-            "SELECT e FROM public.entities_known($1, $2) AS e",
-            &[&f.tenant_a, &ids],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(known(rows), [f.a1]);
+    assert_eq!(entities_known(&tx, f.tenant_a, &ids).await, [f.a1]);
     let seen: Vec<i64> = tx
         .query("SELECT entity_id FROM entities ORDER BY 1", &[])
         .await

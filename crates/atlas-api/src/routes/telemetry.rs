@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use atlas_ingest::typing::type_readings;
+use atlas_ingest::typing::{field_path, type_readings};
 use atlas_ingest::{Durability, FieldError, IngestError, Reading};
 
 use crate::AppState;
@@ -107,19 +107,17 @@ fn field_error(e: FieldError) -> ApiError {
 
 /// The request field of the `row`th value (rows are the readings' values in order); built
 /// only for an error, not for every value of every request.
-fn value_field(readings: &[Reading], single: bool, row: usize) -> Option<String> {
+fn value_field(
+    readings: &[Reading],
+    prefix: &dyn Fn(usize) -> String,
+    row: usize,
+) -> Option<String> {
     readings
         .iter()
         .enumerate()
         .flat_map(|(i, r)| r.values.keys().map(move |k| (i, k)))
         .nth(row)
-        .map(|(i, k)| {
-            if single {
-                format!("values.{k}")
-            } else {
-                format!("[{i}].values.{k}")
-            }
-        })
+        .map(|(i, k)| field_path(&prefix(i), &format!("values.{k}")))
 }
 
 /// Stores telemetry. The whole request is validated first: any bad value refuses the request
@@ -201,11 +199,9 @@ pub async fn ingest(
         atlas_ingest::typing::first_unknown_entity(&state.inner.store, tenant, &readings).await?;
     if let Some(i) = unknown {
         rejected("unknown_entity", values);
-        let p = prefix(i);
-        let dot = if p.is_empty() { "" } else { "." };
         return Err(ApiError::UnknownReference {
             message: format!("entity {} not found", readings[i].entity_id),
-            field: format!("{p}{dot}entity_id"),
+            field: field_path(&prefix(i), "entity_id"),
         });
     }
 
@@ -233,7 +229,7 @@ pub async fn ingest(
             row,
         } => ApiError::Conflict {
             message: format!("{refused} value(s) were not stored: {reason}"),
-            field: value_field(&readings, single, row),
+            field: value_field(&readings, &prefix, row),
         },
         other => ApiError::Internal(other.to_string()),
     })?;
@@ -260,6 +256,10 @@ pub async fn ingest(
 mod tests {
     use super::{Reading, value_field};
 
+    fn in_array(i: usize) -> String {
+        format!("[{i}]")
+    }
+
     #[test]
     fn a_refused_row_is_named_by_its_reading_and_value() {
         let readings: Vec<Reading> = serde_json::from_value(serde_json::json!([
@@ -269,20 +269,20 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         // Rows follow the readings, and each reading's values in key order (as typed).
         assert_eq!(
-            value_field(&readings, false, 0).as_deref(),
+            value_field(&readings, &in_array, 0).as_deref(),
             Some("[0].values.a")
         );
         assert_eq!(
-            value_field(&readings, false, 1).as_deref(),
+            value_field(&readings, &in_array, 1).as_deref(),
             Some("[0].values.b")
         );
         assert_eq!(
-            value_field(&readings, false, 2).as_deref(),
+            value_field(&readings, &in_array, 2).as_deref(),
             Some("[1].values.c")
         );
-        assert_eq!(value_field(&readings, false, 3), None);
+        assert_eq!(value_field(&readings, &in_array, 3), None);
         assert_eq!(
-            value_field(&readings[1..], true, 0).as_deref(),
+            value_field(&readings[1..], &|_| String::new(), 0).as_deref(),
             Some("values.c")
         );
     }

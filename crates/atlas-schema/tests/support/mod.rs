@@ -58,6 +58,19 @@ pub fn at(hms: &str) -> String {
     format!("{day}T{hms}Z")
 }
 
+/// An entity's projected hot attributes (read as the superuser).
+pub async fn hot_attrs(db: &TestDb, entity: i64) -> serde_json::Value {
+    db.admin()
+        .await
+        .query_one(
+            "SELECT hot_attrs FROM entity_jsonb WHERE entity_id = $1",
+            &[&entity],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
+}
+
 /// Sets the tenant context for the current transaction.
 pub async fn set_tenant(client: &impl tokio_postgres::GenericClient, tenant: i64) {
     client
