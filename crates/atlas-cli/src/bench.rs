@@ -100,6 +100,60 @@ pub(crate) fn rss_mb(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// A process's parent and its CPU clock ticks from `/proc/<pid>/stat`: user, system, and the
+/// user and system time of the children it has waited for.
+fn proc_stat(pid: u32) -> Option<(u32, [u64; 4])> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let rest: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let num = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((
+        u32::try_from(num(1)?).ok()?,
+        [num(11)?, num(12)?, num(13)?, num(14)?],
+    ))
+}
+
+/// CPU seconds (user + system) used so far by the stack's PostgreSQL clusters — each
+/// postmaster, the children it has reaped and its live children — and by `extra` processes
+/// (the server). Throughput on a shared machine moves with its neighbours; the CPU spent per
+/// value moves much less, so A/B comparisons quote both.
+pub(crate) fn stack_cpu_secs(stack: &Stack, extra: &[u32]) -> Option<f64> {
+    // /proc/<pid>/stat counts in USER_HZ, which Linux fixes at 100 for user space.
+    const TICKS_PER_S: f64 = 100.0;
+    let stat = proc_stat;
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some((pid, (ppid, _))) = pid.and_then(|p| Some((p, stat(p)?))) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut ticks = 0u64;
+    for dir in [stack.primary_dir(), stack.replica_dir()] {
+        let pidfile = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+        let postmaster: u32 = pidfile.lines().next()?.trim().parse().ok()?;
+        let (_, [u, s, cu, cs]) = stat(postmaster)?;
+        ticks += u + s + cu + cs;
+        for child in children.get(&postmaster).map_or(&[][..], Vec::as_slice) {
+            if let Some((_, [u, s, _, _])) = stat(*child) {
+                ticks += u + s;
+            }
+        }
+    }
+    for pid in extra {
+        let (_, [u, s, _, _]) = stat(*pid)?;
+        ticks += u + s;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Some(ticks as f64 / TICKS_PER_S)
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -238,6 +292,7 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     );
     let next = Arc::new(AtomicU64::new(0));
     let ids = Arc::new(ids);
+    let cpu_before = stack_cpu_secs(&stack, &[pid]);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
@@ -282,9 +337,11 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         latencies.extend(t.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = stack_cpu_secs(&stack, &[pid]);
     bar.finish_and_clear();
     #[allow(clippy::cast_precision_loss)]
     let sent = (requests * per_request) as f64;
+    let durable_cpu_us = cpu_before.zip(cpu_after).map(|(a, b)| (b - a) * 1e6 / sent);
     let durable_per_s = sent / elapsed;
     latencies.sort_by(f64::total_cmp);
     let rss_after_load = rss_mb(pid, "VmRSS:");
@@ -339,7 +396,12 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     // Baseline (a): raw binary COPY of as many rows straight into entity_values_ts.
     log("baseline: raw binary COPY into entity_values_ts…");
     let copy_rows = requests * per_request;
+    let cpu_before = stack_cpu_secs(&stack, &[]);
     let copy_per_s = raw_copy(&bench_admin, &ids, tid, copy_rows, base_ms - 3 * 3_600_000).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let copy_cpu_us = cpu_before
+        .zip(stack_cpu_secs(&stack, &[]))
+        .map(|(a, b)| (b - a) * 1e6 / copy_rows as f64);
     // Baseline (b): per-row autocommit INSERT, `clients` connections.
     log("baseline: per-row autocommit INSERT…");
     let naive_per_s = naive_insert(
@@ -372,6 +434,11 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         "half_load_values_per_s": (target_req_per_s * per_request as f64).round(),
         "half_load_ack_p50_ms": (percentile(&half, 0.5) * 10.0).round() / 10.0,
         "half_load_ack_p99_ms": (percentile(&half, 0.99) * 10.0).round() / 10.0,
+        "durable_cpu_us_per_value": durable_cpu_us.map(|v| (v * 100.0).round() / 100.0),
+        "raw_copy_cpu_us_per_value": copy_cpu_us.map(|v| (v * 100.0).round() / 100.0),
+        "cpu_ratio_vs_copy": copy_cpu_us
+            .zip(durable_cpu_us)
+            .map(|(c, d)| (c / d * 100.0).round() / 100.0),
         "server_rss_mb": rss_after_load.map(f64::round),
         "server_peak_rss_mb": peak_rss.map(f64::round),
     });
@@ -394,6 +461,10 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         println!(
             "per-row INSERT        {:>10} values/s   → ratio {}",
             r["naive_insert_values_per_s"], r["ratio_vs_naive"]
+        );
+        println!(
+            "CPU per value         {} µs durable (PostgreSQL + server), {} µs raw COPY → ratio {}",
+            r["durable_cpu_us_per_value"], r["raw_copy_cpu_us_per_value"], r["cpu_ratio_vs_copy"]
         );
         println!(
             "server RSS            {} MB after load, peak {} MB",
@@ -608,4 +679,34 @@ async fn naive_insert(
     }
     #[allow(clippy::cast_precision_loss)]
     Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_stat;
+
+    #[test]
+    fn proc_stat_reads_parent_and_growing_cpu_time() {
+        let me = std::process::id();
+        let (ppid, before) = proc_stat(me).unwrap_or_else(|| panic!("no /proc/{me}/stat"));
+        assert_eq!(ppid, std::os::unix::process::parent_id());
+        // Burn CPU until the user + system ticks (10 ms each) grow; a busy loop of five
+        // seconds that never moves them means the fields are misread.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        let grew = loop {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+            let (_, now) = proc_stat(me).unwrap_or_else(|| panic!("no /proc/{me}/stat"));
+            if now[0] + now[1] > before[0] + before[1] {
+                break true;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                break false;
+            }
+        };
+        assert!(grew, "CPU ticks never grew from {before:?}");
+        assert_eq!(proc_stat(u32::MAX), None, "no such process");
+    }
 }

@@ -62,6 +62,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_inline_helpers.sql"),
     migration!(12, "0012_ingest_fast_path.sql"),
     migration!(13, "0013_entities_known.sql"),
+    migration!(14, "0014_projection_fillfactor.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.

@@ -211,6 +211,20 @@ async fn partitioning_matches_the_seed() {
 
     let jsonb = bounds("entity_jsonb").await;
     assert_eq!(jsonb.len(), 100);
+    // Half of each projection page stays free for the row's next (HOT) version (0014).
+    let packed: Vec<String> = c
+        .query(
+            "SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid \
+             WHERE i.inhparent = 'public.entity_jsonb'::regclass \
+               AND NOT coalesce('fillfactor=50' = ANY (p.reloptions), false) ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(packed.is_empty(), "without fillfactor 50: {packed:?}");
     for r in 0..100 {
         let name = format!("entity_jsonb_p{r}");
         let bound = format!("FOR VALUES WITH (modulus 100, remainder {r})");

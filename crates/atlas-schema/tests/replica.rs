@@ -73,3 +73,24 @@ async fn replica_streams_and_is_read_only() {
         .get(0);
     assert_eq!(without_context, 0, "RLS holds on the replica too");
 }
+
+/// The replica reports its oldest snapshot to the primary (so replica reads are not cancelled
+/// by vacuum) every second: with the default 10 s the primary keeps ten seconds of dead
+/// versions of every hot projection row, and its updates stop being HOT.
+#[tokio::test]
+async fn replica_feeds_back_its_horizon_every_second() {
+    let db = TestDb::new().await;
+    let replica = db.replica().await;
+    let setting = |name: &'static str| {
+        let replica = &replica;
+        async move {
+            replica
+                .query_one("SELECT current_setting($1)", &[&name])
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(setting("hot_standby_feedback").await, "on");
+    assert_eq!(setting("wal_receiver_status_interval").await, "1s");
+}

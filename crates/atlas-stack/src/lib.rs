@@ -426,6 +426,8 @@ impl Stack {
             let _ = fs::remove_file(&pwfile);
             result?;
             self.write_pg_config(&data)?;
+        } else {
+            self.write_atlas_conf(&data)?;
         }
         self.start_pg(&data, self.spec.pg_port, "primary")?;
         let exists = self.psql(
@@ -439,7 +441,9 @@ impl Stack {
         Ok(())
     }
 
-    fn write_pg_config(&self, data: &Path) -> Result<(), StackError> {
+    /// `atlas.conf`, the settings the stack owns. Rewritten before every start of either
+    /// server, so a stack made by an older version gets today's settings at its next start.
+    fn write_atlas_conf(&self, data: &Path) -> Result<(), StackError> {
         let durability = if self.spec.durable {
             ""
         } else {
@@ -458,6 +462,9 @@ impl Stack {
              wal_keep_size = '128MB'\n\
              hot_standby = on\n\
              hot_standby_feedback = on\n\
+             # The replica reports its oldest snapshot every second instead of every 10 s: until\n\
+             # then the primary keeps every dead version of a hot projection row.\n\
+             wal_receiver_status_interval = '1s'\n\
              timezone = 'UTC'\n\
              log_timezone = 'UTC'\n\
              log_line_prefix = '%m [%p] %q%u@%d '\n\
@@ -465,6 +472,11 @@ impl Stack {
         );
         let path = data.join("atlas.conf");
         fs::write(&path, conf).map_err(io(&path))?;
+        process::chown_to_postgres(&path)
+    }
+
+    fn write_pg_config(&self, data: &Path) -> Result<(), StackError> {
+        self.write_atlas_conf(data)?;
         let main = data.join("postgresql.conf");
         let mut text = fs::read_to_string(&main).map_err(io(&main))?;
         text.push_str("\ninclude 'atlas.conf'\n");
@@ -477,7 +489,7 @@ impl Stack {
              host replication all 127.0.0.1/32 scram-sha-256\n",
         )
         .map_err(io(&hba))?;
-        for p in [path, main, hba] {
+        for p in [main, hba] {
             process::chown_to_postgres(&p)?;
         }
         Ok(())
@@ -563,6 +575,7 @@ impl Stack {
                 .args(["-C", "-S", REPLICA_SLOT])
                 .run("pg_basebackup for the replica")?;
         }
+        self.write_atlas_conf(&data)?;
         self.start_pg(&data, self.spec.replica_port, "replica")
     }
 
