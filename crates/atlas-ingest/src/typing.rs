@@ -391,36 +391,41 @@ pub fn type_readings(
 ) -> Result<Vec<Row>, FieldError> {
     let mut rows = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
     for (i, r) in readings.iter().enumerate() {
-        let p = prefix(i);
+        // Field paths are built only for a refusal: formatting them for every value cost an
+        // allocation or two per value on the ingest path.
+        let path = |field: &str| field_path(&prefix(i), field);
         if r.entity_id < 1 {
             return Err(FieldError {
                 not_found: true,
                 ..FieldError::new(
-                    field_path(&p, "entity_id"),
+                    path("entity_id"),
                     format!("entity {} not found", r.entity_id),
                     "unknown_entity",
                 )
             });
         }
-        let at = time.check(r.ts, &field_path(&p, "ts"))?;
+        let at = time.check(r.ts, "").map_err(|e| FieldError {
+            field: path("ts"),
+            ..e
+        })?;
         if r.values.is_empty() {
             return Err(FieldError::new(
-                field_path(&p, "values"),
+                path("values"),
                 "at least one value is required",
                 "no_values",
             ));
         }
         for (key, v) in &r.values {
-            let field = field_path(&p, &format!("values.{key}"));
+            let field = || path(&format!("values.{key}"));
             let rule = catalog.resolve(key).ok_or_else(|| {
                 FieldError::new(
-                    &field,
+                    field(),
                     format!("unknown attribute `{key}`"),
                     "unknown_attribute",
                 )
             })?;
             let value =
-                type_value(rule, v).map_err(|m| FieldError::new(&field, m, "invalid_value"))?;
+                type_value(rule, v).map_err(|m| FieldError::new(field(), m, "invalid_value"))?;
             rows.push(Row {
                 tenant,
                 entity_id: r.entity_id,
