@@ -63,6 +63,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_ingest_fast_path.sql"),
     migration!(13, "0013_entities_known.sql"),
     migration!(14, "0014_projection_fillfactor.sql"),
+    migration!(15, "0015_projection_two_steps.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.
