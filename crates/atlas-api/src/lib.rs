@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod known;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -34,6 +35,7 @@ struct Inner {
     store: Store,
     admin_token_hash: Option<[u8; 32]>,
     keys: auth::KeyCache,
+    known: known::KnownEntities,
     rate: auth::RateLimiter,
     limits: Limits,
     cache: atlas_cache::Cache,
@@ -136,6 +138,7 @@ impl AppState {
                 store,
                 admin_token_hash: admin_token.map(atlas_store::admin::hash_key),
                 keys: auth::KeyCache::new(Duration::from_millis(limits.key_cache_ttl_ms)),
+                known: known::KnownEntities::new(Duration::from_millis(limits.entity_cache_ttl_ms)),
                 rate: auth::RateLimiter::new(limits.rate_per_second, limits.rate_burst),
                 limits,
                 cache,

@@ -490,3 +490,105 @@ async fn schema_integers_and_nulls_are_read_as_json_schema_means_them() {
     assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("extra"));
     server.stop().await;
 }
+
+/// The telemetry route trusts an entity it confirmed within `entity_cache_ttl_ms`, and no
+/// value for a deleted entity is ever stored: deleted through this server it is a 404 at once;
+/// deleted elsewhere (here: straight in SQL) within the TTL, the values are refused with 409,
+/// dead-lettered, and the entity's next request is a 404. Unknown ids are never cached, and
+/// with a TTL of 0 every request asks the database.
+#[tokio::test]
+async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_values() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let (_, other_key) = server.tenant("other").await;
+    let ids = server.entities(&key, 2).await;
+    let (here, elsewhere) = (ids[0], ids[1]);
+    let t = now_ms() - 5_000;
+    let reading =
+        |e: i64, dt: i64| json!({"entity_id": e, "ts": t + dt, "values": {"priority": 1}});
+    for e in [here, elsewhere] {
+        let (s, b) = post(&server, &key, &reading(e, 0)).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    // Cached for acme, still nobody else's.
+    let (s, b) = post(&server, &other_key, &reading(here, 1)).await;
+    assert_eq!(assert_error(s, &b, 404).as_deref(), Some("entity_id"));
+
+    // Deleted through this server: 404 at once.
+    let (s, _) =
+        call(server.as_tenant(&key, Method::DELETE, &format!("/v1/entities/{here}"))).await;
+    assert_eq!(s, 204);
+    let (s, b) = post(&server, &key, &reading(here, 1)).await;
+    assert_eq!(
+        assert_error(s, &b, 404).as_deref(),
+        Some("entity_id"),
+        "{b}"
+    );
+
+    // Deleted by another server: refused by the database, not stored, dead-lettered.
+    let admin = server.db.admin().await;
+    admin
+        .execute(
+            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
+            &[&elsewhere],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (s, b) = post(&server, &key, &reading(elsewhere, 1)).await;
+    assert_eq!(
+        assert_error(s, &b, 409).as_deref(),
+        Some("values.priority"),
+        "{b}"
+    );
+    assert_eq!(
+        count_values(&server).await,
+        2,
+        "only the two first values are stored"
+    );
+    let dead: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM entity_values_dead_letter WHERE entity_id = $1",
+            &[&elsewhere],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(dead, 1);
+    let (s, b) = post(&server, &key, &reading(elsewhere, 2)).await;
+    assert_eq!(
+        assert_error(s, &b, 404).as_deref(),
+        Some("entity_id"),
+        "after a refusal the entity is asked about again: {b}"
+    );
+    server.stop().await;
+
+    // TTL 0: nothing is trusted, the database's answer is a 404 at once.
+    let server = Server::start_with(atlas_config::Limits {
+        entity_cache_ttl_ms: 0,
+        ..atlas_config::Limits::default()
+    })
+    .await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let (s, b) = post(&server, &key, &reading(e, 0)).await;
+    assert_eq!(s, 200, "{b}");
+    server
+        .db
+        .admin()
+        .await
+        .execute(
+            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
+            &[&e],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (s, b) = post(&server, &key, &reading(e, 1)).await;
+    assert_eq!(
+        assert_error(s, &b, 404).as_deref(),
+        Some("entity_id"),
+        "{b}"
+    );
+    server.stop().await;
+}

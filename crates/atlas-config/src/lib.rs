@@ -231,6 +231,11 @@ pub struct Limits {
     /// How long a looked-up API key is trusted before it is read again, in milliseconds
     /// (a revocation made on another server takes effect within this time).
     pub key_cache_ttl_ms: u64,
+    /// How long an entity confirmed as one of a tenant's live entities is trusted by the
+    /// telemetry route, in milliseconds (0: ask the database on every request). An entity
+    /// deleted on another server meanwhile gets 409 (values refused, dead-lettered) instead of
+    /// 404; deleted on the same server, 404 at once.
+    pub entity_cache_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -246,6 +251,7 @@ impl Default for Limits {
             rate_per_second: 500.0,
             rate_burst: 1_000.0,
             key_cache_ttl_ms: 5_000,
+            entity_cache_ttl_ms: 60_000,
         }
     }
 }

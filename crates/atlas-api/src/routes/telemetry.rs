@@ -195,8 +195,12 @@ pub async fn ingest(
     };
 
     // Every entity must be one of the caller's.
-    let unknown =
-        atlas_ingest::typing::first_unknown_entity(&state.inner.store, tenant, &readings).await?;
+    let ids: Vec<i64> = readings.iter().map(|r| r.entity_id).collect();
+    let unknown = state
+        .inner
+        .known
+        .first_unknown(&state.inner.store, tenant, &ids)
+        .await?;
     if let Some(i) = unknown {
         rejected("unknown_entity", values);
         return Err(ApiError::UnknownReference {
@@ -210,10 +214,19 @@ pub async fn ingest(
         _ => Durability::Durable,
     };
     let submitted = ingestor.submit(rows, durability).await;
-    if matches!(submitted, Err(IngestError::Refused { .. })) {
+    if let Err(IngestError::Refused { row, .. }) = &submitted {
         // Rows the database refused may have hit a partition dropped since coverage was last
-        // read: re-read it now, so the next such write is a clean 422 on `ts`.
+        // read, or an entity deleted by another server since it was confirmed here: re-read
+        // coverage now and ask about the entity again next time, so the next such write is a
+        // clean 422 on `ts` or 404 on `entity_id`.
         let _ = state.time_rules(true).await;
+        let refused = readings
+            .iter()
+            .flat_map(|r| r.values.keys().map(move |_| r.entity_id))
+            .nth(*row);
+        if let Some(entity) = refused {
+            state.inner.known.forget(tenant, entity);
+        }
     }
     let ack = submitted.map_err(|e| match e {
         IngestError::QueueFull => {

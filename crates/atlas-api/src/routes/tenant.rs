@@ -439,7 +439,8 @@ pub async fn delete_entity(
     })
     .await?;
     // Committed: the entity's hot attributes, its type's list and the tenant's aggregates
-    // (which exclude deleted entities) are stale.
+    // (which exclude deleted entities) are stale, and its next value is a 404.
+    state.inner.known.forget(tenant, id);
     let cache = &state.inner.cache;
     cache
         .invalidate(&[cache.list_key(tenant.0, &entity_type)])
