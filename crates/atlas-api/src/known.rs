@@ -39,8 +39,11 @@ impl KnownEntities {
         tenant: TenantId,
         ids: &[i64],
     ) -> Result<Option<usize>, StoreError> {
-        let mut ask: Vec<i64> = match self.entries.lock() {
-            Ok(entries) => ids
+        let mut distinct = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let ask: Vec<i64> = match self.entries.lock() {
+            Ok(entries) => distinct
                 .iter()
                 .copied()
                 .filter(|id| {
@@ -49,17 +52,10 @@ impl KnownEntities {
                         .is_none_or(|at| at.elapsed() >= self.ttl)
                 })
                 .collect(),
-            Err(_) => ids.to_vec(),
+            Err(_) => distinct.clone(),
         };
-        ask.sort_unstable();
-        ask.dedup();
-        let cached = ids.len()
-            - ids
-                .iter()
-                .filter(|id| ask.binary_search(id).is_ok())
-                .count();
         metrics::counter!("atlas_entity_checks_total", "source" => "cache")
-            .increment(cached as u64);
+            .increment((distinct.len() - ask.len()) as u64);
         if ask.is_empty() {
             return Ok(None);
         }

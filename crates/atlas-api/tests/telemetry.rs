@@ -402,6 +402,14 @@ async fn ingest_and_http_metrics_are_exported() {
         "atlas_ingest_values_total",
         &["reason=\"unknown_attribute\""],
     );
+    let checked = |text: &str, source: &str| {
+        metric(
+            text,
+            "atlas_entity_checks_total",
+            &[&format!("source=\"{source}\"")],
+        )
+    };
+    let (asked0, cached0) = (checked(&text0, "database"), checked(&text0, "cache"));
     let (s, _) = post(
         &server,
         &key,
@@ -416,8 +424,18 @@ async fn ingest_and_http_metrics_are_exported() {
     )
     .await;
     assert_eq!(s, 422);
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "values": {"priority": 2}}),
+    )
+    .await;
+    assert_eq!(s, 200);
     let text = scrape().await;
     // Tests share one process-wide recorder: compare deltas, not absolutes.
+    // The entity was asked of the database once, then answered from the route's cache.
+    assert!(checked(&text, "database") >= asked0 + 1.0, "{text}");
+    assert!(checked(&text, "cache") >= cached0 + 1.0, "{text}");
     assert!(
         metric(
             &text,
