@@ -16,6 +16,7 @@ use atlas_store::admin::{KeyRecord, hash_key, key_prefix};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::ttl::TtlMap;
 
 /// Beyond this many cached lookups the cache is emptied: bounded memory under a flood of
 /// made-up keys.
@@ -88,42 +89,32 @@ impl FromRequestParts<AppState> for Tenant {
 /// Key lookups cached for a short TTL (negative results too).
 #[derive(Debug)]
 pub struct KeyCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
+    entries: TtlMap<String, Option<KeyRecord>>,
 }
 
 impl KeyCache {
     /// A cache trusting entries for `ttl`.
     pub fn new(ttl: Duration) -> Self {
         Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: TtlMap::new(ttl, MAX_CACHED_KEYS),
         }
     }
 
     async fn lookup(&self, state: &AppState, prefix: &str) -> Result<Option<KeyRecord>, ApiError> {
-        if let Ok(entries) = self.entries.lock()
-            && let Some((record, at)) = entries.get(prefix)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(record.clone());
+        let prefix = prefix.to_owned();
+        if let Some(record) = self.entries.fresh(&prefix) {
+            return Ok(record);
         }
-        let record = state.inner.store.find_api_key(prefix).await?;
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_CACHED_KEYS {
-                entries.clear();
-            }
-            entries.insert(prefix.to_owned(), (record.clone(), Instant::now()));
-        }
+        let record = state.inner.store.find_api_key(&prefix).await?;
+        self.entries.insert_all([(prefix, record.clone())]);
         Ok(record)
     }
 
     /// Forgets every cached key of a tenant (after a revocation or deactivation here; other
     /// servers notice within the TTL).
     pub fn forget_tenant(&self, tenant: TenantId) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|_, (r, _)| r.as_ref().is_none_or(|r| r.tenant != tenant));
-        }
+        self.entries
+            .retain(|_, r| r.as_ref().is_none_or(|r| r.tenant != tenant));
     }
 }
 

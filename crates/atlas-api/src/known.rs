@@ -7,27 +7,25 @@
 //! on another server within the TTL is refused with 409 and dead-lettered, never stored.
 //! Unknown ids are never cached: an entity registered a moment ago is accepted at once.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use atlas_store::{Store, StoreError, TenantId};
+
+use crate::ttl::TtlMap;
 
 /// Entries kept before the map starts over (bounded memory: ~40 bytes an entry).
 const MAX_ENTITIES: usize = 500_000;
 
-/// `(tenant, entity)` pairs confirmed live, with the time of confirmation.
+/// `(tenant, entity)` pairs confirmed live.
 pub struct KnownEntities {
-    ttl: Duration,
-    entries: Mutex<HashMap<(i64, i64), Instant>>,
+    entries: TtlMap<(i64, i64), ()>,
 }
 
 impl KnownEntities {
     /// A cache trusting confirmations for `ttl` (zero: none is kept).
     pub fn new(ttl: Duration) -> Self {
         Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: TtlMap::new(ttl, MAX_ENTITIES),
         }
     }
 
@@ -39,21 +37,15 @@ impl KnownEntities {
         tenant: TenantId,
         ids: &[i64],
     ) -> Result<Option<usize>, StoreError> {
-        let mut distinct = ids.to_vec();
+        let mut distinct: Vec<(i64, i64)> = ids.iter().map(|id| (tenant.0, *id)).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        let ask: Vec<i64> = match self.entries.lock() {
-            Ok(entries) => distinct
-                .iter()
-                .copied()
-                .filter(|id| {
-                    entries
-                        .get(&(tenant.0, *id))
-                        .is_none_or(|at| at.elapsed() >= self.ttl)
-                })
-                .collect(),
-            Err(_) => distinct.clone(),
-        };
+        let ask: Vec<i64> = self
+            .entries
+            .missing(&distinct)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         metrics::counter!("atlas_entity_checks_total", "source" => "cache")
             .increment((distinct.len() - ask.len()) as u64);
         if ask.is_empty() {
@@ -62,17 +54,8 @@ impl KnownEntities {
         metrics::counter!("atlas_entity_checks_total", "source" => "database")
             .increment(ask.len() as u64);
         let live = store.live_entity_ids(tenant, &ask).await?;
-        if !self.ttl.is_zero()
-            && let Ok(mut entries) = self.entries.lock()
-        {
-            if entries.len() + live.len() > MAX_ENTITIES {
-                entries.clear();
-            }
-            let now = Instant::now();
-            for id in &live {
-                entries.insert((tenant.0, *id), now);
-            }
-        }
+        self.entries
+            .insert_all(live.iter().map(|id| ((tenant.0, *id), ())));
         Ok(ids
             .iter()
             .position(|id| ask.binary_search(id).is_ok() && !live.contains(id)))
@@ -80,8 +63,6 @@ impl KnownEntities {
 
     /// Forgets an entity (deleted through this server: its next value is a 404 at once).
     pub fn forget(&self, tenant: TenantId, entity: i64) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(&(tenant.0, entity));
-        }
+        self.entries.remove(&(tenant.0, entity));
     }
 }

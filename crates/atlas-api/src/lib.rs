@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod routing;
+mod ttl;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -509,6 +509,20 @@ async fn schema_integers_and_nulls_are_read_as_json_schema_means_them() {
     server.stop().await;
 }
 
+/// Deletes an entity behind the server's back, as another server would.
+async fn delete_in_sql(server: &Server, entity: i64) {
+    server
+        .db
+        .admin()
+        .await
+        .execute(
+            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
+            &[&entity],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// The telemetry route trusts an entity it confirmed within `entity_cache_ttl_ms`, and no
 /// value for a deleted entity is ever stored: deleted through this server it is a 404 at once;
 /// deleted elsewhere (here: straight in SQL) within the TTL, the values are refused with 409,
@@ -545,14 +559,7 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
     );
 
     // Deleted by another server: refused by the database, not stored, dead-lettered.
-    let admin = server.db.admin().await;
-    admin
-        .execute(
-            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
-            &[&elsewhere],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    delete_in_sql(&server, elsewhere).await;
     let (s, b) = post(&server, &key, &reading(elsewhere, 1)).await;
     assert_eq!(
         assert_error(s, &b, 409).as_deref(),
@@ -564,7 +571,10 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
         2,
         "only the two first values are stored"
     );
-    let dead: i64 = admin
+    let dead: i64 = server
+        .db
+        .admin()
+        .await
         .query_one(
             "SELECT count(*) FROM entity_values_dead_letter WHERE entity_id = $1",
             &[&elsewhere],
@@ -592,16 +602,7 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
     let e = server.entities(&key, 1).await[0];
     let (s, b) = post(&server, &key, &reading(e, 0)).await;
     assert_eq!(s, 200, "{b}");
-    server
-        .db
-        .admin()
-        .await
-        .execute(
-            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
-            &[&e],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    delete_in_sql(&server, e).await;
     let (s, b) = post(&server, &key, &reading(e, 1)).await;
     assert_eq!(
         assert_error(s, &b, 404).as_deref(),

@@ -123,14 +123,13 @@ fn proc_stat(pid: u32) -> Option<(u32, [u64; 4])> {
 pub(crate) fn stack_cpu_secs(stack: &Stack, extra: &[u32]) -> Option<f64> {
     // /proc/<pid>/stat counts in USER_HZ, which Linux fixes at 100 for user space.
     const TICKS_PER_S: f64 = 100.0;
-    let stat = proc_stat;
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let pid = entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<u32>().ok());
-        if let Some((pid, (ppid, _))) = pid.and_then(|p| Some((p, stat(p)?))) {
+        if let Some((pid, (ppid, _))) = pid.and_then(|p| Some((p, proc_stat(p)?))) {
             children.entry(ppid).or_default().push(pid);
         }
     }
@@ -138,16 +137,16 @@ pub(crate) fn stack_cpu_secs(stack: &Stack, extra: &[u32]) -> Option<f64> {
     for dir in [stack.primary_dir(), stack.replica_dir()] {
         let pidfile = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
         let postmaster: u32 = pidfile.lines().next()?.trim().parse().ok()?;
-        let (_, [u, s, cu, cs]) = stat(postmaster)?;
+        let (_, [u, s, cu, cs]) = proc_stat(postmaster)?;
         ticks += u + s + cu + cs;
         for child in children.get(&postmaster).map_or(&[][..], Vec::as_slice) {
-            if let Some((_, [u, s, _, _])) = stat(*child) {
+            if let Some((_, [u, s, _, _])) = proc_stat(*child) {
                 ticks += u + s;
             }
         }
     }
     for pid in extra {
-        let (_, [u, s, _, _]) = stat(*pid)?;
+        let (_, [u, s, _, _]) = proc_stat(*pid)?;
         ticks += u + s;
     }
     #[allow(clippy::cast_precision_loss)]

@@ -291,40 +291,30 @@ pub struct TimeRules {
 }
 
 impl TimeRules {
-    /// Checks a reading time (epoch milliseconds), returning it as a timestamp.
-    pub fn check(&self, ts_ms: Option<i64>, field: &str) -> Result<DateTime<Utc>, FieldError> {
+    /// Checks a reading time (epoch milliseconds), returning it as a timestamp, or what is
+    /// wrong with it (the caller names the field).
+    pub fn check(&self, ts_ms: Option<i64>) -> Result<DateTime<Utc>, String> {
         let at = match ts_ms {
             None => self.now,
-            Some(ms) => Utc.timestamp_millis_opt(ms).single().ok_or_else(|| {
-                FieldError::new(
-                    field,
-                    format!("{ms} is not a valid epoch-milliseconds time"),
-                    "time_out_of_range",
-                )
-            })?,
+            Some(ms) => Utc
+                .timestamp_millis_opt(ms)
+                .single()
+                .ok_or_else(|| format!("{ms} is not a valid epoch-milliseconds time"))?,
         };
         if at > self.now + self.max_future {
-            return Err(FieldError::new(
-                field,
-                format!(
-                    "{at} is more than {} s in the future",
-                    self.max_future.num_seconds()
-                ),
-                "time_out_of_range",
+            return Err(format!(
+                "{at} is more than {} s in the future",
+                self.max_future.num_seconds()
             ));
         }
         if !self.coverage.iter().any(|(lo, hi)| *lo <= at && at < *hi) {
             let oldest = self.coverage.iter().map(|(lo, _)| *lo).min();
-            return Err(FieldError::new(
-                field,
-                match oldest {
-                    Some(lo) if at < lo => {
-                        format!("{at} is older than the retained data (which starts at {lo})")
-                    }
-                    _ => format!("{at} is outside the stored time range (no partition covers it)"),
-                },
-                "time_out_of_range",
-            ));
+            return Err(match oldest {
+                Some(lo) if at < lo => {
+                    format!("{at} is older than the retained data (which starts at {lo})")
+                }
+                _ => format!("{at} is outside the stored time range (no partition covers it)"),
+            });
         }
         Ok(at)
     }
@@ -404,10 +394,9 @@ pub fn type_readings(
                 )
             });
         }
-        let at = time.check(r.ts, "").map_err(|e| FieldError {
-            field: path("ts"),
-            ..e
-        })?;
+        let at = time
+            .check(r.ts)
+            .map_err(|m| FieldError::new(path("ts"), m, "time_out_of_range"))?;
         if r.values.is_empty() {
             return Err(FieldError::new(
                 path("values"),

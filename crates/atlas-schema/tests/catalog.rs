@@ -16,6 +16,16 @@ async fn column_types(db: &Client, table: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The first column of every row of `sql`, as text.
+async fn texts(db: &Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 fn cols(spec: &[(&str, &str)]) -> Vec<(String, String)> {
     spec.iter()
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
@@ -212,18 +222,13 @@ async fn partitioning_matches_the_seed() {
     let jsonb = bounds("entity_jsonb").await;
     assert_eq!(jsonb.len(), 100);
     // Half of each projection page stays free for the row's next (HOT) version (0014).
-    let packed: Vec<String> = c
-        .query(
-            "SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid \
+    let packed = texts(
+        &c,
+        "SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid \
              WHERE i.inhparent = 'public.entity_jsonb'::regclass \
                AND NOT coalesce('fillfactor=50' = ANY (p.reloptions), false) ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert!(packed.is_empty(), "without fillfactor 50: {packed:?}");
     for r in 0..100 {
         let name = format!("entity_jsonb_p{r}");
@@ -480,35 +485,25 @@ async fn roles_own_what_they_should_and_no_more() {
         .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert_eq!(app_owns, 0, "atlas_app owns nothing");
-    let not_owner: Vec<String> = c
-        .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    let not_owner = texts(
+        &c,
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = 'public' AND c.relkind IN ('r','p','v','m','S','i','I') \
                AND pg_get_userbyid(c.relowner) NOT IN ('atlas_owner', 'atlas_definer')",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert!(
         not_owner.is_empty(),
         "objects not owned by the owner roles: {not_owner:?}"
     );
 
     // The app role is granted parent tables only, never a partition.
-    let partition_grants: Vec<String> = c
-        .query(
-            "SELECT c.relname::text FROM pg_class c WHERE c.relispartition \
+    let partition_grants = texts(
+        &c,
+        "SELECT c.relname::text FROM pg_class c WHERE c.relispartition \
                AND has_table_privilege('atlas_app', c.oid, 'SELECT,INSERT,UPDATE,DELETE')",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert!(partition_grants.is_empty(), "{partition_grants:?}");
     let mv: bool = c
         .query_one(
@@ -583,17 +578,12 @@ async fn security_definer_functions_are_hardened() {
         assert_eq!(owner, expected_owner, "{name}");
     }
     // Nothing in the schema is executable by PUBLIC.
-    let public_funcs: Vec<String> = c
-        .query(
-            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+    let public_funcs = texts(
+        &c,
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
              WHERE n.nspname = 'public' AND has_function_privilege('public', p.oid, 'EXECUTE')",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert!(public_funcs.is_empty(), "{public_funcs:?}");
 }
 
@@ -610,17 +600,8 @@ async fn publication_covers_the_four_tables_via_partition_root() {
         .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert!(via_root);
-    let tables: Vec<String> = c
-        .query(
-            "SELECT c.relname::text FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
-             JOIN pg_class c ON c.oid = pr.prrelid WHERE p.pubname = 'eav_cdc' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tables = texts(&c, "SELECT c.relname::text FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+             JOIN pg_class c ON c.oid = pr.prrelid WHERE p.pubname = 'eav_cdc' ORDER BY 1").await;
     assert_eq!(
         tables,
         ["attributes", "entities", "entity_jsonb", "entity_values_ts"]
@@ -646,16 +627,11 @@ async fn publication_covers_the_four_tables_via_partition_root() {
 async fn partition_functions_premake_ahead_in_utc_and_are_idempotent() {
     let db = TestDb::new().await;
     let app = db.app().await;
-    let created: Vec<String> = app
-        .query(
-            "SELECT ensure_ts_partitions('2031-05-31 23:30:00-05', 1)",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let created = texts(
+        &app,
+        "SELECT ensure_ts_partitions('2031-05-31 23:30:00-05', 1)",
+    )
+    .await;
     // 23:30 at UTC-5 is June 1st 04:30 UTC: June and July, not May.
     assert_eq!(created, ["entity_values_2031_06", "entity_values_2031_07"]);
     let again = app
@@ -677,13 +653,7 @@ async fn partition_functions_premake_ahead_in_utc_and_are_idempotent() {
         .execute("SELECT setval('entities_entity_id_seq', 2500000)", &[])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let made: Vec<String> = app
-        .query("SELECT ensure_entity_partitions(1)", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let made = texts(&app, "SELECT ensure_entity_partitions(1)").await;
     assert_eq!(made, ["entities_p2", "entities_p3"]);
 }
 

@@ -105,19 +105,24 @@ fn field_error(e: FieldError) -> ApiError {
     }
 }
 
-/// The request field of the `row`th value (rows are the readings' values in order); built
-/// only for an error, not for every value of every request.
+/// The reading (its index) and attribute key of the `row`th value: rows are the readings'
+/// values in order, as typed.
+fn row_value(readings: &[Reading], row: usize) -> Option<(usize, &str)> {
+    readings
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.values.keys().map(move |k| (i, k.as_str())))
+        .nth(row)
+}
+
+/// The request field of the `row`th value; built only for an error, not for every value of
+/// every request.
 fn value_field(
     readings: &[Reading],
     prefix: &dyn Fn(usize) -> String,
     row: usize,
 ) -> Option<String> {
-    readings
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| r.values.keys().map(move |k| (i, k)))
-        .nth(row)
-        .map(|(i, k)| field_path(&prefix(i), &format!("values.{k}")))
+    row_value(readings, row).map(|(i, k)| field_path(&prefix(i), &format!("values.{k}")))
 }
 
 /// Stores telemetry. The whole request is validated first: any bad value refuses the request
@@ -220,12 +225,8 @@ pub async fn ingest(
         // coverage now and ask about the entity again next time, so the next such write is a
         // clean 422 on `ts` or 404 on `entity_id`.
         let _ = state.time_rules(true).await;
-        let refused = readings
-            .iter()
-            .flat_map(|r| r.values.keys().map(move |_| r.entity_id))
-            .nth(*row);
-        if let Some(entity) = refused {
-            state.inner.known.forget(tenant, entity);
+        if let Some((i, _)) = row_value(&readings, *row) {
+            state.inner.known.forget(tenant, readings[i].entity_id);
         }
     }
     let ack = submitted.map_err(|e| match e {
