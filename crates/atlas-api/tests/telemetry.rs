@@ -392,10 +392,17 @@ async fn ingest_and_http_metrics_are_exported() {
             .unwrap_or_default()
     };
     let text0 = scrape().await;
-    let stored0 = metric(
-        &text0,
-        "atlas_ingest_values_total",
-        &["outcome=\"stored_or_replayed\""],
+    let outcome = |text: &str, outcome: &str| {
+        metric(
+            text,
+            "atlas_ingest_values_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    let (stored0, replayed0, staged0) = (
+        outcome(&text0, "stored"),
+        outcome(&text0, "replayed"),
+        outcome(&text0, "staged"),
     );
     let rejected0 = metric(
         &text0,
@@ -431,19 +438,29 @@ async fn ingest_and_http_metrics_are_exported() {
     )
     .await;
     assert_eq!(s, 200);
+    // A retried request: acknowledged again, stored once, counted as replayed.
+    let ts = chrono::Utc::now().timestamp_millis() - 60_000;
+    let retried = json!({"entity_id": e, "ts": ts,
+                         "values": {"priority": 3, "online": false, "status": "r"}});
+    for _ in 0..2 {
+        let (s, _) = post(&server, &key, &retried).await;
+        assert_eq!(s, 200);
+    }
+    let resp = server
+        .as_tenant(&key, Method::POST, "/v1/telemetry?durability=staged")
+        .json(&json!({"entity_id": e, "values": {"priority": 4}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 202);
     let text = scrape().await;
     // Tests share one process-wide recorder: compare deltas, not absolutes.
     // The entity was asked of the database once, then answered from the route's cache.
     assert!(checked(&text, "database") >= asked0 + 1.0, "{text}");
     assert!(checked(&text, "cache") >= cached0 + 1.0, "{text}");
-    assert!(
-        metric(
-            &text,
-            "atlas_ingest_values_total",
-            &["outcome=\"stored_or_replayed\""]
-        ) >= stored0 + 2.0,
-        "{text}"
-    );
+    assert!(outcome(&text, "stored") >= stored0 + 5.0, "{text}");
+    assert!(outcome(&text, "replayed") >= replayed0 + 3.0, "{text}");
+    assert!(outcome(&text, "staged") >= staged0 + 1.0, "{text}");
     assert!(
         metric(
             &text,

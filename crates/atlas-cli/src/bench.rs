@@ -298,6 +298,7 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let ids = Arc::new(ids);
     let cpu_before = stack_cpu_secs(&stack, &[pid]);
+    let wal_before = wal_stats(&bench_admin).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
@@ -344,6 +345,7 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = stack_cpu_secs(&stack, &[pid]);
+    let durable_wal = wal_stats(&bench_admin).await?.since(&wal_before);
     bar.finish_and_clear();
     #[allow(clippy::cast_precision_loss)]
     let sent = (requests * per_request) as f64;
@@ -404,11 +406,13 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     log("baseline: raw binary COPY into entity_values_ts…");
     let copy_rows = requests * per_request;
     let cpu_before = stack_cpu_secs(&stack, &[]);
+    let wal_before = wal_stats(&bench_admin).await?;
     let copy_per_s = raw_copy(&bench_admin, &ids, tid, copy_rows, base_ms - 3 * 3_600_000).await?;
     #[allow(clippy::cast_precision_loss)]
     let copy_cpu_us = cpu_before
         .zip(stack_cpu_secs(&stack, &[]))
         .map(|(a, b)| (b - a) * 1e6 / copy_rows as f64);
+    let copy_wal = wal_stats(&bench_admin).await?.since(&wal_before);
     // Baseline (b): per-row autocommit INSERT, `clients` connections.
     log("baseline: per-row autocommit INSERT…");
     let naive_per_s = naive_insert(
@@ -446,6 +450,12 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         "cpu_ratio_vs_copy": copy_cpu_us
             .zip(durable_cpu_us)
             .map(|(c, d)| (c / d * 100.0).round() / 100.0),
+        "durable_wal_bytes_per_value": durable_wal.bytes_per_value(sent),
+        "raw_copy_wal_bytes_per_value": copy_wal.bytes_per_value(copy_rows as f64),
+        "durable_wal_fpi_per_1000_values": durable_wal.fpi_per_1000(sent),
+        "raw_copy_wal_fpi_per_1000_values": copy_wal.fpi_per_1000(copy_rows as f64),
+        "checkpoints_during_durable": durable_wal.checkpoints,
+        "checkpoints_during_copy": copy_wal.checkpoints,
         "server_rss_mb": rss_after_load.map(f64::round),
         "server_peak_rss_mb": peak_rss.map(f64::round),
     });
@@ -474,6 +484,13 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
             r["durable_cpu_us_per_value"], r["raw_copy_cpu_us_per_value"], r["cpu_ratio_vs_copy"]
         );
         println!(
+            "WAL per value         {} B durable ({} full-page images per 1 000 values), {} B raw COPY ({})",
+            r["durable_wal_bytes_per_value"],
+            r["durable_wal_fpi_per_1000_values"],
+            r["raw_copy_wal_bytes_per_value"],
+            r["raw_copy_wal_fpi_per_1000_values"]
+        );
+        println!(
             "server RSS            {} MB after load, peak {} MB",
             r["server_rss_mb"], r["server_peak_rss_mb"]
         );
@@ -482,6 +499,49 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
 }
 
 /// Drops and recreates the `atlas_bench` database on the local stack and migrates it.
+/// The primary's WAL and checkpoint counters (`pg_stat_wal`, `pg_stat_bgwriter`): cluster-wide,
+/// so the deltas around a phase include background work of the same moment.
+#[derive(Debug, Clone, Copy)]
+struct WalStats {
+    bytes: f64,
+    fpi: i64,
+    checkpoints: i64,
+}
+
+impl WalStats {
+    fn since(self, before: &Self) -> Self {
+        Self {
+            bytes: self.bytes - before.bytes,
+            fpi: self.fpi - before.fpi,
+            checkpoints: self.checkpoints - before.checkpoints,
+        }
+    }
+
+    fn bytes_per_value(&self, values: f64) -> f64 {
+        (self.bytes / values * 10.0).round() / 10.0
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn fpi_per_1000(&self, values: f64) -> f64 {
+        (self.fpi as f64 * 1000.0 / values * 100.0).round() / 100.0
+    }
+}
+
+async fn wal_stats(admin: &tokio_postgres::Client) -> Result<WalStats> {
+    let row = admin
+        .query_one(
+            "SELECT w.wal_bytes::float8, w.wal_fpi, b.checkpoints_timed + b.checkpoints_req \
+             FROM pg_stat_wal w, pg_stat_bgwriter b",
+            &[],
+        )
+        .await?;
+    Ok(WalStats {
+        bytes: row.get(0),
+        fpi: row.get(1),
+        checkpoints: row.get(2),
+    })
+}
+
 pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres::Client)> {
     let admin = crate::connect(&stack.urls_for("postgres").admin_database_url).await?;
     // A logical slot (left by `atlas bench cdc`) keeps its database from being dropped.

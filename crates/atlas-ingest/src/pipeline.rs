@@ -318,9 +318,17 @@ async fn run_batcher(
 
 type DeadKey = (i64, i64, i64, DateTime<Utc>);
 
-/// What a written batch reports: entities whose projection changed, dead-lettered rows, and
-/// the WAL position after its commit.
-type Written = (Vec<(TenantId, i64)>, HashMap<DeadKey, String>, Option<u64>);
+/// What a written batch reports.
+struct Written {
+    /// Entities whose hot projection changed.
+    changed: Vec<(TenantId, i64)>,
+    /// Dead-lettered rows and why.
+    dead: HashMap<DeadKey, String>,
+    /// Values newly stored in `entity_values_ts` (None: staged, not stored yet).
+    stored: Option<usize>,
+    /// The WAL position after the commit.
+    wal_lsn: Option<u64>,
+}
 
 /// The WAL position as a byte offset (`pg_lsn` has no binary mapping in tokio-postgres).
 const WAL_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
@@ -343,13 +351,13 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
     metrics::histogram!("atlas_ingest_flush_seconds", "durability" => mode)
         .record(started.elapsed().as_secs_f64());
     match result {
-        Ok((changed, dead, wal_lsn)) => {
-            metrics::counter!("atlas_ingest_values_total", "outcome" => "stored_or_replayed")
-                .increment(u64::try_from(total - dead.len().min(total)).unwrap_or(0));
-            if !dead.is_empty() {
-                metrics::counter!("atlas_ingest_values_total", "outcome" => "dead_lettered")
-                    .increment(u64::try_from(dead.len()).unwrap_or(0));
-            }
+        Ok(Written {
+            changed,
+            dead,
+            stored,
+            wal_lsn,
+        }) => {
+            count_outcomes(total, stored, dead.len());
             let mut tenants: Vec<i64> = jobs
                 .iter()
                 .flat_map(|j| j.rows.iter().map(|r| r.tenant.0))
@@ -406,6 +414,29 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
     }
 }
 
+/// Counts a written batch's values by outcome: `stored` (new in `entity_values_ts`), `replayed`
+/// (already stored: a retried request; nothing added), `dead_lettered`, or `staged` (stored
+/// later by the drain). A rising `replayed` share is a retry storm, which also sends batches
+/// down `ingest_rows`' slower general path.
+fn count_outcomes(total: usize, stored: Option<usize>, dead: usize) {
+    let count = |outcome: &'static str, n: usize| {
+        if n > 0 {
+            metrics::counter!("atlas_ingest_values_total", "outcome" => outcome)
+                .increment(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+    };
+    let dead = dead.min(total);
+    match stored {
+        Some(stored) => {
+            let stored = stored.min(total - dead);
+            count("stored", stored);
+            count("replayed", total - dead - stored);
+        }
+        None => count("staged", total - dead),
+    }
+    count("dead_lettered", dead);
+}
+
 /// Writes a batch: durable rows through `ingest_rows`, staged rows by COPY into staging.
 async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, StoreError> {
     let mut client = pool.get().await?;
@@ -423,7 +454,12 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
         }
         writer.finish().await?;
         tx.commit().await?;
-        return Ok((changed, dead, wal_lsn(&client).await));
+        return Ok(Written {
+            changed,
+            dead,
+            stored: None,
+            wal_lsn: wal_lsn(&client).await,
+        });
     }
     // Durable: the rows go as one binary array of staging rows straight into ingest_rows
     // (validate, store, project) in one autocommitted statement: its commit is the
@@ -446,6 +482,7 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
         .prepare_cached("SELECT * FROM public.ingest_rows($1)")
         .await?;
     let rows = client.query(&stmt, &[&batch]).await?;
+    let mut stored = 0;
     for r in rows {
         let tenant: i64 = r.try_get(0)?;
         let entity: i64 = r.try_get(1)?;
@@ -453,11 +490,20 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
             Some(reason) => {
                 dead.insert((tenant, entity, r.try_get(4)?, r.try_get(5)?), reason);
             }
-            None if r.try_get::<_, bool>(3)? => changed.push((TenantId(tenant), entity)),
-            None => {}
+            None => {
+                stored += usize::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0);
+                if r.try_get::<_, bool>(3)? {
+                    changed.push((TenantId(tenant), entity));
+                }
+            }
         }
     }
-    Ok((changed, dead, wal_lsn(&client).await))
+    Ok(Written {
+        changed,
+        dead,
+        stored: Some(stored),
+        wal_lsn: wal_lsn(&client).await,
+    })
 }
 
 /// One row of a durable batch as an element of `entity_values_ingest[]`, in PostgreSQL's
