@@ -154,6 +154,9 @@ pub struct Maintenance {
     pub alert_replica_lag_s: f64,
     /// Alert: WAL bytes a replication slot retains.
     pub alert_slot_retained_bytes: i64,
+    /// Alert: seconds a replication slot may stay without its consumer (an inactive slot
+    /// holds back vacuum and retains WAL until it is lost).
+    pub alert_slot_inactive_s: f64,
     /// Alert: transaction-id age of the database.
     pub alert_xid_age: i64,
     /// Alert: Redis hit rate below this fraction.
@@ -175,6 +178,7 @@ impl Default for Maintenance {
             alert_staged_age_s: 60.0,
             alert_replica_lag_s: 5.0,
             alert_slot_retained_bytes: 1 << 30,
+            alert_slot_inactive_s: 300.0,
             alert_xid_age: 500_000_000,
             alert_cache_hit_rate: 0.9,
         }
@@ -530,7 +534,7 @@ impl Config {
             });
         }
         let m = &self.maintenance;
-        let maintenance_checks: [(&'static str, bool); 6] = [
+        let maintenance_checks: [(&'static str, bool); 7] = [
             (
                 "maintenance.interval_s",
                 (1..=86_400).contains(&m.interval_s),
@@ -551,6 +555,10 @@ impl Config {
             (
                 "maintenance.alert_cache_hit_rate",
                 (0.0..=1.0).contains(&m.alert_cache_hit_rate),
+            ),
+            (
+                "maintenance.alert_slot_inactive_s",
+                (0.0..=31_536_000.0).contains(&m.alert_slot_inactive_s),
             ),
         ];
         if let Some((field, _)) = checks
@@ -693,6 +701,10 @@ mod tests {
             (
                 "[maintenance]\nheartbeat_interval_ms = 10\n",
                 "maintenance.heartbeat_interval_ms",
+            ),
+            (
+                "[maintenance]\nalert_slot_inactive_s = -1.0\n",
+                "maintenance.alert_slot_inactive_s",
             ),
             (
                 "[replication]\ndefault_read_consistency = \"sometimes\"\n",

@@ -8,10 +8,14 @@
 //!   replica has replayed — both primary-clock values, so no clock skew) over the threshold,
 //!   or the replica does not answer;
 //! - `slot_retained_wal`: a replication slot retains more WAL than the threshold;
+//! - `slot_inactive:NAME`, one per slot: the slot has had no consumer for longer than the
+//!   threshold (as seen by this monitor; it holds back vacuum and retains WAL), or it has
+//!   lost WAL it needs (`wal_status = 'lost'`: its consumer can never resume);
 //! - `xid_age`: the database's transaction-id age over the threshold (wraparound risk);
 //! - `cache_hit_rate`: Redis's hit rate since the previous check below the threshold (only
 //!   with at least 100 lookups in between).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -33,6 +37,8 @@ pub struct Thresholds {
     pub replica_lag_s: f64,
     /// WAL bytes a slot retains.
     pub slot_retained_bytes: i64,
+    /// Seconds a slot may stay inactive.
+    pub slot_inactive_s: f64,
     /// Transaction-id age.
     pub xid_age: i64,
     /// Lowest acceptable Redis hit rate.
@@ -47,6 +53,7 @@ impl Thresholds {
             staged_age_s: m.alert_staged_age_s,
             replica_lag_s: m.alert_replica_lag_s,
             slot_retained_bytes: m.alert_slot_retained_bytes,
+            slot_inactive_s: m.alert_slot_inactive_s,
             xid_age: m.alert_xid_age,
             cache_hit_rate: m.alert_cache_hit_rate,
         }
@@ -80,6 +87,15 @@ fn alert(name: &str, value: Option<f64>, threshold: f64, firing: bool, message: 
 
 pub use atlas_replication::ReplicaLag;
 
+/// One replication slot as `pg_replication_slots` shows it.
+struct SlotState {
+    name: String,
+    active: bool,
+    wal_status: String,
+    /// The larger age of its `xmin` and `catalog_xmin` (what it holds vacuum back by).
+    xmin_age: Option<i32>,
+}
+
 /// Checks the alerts; remembers Redis counters between checks for the interval hit rate.
 #[derive(Debug)]
 pub struct Monitor {
@@ -88,6 +104,8 @@ pub struct Monitor {
     thresholds: Thresholds,
     premake: chrono::Duration,
     last_keyspace: Mutex<Option<KeyspaceStats>>,
+    /// Every slot of the previous check, and since when it has been seen inactive.
+    slots_seen: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
 }
 
 impl Monitor {
@@ -104,7 +122,66 @@ impl Monitor {
             thresholds,
             premake,
             last_keyspace: Mutex::new(None),
+            slots_seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One `slot_inactive:NAME` alert per slot. PostgreSQL 15 does not say since when a slot
+    /// is inactive, so the monitor remembers when it first saw it so; a slot dropped since the
+    /// previous check gets one last quiet alert, so its gauge does not stay at 1.
+    fn slot_alerts(&self, slots: &[SlotState], now: DateTime<Utc>) -> Vec<Alert> {
+        let threshold = self.thresholds.slot_inactive_s;
+        let Ok(mut seen) = self.slots_seen.lock() else {
+            return Vec::new();
+        };
+        let mut previous = std::mem::take(&mut *seen);
+        let mut alerts = Vec::new();
+        for s in slots {
+            let before = previous.remove(&s.name).flatten();
+            let since = if s.active {
+                None
+            } else {
+                Some(before.unwrap_or(now))
+            };
+            seen.insert(s.name.clone(), since);
+            let inactive_s = since.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
+            let lost = s.wal_status == "lost";
+            let holds = s
+                .xmin_age
+                .map(|a| format!(", holding vacuum back by {a} transactions"))
+                .unwrap_or_default();
+            let message = if lost {
+                format!(
+                    "slot {} has lost WAL it needs (wal_status lost): its consumer can never \
+                     resume; drop the slot and re-create its consumer",
+                    s.name
+                )
+            } else if since.is_some() {
+                format!(
+                    "slot {} has had no consumer for {inactive_s:.0} s (wal_status {}){holds}",
+                    s.name, s.wal_status
+                )
+            } else {
+                format!("slot {} is in use", s.name)
+            };
+            alerts.push(alert(
+                &format!("slot_inactive:{}", s.name),
+                Some(inactive_s),
+                threshold,
+                lost || since.is_some_and(|_| inactive_s >= threshold),
+                message,
+            ));
+        }
+        for gone in previous.into_keys() {
+            alerts.push(alert(
+                &format!("slot_inactive:{gone}"),
+                None,
+                threshold,
+                false,
+                format!("slot {gone} no longer exists"),
+            ));
+        }
+        alerts
     }
 
     /// Heartbeat lag of every replica, from the primary's clock.
@@ -218,6 +295,24 @@ impl Monitor {
                 format!("slot {worst_slot} retains {worst:.0} bytes of WAL")
             },
         ));
+
+        let slots = client
+            .query(
+                "SELECT slot_name::text, active, coalesce(wal_status, ''), age(xmin), age(catalog_xmin) \
+                 FROM pg_catalog.pg_replication_slots ORDER BY 1",
+                &[],
+            )
+            .await?;
+        let slots: Vec<SlotState> = slots
+            .iter()
+            .map(|r| SlotState {
+                name: r.get(0),
+                active: r.get(1),
+                wal_status: r.get(2),
+                xmin_age: r.get::<_, Option<i32>>(3).max(r.get::<_, Option<i32>>(4)),
+            })
+            .collect();
+        alerts.extend(self.slot_alerts(&slots, Utc::now()));
 
         let xid_age: i32 = client
             .query_one(

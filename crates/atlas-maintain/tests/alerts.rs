@@ -228,3 +228,78 @@ async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_threshol
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test]
+async fn a_slot_without_its_consumer_fires_after_its_threshold_and_a_slot_in_use_never() {
+    let db = TestDb::new().await;
+    let admin = db.admin().await;
+    let slot = format!("atlas_idle_{}", db.name);
+    admin
+        .query_one(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The test stack's replica streams through a slot of its own.
+    let in_use: String = admin
+        .query_one(
+            "SELECT slot_name::text FROM pg_replication_slots \
+             WHERE active AND slot_type = 'physical' ORDER BY 1 LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the test stack's replica has no active slot: {e}"))
+        .get(0);
+    let idle = format!("slot_inactive:{slot}");
+
+    // With the default threshold (300 s), a slot just seen idle is no alert yet.
+    let patient = Monitor::new(
+        db.store(2),
+        atlas_cache::Cache::disabled(),
+        quiet(),
+        Duration::days(62),
+    );
+    let alerts = check(&patient).await;
+    let a = find(&alerts, &idle);
+    assert!(!a.firing && a.message.contains("no consumer"), "{a:?}");
+
+    let strict = Monitor::new(
+        db.store(2),
+        atlas_cache::Cache::disabled(),
+        Thresholds {
+            slot_inactive_s: 1.0,
+            ..quiet()
+        },
+        Duration::days(62),
+    );
+    let alerts = check(&strict).await;
+    assert!(!find(&alerts, &idle).firing, "first seen idle just now");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let alerts = check(&strict).await;
+    let a = find(&alerts, &idle);
+    assert!(
+        a.firing && a.value.is_some_and(|s| s >= 1.0) && a.message.contains(&slot),
+        "{a:?}"
+    );
+    let busy = find(&alerts, &format!("slot_inactive:{in_use}"));
+    assert!(!busy.firing && busy.value == Some(0.0), "{busy:?}");
+    assert!(!find(&check(&patient).await, &idle).firing);
+
+    // Dropped: one last quiet alert (so its gauge falls to 0), then none.
+    admin
+        .query_one("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts = check(&strict).await;
+    let a = find(&alerts, &idle);
+    assert!(!a.firing && a.message.contains("no longer exists"), "{a:?}");
+    assert!(check(&strict).await.iter().all(|a| a.alert != idle));
+}
+
+async fn check(monitor: &Monitor) -> Vec<Alert> {
+    monitor
+        .check(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
