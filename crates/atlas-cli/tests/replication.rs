@@ -171,3 +171,61 @@ async fn paused_replay_opens_the_circuit_at_5_s_and_closes_it_below_3_s_and_a_st
     drop(serve);
     let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
 }
+
+/// `stack up` clones the replica again when its slot is gone (dropped, or invalidated by
+/// `max_slot_wal_keep_size` while the replica was away): restarted as it was, it would retry
+/// forever and serve ever staler reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_up_clones_again_a_replica_whose_slot_is_gone() {
+    let (stack, urls, spec) =
+        private_stack("atlas-heal-stack", (61739, 61740, 64100), "heal").await;
+    let s = stack.clone();
+    tokio::task::spawn_blocking(move || s.stop_replica(true))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = connect(&urls.admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    admin
+        .batch_execute(
+            "SELECT pg_drop_replication_slot('atlas_replica_1');
+             CREATE TABLE written_while_away AS SELECT 1 AS x;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let up = spec.clone();
+    tokio::task::spawn_blocking(move || atlas_testkit::Stack::up(&up))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("stack up: {e}"));
+    let replica_admin = urls.admin_database_url.replace(
+        &format!(":{}/", spec.pg_port),
+        &format!(":{}/", spec.replica_port),
+    );
+    let start = Instant::now();
+    let (mut seen, mut streaming) = (None, false);
+    while start.elapsed() < Duration::from_secs(30) && !(seen == Some(1) && streaming) {
+        if let Ok(replica) = connect(&replica_admin).await {
+            seen = replica
+                .query_one("SELECT count(*) FROM written_while_away", &[])
+                .await
+                .ok()
+                .map(|r| r.get::<_, i64>(0));
+        }
+        streaming = admin
+            .query_one(
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots \
+                 WHERE slot_name = 'atlas_replica_1'",
+                &[],
+            )
+            .await
+            .is_ok_and(|r| r.get::<_, bool>(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen, Some(1), "the replica never saw the new table");
+    assert!(streaming, "the replica does not stream through its slot");
+    drop(admin);
+    let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
+}

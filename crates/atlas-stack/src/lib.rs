@@ -543,6 +543,28 @@ impl Stack {
 
     fn up_replica(&self) -> Result<(), StackError> {
         let data = self.replica_dir();
+        if data.join("PG_VERSION").exists() {
+            // A replica whose slot is gone (dropped, or invalidated by max_slot_wal_keep_size
+            // while it was away) can never catch up: it retries forever and its reads go
+            // stale. It holds nothing the primary lacks, so it is cloned again.
+            let slot = self.psql(
+                self.spec.pg_port,
+                "postgres",
+                "SELECT coalesce((SELECT wal_status FROM pg_replication_slots \
+                 WHERE slot_name = 'atlas_replica_1'), 'missing')",
+            )?;
+            if slot == "missing" || slot == "lost" {
+                tracing::warn!(
+                    slot = REPLICA_SLOT,
+                    state = %slot,
+                    "the replica's slot is {slot}: cloning the replica again"
+                );
+                if self.pg_ready(self.spec.replica_port) {
+                    self.stop_replica(false)?;
+                }
+                fs::remove_dir_all(&data).map_err(io(&data))?;
+            }
+        }
         if !data.join("PG_VERSION").exists() {
             if data.exists() {
                 fs::remove_dir_all(&data).map_err(io(&data))?;
