@@ -6,7 +6,7 @@
 //! - `partition_horizon`: time-series partitions end sooner than the premake setting;
 //! - `replica_lag`: a replica's heartbeat lag (primary `now()` minus the newest heartbeat the
 //!   replica has replayed — both primary-clock values, so no clock skew) over the threshold,
-//!   or the replica does not answer;
+//!   or the replica does not answer (quiet while the primary has no heartbeat yet either);
 //! - `slot_retained_wal`: a replication slot retains more WAL than the threshold;
 //! - `slot_inactive:NAME`, one per slot: the slot has had no consumer for longer than the
 //!   threshold (as seen by this monitor; it holds back vacuum and retains WAL), or it has
@@ -253,7 +253,8 @@ impl Monitor {
         ));
 
         for lag in self.replica_lags().await {
-            let firing = lag.lag_s.is_none_or(|l| l >= t.replica_lag_s);
+            let firing =
+                !lag.awaiting_first_heartbeat && lag.lag_s.is_none_or(|l| l >= t.replica_lag_s);
             alerts.push(alert(
                 &format!("replica_lag:{}", lag.replica),
                 lag.lag_s,
@@ -261,6 +262,10 @@ impl Monitor {
                 firing,
                 match (&lag.lag_s, &lag.error) {
                     (Some(l), _) => format!("replica {} lags {l:.1} s", lag.replica),
+                    (None, _) if lag.awaiting_first_heartbeat => format!(
+                        "replica {}: no heartbeat written yet on the primary, nothing to measure",
+                        lag.replica
+                    ),
                     (None, Some(e)) => format!("replica {} is unhealthy: {e}", lag.replica),
                     (None, None) => format!("replica {} is unhealthy", lag.replica),
                 },

@@ -173,6 +173,46 @@ async fn replica_lag_fires_for_a_stale_heartbeat_and_for_an_unreachable_replica(
 }
 
 #[tokio::test]
+async fn replica_lag_waits_for_the_first_heartbeat_then_fires_for_a_replica_without_it() {
+    // A new database: neither the primary nor the "replica" (another database answering the
+    // same query) has a heartbeat yet — nothing to measure, nothing wrong.
+    let primary = TestDb::new().await;
+    let replica = TestDb::new().await;
+    let store = atlas_store::Store::connect(
+        &primary.urls.database_url,
+        std::slice::from_ref(&replica.urls.database_url),
+        2,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = Monitor::new(
+        store,
+        atlas_cache::Cache::disabled(),
+        quiet(),
+        Duration::days(62),
+    );
+    let a = find(&check(&monitor).await, "replica_lag:1").clone();
+    assert!(
+        !a.firing && a.value.is_none() && a.message.contains("no heartbeat written yet"),
+        "{a:?}"
+    );
+    // The primary beats; a replica that has not replayed it is not caught up.
+    primary
+        .admin()
+        .await
+        .execute(
+            "INSERT INTO replication_heartbeat (source) VALUES ('primary')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = find(&check(&monitor).await, "replica_lag:1").clone();
+    assert!(
+        a.firing && a.message.contains("no heartbeat replayed yet"),
+        "{a:?}"
+    );
+}
+
+#[tokio::test]
 async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_thresholds() {
     let db = TestDb::new().await;
     let admin = db.admin().await;

@@ -87,6 +87,9 @@ pub struct ReplicaLag {
     pub replay_lsn: Option<Lsn>,
     /// Why it could not be measured.
     pub error: Option<String>,
+    /// Neither the replica nor the primary has a heartbeat yet (a new database, before the
+    /// maintainer's first beat): nothing to measure, and nothing wrong with the replica.
+    pub awaiting_first_heartbeat: bool,
 }
 
 async fn probe<T>(
@@ -103,8 +106,13 @@ async fn probe<T>(
 pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
     let primary_now = probe(async {
         let c = store.primary().get().await?;
-        let now: DateTime<Utc> = c.query_one("SELECT now()", &[]).await?.get(0);
-        Ok(now)
+        let row = c
+            .query_one(
+                "SELECT now(), EXISTS (SELECT 1 FROM public.replication_heartbeat)",
+                &[],
+            )
+            .await?;
+        Ok((row.get::<_, DateTime<Utc>>(0), row.get::<_, bool>(1)))
     })
     .await;
     let mut out = Vec::new();
@@ -124,31 +132,32 @@ pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
             ))
         })
         .await;
+        let unmeasured = |replay_lsn, error| ReplicaLag {
+            replica: i + 1,
+            lag_s: None,
+            replay_lsn,
+            error: Some(error),
+            awaiting_first_heartbeat: false,
+        };
         let lag = match (&primary_now, seen) {
-            (Ok(now), Ok((Some(hb), lsn))) => ReplicaLag {
-                replica: i + 1,
+            (Ok((now, _)), Ok((Some(hb), lsn))) => ReplicaLag {
                 lag_s: Some(((*now - hb).num_milliseconds() as f64 / 1000.0).max(0.0)),
-                replay_lsn: lsn.and_then(|l| l.parse().ok()),
                 error: None,
+                ..unmeasured(lsn.and_then(|l| l.parse().ok()), String::new())
             },
-            (_, Ok((None, lsn))) => ReplicaLag {
-                replica: i + 1,
-                lag_s: None,
-                replay_lsn: lsn.and_then(|l| l.parse().ok()),
-                error: Some("no heartbeat replayed yet".into()),
+            (Ok((_, false)), Ok((None, lsn))) => ReplicaLag {
+                awaiting_first_heartbeat: true,
+                ..unmeasured(
+                    lsn.and_then(|l| l.parse().ok()),
+                    "no heartbeat written yet".into(),
+                )
             },
-            (_, Err(e)) => ReplicaLag {
-                replica: i + 1,
-                lag_s: None,
-                replay_lsn: None,
-                error: Some(e),
-            },
-            (Err(e), Ok(_)) => ReplicaLag {
-                replica: i + 1,
-                lag_s: None,
-                replay_lsn: None,
-                error: Some(format!("primary: {e}")),
-            },
+            (_, Ok((None, lsn))) => unmeasured(
+                lsn.and_then(|l| l.parse().ok()),
+                "no heartbeat replayed yet".into(),
+            ),
+            (_, Err(e)) => unmeasured(None, e),
+            (Err(e), Ok(_)) => unmeasured(None, format!("primary: {e}")),
         };
         if let Some(l) = lag.lag_s {
             metrics::gauge!("atlas_replica_lag_seconds", "replica" => (i + 1).to_string()).set(l);
@@ -401,6 +410,7 @@ mod tests {
             lag_s: ms.map(|m| m as f64 / 1000.0),
             replay_lsn: Some(Lsn(100)),
             error: None,
+            awaiting_first_heartbeat: false,
         }
     }
 
