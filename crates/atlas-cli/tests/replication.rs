@@ -227,5 +227,24 @@ async fn stack_up_clones_again_a_replica_whose_slot_is_gone() {
     assert_eq!(seen, Some(1), "the replica never saw the new table");
     assert!(streaming, "the replica does not stream through its slot");
     drop(admin);
-    let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
+
+    // `stack down --test` with only the directory (the default test ports, not this stack's)
+    // stops every service of it: PostgreSQL by its data directories, Redis by its pidfiles.
+    let by_dir = atlas_testkit::StackSpec::test(&spec.dir);
+    tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&by_dir, false))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("stack down: {e}"));
+    for port in [
+        spec.pg_port,
+        spec.replica_port,
+        spec.redis_port,
+        spec.redis_port + 1,
+        spec.redis_port + 2,
+    ] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still answers"
+        );
+    }
 }

@@ -78,6 +78,30 @@ impl StackSpec {
     }
 }
 
+/// Stops the Redis process named by `<dir>/<name>/<name>.pid`, if it still runs and is a
+/// Redis (a stale pidfile may name a reused pid), and removes the pidfile.
+fn stop_redis_by_pidfile(dir: &Path, name: &str) {
+    let pidfile = dir.join(name).join(format!("{name}.pid"));
+    let Ok(pid) = fs::read_to_string(&pidfile) else {
+        return;
+    };
+    let pid = pid.trim();
+    // A running (not zombie) process whose name starts with "redis".
+    let running_redis = || {
+        pid.bytes().all(|b| b.is_ascii_digit())
+            && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let mut fields = stat.split_whitespace().skip(1);
+                let name_is_redis = fields.next().is_some_and(|n| n.starts_with("(redis"));
+                name_is_redis && fields.next() != Some("Z")
+            })
+    };
+    if running_redis() {
+        let _ = Cmd::new("kill").arg(pid).output_quiet();
+        let _ = wait_for(Duration::from_secs(5), || !running_redis());
+    }
+    let _ = fs::remove_file(&pidfile);
+}
+
 /// Secrets and locations chosen at the first `up`, kept in `<dir>/stack.json` (mode 0600).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StackState {
@@ -205,11 +229,7 @@ impl Stack {
             return Ok(());
         };
         // The Sentinel first (it would fail the primary over), then the replica, the primary.
-        let pidfile = spec.dir.join("sentinel").join("sentinel.pid");
-        if let Ok(pid) = fs::read_to_string(&pidfile) {
-            let _ = Cmd::new("kill").arg(pid.trim()).output_quiet();
-            let _ = fs::remove_file(&pidfile);
-        }
+        stop_redis_by_pidfile(&spec.dir, "sentinel");
         for port in [spec.redis_port + 1, spec.redis_port] {
             let _ = Cmd::new("redis-cli")
                 .args([
@@ -221,6 +241,11 @@ impl Stack {
                 ])
                 .args(["-a", &stack.state.redis_password, "shutdown", "nosave"])
                 .output_quiet();
+        }
+        // A stack started on other ports than `spec` names (the tests' private stacks: the
+        // ports are not kept in stack.json) still has its pidfiles.
+        for name in ["redis-replica", "redis"] {
+            stop_redis_by_pidfile(&spec.dir, name);
         }
         for data in [stack.replica_dir(), stack.primary_dir()] {
             if data.join("postmaster.pid").exists() {
