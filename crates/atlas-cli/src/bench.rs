@@ -100,6 +100,9 @@ pub(crate) fn rss_mb(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// `/proc/<pid>/stat` counts in USER_HZ, which Linux fixes at 100 for user space.
+const TICKS_PER_S: f64 = 100.0;
+
 /// A process's parent and its CPU clock ticks from `/proc/<pid>/stat`: user, system, and the
 /// user and system time of the children it has waited for.
 fn proc_stat(pid: u32) -> Option<(u32, [u64; 4])> {
@@ -116,13 +119,42 @@ fn proc_stat(pid: u32) -> Option<(u32, [u64; 4])> {
     ))
 }
 
-/// CPU seconds (user + system) used so far by the stack's PostgreSQL clusters — each
-/// postmaster, the children it has reaped and its live children — and by `extra` processes
-/// (the server). Throughput on a shared machine moves with its neighbours; the CPU spent per
-/// value moves much less, so A/B comparisons quote both.
-pub(crate) fn stack_cpu_secs(stack: &Stack, extra: &[u32]) -> Option<f64> {
-    // /proc/<pid>/stat counts in USER_HZ, which Linux fixes at 100 for user space.
-    const TICKS_PER_S: f64 = 100.0;
+/// CPU seconds (user + system) used so far by the primary and the replica — each postmaster,
+/// the children it has reaped and its live children — and by the server process. Throughput
+/// on a shared machine moves with its neighbours; the CPU spent per value moves much less, so
+/// A/B comparisons quote both.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    primary: f64,
+    replica: f64,
+    server: f64,
+}
+
+impl CpuSample {
+    fn total(&self) -> f64 {
+        self.primary + self.replica + self.server
+    }
+
+    fn since(self, before: &Self) -> Self {
+        Self {
+            primary: self.primary - before.primary,
+            replica: self.replica - before.replica,
+            server: self.server - before.server,
+        }
+    }
+
+    /// Seconds → µs per value.
+    fn per_value(self, values: f64) -> Self {
+        let per = |secs: f64| secs * 1e6 / values;
+        Self {
+            primary: per(self.primary),
+            replica: per(self.replica),
+            server: per(self.server),
+        }
+    }
+}
+
+fn cpu_sample(stack: &Stack, server: Option<u32>) -> Option<CpuSample> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let pid = entry
@@ -133,24 +165,34 @@ pub(crate) fn stack_cpu_secs(stack: &Stack, extra: &[u32]) -> Option<f64> {
             children.entry(ppid).or_default().push(pid);
         }
     }
-    let mut ticks = 0u64;
-    for dir in [stack.primary_dir(), stack.replica_dir()] {
+    let cluster = |dir: std::path::PathBuf| -> Option<f64> {
         let pidfile = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
         let postmaster: u32 = pidfile.lines().next()?.trim().parse().ok()?;
         let (_, [u, s, cu, cs]) = proc_stat(postmaster)?;
-        ticks += u + s + cu + cs;
+        let mut ticks = u + s + cu + cs;
         for child in children.get(&postmaster).map_or(&[][..], Vec::as_slice) {
             if let Some((_, [u, s, _, _])) = proc_stat(*child) {
                 ticks += u + s;
             }
         }
-    }
-    for pid in extra {
-        let (_, [u, s, _, _]) = proc_stat(*pid)?;
-        ticks += u + s;
-    }
+        #[allow(clippy::cast_precision_loss)]
+        Some(ticks as f64 / TICKS_PER_S)
+    };
+    Some(CpuSample {
+        primary: cluster(stack.primary_dir())?,
+        replica: cluster(stack.replica_dir())?,
+        server: match server {
+            Some(pid) => process_cpu_secs(pid)?,
+            None => 0.0,
+        },
+    })
+}
+
+/// CPU seconds (user + system) one process has used so far, its threads included.
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let (_, [u, s, _, _]) = proc_stat(pid)?;
     #[allow(clippy::cast_precision_loss)]
-    Some(ticks as f64 / TICKS_PER_S)
+    Some((u + s) as f64 / TICKS_PER_S)
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -298,7 +340,7 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let ids = Arc::new(ids);
     settle(&bench_admin).await?;
-    let cpu_before = stack_cpu_secs(&stack, &[pid]);
+    let cpu_before = cpu_sample(&stack, Some(pid));
     let wal_before = wal_stats(&bench_admin).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -345,12 +387,13 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         latencies.extend(t.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = stack_cpu_secs(&stack, &[pid]);
+    let cpu_after = cpu_sample(&stack, Some(pid));
     let durable_wal = wal_stats(&bench_admin).await?.since(&wal_before);
     bar.finish_and_clear();
     #[allow(clippy::cast_precision_loss)]
     let sent = (requests * per_request) as f64;
-    let durable_cpu_us = cpu_before.zip(cpu_after).map(|(a, b)| (b - a) * 1e6 / sent);
+    let durable_cpu = cpu_before.zip(cpu_after).map(|(a, b)| b.since(&a).per_value(sent));
+    let durable_cpu_us = durable_cpu.map(|c| c.total());
     let durable_per_s = sent / elapsed;
     latencies.sort_by(f64::total_cmp);
     let rss_after_load = rss_mb(pid, "VmRSS:");
@@ -407,13 +450,14 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     log("baseline: raw binary COPY into entity_values_ts…");
     let copy_rows = requests * per_request;
     settle(&bench_admin).await?;
-    let cpu_before = stack_cpu_secs(&stack, &[]);
+    let cpu_before = cpu_sample(&stack, None);
     let wal_before = wal_stats(&bench_admin).await?;
     let copy_per_s = raw_copy(&bench_admin, &ids, tid, copy_rows, base_ms - 3 * 3_600_000).await?;
     #[allow(clippy::cast_precision_loss)]
-    let copy_cpu_us = cpu_before
-        .zip(stack_cpu_secs(&stack, &[]))
-        .map(|(a, b)| (b - a) * 1e6 / copy_rows as f64);
+    let copy_cpu = cpu_before
+        .zip(cpu_sample(&stack, None))
+        .map(|(a, b)| b.since(&a).per_value(copy_rows as f64));
+    let copy_cpu_us = copy_cpu.map(|c| c.total());
     let copy_wal = wal_stats(&bench_admin).await?.since(&wal_before);
     // Baseline (b): per-row autocommit INSERT, `clients` connections.
     log("baseline: per-row autocommit INSERT…");
@@ -448,6 +492,11 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
         "half_load_ack_p50_ms": (percentile(&half, 0.5) * 10.0).round() / 10.0,
         "half_load_ack_p99_ms": (percentile(&half, 0.99) * 10.0).round() / 10.0,
         "durable_cpu_us_per_value": durable_cpu_us.map(|v| (v * 100.0).round() / 100.0),
+        "primary_cpu_us_per_value": durable_cpu.map(|c| (c.primary * 100.0).round() / 100.0),
+        "replica_cpu_us_per_value": durable_cpu.map(|c| (c.replica * 100.0).round() / 100.0),
+        "server_cpu_us_per_value": durable_cpu.map(|c| (c.server * 100.0).round() / 100.0),
+        "raw_copy_primary_cpu_us_per_value": copy_cpu.map(|c| (c.primary * 100.0).round() / 100.0),
+        "raw_copy_replica_cpu_us_per_value": copy_cpu.map(|c| (c.replica * 100.0).round() / 100.0),
         "raw_copy_cpu_us_per_value": copy_cpu_us.map(|v| (v * 100.0).round() / 100.0),
         "cpu_ratio_vs_copy": copy_cpu_us
             .zip(durable_cpu_us)
@@ -480,8 +529,16 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
             r["naive_insert_values_per_s"], r["ratio_vs_naive"]
         );
         println!(
-            "CPU per value         {} µs durable (PostgreSQL + server), {} µs raw COPY → ratio {}",
+            "CPU per value         {} µs durable, {} µs raw COPY → ratio {}",
             r["durable_cpu_us_per_value"], r["raw_copy_cpu_us_per_value"], r["cpu_ratio_vs_copy"]
+        );
+        println!(
+            "  of it, µs           primary {} · replica {} · server {} durable; primary {} · replica {} COPY",
+            r["primary_cpu_us_per_value"],
+            r["replica_cpu_us_per_value"],
+            r["server_cpu_us_per_value"],
+            r["raw_copy_primary_cpu_us_per_value"],
+            r["raw_copy_replica_cpu_us_per_value"]
         );
         println!(
             "WAL per value         {} B durable, {} B raw COPY",
