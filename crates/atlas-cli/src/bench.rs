@@ -392,7 +392,9 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     bar.finish_and_clear();
     #[allow(clippy::cast_precision_loss)]
     let sent = (requests * per_request) as f64;
-    let durable_cpu = cpu_before.zip(cpu_after).map(|(a, b)| b.since(&a).per_value(sent));
+    let durable_cpu = cpu_before
+        .zip(cpu_after)
+        .map(|(a, b)| b.since(&a).per_value(sent));
     let durable_cpu_us = durable_cpu.map(|c| c.total());
     let durable_per_s = sent / elapsed;
     latencies.sort_by(f64::total_cmp);
