@@ -21,6 +21,11 @@ struct Out {
     general: bool,
 }
 
+/// Calls of flush_moved (the general path) in this transaction so far. Pending function counts
+/// survive until the backend reports them, which it does only outside a transaction block:
+/// the difference within one transaction is its own calls'.
+const FLUSH_MOVED_CALLS: &str = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE funcname = 'flush_moved'";
+
 async fn track_functions(db: &TestDb) {
     let admin = db.admin().await;
     let stmt: String = admin
@@ -44,9 +49,6 @@ async fn ingest(app: &mut Client, rows: &[In<'_>]) -> Result<Out, tokio_postgres
     let texts: Vec<Option<&str>> = rows.iter().map(|r| r.3).collect();
     let ints: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
     let ats: Vec<&str> = rows.iter().map(|r| r.5.as_str()).collect();
-    // Pending function counts survive until the backend reports them, which it does only
-    // outside a transaction block: the difference within one transaction is this call's.
-    const FLUSH_MOVED_CALLS: &str = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE funcname = 'flush_moved'";
     let tx = app.transaction().await?;
     let before: i64 = tx.query_one(FLUSH_MOVED_CALLS, &[]).await?.get(0);
     let result = tx
@@ -78,7 +80,6 @@ async fn ingest(app: &mut Client, rows: &[In<'_>]) -> Result<Out, tokio_postgres
 
 /// One stage_flush call in its own transaction: (values stored, whether it called flush_moved).
 async fn drain_tracked(app: &mut Client) -> (i64, bool) {
-    const FLUSH_MOVED_CALLS: &str = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE funcname = 'flush_moved'";
     let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
     let count = |r: tokio_postgres::Row| r.get::<_, i64>(0);
     let before = count(
@@ -477,28 +478,29 @@ async fn the_background_drain_takes_the_fast_path_for_clean_staged_rows() {
     let mut app = db.app().await;
     // Another SQL producer's connection.
     let producer = db.app().await;
-    let staged = |rows: Vec<(i64, i64, Option<&'static str>, Option<i64>, String)>| {
+    let staged = |rows: Vec<In<'static>>| {
         let producer = &producer;
         async move {
-            for (entity, attribute, text, int, at) in rows {
+            for (tenant, entity, attribute, text, int, at) in rows {
                 let at: chrono::DateTime<chrono::Utc> =
                     at.parse().unwrap_or_else(|e| panic!("{at}: {e}"));
-                producer.execute(
-                    "INSERT INTO entity_values_ingest (entity_id, tenant_id, attribute_id, value, value_int, ingested_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&entity, &ta, &attribute, &text, &int, &at],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                producer
+                    .execute(
+                        "INSERT INTO entity_values_ingest (entity_id, tenant_id, attribute_id, value, value_int, ingested_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[&entity, &tenant, &attribute, &text, &int, &at],
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
         }
     };
 
     // Clean and new: stored and projected without the general path.
     staged(vec![
-        (a1, status, Some("online"), None, at("10:00:00")),
-        (a1, priority, None, Some(3), at("10:00:00")),
-        (a2, status, Some("idle"), None, at("10:00:00")),
+        (ta, a1, status, Some("online"), None, at("10:00:00")),
+        (ta, a1, priority, None, Some(3), at("10:00:00")),
+        (ta, a2, status, Some("idle"), None, at("10:00:00")),
     ])
     .await;
     assert_eq!(drain_tracked(&mut app).await, (3, false));
@@ -509,8 +511,8 @@ async fn the_background_drain_takes_the_fast_path_for_clean_staged_rows() {
 
     // A replayed row next to a new one: the general path stores only the new one.
     staged(vec![
-        (a1, status, Some("online"), None, at("10:00:00")),
-        (a1, status, Some("busy"), None, at("11:00:00")),
+        (ta, a1, status, Some("online"), None, at("10:00:00")),
+        (ta, a1, status, Some("busy"), None, at("11:00:00")),
     ])
     .await;
     assert_eq!(drain_tracked(&mut app).await, (1, true));
@@ -523,8 +525,8 @@ async fn the_background_drain_takes_the_fast_path_for_clean_staged_rows() {
     // A poison row (another tenant's entity id would do; here an unknown attribute): dead-
     // lettered by the general path, its neighbour stored.
     staged(vec![
-        (a2, 999_999, Some("x"), None, at("12:00:00")),
-        (a2, priority, None, Some(7), at("12:00:00")),
+        (ta, a2, 999_999, Some("x"), None, at("12:00:00")),
+        (ta, a2, priority, None, Some(7), at("12:00:00")),
     ])
     .await;
     assert_eq!(drain_tracked(&mut app).await, (1, true));
