@@ -575,7 +575,24 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
         "{b}"
     );
 
-    // Deleted by another server: refused by the database, not stored, dead-lettered.
+    // Deleted by another server: refused by the database, not stored, dead-lettered (and
+    // counted so).
+    let dead_lettered = || async {
+        let text = server
+            .req(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        metric(
+            &text,
+            "atlas_ingest_values_total",
+            &["outcome=\"dead_lettered\""],
+        )
+    };
+    let dead_lettered0 = dead_lettered().await;
     delete_in_sql(&server, elsewhere).await;
     let (s, b) = post(&server, &key, &reading(elsewhere, 1)).await;
     assert_eq!(
@@ -583,6 +600,7 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
         Some("values.priority"),
         "{b}"
     );
+    assert!(dead_lettered().await >= dead_lettered0 + 1.0);
     assert_eq!(
         count_values(&server).await,
         2,
