@@ -45,6 +45,19 @@ pub enum CdcError {
     /// Migrating the analytics store failed.
     #[error(transparent)]
     Schema(#[from] atlas_schema::SchemaError),
+    /// The slot lost WAL it needed (`max_slot_wal_keep_size` was exceeded while its consumer
+    /// was away or behind): the changes after its confirmed position are gone, and no retry
+    /// can bring them back.
+    #[error(
+        "slot {slot} has lost WAL it needed (wal_status lost): the changes after its confirmed \
+         position {confirmed_lsn} are gone"
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+        /// Up to where its consumer had confirmed.
+        confirmed_lsn: u64,
+    },
 }
 
 /// How the consumer batches.
@@ -59,6 +72,10 @@ pub struct Settings {
     /// Test hook: after the sinks confirmed a batch with changes, stop before advancing the slot (the
     /// process then waits to be killed), to prove a crash there loses and duplicates nothing.
     pub pause_before_advance: bool,
+    /// A lost slot (see [`CdcError::SlotLost`]) is dropped and created again, and every sink
+    /// gets a new initial snapshot (state rebuilt; the change history has a gap). Without it
+    /// [`Consumer::start`] fails with `SlotLost`.
+    pub resnapshot_lost_slot: bool,
 }
 
 /// What one batch did.
@@ -107,6 +124,19 @@ impl Consumer {
     /// tables' rows as `r` events at the slot's starting LSN, then an empty transaction there
     /// that completes it. Returns the number of snapshot rows (0: none was needed).
     pub async fn start(&mut self, snapshot_url: &str) -> Result<usize, CdcError> {
+        if let Some(slot) = self.source.state().await?
+            && slot.wal_status == "lost"
+        {
+            let lost = CdcError::SlotLost {
+                slot: self.source.slot().to_owned(),
+                confirmed_lsn: slot.confirmed_lsn,
+            };
+            if !self.settings.resnapshot_lost_slot {
+                return Err(lost);
+            }
+            tracing::warn!(error = %lost, "dropping the slot and starting again from a new snapshot");
+            self.source.drop_slot().await?;
+        }
         let created = self.source.ensure_slot().await?;
         if created {
             for sink in &mut self.sinks {

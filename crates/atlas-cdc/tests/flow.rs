@@ -20,6 +20,7 @@ fn settings() -> Settings {
         batch_interval: Duration::from_millis(50),
         heartbeat_interval: Duration::from_millis(100),
         pause_before_advance: false,
+        resnapshot_lost_slot: false,
     }
 }
 

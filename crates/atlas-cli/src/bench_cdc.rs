@@ -100,6 +100,7 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
         ),
         heartbeat_interval: Duration::from_millis(config.cdc.heartbeat_interval_ms),
         pause_before_advance: false,
+        resnapshot_lost_slot: false,
     };
     atlas_cdc::prepare_analytics(&urls.admin_database_url, BENCH_ANALYTICS_DB).await?;
     let analytics_url = atlas_cdc::with_database(&urls.admin_database_url, BENCH_ANALYTICS_DB)?;

@@ -20,6 +20,12 @@ pub struct CdcArgs {
     /// Drop the slot (releasing the WAL it retains) and exit.
     #[arg(long)]
     pub drop_slot: bool,
+    /// When the slot has lost WAL it needed (it fell further behind than
+    /// `max_slot_wal_keep_size`), drop it, create it again and deliver a new initial snapshot
+    /// (the analytics state is rebuilt; the change history has a gap). Without this flag
+    /// `atlas cdc` stops and says so instead.
+    #[arg(long)]
+    pub resnapshot_lost_slot: bool,
     /// Test hook: stop after the sinks confirmed a batch, before the slot advance.
     #[arg(long, hide = true)]
     pub pause_before_advance: bool,
@@ -69,9 +75,17 @@ async fn consumer(config: &Config, args: &CdcArgs) -> Result<Consumer> {
             batch_interval: Duration::from_millis(c.batch_interval_ms),
             heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
             pause_before_advance: args.pause_before_advance,
+            resnapshot_lost_slot: args.resnapshot_lost_slot,
         },
     );
-    let rows = consumer.start(&admin).await?;
+    let rows = consumer.start(&admin).await.map_err(|e| match e {
+        lost @ atlas_cdc::CdcError::SlotLost { .. } => anyhow::Error::new(lost).context(
+            "atlas cdc cannot resume; run it once with --resnapshot-lost-slot to re-create the \
+             slot from a new initial snapshot (the analytics state is rebuilt, its change \
+             history keeps a gap), or --drop-slot to remove it",
+        ),
+        other => other.into(),
+    })?;
     if rows > 0 {
         tracing::info!(slot = %c.slot_name, rows, "initial snapshot delivered");
     }
@@ -130,13 +144,13 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
     tracing::info!(slot = %config.cdc.slot_name, "atlas cdc running");
     // A lost connection (restart, failover) is retried from the slot's confirmed position:
     // nothing the sinks did not confirm was advanced past.
+    // The delay grows while attempts fail quickly and starts small again after a run that
+    // worked for a while. A lost slot is not retried: no attempt can succeed.
     let mut backoff = Duration::from_millis(200);
     loop {
+        let started = std::time::Instant::now();
         let result = match consumer(&config, args).await {
-            Ok(mut c) => {
-                backoff = Duration::from_millis(200);
-                c.run(&mut stop).await.map_err(anyhow::Error::from)
-            }
+            Ok(mut c) => c.run(&mut stop).await.map_err(anyhow::Error::from),
             Err(e) => Err(e),
         };
         if *stop.borrow() {
@@ -144,6 +158,15 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
             return Ok(());
         }
         if let Err(e) = result {
+            if matches!(
+                e.downcast_ref::<atlas_cdc::CdcError>(),
+                Some(atlas_cdc::CdcError::SlotLost { .. })
+            ) {
+                return Err(e);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(200);
+            }
             tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis(), "cdc failed; reconnecting");
         }
         tokio::select! {

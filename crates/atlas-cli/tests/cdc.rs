@@ -518,3 +518,144 @@ async fn analytics_reads_are_served_by_the_store_within_budget() {
     assert_eq!(by, "primary");
     assert_eq!(late, from_primary);
 }
+
+/// A slot that lost its WAL (`max_slot_wal_keep_size` exceeded while no consumer kept up) can
+/// never be resumed: `atlas cdc` stops and names the remedy instead of retrying forever, and
+/// `--resnapshot-lost-slot` re-creates the slot and rebuilds the analytics state from a new
+/// snapshot. On a private stack: provoking a lost slot lowers a cluster-wide setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the_store() {
+    let (_stack, urls, spec) =
+        crate::support::private_stack("atlas-lost-stack", (61839, 61840, 64200), "lost").await;
+    let db = Target::of(&urls);
+    let (config, _) = config_file(&db, "");
+    let source = connect(&urls.admin_database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    source
+        .batch_execute(
+            "INSERT INTO attributes (attribute_name, data_type) VALUES ('lost_probe', 'integer');",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = run_once(&db, &config);
+    assert!(first["end_lsn"].is_number(), "{first}");
+
+    // Keep at most 1 MB of WAL for slots, write and switch past two segments, checkpoint:
+    // the idle slot is invalidated.
+    let slot_status = || async {
+        source
+            .query_one(
+                "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db.slot_name()],
+            )
+            .await
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default()
+    };
+    source
+        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    source
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let start = Instant::now();
+    while slot_status().await != "lost" && start.elapsed() < Duration::from_secs(60) {
+        source
+            .batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS filler (x int); \
+                 INSERT INTO filler SELECT generate_series(1, 50000); \
+                 SELECT pg_switch_wal(); CHECKPOINT;",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let lost = slot_status().await;
+    source
+        .batch_execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    source
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(lost, "lost", "could not provoke a lost slot");
+
+    // Without the flag: a clear refusal, once and as a service (no endless retries).
+    let out = atlas(&db, &config)
+        .args(["cdc", "--once"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lost WAL") && err.contains("--resnapshot-lost-slot"),
+        "{err}"
+    );
+    let mut service = atlas(&db, &config)
+        .arg("cdc")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let exited = loop {
+        if let Ok(Some(status)) = service.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = service.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "atlas cdc kept running on a lost slot"
+    );
+
+    // With it: a new slot and a new snapshot; the store has the rows again.
+    let analytics = connect(&atlas_cdc_analytics_url(&urls, &db))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let snapshot_reads = "SELECT count(*) FROM cdc.change_events WHERE op = 'r'";
+    let reads_before: i64 = analytics
+        .query_one(snapshot_reads, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    let out = atlas(&db, &config)
+        .args(["cdc", "--once", "--resnapshot-lost-slot"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(slot_status().await, "reserved");
+    let reads_after: i64 = analytics
+        .query_one(snapshot_reads, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert!(reads_after > reads_before, "no new snapshot delivered");
+    let probe: i64 = analytics
+        .query_one(
+            "SELECT count(*) FROM public.attributes WHERE attribute_name = 'lost_probe'",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    assert_eq!(probe, 1);
+    drop((source, analytics));
+    let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
+}
+
+fn atlas_cdc_analytics_url(urls: &StackUrls, db: &Target) -> String {
+    let mut u = url::Url::parse(&urls.admin_database_url).unwrap_or_else(|e| panic!("{e}"));
+    u.set_path(&format!("/{}", db.analytics_name()));
+    u.to_string()
+}
