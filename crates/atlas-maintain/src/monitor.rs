@@ -153,7 +153,8 @@ impl Monitor {
             let message = if lost {
                 format!(
                     "slot {} has lost WAL it needs (wal_status lost): its consumer can never \
-                     resume; drop the slot and re-create its consumer",
+                     resume (atlas cdc: run it with --resnapshot-lost-slot; a replica: clone \
+                     it again, as atlas stack up does)",
                     s.name
                 )
             } else if since.is_some() {
