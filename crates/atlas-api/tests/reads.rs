@@ -475,8 +475,29 @@ async fn aggregates_are_exact_scoped_and_cached_until_the_next_write() {
     );
     let (_, again, c) = agg("bucket=1h&fn=avg".into()).await;
     assert_eq!((c.as_str(), &again), ("hit", &avg));
+    // Day buckets are UTC days: between midnight and 02:00 UTC the two hours fall into two.
     let (_, sum, _) = agg("bucket=1d&fn=sum".into()).await;
-    assert_eq!(sum["items"][0]["value"].to_string(), "203.5");
+    let day = |ms: i64| ms - ms.rem_euclid(86_400_000);
+    let days: Vec<(i64, String)> = sum["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| (b["ts"].as_i64().unwrap_or(-1), b["value"].to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if day(hour) == day(hour + 3_600_000) {
+        assert_eq!(days, [(day(hour), "203.5".to_owned())], "{sum}");
+    } else {
+        assert_eq!(
+            days,
+            [
+                (day(hour), "103.5".to_owned()),
+                (day(hour + 3_600_000), "100".to_owned())
+            ],
+            "{sum}"
+        );
+    }
     let (_, max, _) = agg(format!("bucket=1h&fn=max&entity_id={}", e[1])).await;
     assert_eq!(
         max["items"],
