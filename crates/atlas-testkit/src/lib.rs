@@ -168,6 +168,15 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
         let urls = cluster.stack.urls_for(&name);
+        // The template's partitions start at the month it was migrated in (it is kept across
+        // runs of one schema): cover yesterday's month and two after it, so readings a few
+        // hours old are stored in a month's first hours too.
+        connect(&urls.admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {name}: {e}"))
+            .batch_execute("SELECT public.ensure_ts_partitions(now() - interval '1 day', 2)")
+            .await
+            .unwrap_or_else(|e| panic!("partitions of {name}: {e}"));
         Self { name, urls }
     }
 
