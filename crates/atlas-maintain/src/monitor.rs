@@ -94,6 +94,8 @@ struct SlotState {
     wal_status: String,
     /// The larger age of its `xmin` and `catalog_xmin` (what it holds vacuum back by).
     xmin_age: Option<i32>,
+    /// WAL it retains (None: it reserves none, e.g. created without reserving or lost).
+    retained_bytes: Option<f64>,
 }
 
 /// Checks the alerts; remembers Redis counters between checks for the interval hit rate.
@@ -273,22 +275,34 @@ impl Monitor {
             ));
         }
 
-        let slots = client
+        // One read of the slots for both slot alerts.
+        let slots: Vec<SlotState> = client
             .query(
-                "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
-                 FROM pg_catalog.pg_replication_slots WHERE restart_lsn IS NOT NULL ORDER BY 1",
+                "SELECT slot_name::text, active, coalesce(wal_status, ''), age(xmin), age(catalog_xmin), \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
+                 FROM pg_catalog.pg_replication_slots ORDER BY 1",
                 &[],
             )
-            .await?;
-        let (worst_slot, worst) = slots
+            .await?
             .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1)))
-            .fold((String::new(), 0.0_f64), |acc, (n, b)| {
-                if b > acc.1 { (n, b) } else { acc }
-            });
-        for r in &slots {
-            metrics::gauge!("atlas_slot_retained_wal_bytes", "slot" => r.get::<_, String>(0))
-                .set(r.get::<_, f64>(1));
+            .map(|r| SlotState {
+                name: r.get(0),
+                active: r.get(1),
+                wal_status: r.get(2),
+                xmin_age: r.get::<_, Option<i32>>(3).max(r.get::<_, Option<i32>>(4)),
+                retained_bytes: r.get(5),
+            })
+            .collect();
+        let retaining = slots
+            .iter()
+            .filter_map(|s| s.retained_bytes.map(|b| (s.name.as_str(), b)));
+        let (worst_slot, worst) =
+            retaining.clone().fold(
+                ("", 0.0_f64),
+                |acc, (n, b)| if b > acc.1 { (n, b) } else { acc },
+            );
+        for (name, bytes) in retaining {
+            metrics::gauge!("atlas_slot_retained_wal_bytes", "slot" => name.to_owned()).set(bytes);
         }
         alerts.push(alert(
             "slot_retained_wal",
@@ -301,23 +315,6 @@ impl Monitor {
                 format!("slot {worst_slot} retains {worst:.0} bytes of WAL")
             },
         ));
-
-        let slots = client
-            .query(
-                "SELECT slot_name::text, active, coalesce(wal_status, ''), age(xmin), age(catalog_xmin) \
-                 FROM pg_catalog.pg_replication_slots ORDER BY 1",
-                &[],
-            )
-            .await?;
-        let slots: Vec<SlotState> = slots
-            .iter()
-            .map(|r| SlotState {
-                name: r.get(0),
-                active: r.get(1),
-                wal_status: r.get(2),
-                xmin_age: r.get::<_, Option<i32>>(3).max(r.get::<_, Option<i32>>(4)),
-            })
-            .collect();
         alerts.extend(self.slot_alerts(&slots, Utc::now()));
 
         let xid_age: i32 = client

@@ -31,16 +31,8 @@ async fn a_healthy_database_raises_nothing_and_a_backlog_or_stale_staged_row_doe
         backlog_rows: 5,
         ..quiet()
     };
-    let monitor = Monitor::new(
-        store.clone(),
-        atlas_cache::Cache::disabled(),
-        thresholds,
-        Duration::days(62),
-    );
-    let alerts = monitor
-        .check(Utc::now())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = monitor_of(store.clone(), thresholds);
+    let alerts = check(&monitor).await;
     for name in [
         "staging_backlog",
         "staged_age",
@@ -62,10 +54,7 @@ async fn a_healthy_database_raises_nothing_and_a_backlog_or_stale_staged_row_doe
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let alerts = monitor
-        .check(Utc::now())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts = check(&monitor).await;
     let backlog = find(&alerts, "staging_backlog");
     assert!(backlog.firing && backlog.value == Some(10.0), "{backlog:?}");
     let age = find(&alerts, "staged_age");
@@ -79,12 +68,7 @@ async fn a_healthy_database_raises_nothing_and_a_backlog_or_stale_staged_row_doe
 async fn a_short_partition_horizon_fires() {
     let db = TestDb::new().await;
     let store = db.store(2);
-    let monitor = Monitor::new(
-        store.clone(),
-        atlas_cache::Cache::disabled(),
-        quiet(),
-        Duration::days(62),
-    );
+    let monitor = monitor_of(store.clone(), quiet());
     assert!(
         Maintainer::new(store, Settings::default())
             .run_once(Utc::now())
@@ -92,16 +76,7 @@ async fn a_short_partition_horizon_fires() {
             .errors
             .is_empty()
     );
-    assert!(
-        !find(
-            &monitor
-                .check(Utc::now())
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-            "partition_horizon"
-        )
-        .firing
-    );
+    assert!(!find(&check(&monitor).await, "partition_horizon").firing);
     // Seen from 40 days later, fewer than 62 days remain.
     let later = monitor
         .check(Utc::now() + Duration::days(40))
@@ -137,16 +112,8 @@ async fn replica_lag_fires_for_a_stale_heartbeat_and_for_an_unreachable_replica(
         2,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let monitor = Monitor::new(
-        store,
-        atlas_cache::Cache::disabled(),
-        quiet(),
-        Duration::days(62),
-    );
-    let alerts = monitor
-        .check(Utc::now())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = monitor_of(store, quiet());
+    let alerts = check(&monitor).await;
     let lagging = find(&alerts, "replica_lag:1");
     assert!(
         lagging.firing && lagging.value.is_some_and(|l| (9.0..60.0).contains(&l)),
@@ -165,10 +132,7 @@ async fn replica_lag_fires_for_a_stale_heartbeat_and_for_an_unreachable_replica(
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let alerts = monitor
-        .check(Utc::now())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts = check(&monitor).await;
     assert!(!find(&alerts, "replica_lag:1").firing, "{alerts:?}");
 }
 
@@ -184,12 +148,7 @@ async fn replica_lag_waits_for_the_first_heartbeat_then_fires_for_a_replica_with
         2,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let monitor = Monitor::new(
-        store,
-        atlas_cache::Cache::disabled(),
-        quiet(),
-        Duration::days(62),
-    );
+    let monitor = monitor_of(store, quiet());
     let a = find(&check(&monitor).await, "replica_lag:1").clone();
     assert!(
         !a.firing && a.value.is_none() && a.message.contains("no heartbeat written yet"),
@@ -216,14 +175,7 @@ async fn replica_lag_waits_for_the_first_heartbeat_then_fires_for_a_replica_with
 async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_thresholds() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
-    let slot = format!("atlas_alert_{}", db.name);
-    admin
-        .query_one(
-            "SELECT pg_create_physical_replication_slot($1, true)",
-            &[&slot],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let slot = idle_slot(&admin, &format!("atlas_alert_{}", db.name)).await;
     // Some WAL after the slot's restart point.
     admin
         .batch_execute("CREATE TABLE wal_filler AS SELECT g FROM generate_series(1, 20000) g")
@@ -253,10 +205,7 @@ async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_threshol
             )
             .await;
     }
-    let alerts = monitor
-        .check(Utc::now())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts = check(&monitor).await;
     let wal = find(&alerts, "slot_retained_wal");
     assert!(wal.firing && wal.value.is_some_and(|b| b > 1.0), "{wal:?}");
     assert!(find(&alerts, "xid_age").firing, "{alerts:?}");
@@ -273,14 +222,7 @@ async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_threshol
 async fn a_slot_without_its_consumer_fires_after_its_threshold_and_a_slot_in_use_never() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
-    let slot = format!("atlas_idle_{}", db.name);
-    admin
-        .query_one(
-            "SELECT pg_create_physical_replication_slot($1, true)",
-            &[&slot],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let slot = idle_slot(&admin, &format!("atlas_idle_{}", db.name)).await;
     // The test stack's replica streams through a slot of its own.
     let in_use: String = admin
         .query_one(
@@ -294,24 +236,17 @@ async fn a_slot_without_its_consumer_fires_after_its_threshold_and_a_slot_in_use
     let idle = format!("slot_inactive:{slot}");
 
     // With the default threshold (300 s), a slot just seen idle is no alert yet.
-    let patient = Monitor::new(
-        db.store(2),
-        atlas_cache::Cache::disabled(),
-        quiet(),
-        Duration::days(62),
-    );
+    let patient = monitor_of(db.store(2), quiet());
     let alerts = check(&patient).await;
     let a = find(&alerts, &idle);
     assert!(!a.firing && a.message.contains("no consumer"), "{a:?}");
 
-    let strict = Monitor::new(
+    let strict = monitor_of(
         db.store(2),
-        atlas_cache::Cache::disabled(),
         Thresholds {
             slot_inactive_s: 1.0,
             ..quiet()
         },
-        Duration::days(62),
     );
     let alerts = check(&strict).await;
     assert!(!find(&alerts, &idle).firing, "first seen idle just now");
@@ -342,4 +277,26 @@ async fn check(monitor: &Monitor) -> Vec<Alert> {
         .check(Utc::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A physical slot that reserves WAL and that nothing consumes; returns its name.
+async fn idle_slot(admin: &tokio_postgres::Client, name: &str) -> String {
+    admin
+        .query_one(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&name],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    name.to_owned()
+}
+
+/// A monitor of `store` without Redis, keeping partitions 62 days ahead.
+fn monitor_of(store: atlas_store::Store, thresholds: Thresholds) -> Monitor {
+    Monitor::new(
+        store,
+        atlas_cache::Cache::disabled(),
+        thresholds,
+        Duration::days(62),
+    )
 }
