@@ -178,14 +178,7 @@ async fn hot_attributes_are_served_from_redis_and_every_write_invalidates_them()
     assert_error(s, &b, 404);
 
     // Hits and misses are exported.
-    let metrics = server
-        .req(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = server.metrics().await;
     for series in [
         "atlas_cache_requests_total{kind=\"entity\",result=\"hit\"}",
         "atlas_cache_requests_total{kind=\"entity\",result=\"miss\"}",

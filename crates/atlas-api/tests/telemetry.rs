@@ -46,13 +46,8 @@ async fn post(server: &Server, key: &str, body: &Value) -> (u16, Value) {
 
 async fn count_values(server: &Server) -> i64 {
     server
-        .db
-        .admin()
+        .scalar("SELECT count(*) FROM entity_values_ts", &[])
         .await
-        .query_one("SELECT count(*) FROM entity_values_ts", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
 }
 
 async fn hot(server: &Server, entity: i64) -> Value {
@@ -280,14 +275,9 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
         0,
         "nothing written by any refused request (the valid item of a bad array included)"
     );
-    let staged: i64 = server
-        .db
-        .admin()
-        .await
-        .query_one("SELECT count(*) FROM entity_values_ingest", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
+    let staged = server
+        .scalar("SELECT count(*) FROM entity_values_ingest", &[])
+        .await;
     assert_eq!(staged, 0);
     server.stop().await;
 }
@@ -381,17 +371,7 @@ async fn ingest_and_http_metrics_are_exported() {
     catalogue(&server).await;
     let (_, key) = server.tenant("acme").await;
     let e = server.entities(&key, 1).await[0];
-    let scrape = || async {
-        server
-            .req(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .text()
-            .await
-            .unwrap_or_default()
-    };
-    let text0 = scrape().await;
+    let text0 = server.metrics().await;
     let outcome = |text: &str, outcome: &str| {
         metric(
             text,
@@ -453,7 +433,7 @@ async fn ingest_and_http_metrics_are_exported() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status(), 202);
-    let text = scrape().await;
+    let text = server.metrics().await;
     // Tests share one process-wide recorder: compare deltas, not absolutes.
     // The entity was asked of the database once, then answered from the route's cache.
     assert!(checked(&text, "database") >= asked0 + 1.0, "{text}");
@@ -578,16 +558,8 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
     // Deleted by another server: refused by the database, not stored, dead-lettered (and
     // counted so).
     let dead_lettered = || async {
-        let text = server
-            .req(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .text()
-            .await
-            .unwrap_or_default();
         metric(
-            &text,
+            &server.metrics().await,
             "atlas_ingest_values_total",
             &["outcome=\"dead_lettered\""],
         )
@@ -606,17 +578,12 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
         2,
         "only the two first values are stored"
     );
-    let dead: i64 = server
-        .db
-        .admin()
-        .await
-        .query_one(
+    let dead = server
+        .scalar(
             "SELECT count(*) FROM entity_values_dead_letter WHERE entity_id = $1",
             &[&elsewhere],
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
+        .await;
     assert_eq!(dead, 1);
     let (s, b) = post(&server, &key, &reading(elsewhere, 2)).await;
     assert_eq!(

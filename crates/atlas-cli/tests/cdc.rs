@@ -553,14 +553,19 @@ async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the
             .map(|r| r.get::<_, String>(0))
             .unwrap_or_default()
     };
-    source
-        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    source
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    // ALTER SYSTEM cannot share a statement batch (an implicit transaction) with the reload.
+    let set_keep = |statement: &'static str| {
+        let source = &source;
+        async move {
+            for sql in [statement, "SELECT pg_reload_conf()"] {
+                source
+                    .batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            }
+        }
+    };
+    set_keep("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await;
     let start = Instant::now();
     while slot_status().await != "lost" && start.elapsed() < Duration::from_secs(60) {
         source
@@ -573,14 +578,7 @@ async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let lost = slot_status().await;
-    source
-        .batch_execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    source
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    set_keep("ALTER SYSTEM RESET max_slot_wal_keep_size").await;
     assert_eq!(lost, "lost", "could not provoke a lost slot");
 
     // Without the flag: a clear refusal, once and as a service (no endless retries).
@@ -616,7 +614,7 @@ async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the
     );
 
     // With it: a new slot and a new snapshot; the store has the rows again.
-    let analytics = connect(&atlas_cdc_analytics_url(&urls, &db))
+    let analytics = connect(&analytics_url(&db))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let snapshot_reads = "SELECT count(*) FROM cdc.change_events WHERE op = 'r'";
@@ -652,10 +650,4 @@ async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the
     assert_eq!(probe, 1);
     drop((source, analytics));
     let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
-}
-
-fn atlas_cdc_analytics_url(urls: &StackUrls, db: &Target) -> String {
-    let mut u = url::Url::parse(&urls.admin_database_url).unwrap_or_else(|e| panic!("{e}"));
-    u.set_path(&format!("/{}", db.analytics_name()));
-    u.to_string()
 }

@@ -88,10 +88,7 @@ async fn paused_replay_opens_the_circuit_at_5_s_and_closes_it_below_3_s_and_a_st
     );
 
     // Pause replay: the replica's heartbeat lag grows by a second every second.
-    let replica_admin = urls.admin_database_url.replace(
-        &format!(":{}/", spec.pg_port),
-        &format!(":{}/", spec.replica_port),
-    );
+    let replica_admin = replica_admin_url(&urls, &spec);
     let replica = connect(&replica_admin)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -200,10 +197,7 @@ async fn stack_up_clones_again_a_replica_whose_slot_is_gone() {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("stack up: {e}"));
-    let replica_admin = urls.admin_database_url.replace(
-        &format!(":{}/", spec.pg_port),
-        &format!(":{}/", spec.replica_port),
-    );
+    let replica_admin = replica_admin_url(&urls, &spec);
     let start = Instant::now();
     let (mut seen, mut streaming) = (None, false);
     while start.elapsed() < Duration::from_secs(30) && !(seen == Some(1) && streaming) {
@@ -247,4 +241,12 @@ async fn stack_up_clones_again_a_replica_whose_slot_is_gone() {
             "port {port} still answers"
         );
     }
+}
+
+/// The admin URL of the private stack's replica.
+fn replica_admin_url(urls: &atlas_testkit::StackUrls, spec: &atlas_testkit::StackSpec) -> String {
+    urls.admin_database_url.replace(
+        &format!(":{}/", spec.pg_port),
+        &format!(":{}/", spec.replica_port),
+    )
 }

@@ -95,6 +95,33 @@ impl Server {
         self.req(method, path).bearer_auth(ADMIN)
     }
 
+    /// The Prometheus text of `/metrics` (tests share one process-wide recorder: compare
+    /// deltas).
+    pub async fn metrics(&self) -> String {
+        self.req(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// One `bigint` an admin query of this server's database answers (counts).
+    pub async fn scalar(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> i64 {
+        self.db
+            .admin()
+            .await
+            .query_one(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
     pub fn as_tenant(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
         self.req(method, path).bearer_auth(key)
     }
