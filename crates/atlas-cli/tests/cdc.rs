@@ -73,8 +73,14 @@ pub(crate) fn atlas(db: &Target, config: &std::path::Path) -> Command {
 }
 
 fn run_once(db: &Target, config: &std::path::Path) -> Value {
+    run_once_with(db, config, &[])
+}
+
+/// `atlas cdc --once` with `flags`; it must succeed. Its summary.
+fn run_once_with(db: &Target, config: &std::path::Path, flags: &[&str]) -> Value {
     let out = atlas(db, config)
         .args(["cdc", "--once"])
+        .args(flags)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -623,15 +629,7 @@ async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
-    let out = atlas(&db, &config)
-        .args(["cdc", "--once", "--resnapshot-lost-slot"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_once_with(&db, &config, &["--resnapshot-lost-slot"]);
     assert_eq!(slot_status().await, "reserved");
     let reads_after: i64 = analytics
         .query_one(snapshot_reads, &[])
