@@ -104,3 +104,65 @@ async fn retention_under_ingest_refuses_uncovered_times_at_the_api() {
     assert_eq!(staged, 0, "nothing is stuck in staging");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn history_is_refused_before_a_backfill_and_stored_and_read_back_at_once_after_it() {
+    let server = Server::start().await;
+    let (s, b) = call(
+        server
+            .admin(Method::POST, "/v1/admin/attributes")
+            .json(&json!({"attribute_name": "temperature", "data_type": "decimal"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (_, key) = server.tenant("historian").await;
+    let e = server.entities(&key, 1).await[0];
+    let old = chrono::Utc::now() - chrono::Duration::days(400);
+    let ts = old.timestamp_millis();
+    let post = || {
+        call(
+            server
+                .as_tenant(&key, Method::POST, "/v1/telemetry")
+                .json(&json!([{"entity_id": e, "ts": ts, "values": {"temperature": 12.5}}])),
+        )
+    };
+
+    let (s, body) = post().await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(body["error"]["field"], "[0].ts", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("before the stored time range")),
+        "{body}"
+    );
+
+    let created =
+        atlas_maintain::Maintainer::new(server.db.store(2), atlas_maintain::Settings::default())
+            .backfill(old, chrono::Utc::now())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!created.is_empty());
+
+    // No wait for the server's 5 s coverage refresh: an uncovered time re-reads it at once.
+    let (s, body) = post().await;
+    assert_eq!(s, 200, "{body}");
+    let (s, series) = call(server.as_tenant(
+        &key,
+        Method::GET,
+        &format!(
+            "/v1/entities/{e}/series?attribute=temperature&from={}&to={}",
+            ts - 1,
+            ts + 1
+        ),
+    ))
+    .await;
+    assert_eq!(s, 200, "{series}");
+    assert_eq!(
+        series["items"].as_array().map(Vec::len),
+        Some(1),
+        "{series}"
+    );
+    assert_eq!(series["items"][0]["value"], json!(12.5), "{series}");
+    server.stop().await;
+}

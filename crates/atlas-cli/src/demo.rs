@@ -89,6 +89,19 @@ pub async fn run(config: &Config, args: &DemoArgs) -> Result<()> {
     let now = now
         - chrono::Duration::seconds(i64::from(chrono::Timelike::second(&now)))
         - chrono::Duration::nanoseconds(i64::from(chrono::Timelike::nanosecond(&now)));
+    // Partitions for the whole history: in a month's first days it reaches into the month
+    // before, which a new database does not cover yet.
+    let resolved = crate::stack::resolved(config)?;
+    atlas_maintain::Maintainer::new(
+        store.clone(),
+        atlas_maintain::Settings::from_config(&resolved.maintenance),
+    )
+    .backfill(
+        now - chrono::Duration::minutes(i64::from(args.minutes)),
+        now,
+    )
+    .await
+    .context("partitions for the demo's history")?;
 
     let mut staged = 0u64;
     for tenant_name in TENANTS {

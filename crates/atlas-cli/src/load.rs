@@ -150,7 +150,10 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
             let rows = type_readings(tenant, &readings, &catalog, &time, &|i| {
                 format!("line {}", lines[i])
             })
-            .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+            .map_err(|e| {
+                let hint = backfill_hint(&readings, &time, e.reason).unwrap_or_default();
+                anyhow::anyhow!("{}: {}{hint}", e.field, e.message)
+            })?;
             let unknown = atlas_ingest::typing::first_unknown_entity(&store, tenant, &readings)
                 .await
                 .map_err(|e: StoreError| anyhow::anyhow!(e))?;
@@ -195,4 +198,24 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
         n
     );
     Ok(())
+}
+
+/// For a reading refused because it is older than every partition, how an operator makes
+/// room for it (a new installation has partitions from its first month on): the history a
+/// loader imports is exactly such data.
+fn backfill_hint(readings: &[Reading], time: &TimeRules, reason: &str) -> Option<String> {
+    if reason != "time_out_of_range" {
+        return None;
+    }
+    // type_readings stops at the first refusal, so the refused reading is the first whose
+    // time fails.
+    let ts = readings.iter().find(|r| time.check(r.ts).is_err())?.ts?;
+    let at = chrono::DateTime::from_timestamp_millis(ts)?;
+    let oldest = time.coverage.iter().map(|(lo, _)| *lo).min()?;
+    (at < oldest).then(|| {
+        format!(
+            " (to store older readings, first run: atlas maintain backfill --since {})",
+            at.date_naive()
+        )
+    })
 }

@@ -90,6 +90,14 @@ enum Command {
 enum MaintainCmd {
     /// Refresh the attribute statistics view now (CONCURRENTLY: readers are not blocked).
     RefreshStats,
+    /// Create time-series partitions back to a date (UTC), so older readings can be stored:
+    /// history imported with `atlas load`. Monthly or daily as `[maintenance]` says; a date
+    /// retention would drop again is refused.
+    Backfill {
+        /// The oldest day to cover, YYYY-MM-DD.
+        #[arg(long)]
+        since: chrono::NaiveDate,
+    },
 }
 
 #[tokio::main]
@@ -129,6 +137,23 @@ async fn main() -> Result<()> {
                         "refreshed mv_entity_attribute_stats: {rows} rows in {:.2} s",
                         started.elapsed().as_secs_f64()
                     );
+                    Ok(())
+                }
+                Some(MaintainCmd::Backfill { since }) => {
+                    let created = m
+                        .backfill(
+                            since.and_time(chrono::NaiveTime::MIN).and_utc(),
+                            chrono::Utc::now(),
+                        )
+                        .await
+                        .with_context(|| format!("backfill --since {since}"))?;
+                    match (created.last(), created.first()) {
+                        (Some(oldest), Some(newest)) => println!(
+                            "created {} partition(s), {oldest} to {newest}; readings from {since} on can be stored",
+                            created.len()
+                        ),
+                        _ => println!("{since} is already covered: no partition created"),
+                    }
                     Ok(())
                 }
                 None => {

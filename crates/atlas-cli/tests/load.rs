@@ -203,3 +203,87 @@ async fn ndjson_and_csv_files_load_durably_and_bad_lines_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: entity 999999"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn history_before_every_partition_is_refused_with_its_remedy_and_loads_after_backfill() {
+    let db = TestDb::new().await;
+    let (tenant, ids) = setup(&db).await;
+    let dir =
+        std::env::temp_dir().join(format!("atlas-history-{}-{}", std::process::id(), db.name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let old = chrono::Utc::now() - chrono::Duration::days(400);
+    let day = old.date_naive().to_string();
+    let file = dir.join("history.ndjson");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"entity_id\": {e}, \"ts\": {t}, \"values\": {{\"priority\": 1, \"temperature\": 20.5}}}}\n\
+             {{\"entity_id\": {e}, \"ts\": {t2}, \"values\": {{\"priority\": 2}}}}\n",
+            e = ids[0],
+            t = old.timestamp_millis(),
+            t2 = old.timestamp_millis() + 60_000,
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let load = || {
+        atlas(
+            &db,
+            &[
+                "load",
+                file.to_str().unwrap_or(""),
+                "--tenant",
+                &tenant.to_string(),
+            ],
+        )
+    };
+
+    let out = load();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1.ts") && err.contains("before the stored time range"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("atlas maintain backfill --since {day}")),
+        "{err}"
+    );
+    assert_eq!(count(&db).await, 0);
+
+    let out = atlas(&db, &["maintain", "backfill", "--since", "last-year"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--since"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = atlas(&db, &["maintain", "backfill", "--since", &day]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("created")
+            && said.contains(&format!("entity_values_{}", old.format("%Y_%m"))),
+        "{said}"
+    );
+    let out = atlas(&db, &["maintain", "backfill", "--since", &day]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already covered"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = load();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db).await, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -311,7 +311,7 @@ impl TimeRules {
             let oldest = self.coverage.iter().map(|(lo, _)| *lo).min();
             return Err(match oldest {
                 Some(lo) if at < lo => {
-                    format!("{at} is older than the retained data (which starts at {lo})")
+                    format!("{at} is before the stored time range, which starts at {lo}")
                 }
                 _ => format!("{at} is outside the stored time range (no partition covers it)"),
             });

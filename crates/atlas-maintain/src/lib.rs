@@ -32,7 +32,28 @@ pub enum MaintainError {
     /// The database refused or is unreachable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A backfill reaching past the retention horizon: the next round would drop it again.
+    #[error(
+        "{since} is before the retention horizon ({horizon}): retention would drop those partitions again"
+    )]
+    BeforeRetention {
+        /// The requested start.
+        since: DateTime<Utc>,
+        /// The oldest time retention keeps.
+        horizon: DateTime<Utc>,
+    },
+    /// A backfill reaching further back than partitions are made for.
+    #[error("{since} is more than {MAX_BACKFILL_YEARS} years ago")]
+    TooFarBack {
+        /// The requested start.
+        since: DateTime<Utc>,
+    },
 }
+
+/// How far back `ensure_ts_partitions_from` (migration 0017) makes partitions.
+pub const MAX_BACKFILL_YEARS: i64 = 20;
+/// Partitions `ensure_ts_partitions_from` creates per call (its transaction holds their locks).
+const BACKWARD_PER_CALL: usize = 100;
 
 impl From<tokio_postgres::Error> for MaintainError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -192,6 +213,51 @@ impl Maintainer {
         Ok(rows)
     }
 
+    /// Creates time-series partitions back to `since` (monthly or daily, as configured) so
+    /// that readings that old can be stored - a fleet's history imported with `atlas load`.
+    /// Refuses a start that retention (as of `now`) would drop again. Returns the partitions
+    /// created, newest first (none when `since` is already covered).
+    pub async fn backfill(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, MaintainError> {
+        if since < now - chrono::Duration::days(365 * MAX_BACKFILL_YEARS) {
+            return Err(MaintainError::TooFarBack { since });
+        }
+        if let Some(retention) = self.settings.retention {
+            let horizon = now - retention;
+            if since < horizon {
+                return Err(MaintainError::BeforeRetention { since, horizon });
+            }
+        }
+        let created = self.extend_back(since).await?;
+        for name in &created {
+            tracing::info!(partition = %name, "backfill created a partition");
+        }
+        Ok(created)
+    }
+
+    /// Extends the time series backward until `from` is covered, a bounded number of
+    /// partitions per transaction.
+    async fn extend_back(&self, from: DateTime<Utc>) -> Result<Vec<String>, MaintainError> {
+        let mut created = Vec::new();
+        loop {
+            let rows = self
+                .ddl(
+                    "SELECT public.ensure_ts_partitions_from($1, $2)",
+                    &[&from, &self.settings.daily],
+                )
+                .await?;
+            for row in &rows {
+                created.push(row.try_get::<_, String>(0)?);
+            }
+            if rows.len() < BACKWARD_PER_CALL {
+                return Ok(created);
+            }
+        }
+    }
+
     /// Runs one task, timing and recording it.
     async fn task<F>(&self, name: &'static str, f: F) -> Result<i64, MaintainError>
     where
@@ -222,8 +288,11 @@ impl Maintainer {
                     )
                     .await?
                 {
-                    created.push(row.get::<_, String>(0));
+                    created.push(row.try_get::<_, String>(0)?);
                 }
+                // Always the previous day too: a database created in the first hours of a
+                // month would otherwise refuse its devices' late readings from the day before.
+                created.extend(self.extend_back(now - chrono::Duration::days(1)).await?);
                 Ok(i64::try_from(created.len()).unwrap_or(0))
             })
             .await;

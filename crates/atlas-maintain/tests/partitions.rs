@@ -169,3 +169,118 @@ async fn retention_gives_up_on_a_lock_it_cannot_get_within_its_timeout() {
         "{report:?}"
     );
 }
+
+#[tokio::test]
+async fn backfill_extends_the_time_series_backward_and_refuses_what_retention_would_drop() {
+    let db = TestDb::new().await;
+    let now = Utc::now();
+    let before = coverage(&db).await;
+    let oldest = before.first().map_or(now, |p| p.1);
+
+    // Monthly: whole months back to the one holding `since`, contiguous with what was there.
+    let monthly = Maintainer::new(db.store(2), Settings::default());
+    let since = oldest - Duration::days(100);
+    let created = monthly
+        .backfill(since, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let parts = coverage(&db).await;
+    assert!(contiguous(&parts), "{parts:?}");
+    let first = &parts[0];
+    assert_eq!(first.0, format!("entity_values_{}", since.format("%Y_%m")));
+    assert!(first.1 <= since && since < first.2, "{first:?}");
+    assert_eq!(first.1.format("%d %H:%M:%S").to_string(), "01 00:00:00");
+    assert_eq!(created.len(), parts.len() - before.len(), "{created:?}");
+    assert_eq!(created.last(), Some(&first.0), "newest first: {created:?}");
+    assert!(
+        monthly
+            .backfill(since, now)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty(),
+        "already covered"
+    );
+
+    // A row for that time is stored.
+    db.admin()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO tenants (tenant_name) VALUES ('t');
+             INSERT INTO attributes (attribute_name, data_type) VALUES ('temperature', 'decimal');
+             INSERT INTO entities (tenant_id, entity_type) SELECT tenant_id, 'sensor' FROM tenants;
+             INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, ingested_at)
+                 SELECT e.entity_id, e.tenant_id, a.attribute_id, 1, '{}' FROM entities e, attributes a;",
+            since.to_rfc3339()
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Daily: one day each, back to the day holding `since`.
+    let daily = Maintainer::new(
+        db.store(2),
+        Settings {
+            daily: true,
+            ..Settings::default()
+        },
+    );
+    let oldest = parts[0].1;
+    let since = oldest - Duration::hours(60);
+    let created = daily
+        .backfill(since, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(created.len(), 3, "{created:?}");
+    let parts = coverage(&db).await;
+    assert!(contiguous(&parts), "{parts:?}");
+    assert!(
+        parts[..3].iter().all(|p| p.2 - p.1 == Duration::days(1)),
+        "{parts:?}"
+    );
+    assert_eq!(
+        parts[0].0,
+        format!("entity_values_{}", since.format("%Y_%m_%d"))
+    );
+
+    // Past retention: refused, nothing created. Further back than 20 years: refused.
+    let kept = Maintainer::new(
+        db.store(2),
+        Settings {
+            retention: Some(Duration::days(30)),
+            ..Settings::default()
+        },
+    );
+    let err = kept.backfill(now - Duration::days(31), now).await;
+    assert!(
+        matches!(
+            err,
+            Err(atlas_maintain::MaintainError::BeforeRetention { .. })
+        ),
+        "{err:?}"
+    );
+    let err = monthly.backfill(now - Duration::days(21 * 365), now).await;
+    assert!(
+        matches!(err, Err(atlas_maintain::MaintainError::TooFarBack { .. })),
+        "{err:?}"
+    );
+    assert_eq!(coverage(&db).await, parts);
+}
+
+#[tokio::test]
+async fn a_round_in_the_first_hours_of_a_month_covers_the_day_before() {
+    let db = TestDb::new().await;
+    // The database's oldest partition starts on the first of a month; two hours into that
+    // month, a device's readings from the evening before must still be storable.
+    let oldest = coverage(&db).await.first().map(|p| p.1);
+    let oldest = oldest.unwrap_or_else(|| panic!("no partitions"));
+    let now = oldest + Duration::hours(2);
+    let report = Maintainer::new(db.store(2), Settings::default())
+        .run_once(now)
+        .await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    let yesterday = now - Duration::days(1);
+    let name = format!("entity_values_{}", yesterday.format("%Y_%m"));
+    assert_eq!(report.created, std::slice::from_ref(&name), "{report:?}");
+    let parts = coverage(&db).await;
+    assert!(contiguous(&parts), "{parts:?}");
+    assert!(parts[0].0 == name && parts[0].1 <= yesterday, "{parts:?}");
+}

@@ -540,6 +540,7 @@ async fn security_definer_functions_are_hardened() {
             "drop_oldest_ts_partition_before",
             "ensure_entity_partitions",
             "ensure_ts_partitions",
+            "ensure_ts_partitions_from",
             "ensure_ts_partitions_until",
             "hot_attr_backfill",
             "hot_attr_clear",
