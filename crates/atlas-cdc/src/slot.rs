@@ -242,7 +242,7 @@ pub struct SnapshotReader {
 pub struct SnapshotTable {
     /// Its name (the partition root).
     pub table: String,
-    /// Columns with their type OIDs.
+    /// Published columns (in table order) with their type OIDs.
     pub columns: Vec<(String, u32)>,
     /// Primary-key columns.
     pub key: Vec<String>,
@@ -259,22 +259,23 @@ impl SnapshotReader {
         Ok(Self { client })
     }
 
-    /// The publication's tables (roots of partitioned ones), with columns and keys.
+    /// The publication's tables (roots of partitioned ones), with their published columns
+    /// (a publication's column list, as the stream sends them) and keys.
     pub async fn tables(&self) -> Result<Vec<SnapshotTable>, CdcError> {
-        let names: Vec<String> = self
+        let names: Vec<(String, Vec<String>)> = self
             .client
             .query(
-                "SELECT tablename::text FROM pg_publication_tables \
+                "SELECT tablename::text, attnames::text[] FROM pg_publication_tables \
                  WHERE pubname = $1 AND schemaname = 'public' ORDER BY 1",
                 &[&PUBLICATION],
             )
             .await
             .map_err(db("listing the published tables"))?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
         let mut out = Vec::new();
-        for table in names {
+        for (table, published) in names {
             let rows = self
                 .client
                 .query(
@@ -283,8 +284,9 @@ impl SnapshotReader {
                      FROM pg_attribute a \
                      LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
                      WHERE a.attrelid = ('public.' || quote_ident($1))::regclass \
-                       AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                    &[&table],
+                       AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY ($2::text[]) \
+                     ORDER BY a.attnum",
+                    &[&table, &published],
                 )
                 .await
                 .map_err(db("reading a published table's columns"))?;
@@ -309,8 +311,10 @@ impl SnapshotReader {
         let sql: String = self
             .client
             .query_one(
-                "SELECT format('DECLARE atlas_snapshot NO SCROLL CURSOR FOR SELECT * FROM public.%I', $1::text)",
-                &[&t.table],
+                "SELECT format('DECLARE atlas_snapshot NO SCROLL CURSOR FOR SELECT %s FROM public.%I', \
+                        (SELECT string_agg(quote_ident(c), ', ' ORDER BY n) FROM unnest($2::text[]) WITH ORDINALITY AS x (c, n)), \
+                        $1::text)",
+                &[&t.table, &t.columns.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()],
             )
             .await
             .map_err(db("opening the snapshot cursor"))?

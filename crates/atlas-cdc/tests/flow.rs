@@ -65,6 +65,30 @@ fn read_ndjson(dir: &Path) -> Vec<Value> {
     out
 }
 
+/// An entity_jsonb event carries the published columns, not the projection's internal
+/// newest time (0018's column list), in the stream and in the snapshot alike.
+fn assert_published_projection_columns(event: &Value) {
+    let mut keys: Vec<&str> = event["after"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "cold_attrs",
+            "entity_id",
+            "hot_attrs",
+            "hot_attrs_at",
+            "tenant_id",
+            "updated_at"
+        ],
+        "{event}"
+    );
+}
+
 async fn scalar_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -163,6 +187,7 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
         "a delete carries the key"
     );
     let jsonb = find("entity_jsonb", "u", 101);
+    assert_published_projection_columns(jsonb);
     assert_eq!(
         jsonb["after"]["hot_attrs"],
         json!({"temp_cdc": 22.25}),
@@ -437,7 +462,9 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
              INSERT INTO attributes (attribute_id, attribute_name, data_type, is_hot) VALUES (50, 'snap_cdc', 'decimal', true);
              INSERT INTO entities (entity_id, tenant_id, entity_type) SELECT g, 5, 'pump' FROM generate_series(1, 300) g;
              INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, ingested_at)
-                 SELECT g, 5, 50, g / 8.0, now() - interval '1 minute' FROM generate_series(1, 300) g;",
+                 SELECT g, 5, 50, g / 8.0, now() - interval '1 minute' FROM generate_series(1, 300) g;
+             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at, hot_attrs_newest)
+                 VALUES (1, 5, '{\"snap_cdc\": 0.125}', '{\"snap_cdc\": 7}', 7);",
         )
         .await
         .unwrap();
@@ -447,8 +474,8 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
     let reads = "SELECT count(*) FROM cdc.change_events WHERE op = 'r'";
     assert_eq!(
         scalar_i64(&an, reads).await,
-        1 + 300 + 300,
-        "the attribute, entities and values"
+        1 + 300 + 300 + 1,
+        "the attribute, entities, values and projection"
     );
     // A snapshot whose completion was not recorded (a crash) is sent again on the next start,
     // at the same slot position: it lands once.
@@ -457,7 +484,7 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
         .unwrap();
     drop(first);
     let mut cdc = consumer(&db, &dir).await;
-    assert_eq!(scalar_i64(&an, reads).await, 601);
+    assert_eq!(scalar_i64(&an, reads).await, 602);
 
     // Changes after the slot's start, including to snapshotted rows.
     admin
@@ -501,8 +528,13 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
         .collect::<Vec<_>>();
     assert_eq!(
         snap.len(),
-        2 * 601,
+        2 * 602,
         "NDJSON is at-least-once: both snapshots"
+    );
+    assert_published_projection_columns(
+        snap.iter()
+            .find(|e| e["source"]["table"] == "entity_jsonb")
+            .unwrap(),
     );
     assert!(snap.iter().all(|e| e["source"]["snapshot"] == "true"));
     assert!(

@@ -101,6 +101,8 @@ async fn tables_have_the_seed_columns_and_types() {
             ("hot_attrs_at", "jsonb"),
             ("cold_attrs", "jsonb"),
             ("updated_at", "timestamp with time zone"),
+            // Internal to the projection (0018), not published.
+            ("hot_attrs_newest", "bigint"),
         ])
     );
     assert_eq!(
@@ -606,6 +608,17 @@ async fn publication_covers_the_four_tables_via_partition_root() {
     assert_eq!(
         tables,
         ["attributes", "entities", "entity_jsonb", "entity_values_ts"]
+    );
+    // Consumers see the projection's columns, not its internal newest time.
+    let published = texts(
+        &c,
+        "SELECT array_to_string(attnames, ',') FROM pg_publication_tables \
+         WHERE pubname = 'eav_cdc' AND tablename = 'entity_jsonb'",
+    )
+    .await;
+    assert_eq!(
+        published,
+        ["entity_id,tenant_id,hot_attrs,hot_attrs_at,cold_attrs,updated_at"]
     );
     let wal_level: String = c
         .query_one("SHOW wal_level", &[])

@@ -540,3 +540,235 @@ async fn the_background_drain_takes_the_fast_path_for_clean_staged_rows() {
     assert_eq!(dead, 1);
     assert_eq!(stored_values(&db).await, 5);
 }
+
+/// An entity's stored `hot_attrs_newest` (0018) and the newest time its `hot_attrs_at` holds.
+async fn newest(db: &TestDb, entity: i64) -> (Option<i64>, Option<i64>) {
+    let row = db
+        .admin()
+        .await
+        .query_one(
+            "SELECT hot_attrs_newest, (SELECT max(v::bigint) FROM jsonb_each_text(hot_attrs_at) x (k, v)) \
+             FROM entity_jsonb WHERE entity_id = $1",
+            &[&entity],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn the_projection_keeps_its_newest_time_exact_or_unknown_never_too_low() {
+    let db = TestDb::new().await;
+    let Fleet {
+        tenant_a: ta,
+        a1,
+        a2,
+        status,
+        priority,
+        ..
+    } = fleet(&db).await;
+    let mut app = db.app().await;
+    let micros = |hms: &str| {
+        chrono::DateTime::parse_from_rfc3339(&at(hms))
+            .map(|t| t.timestamp_micros())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    // One reading per entity: the delta has one time, which becomes the newest.
+    must_ingest(
+        &mut app,
+        &[
+            (ta, a1, status, Some("online"), None, at("10:00:00")),
+            (ta, a1, priority, None, Some(1), at("10:00:00")),
+            (ta, a2, status, Some("idle"), None, at("10:00:00")),
+        ],
+    )
+    .await;
+    let ten = Some(micros("10:00:00"));
+    assert_eq!(newest(&db, a1).await, (ten, ten));
+
+    // A newer one-time delta is concatenated by the integer test and moves it.
+    must_ingest(
+        &mut app,
+        &[(ta, a1, status, Some("degraded"), None, at("11:00:00"))],
+    )
+    .await;
+    let eleven = Some(micros("11:00:00"));
+    assert_eq!(newest(&db, a1).await, (eleven, eleven));
+    assert_eq!(
+        hot_attrs(&db, a1).await,
+        json!({"status": "degraded", "priority": 1})
+    );
+
+    // A late one-time delta (older than the newest, newer than priority's time) fails the
+    // integer test; the key-by-key merge takes priority only and leaves the newest unknown.
+    must_ingest(
+        &mut app,
+        &[
+            (ta, a1, status, Some("offline"), None, at("10:30:00")),
+            (ta, a1, priority, None, Some(2), at("10:30:00")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        hot_attrs(&db, a1).await,
+        json!({"status": "degraded", "priority": 2})
+    );
+    assert_eq!(newest(&db, a1).await, (None, eleven));
+
+    // Unknown: the next delta is tested by the jsonpath, and a one-time delta sets it again.
+    must_ingest(
+        &mut app,
+        &[(ta, a1, priority, None, Some(3), at("12:00:00"))],
+    )
+    .await;
+    let twelve = Some(micros("12:00:00"));
+    assert_eq!(newest(&db, a1).await, (twelve, twelve));
+
+    // A delta of several times (two readings of the entity in one batch) is concatenated when
+    // all are newer, and leaves the newest unknown.
+    must_ingest(
+        &mut app,
+        &[
+            (ta, a2, status, Some("busy"), None, at("12:00:00")),
+            (ta, a2, priority, None, Some(5), at("12:30:00")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        hot_attrs(&db, a2).await,
+        json!({"status": "busy", "priority": 5})
+    );
+    assert_eq!(newest(&db, a2).await, (None, Some(micros("12:30:00"))));
+
+    // Too high is only slower: with the newest claimed far ahead, a newer one-time delta goes
+    // through the merge and is still applied.
+    db.admin()
+        .await
+        .execute(
+            "UPDATE entity_jsonb SET hot_attrs_newest = hot_attrs_newest + 3600000000 * 24 WHERE entity_id = $1",
+            &[&a1],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    must_ingest(
+        &mut app,
+        &[(ta, a1, status, Some("online"), None, at("13:00:00"))],
+    )
+    .await;
+    assert_eq!(
+        hot_attrs(&db, a1).await,
+        json!({"status": "online", "priority": 3})
+    );
+    assert_eq!(newest(&db, a1).await, (None, Some(micros("13:00:00"))));
+}
+
+#[tokio::test]
+async fn the_newest_time_test_agrees_with_the_key_by_key_merge() {
+    // The five-array hot_attrs_apply over random projections - their newest time exact,
+    // unknown or too high - and random deltas, half of them of one time: the projection must
+    // come out as hot_attrs_merge says, exactly the rows with a newer value must change, and
+    // no stored newest time may be below a time its row holds.
+    let db = TestDb::new().await;
+    let f = fleet(&db).await;
+    let mut app = db.app().await;
+    add_entities(&mut app, f.tenant_a, 400).await;
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "SELECT setseed(0.5);
+             CREATE TEMP TABLE cases AS
+             SELECT e.entity_id, e.tenant_id,
+                    coalesce((SELECT jsonb_object_agg(k, to_jsonb(k || floor(random() * 3)::int)) FROM unnest(c.keys) k), '{}') AS cur,
+                    coalesce((SELECT jsonb_object_agg(k, floor(random() * 5 + 1)::int) FROM unnest(c.keys) k), '{}') AS cur_at,
+                    c.kind,
+                    coalesce((SELECT jsonb_object_agg(k, to_jsonb('new-' || k)) FROM unnest(c.dkeys) k), '{}') AS delta,
+                    coalesce((SELECT jsonb_object_agg(k, CASE WHEN c.one_time THEN c.t ELSE floor(random() * 5 + 1)::int END)
+                              FROM unnest(c.dkeys) k), '{}') AS delta_at
+             FROM entities e,
+                  LATERAL (SELECT ARRAY(SELECT k FROM unnest(ARRAY['a','b','c','d']) k WHERE random() < 0.6 + 0 * e.entity_id) AS keys,
+                                  ARRAY(SELECT k FROM unnest(ARRAY['a','b','c','d']) k WHERE random() < 0.6 + 0 * e.entity_id) AS dkeys,
+                                  floor(random() * 3 + 0 * e.entity_id)::int AS kind,
+                                  random() < 0.5 + 0 * e.entity_id AS one_time,
+                                  floor(random() * 5 + 1 + 0 * e.entity_id)::int AS t) c;
+             ALTER TABLE cases ADD COLUMN cur_newest bigint, ADD COLUMN delta_newest bigint;
+             UPDATE cases SET
+                 cur_newest = CASE kind WHEN 0 THEN NULL
+                                        WHEN 1 THEN (SELECT max(v::bigint) FROM jsonb_each_text(cur_at) x (k, v))
+                                        ELSE (SELECT max(v::bigint) + 2 FROM jsonb_each_text(cur_at) x (k, v)) END,
+                 delta_newest = (SELECT CASE WHEN min(v::bigint) = max(v::bigint) THEN max(v::bigint) END
+                                 FROM jsonb_each_text(delta_at) x (k, v));
+             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at, hot_attrs_newest)
+             SELECT entity_id, tenant_id, cur, cur_at, cur_newest FROM cases
+             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET hot_attrs = EXCLUDED.hot_attrs,
+                 hot_attrs_at = EXCLUDED.hot_attrs_at, hot_attrs_newest = EXCLUDED.hot_attrs_newest;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let row = admin
+        .query_one(
+            "WITH applied AS (
+                 SELECT h.entity_id FROM hot_attrs_apply(
+                     (SELECT array_agg(tenant_id ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(delta ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(delta_at ORDER BY entity_id) FROM cases),
+                     (SELECT array_agg(delta_newest ORDER BY entity_id) FROM cases)) h)
+             SELECT (SELECT count(*) FROM cases WHERE cur_newest IS NOT NULL AND delta_newest IS NOT NULL
+                                                  AND cur_newest < delta_newest),
+                    (SELECT count(*) FROM cases WHERE cur_newest IS NOT NULL AND delta_newest IS NOT NULL
+                                                  AND cur_newest >= delta_newest AND hot_attrs_newer(cur_at, delta_at)),
+                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM applied),
+                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases WHERE hot_attrs_newer(cur_at, delta_at))",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (by_integer, integer_then_merge): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        by_integer > 20 && integer_then_merge > 10,
+        "both outcomes of the integer test must be exercised: {by_integer}, {integer_then_merge}"
+    );
+    let applied: Vec<i64> = row.get(2);
+    let expected: Vec<i64> = row.get(3);
+    assert_eq!(
+        applied, expected,
+        "rows rewritten vs rows with a newer value"
+    );
+    let wrong: Vec<(i64, serde_json::Value, serde_json::Value)> = admin
+        .query(
+            "SELECT c.entity_id, to_jsonb(j.*) - 'updated_at' - 'cold_attrs', to_jsonb(m.*)
+             FROM cases c
+             JOIN entity_jsonb j USING (entity_id, tenant_id),
+                  hot_attrs_merge(c.cur, c.cur_at, c.delta, c.delta_at) m
+             WHERE (j.hot_attrs, j.hot_attrs_at) IS DISTINCT FROM
+                   (CASE WHEN hot_attrs_newer(c.cur_at, c.delta_at) THEN m.hot_attrs ELSE c.cur END,
+                    CASE WHEN hot_attrs_newer(c.cur_at, c.delta_at) THEN m.hot_attrs_at ELSE c.cur_at END)",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "projection differs from the merge: {wrong:?}"
+    );
+    let too_low: Vec<(i64, i64, serde_json::Value)> = admin
+        .query(
+            "SELECT j.entity_id, j.hot_attrs_newest, j.hot_attrs_at FROM cases c
+             JOIN entity_jsonb j USING (entity_id, tenant_id)
+             WHERE j.hot_attrs_newest < (SELECT max(v::bigint) FROM jsonb_each_text(j.hot_attrs_at) x (k, v))",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        too_low.is_empty(),
+        "a newest time below a stored time: {too_low:?}"
+    );
+}
