@@ -15,7 +15,7 @@ pub mod slot;
 use std::time::{Duration, Instant};
 
 pub use event::{ChangeEvent, Decoder, Op, Transaction};
-pub use sink::{AnalyticsSink, Batch, NdjsonSink, Sink};
+pub use sink::{AnalyticsSink, Batch, NdjsonSink, Prune, Pruned, Sink};
 pub use slot::{PUBLICATION, SlotState, SnapshotReader, Source, slot_state};
 
 /// Why CDC failed.
@@ -76,6 +76,11 @@ pub struct Settings {
     /// gets a new initial snapshot (state rebuilt; the change history has a gap). Without it
     /// [`Consumer::start`] fails with `SlotLost`.
     pub resnapshot_lost_slot: bool,
+    /// Change events older than this are deleted from the sinks' history (None: kept).
+    pub history_retention: Option<Duration>,
+    /// How often [`Consumer::run`] prunes the sinks (history retention, and time-series state
+    /// the primary's retention dropped).
+    pub prune_interval: Duration,
 }
 
 /// What one batch did.
@@ -100,6 +105,7 @@ pub struct Consumer {
     decoder: Decoder,
     settings: Settings,
     last_heartbeat: Option<Instant>,
+    last_prune: Option<Instant>,
 }
 
 impl Consumer {
@@ -111,6 +117,7 @@ impl Consumer {
             decoder: Decoder::default(),
             settings,
             last_heartbeat: None,
+            last_prune: None,
         }
     }
 
@@ -304,6 +311,39 @@ impl Consumer {
         Ok(())
     }
 
+    /// Prunes every sink: change events past the history retention, and time-series state
+    /// older than the primary's oldest partition (what its retention dropped). Returns what
+    /// was deleted, summed over the sinks.
+    pub async fn prune(&mut self) -> Result<Pruned, CdcError> {
+        let rules = Prune {
+            history_before: self
+                .settings
+                .history_retention
+                .and_then(|r| chrono::Duration::from_std(r).ok())
+                .map(|r| chrono::Utc::now() - r),
+            values_before: self.source.oldest_partition().await?,
+        };
+        let mut total = Pruned::default();
+        for sink in &mut self.sinks {
+            let p = sink.prune(&rules).await?;
+            total.history += p.history;
+            total.values += p.values;
+        }
+        metrics::counter!("atlas_cdc_pruned_rows_total", "what" => "history")
+            .increment(total.history);
+        metrics::counter!("atlas_cdc_pruned_rows_total", "what" => "values")
+            .increment(total.values);
+        if total != Pruned::default() {
+            tracing::info!(
+                history = total.history,
+                values = total.values,
+                "pruned the analytics store"
+            );
+        }
+        self.last_prune = Some(Instant::now());
+        Ok(total)
+    }
+
     /// Exports what the slot retains; returns it.
     pub async fn export_slot_state(&self) -> Result<Option<SlotState>, CdcError> {
         let state = self.source.state().await?;
@@ -345,6 +385,12 @@ impl Consumer {
             self.heartbeat_if_due().await?;
             let r = self.run_once().await?;
             self.export_slot_state().await?;
+            if self
+                .last_prune
+                .is_none_or(|t| t.elapsed() >= self.settings.prune_interval)
+            {
+                self.prune().await?;
+            }
             if r.messages >= self.settings.batch_events {
                 continue; // more is waiting
             }

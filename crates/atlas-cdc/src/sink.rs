@@ -51,7 +51,35 @@ pub trait Sink: Send + Sync {
     fn reset_state(&mut self) -> BoxFuture<'_, Result<(), CdcError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Deletes what has aged out (see [`Prune`]); a sink that keeps nothing prunable does
+    /// nothing.
+    fn prune<'a>(&'a mut self, _rules: &'a Prune) -> BoxFuture<'a, Result<Pruned, CdcError>> {
+        Box::pin(async { Ok(Pruned::default()) })
+    }
 }
+
+/// What a sink deletes when pruned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prune {
+    /// Change events committed before this go (`[cdc] history_retention_days`).
+    pub history_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Time-series state rows older than this go: the primary's oldest partition starts
+    /// here, so retention dropped anything older there (dropping a partition sends no delete
+    /// events).
+    pub values_before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What a prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Change events.
+    pub history: u64,
+    /// Time-series state rows.
+    pub values: u64,
+}
+
+/// Rows per DELETE when pruning: short transactions that do not hold up the sink's batches.
+const PRUNE_CHUNK: i64 = 50_000;
 
 /// NDJSON files, one per table and hour of commit time (`DIR/TABLE/YYYY-MM-DDTHH.ndjson`), one
 /// Debezium envelope per line, fsynced before the batch is confirmed. A replay after a crash
@@ -212,6 +240,26 @@ impl AnalyticsSink {
             slot: slot.to_owned(),
             tables,
         })
+    }
+
+    /// Runs `sql` (a DELETE of at most `$2` rows older than `$1`) until it deletes fewer.
+    async fn delete_chunked(
+        &self,
+        sql: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, CdcError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .client
+                .execute(sql, &[&before, &PRUNE_CHUNK])
+                .await
+                .map_err(db("pruning the analytics store"))?;
+            total += n;
+            if n < PRUNE_CHUNK.unsigned_abs() {
+                return Ok(total);
+            }
+        }
     }
 
     async fn apply(&mut self, batch: &Batch) -> Result<(), CdcError> {
@@ -468,6 +516,31 @@ impl Sink for AnalyticsSink {
 
     fn write<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), CdcError>> {
         Box::pin(self.apply(batch))
+    }
+
+    fn prune<'a>(&'a mut self, rules: &'a Prune) -> BoxFuture<'a, Result<Pruned, CdcError>> {
+        Box::pin(async move {
+            let mut pruned = Pruned::default();
+            if let Some(before) = rules.history_before {
+                pruned.history = self
+                    .delete_chunked(
+                        "DELETE FROM cdc.change_events WHERE ctid = ANY (ARRAY(\
+                         SELECT ctid FROM cdc.change_events WHERE commit_ts < $1 LIMIT $2))",
+                        before,
+                    )
+                    .await?;
+            }
+            if let Some(before) = rules.values_before {
+                pruned.values = self
+                    .delete_chunked(
+                        "DELETE FROM public.entity_values_ts WHERE ctid = ANY (ARRAY(\
+                         SELECT ctid FROM public.entity_values_ts WHERE ingested_at < $1 LIMIT $2))",
+                        before,
+                    )
+                    .await?;
+            }
+            Ok(pruned)
+        })
     }
 
     fn reset_state(&mut self) -> BoxFuture<'_, Result<(), CdcError>> {

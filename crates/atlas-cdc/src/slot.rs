@@ -86,6 +86,19 @@ impl Source {
         &self.slot
     }
 
+    /// Where the source's oldest time-series partition starts (None: it has none): the
+    /// primary's retention drops whole partitions, so nothing older is stored there.
+    pub async fn oldest_partition(
+        &self,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, CdcError> {
+        self.client
+            .query_one("SELECT min(lo) FROM public.ts_partition_bounds()", &[])
+            .await
+            .map_err(db("reading the oldest partition"))?
+            .try_get(0)
+            .map_err(db("reading the oldest partition"))
+    }
+
     /// Creates the pgoutput slot when missing; true when it was created now.
     pub async fn ensure_slot(&self) -> Result<bool, CdcError> {
         let exists = self

@@ -21,6 +21,8 @@ fn settings() -> Settings {
         heartbeat_interval: Duration::from_millis(100),
         pause_before_advance: false,
         resnapshot_lost_slot: false,
+        history_retention: None,
+        prune_interval: Duration::from_secs(300),
     }
 }
 
@@ -31,6 +33,10 @@ fn ndjson_dir(db: &TestDb) -> PathBuf {
 }
 
 async fn consumer(db: &TestDb, dir: &Path) -> Consumer {
+    consumer_with(db, dir, settings()).await
+}
+
+async fn consumer_with(db: &TestDb, dir: &Path, settings: Settings) -> Consumer {
     let admin = &db.urls.admin_database_url;
     prepare_analytics(admin, &db.analytics_name())
         .await
@@ -45,7 +51,7 @@ async fn consumer(db: &TestDb, dir: &Path) -> Consumer {
     let mut c = Consumer::new(
         source,
         vec![Box::new(NdjsonSink::new(dir)), Box::new(analytics)],
-        settings(),
+        settings,
     );
     c.start(admin).await.unwrap();
     c
@@ -542,4 +548,83 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
             .any(|e| e["after"]["value_decimal"] == "0.12500"),
         "snapshot values are typed like the stream's"
     );
+}
+
+#[tokio::test]
+async fn history_retention_and_the_primarys_retention_prune_the_store() {
+    let db = TestDb::new().await;
+    let dir = ndjson_dir(&db);
+    let mut cdc = consumer_with(
+        &db,
+        &dir,
+        Settings {
+            history_retention: Some(Duration::from_secs(2)),
+            ..settings()
+        },
+    )
+    .await;
+    let admin = db.admin().await;
+    // Partitions back to 70 days ago (as a backfill makes them), a value there and one now.
+    admin
+        .batch_execute(
+            "SELECT count(*) FROM ensure_ts_partitions_from(now() - interval '70 days', false);
+             INSERT INTO tenants (tenant_id, tenant_name) VALUES (6, 'p');
+             INSERT INTO attributes (attribute_id, attribute_name, data_type) VALUES (60, 'prune_cdc', 'decimal');
+             INSERT INTO entities (entity_id, tenant_id, entity_type) VALUES (1, 6, 'pump');
+             INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, ingested_at)
+                 VALUES (1, 6, 60, 1, now() - interval '65 days'), (1, 6, 60, 2, now());",
+        )
+        .await
+        .unwrap();
+    cdc.drain().await.unwrap();
+    let an = connect(&with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap())
+        .await
+        .unwrap();
+    let values = "SELECT count(*) FROM public.entity_values_ts";
+    let history = "SELECT count(*) FROM cdc.change_events";
+    assert_eq!(scalar_i64(&an, values).await, 2);
+    let events = scalar_i64(&an, history).await;
+    assert_eq!(events, 4, "the attribute, the entity and two values");
+
+    // Nothing has aged out yet: the old value is inside the primary's oldest partition.
+    assert_eq!(cdc.prune().await.unwrap(), atlas_cdc::Pruned::default());
+
+    // The primary's retention drops the partitions ending 30 days ago or earlier: no delete
+    // events, but the store's copy of the time series follows.
+    loop {
+        let dropped: Option<String> = admin
+            .query_one(
+                "SELECT drop_oldest_ts_partition_before(now() - interval '30 days', 5000)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if dropped.is_none() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    admin
+        .batch_execute(
+            "INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, ingested_at)
+                 VALUES (1, 6, 60, 3, now());",
+        )
+        .await
+        .unwrap();
+    cdc.drain().await.unwrap();
+    let pruned = cdc.prune().await.unwrap();
+    assert_eq!(pruned.values, 1, "{pruned:?}");
+    let compare = "SELECT count(*), sum(value_decimal)::text FROM public.entity_values_ts";
+    let row = |r: tokio_postgres::Row| (r.get::<_, i64>(0), r.get::<_, String>(1));
+    assert_eq!(
+        an.query_one(compare, &[]).await.map(row).unwrap(),
+        admin.query_one(compare, &[]).await.map(row).unwrap(),
+        "the store's time series is the primary's again"
+    );
+    // History older than 2 s went; the last insert's event stays.
+    assert_eq!(pruned.history, u64::try_from(events).unwrap(), "{pruned:?}");
+    assert_eq!(scalar_i64(&an, history).await, 1);
+    // Pruning again finds nothing.
+    assert_eq!(cdc.prune().await.unwrap(), atlas_cdc::Pruned::default());
 }

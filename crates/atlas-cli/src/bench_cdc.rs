@@ -93,14 +93,11 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
         )
         .await?;
     let settings = Settings {
-        batch_events: config.cdc.batch_events,
         batch_interval: Duration::from_millis(
             args.batch_interval_ms
                 .unwrap_or(config.cdc.batch_interval_ms),
         ),
-        heartbeat_interval: Duration::from_millis(config.cdc.heartbeat_interval_ms),
-        pause_before_advance: false,
-        resnapshot_lost_slot: false,
+        ..crate::cdc::settings(&config.cdc)
     };
     atlas_cdc::prepare_analytics(&urls.admin_database_url, BENCH_ANALYTICS_DB).await?;
     let analytics_url = atlas_cdc::with_database(&urls.admin_database_url, BENCH_ANALYTICS_DB)?;

@@ -49,6 +49,20 @@ fn urls(resolved: &Config) -> Result<(String, Option<String>)> {
     Ok((admin, analytics))
 }
 
+/// The consumer's settings from `[cdc]` (test hooks and the lost-slot remedy off).
+pub(crate) fn settings(c: &atlas_config::Cdc) -> Settings {
+    Settings {
+        batch_events: c.batch_events,
+        batch_interval: Duration::from_millis(c.batch_interval_ms),
+        heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+        pause_before_advance: false,
+        resnapshot_lost_slot: false,
+        history_retention: (c.history_retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(c.history_retention_days) * 86_400)),
+        prune_interval: Duration::from_secs(c.prune_interval_s),
+    }
+}
+
 /// The consumer for a resolved `config`: sinks, analytics store prepared, slot and snapshot.
 async fn consumer(config: &Config, args: &CdcArgs) -> Result<Consumer> {
     let (admin, analytics) = urls(config)?;
@@ -71,11 +85,9 @@ async fn consumer(config: &Config, args: &CdcArgs) -> Result<Consumer> {
         source,
         sinks,
         Settings {
-            batch_events: c.batch_events,
-            batch_interval: Duration::from_millis(c.batch_interval_ms),
-            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
             pause_before_advance: args.pause_before_advance,
             resnapshot_lost_slot: args.resnapshot_lost_slot,
+            ..settings(c)
         },
     );
     let rows = consumer.start(&admin).await.map_err(|e| match e {
@@ -110,6 +122,7 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
         // A heartbeat first: the store's newest commit time is then "now", not the last write.
         c.heartbeat_if_due().await?;
         let report = c.drain().await?;
+        let pruned = c.prune().await?;
         let state = c.export_slot_state().await?;
         println!(
             "{}",
@@ -120,6 +133,8 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
                 "lag_ms": report.lag_ms,
                 "seconds": started.elapsed().as_secs_f64(),
                 "retained_wal_bytes": state.map(|s| s.retained_bytes),
+                "pruned_history": pruned.history,
+                "pruned_values": pruned.values,
             })
         );
         return Ok(());

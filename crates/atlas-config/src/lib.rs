@@ -74,6 +74,11 @@ pub struct Cdc {
     /// Reads with consistency `analytics` go to the primary when the store is further behind
     /// than this (ms): the seed's 5-minute budget.
     pub lag_budget_ms: i64,
+    /// Days of change history (`cdc.change_events`) the analytics store keeps; 0 keeps all.
+    pub history_retention_days: u32,
+    /// Seconds between prunes of the analytics store (history retention, and time-series
+    /// rows the primary's retention dropped).
+    pub prune_interval_s: u64,
 }
 
 impl Default for Cdc {
@@ -86,6 +91,8 @@ impl Default for Cdc {
             heartbeat_interval_ms: 10_000,
             ndjson_dir: String::new(),
             lag_budget_ms: 300_000,
+            history_retention_days: 0,
+            prune_interval_s: 300,
         }
     }
 }
@@ -509,7 +516,7 @@ impl Config {
             && c.slot_name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        let cdc_checks: [(&'static str, bool); 6] = [
+        let cdc_checks: [(&'static str, bool); 8] = [
             ("cdc.slot_name", slot_ok),
             ("cdc.analytics_database", c.analytics_database.len() <= 63),
             (
@@ -525,6 +532,14 @@ impl Config {
                 (100..=600_000).contains(&c.heartbeat_interval_ms),
             ),
             ("cdc.lag_budget_ms", c.lag_budget_ms >= 1),
+            (
+                "cdc.prune_interval_s",
+                (1..=86_400).contains(&c.prune_interval_s),
+            ),
+            (
+                "cdc.history_retention_days",
+                c.history_retention_days <= 36_500,
+            ),
         ];
         if let Some((field, _)) = cdc_checks.iter().find(|(_, ok)| !ok) {
             return Err(ConfigError::Invalid {
@@ -759,6 +774,11 @@ mod tests {
                 "cdc.heartbeat_interval_ms",
             ),
             ("[cdc]\nlag_budget_ms = 0\n", "cdc.lag_budget_ms"),
+            ("[cdc]\nprune_interval_s = 0\n", "cdc.prune_interval_s"),
+            (
+                "[cdc]\nhistory_retention_days = 40000\n",
+                "cdc.history_retention_days",
+            ),
         ] {
             let err = Config::from_toml(toml, Path::new("atlas.toml"))
                 .unwrap_or_else(|e| panic!("{e}"))

@@ -70,7 +70,10 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.
-pub const ANALYTICS_MIGRATIONS: &[Migration] = &[migration!(1, "analytics", "0001_analytics.sql")];
+pub const ANALYTICS_MIGRATIONS: &[Migration] = &[
+    migration!(1, "analytics", "0001_analytics.sql"),
+    migration!(2, "analytics", "0002_pruning.sql"),
+];
 
 impl Migration {
     /// Hex SHA-256 of the file's text: an applied migration whose file changed is refused.
