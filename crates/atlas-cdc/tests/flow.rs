@@ -558,7 +558,7 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
         &db,
         &dir,
         Settings {
-            history_retention: Some(Duration::from_secs(2)),
+            history_retention: Some(Duration::from_secs(3)),
             ..settings()
         },
     )
@@ -586,8 +586,10 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
     let events = scalar_i64(&an, history).await;
     assert_eq!(events, 4, "the attribute, the entity and two values");
 
-    // Nothing has aged out yet: the old value is inside the primary's oldest partition.
-    assert_eq!(cdc.prune().await.unwrap(), atlas_cdc::Pruned::default());
+    // No value has aged out yet: the old one is inside the primary's oldest partition. (The
+    // history may already have, on a slow machine: counted together with the next prune.)
+    let first = cdc.prune().await.unwrap();
+    assert_eq!(first.values, 0, "{first:?}");
 
     // The primary's retention drops the partitions ending 30 days ago or earlier: no delete
     // events, but the store's copy of the time series follows.
@@ -604,7 +606,7 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
             break;
         }
     }
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
     admin
         .batch_execute(
             "INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, ingested_at)
@@ -622,8 +624,12 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
         admin.query_one(compare, &[]).await.map(row).unwrap(),
         "the store's time series is the primary's again"
     );
-    // History older than 2 s went; the last insert's event stays.
-    assert_eq!(pruned.history, u64::try_from(events).unwrap(), "{pruned:?}");
+    // History older than 3 s went; the last insert's event stays.
+    assert_eq!(
+        first.history + pruned.history,
+        u64::try_from(events).unwrap(),
+        "{first:?} {pruned:?}"
+    );
     assert_eq!(scalar_i64(&an, history).await, 1);
     // Pruning again finds nothing.
     assert_eq!(cdc.prune().await.unwrap(), atlas_cdc::Pruned::default());
