@@ -311,8 +311,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Prunes every sink: change events past the history retention, and time-series state
-    /// older than the primary's oldest partition (what its retention dropped). Returns what
+    /// Prunes every sink: change events (rows, NDJSON hour files) past the history retention,
+    /// and time-series state older than the primary's oldest partition (what its retention
+    /// dropped). Returns what
     /// was deleted, summed over the sinks.
     pub async fn prune(&mut self) -> Result<Pruned, CdcError> {
         let rules = Prune {
@@ -328,16 +329,19 @@ impl Consumer {
             let p = sink.prune(&rules).await?;
             total.history += p.history;
             total.values += p.values;
+            total.files += p.files;
         }
         metrics::counter!("atlas_cdc_pruned_rows_total", "what" => "history")
             .increment(total.history);
         metrics::counter!("atlas_cdc_pruned_rows_total", "what" => "values")
             .increment(total.values);
+        metrics::counter!("atlas_cdc_pruned_files_total").increment(total.files);
         if total != Pruned::default() {
             tracing::info!(
                 history = total.history,
                 values = total.values,
-                "pruned the analytics store"
+                ndjson_files = total.files,
+                "pruned the sinks"
             );
         }
         self.last_prune = Some(Instant::now());

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
@@ -61,21 +61,24 @@ pub trait Sink: Send + Sync {
 /// What a sink deletes when pruned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Prune {
-    /// Change events committed before this go (`[cdc] history_retention_days`).
-    pub history_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Change events committed before this go (`[cdc] history_retention_days`): rows of the
+    /// analytics history, NDJSON hour files that ended before it.
+    pub history_before: Option<DateTime<Utc>>,
     /// Time-series state rows older than this go: the primary's oldest partition starts
     /// here, so retention dropped anything older there (dropping a partition sends no delete
     /// events).
-    pub values_before: Option<chrono::DateTime<chrono::Utc>>,
+    pub values_before: Option<DateTime<Utc>>,
 }
 
 /// What a prune deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
-    /// Change events.
+    /// Change events (the analytics store's history).
     pub history: u64,
     /// Time-series state rows.
     pub values: u64,
+    /// NDJSON hour files (the NDJSON sink's history).
+    pub files: u64,
 }
 
 /// Rows per DELETE when pruning: short transactions that do not hold up the sink's batches.
@@ -116,6 +119,41 @@ impl NdjsonSink {
         }
         Ok(())
     }
+
+    /// Deletes the hour files that ended at or before `before` (every event in them was
+    /// committed earlier); names not of the sink's `TABLE/YYYY-MM-DDTHH.ndjson` form stay.
+    fn prune_blocking(dir: &std::path::Path, before: DateTime<Utc>) -> std::io::Result<u64> {
+        let tables = match std::fs::read_dir(dir) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut deleted = 0;
+        for table in tables {
+            let table = table?;
+            if !table.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(table.path())? {
+                let file = file?;
+                let name = file.file_name();
+                let Some(hour) = name.to_str().and_then(|n| n.strip_suffix(".ndjson")) else {
+                    continue;
+                };
+                let Ok(start) = chrono::NaiveDateTime::parse_from_str(
+                    &format!("{hour}:00:00"),
+                    "%Y-%m-%dT%H:%M:%S",
+                ) else {
+                    continue;
+                };
+                if start.and_utc() + chrono::Duration::hours(1) <= before {
+                    std::fs::remove_file(file.path())?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
 }
 
 impl Sink for NdjsonSink {
@@ -145,6 +183,23 @@ impl Sink for NdjsonSink {
                 .await
                 .map_err(|e| CdcError::Sink(format!("ndjson writer: {e}")))?
                 .map_err(|e| CdcError::Sink(format!("writing {}: {e}", self.dir.display())))
+        })
+    }
+
+    fn prune<'a>(&'a mut self, rules: &'a Prune) -> BoxFuture<'a, Result<Pruned, CdcError>> {
+        Box::pin(async move {
+            let Some(before) = rules.history_before else {
+                return Ok(Pruned::default());
+            };
+            let dir = self.dir.clone();
+            let files = tokio::task::spawn_blocking(move || Self::prune_blocking(&dir, before))
+                .await
+                .map_err(|e| CdcError::Sink(format!("ndjson pruner: {e}")))?
+                .map_err(|e| CdcError::Sink(format!("pruning {}: {e}", self.dir.display())))?;
+            Ok(Pruned {
+                files,
+                ..Pruned::default()
+            })
         })
     }
 }
@@ -243,11 +298,7 @@ impl AnalyticsSink {
     }
 
     /// Runs `sql` (a DELETE of at most `$2` rows older than `$1`) until it deletes fewer.
-    async fn delete_chunked(
-        &self,
-        sql: &str,
-        before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<u64, CdcError> {
+    async fn delete_chunked(&self, sql: &str, before: DateTime<Utc>) -> Result<u64, CdcError> {
         let mut total = 0;
         loop {
             let n = self

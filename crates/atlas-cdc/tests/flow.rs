@@ -615,8 +615,29 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
         .await
         .unwrap();
     cdc.drain().await.unwrap();
+    // The NDJSON sink's history is its hour files: one that ended five hours ago goes, a file
+    // not of its naming stays, and so does the file holding the newest events.
+    let table_dir = dir.join("entity_values_ts");
+    let old_hour = table_dir.join(format!(
+        "{}.ndjson",
+        (chrono::Utc::now() - chrono::Duration::hours(5)).format("%Y-%m-%dT%H")
+    ));
+    std::fs::write(&old_hour, "{}\n").unwrap();
+    let stray = table_dir.join("notes.txt");
+    std::fs::write(&stray, "kept").unwrap();
     let pruned = cdc.prune().await.unwrap();
     assert_eq!(pruned.values, 1, "{pruned:?}");
+    // (At least: right after an hour turns, the previous hour's real file may go too.)
+    assert!(pruned.files >= 1, "{pruned:?}");
+    assert!(!old_hour.exists() && stray.exists());
+    assert!(
+        std::fs::read_dir(&table_dir).unwrap().any(|f| f
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".ndjson")),
+        "the current hour's file stays"
+    );
     let compare = "SELECT count(*), sum(value_decimal)::text FROM public.entity_values_ts";
     let row = |r: tokio_postgres::Row| (r.get::<_, i64>(0), r.get::<_, String>(1));
     assert_eq!(

@@ -135,6 +135,7 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
                 "retained_wal_bytes": state.map(|s| s.retained_bytes),
                 "pruned_history": pruned.history,
                 "pruned_values": pruned.values,
+                "pruned_ndjson_files": pruned.files,
             })
         );
         return Ok(());
