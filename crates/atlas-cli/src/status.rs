@@ -94,6 +94,12 @@ pub async fn collect(config: &Config) -> Result<Value> {
                     .filter_map(|p| p["to"].as_str())
                     .max()
                     .map(str::to_owned);
+                // Readings older than this are refused until `atlas maintain backfill`.
+                let from = list
+                    .iter()
+                    .filter_map(|p| p["from"].as_str())
+                    .min()
+                    .map(str::to_owned);
                 let horizon_days = horizon
                     .as_deref()
                     .and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok())
@@ -101,6 +107,7 @@ pub async fn collect(config: &Config) -> Result<Value> {
                 let total: i64 = list.iter().filter_map(|p| p["bytes"].as_i64()).sum();
                 json!({
                     "time_partitions": list.len(),
+                    "covered_from": from,
                     "covered_until": horizon,
                     "horizon_days": horizon_days,
                     "total_bytes": total,
@@ -311,8 +318,9 @@ pub fn render(s: &Value) -> String {
             "-".into()
         } else {
             format!(
-                "{} partitions, covered until {} ({} days ahead), {:.1} MB",
+                "{} partitions, covered from {} until {} ({} days ahead), {:.1} MB",
                 text(&p["time_partitions"]),
+                text(&p["covered_from"]),
                 text(&p["covered_until"]),
                 text(&p["horizon_days"]),
                 p["total_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0

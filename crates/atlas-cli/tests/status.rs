@@ -84,6 +84,13 @@ async fn status_reports_databases_redis_hit_rate_staging_and_partitions() {
         s["partitions"]["horizon_days"].as_i64().unwrap_or(0) >= 28,
         "{s}"
     );
+    // Where stored time starts: the oldest partition's lower bound, the first of a month.
+    let from = s["partitions"]["covered_from"]
+        .as_str()
+        .and_then(|f| chrono::DateTime::parse_from_rfc3339(f).ok())
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(from <= chrono::Utc::now(), "{s}");
+    assert_eq!(from.format("%d %H:%M:%S").to_string(), "01 00:00:00", "{s}");
 
     let out = status(&db, &db.urls.database_url, &[]);
     assert!(out.status.success());
@@ -95,6 +102,7 @@ async fn status_reports_databases_redis_hit_rate_staging_and_partitions() {
         "hit rate",
         "staging backlog",
         "time partitions",
+        "covered from",
     ] {
         assert!(table.contains(expected), "missing {expected}:\n{table}");
     }
