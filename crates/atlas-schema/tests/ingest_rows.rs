@@ -243,83 +243,27 @@ async fn clean_batches_take_the_fast_path_and_every_other_batch_the_general_one(
 #[tokio::test]
 async fn the_projections_concatenation_agrees_with_the_key_by_key_merge() {
     // hot_attrs_apply concatenates when every delta time is newer than every projection time
-    // and merges key by key otherwise. Random projections and deltas over four keys with
-    // times 1..5 (ties and mixes included) must come out as hot_attrs_merge says, and exactly
-    // the rows hot_attrs_newer calls changed must be rewritten.
+    // and merges key by key otherwise. Random projections and deltas (ties and mixes
+    // included), applied through the four-array form (no newest times, as hot_attr_backfill
+    // and upsert_hot_attrs call it), must come out as hot_attrs_merge says, and exactly the
+    // rows hot_attrs_newer calls changed must be rewritten.
     let db = TestDb::new().await;
-    let f = fleet(&db).await;
-    let mut app = db.app().await;
-    let ids = add_entities(&mut app, f.tenant_a, 400).await;
-    let admin = db.admin().await;
-    admin
-        .batch_execute(
-            "SELECT setseed(0.25);
-             CREATE TEMP TABLE cases AS
-             SELECT e.entity_id, e.tenant_id,
-                    coalesce((SELECT jsonb_object_agg(k, to_jsonb(k || floor(random() * 3)::int)) FROM unnest(c.keys) k), '{}') AS cur,
-                    coalesce((SELECT jsonb_object_agg(k, floor(random() * 5 + 1)::int) FROM unnest(c.keys) k), '{}') AS cur_at,
-                    coalesce((SELECT jsonb_object_agg(k, to_jsonb('new-' || k)) FROM unnest(c.dkeys) k), '{}') AS delta,
-                    coalesce((SELECT jsonb_object_agg(k, floor(random() * 5 + 1)::int) FROM unnest(c.dkeys) k), '{}') AS delta_at
-             FROM entities e,
-                  LATERAL (SELECT ARRAY(SELECT k FROM unnest(ARRAY['a','b','c','d']) k WHERE random() < 0.6 + 0 * e.entity_id) AS keys,
-                                  ARRAY(SELECT k FROM unnest(ARRAY['a','b','c','d']) k WHERE random() < 0.5 + 0 * e.entity_id) AS dkeys) c;
-             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at)
-             SELECT entity_id, tenant_id, cur, cur_at FROM cases
-             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET hot_attrs = EXCLUDED.hot_attrs, hot_attrs_at = EXCLUDED.hot_attrs_at;",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let row = admin
-        .query_one(
-            "WITH applied AS (
-                 SELECT h.entity_id FROM hot_attrs_apply(
-                     (SELECT array_agg(tenant_id ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(delta ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(delta_at ORDER BY entity_id) FROM cases)) h)
-             SELECT (SELECT count(*) FROM cases),
-                    (SELECT count(*) FROM cases WHERE hot_attrs_all_newer(cur_at, delta_at)),
-                    (SELECT count(*) FROM cases WHERE NOT hot_attrs_all_newer(cur_at, delta_at) AND hot_attrs_newer(cur_at, delta_at)),
-                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM applied),
-                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases WHERE hot_attrs_newer(cur_at, delta_at))",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (cases, fast, merged): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    assert!(
-        usize::try_from(cases).is_ok_and(|n| n >= ids.len()),
-        "{cases}"
-    );
+    let admin = random_cases(&db, 0.25, false).await;
+    let fast = count(
+        &admin,
+        "SELECT count(*) FROM cases WHERE hot_attrs_all_newer(cur_at, delta_at)",
+    )
+    .await;
+    let merged = count(
+        &admin,
+        "SELECT count(*) FROM cases WHERE NOT hot_attrs_all_newer(cur_at, delta_at) AND hot_attrs_newer(cur_at, delta_at)",
+    )
+    .await;
     assert!(
         fast > 20 && merged > 20,
         "both paths must be exercised: {fast} fast, {merged} merged"
     );
-    let applied: Vec<i64> = row.get(3);
-    let expected: Vec<i64> = row.get(4);
-    assert_eq!(
-        applied, expected,
-        "rows rewritten vs rows with a newer value"
-    );
-    let wrong: Vec<(i64, serde_json::Value, serde_json::Value)> = admin
-        .query(
-            "SELECT c.entity_id, to_jsonb(j.*) - 'updated_at' - 'cold_attrs', to_jsonb(m.*)
-             FROM cases c
-             JOIN entity_jsonb j USING (entity_id, tenant_id),
-                  hot_attrs_merge(c.cur, c.cur_at, c.delta, c.delta_at) m
-             WHERE hot_attrs_newer(c.cur_at, c.delta_at)
-               AND (j.hot_attrs, j.hot_attrs_at) IS DISTINCT FROM (m.hot_attrs, m.hot_attrs_at)",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "projection differs from the merge: {wrong:?}"
-    );
+    apply_cases_and_compare_with_the_merge(&admin, false).await;
 }
 
 #[tokio::test]
@@ -670,14 +614,67 @@ async fn the_newest_time_test_agrees_with_the_key_by_key_merge() {
     // come out as hot_attrs_merge says, exactly the rows with a newer value must change, and
     // no stored newest time may be below a time its row holds.
     let db = TestDb::new().await;
-    let f = fleet(&db).await;
+    let admin = random_cases(&db, 0.5, true).await;
+    let by_integer = count(
+        &admin,
+        "SELECT count(*) FROM cases WHERE cur_newest IS NOT NULL AND delta_newest IS NOT NULL \
+         AND cur_newest < delta_newest",
+    )
+    .await;
+    let integer_then_merge = count(
+        &admin,
+        "SELECT count(*) FROM cases WHERE cur_newest IS NOT NULL AND delta_newest IS NOT NULL \
+         AND cur_newest >= delta_newest AND hot_attrs_newer(cur_at, delta_at)",
+    )
+    .await;
+    assert!(
+        by_integer > 20 && integer_then_merge > 10,
+        "both outcomes of the integer test must be exercised: {by_integer}, {integer_then_merge}"
+    );
+    apply_cases_and_compare_with_the_merge(&admin, true).await;
+    let too_low: Vec<(i64, i64, serde_json::Value)> = admin
+        .query(
+            "SELECT j.entity_id, j.hot_attrs_newest, j.hot_attrs_at FROM cases c
+             JOIN entity_jsonb j USING (entity_id, tenant_id)
+             WHERE j.hot_attrs_newest < (SELECT max(v::bigint) FROM jsonb_each_text(j.hot_attrs_at) x (k, v))",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        too_low.is_empty(),
+        "a newest time below a stored time: {too_low:?}"
+    );
+}
+
+async fn count(admin: &Client, sql: &str) -> i64 {
+    admin
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// 400 entities' random projections and deltas over four keys with times 1..5 (ties and mixes
+/// included) in the session's TEMP TABLE `cases`, half the deltas of one time; `kind` picks
+/// the stored newest time (0 unknown, 1 exact, 2 too high) and `delta_newest` is what
+/// hot_attrs_project passes for the delta. The projections are stored - with their newest
+/// time when `with_newest`, else unknown as before 0018. Returns the session holding `cases`.
+async fn random_cases(db: &TestDb, seed: f64, with_newest: bool) -> Client {
+    let f = fleet(db).await;
     let mut app = db.app().await;
     add_entities(&mut app, f.tenant_a, 400).await;
     let admin = db.admin().await;
     admin
+        .execute("SELECT setseed($1)", &[&seed])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    admin
         .batch_execute(
-            "SELECT setseed(0.5);
-             CREATE TEMP TABLE cases AS
+            "CREATE TEMP TABLE cases AS
              SELECT e.entity_id, e.tenant_id,
                     coalesce((SELECT jsonb_object_agg(k, to_jsonb(k || floor(random() * 3)::int)) FROM unnest(c.keys) k), '{}') AS cur,
                     coalesce((SELECT jsonb_object_agg(k, floor(random() * 5 + 1)::int) FROM unnest(c.keys) k), '{}') AS cur_at,
@@ -697,40 +694,57 @@ async fn the_newest_time_test_agrees_with_the_key_by_key_merge() {
                                         WHEN 1 THEN (SELECT max(v::bigint) FROM jsonb_each_text(cur_at) x (k, v))
                                         ELSE (SELECT max(v::bigint) + 2 FROM jsonb_each_text(cur_at) x (k, v)) END,
                  delta_newest = (SELECT CASE WHEN min(v::bigint) = max(v::bigint) THEN max(v::bigint) END
-                                 FROM jsonb_each_text(delta_at) x (k, v));
-             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at, hot_attrs_newest)
-             SELECT entity_id, tenant_id, cur, cur_at, cur_newest FROM cases
-             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET hot_attrs = EXCLUDED.hot_attrs,
-                 hot_attrs_at = EXCLUDED.hot_attrs_at, hot_attrs_newest = EXCLUDED.hot_attrs_newest;",
+                                 FROM jsonb_each_text(delta_at) x (k, v));",
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let row = admin
+    admin
+        .execute(
+            "INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at, hot_attrs_newest)
+             SELECT entity_id, tenant_id, cur, cur_at, CASE WHEN $1 THEN cur_newest END FROM cases
+             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET hot_attrs = EXCLUDED.hot_attrs,
+                 hot_attrs_at = EXCLUDED.hot_attrs_at, hot_attrs_newest = EXCLUDED.hot_attrs_newest",
+            &[&with_newest],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = count(&admin, "SELECT count(*) FROM cases").await;
+    assert!(cases >= 400, "{cases}");
+    admin
+}
+
+/// Applies every case's delta - with its one time (the five-array form) when `with_newest`,
+/// else through the four-array form - and checks the outcome against hot_attrs_merge:
+/// exactly the rows with a newer value are rewritten, each as the merge makes it, and the
+/// others keep their projection.
+async fn apply_cases_and_compare_with_the_merge(admin: &Client, with_newest: bool) {
+    let apply = if with_newest {
+        "SELECT array_agg(h.entity_id ORDER BY h.entity_id) FROM hot_attrs_apply(
+             (SELECT array_agg(tenant_id ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(delta ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(delta_at ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(delta_newest ORDER BY entity_id) FROM cases)) h"
+    } else {
+        "SELECT array_agg(h.entity_id ORDER BY h.entity_id) FROM hot_attrs_apply(
+             (SELECT array_agg(tenant_id ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(delta ORDER BY entity_id) FROM cases),
+             (SELECT array_agg(delta_at ORDER BY entity_id) FROM cases)) h"
+    };
+    let applied: Vec<i64> = admin
+        .query_one(apply, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    let expected: Vec<i64> = admin
         .query_one(
-            "WITH applied AS (
-                 SELECT h.entity_id FROM hot_attrs_apply(
-                     (SELECT array_agg(tenant_id ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(delta ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(delta_at ORDER BY entity_id) FROM cases),
-                     (SELECT array_agg(delta_newest ORDER BY entity_id) FROM cases)) h)
-             SELECT (SELECT count(*) FROM cases WHERE cur_newest IS NOT NULL AND delta_newest IS NOT NULL
-                                                  AND cur_newest < delta_newest),
-                    (SELECT count(*) FROM cases WHERE cur_newest IS NOT NULL AND delta_newest IS NOT NULL
-                                                  AND cur_newest >= delta_newest AND hot_attrs_newer(cur_at, delta_at)),
-                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM applied),
-                    (SELECT array_agg(entity_id ORDER BY entity_id) FROM cases WHERE hot_attrs_newer(cur_at, delta_at))",
+            "SELECT array_agg(entity_id ORDER BY entity_id) FROM cases WHERE hot_attrs_newer(cur_at, delta_at)",
             &[],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (by_integer, integer_then_merge): (i64, i64) = (row.get(0), row.get(1));
-    assert!(
-        by_integer > 20 && integer_then_merge > 10,
-        "both outcomes of the integer test must be exercised: {by_integer}, {integer_then_merge}"
-    );
-    let applied: Vec<i64> = row.get(2);
-    let expected: Vec<i64> = row.get(3);
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
     assert_eq!(
         applied, expected,
         "rows rewritten vs rows with a newer value"
@@ -754,21 +768,5 @@ async fn the_newest_time_test_agrees_with_the_key_by_key_merge() {
     assert!(
         wrong.is_empty(),
         "projection differs from the merge: {wrong:?}"
-    );
-    let too_low: Vec<(i64, i64, serde_json::Value)> = admin
-        .query(
-            "SELECT j.entity_id, j.hot_attrs_newest, j.hot_attrs_at FROM cases c
-             JOIN entity_jsonb j USING (entity_id, tenant_id)
-             WHERE j.hot_attrs_newest < (SELECT max(v::bigint) FROM jsonb_each_text(j.hot_attrs_at) x (k, v))",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert!(
-        too_low.is_empty(),
-        "a newest time below a stored time: {too_low:?}"
     );
 }
