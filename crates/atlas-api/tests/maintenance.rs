@@ -19,13 +19,9 @@ async fn retention_under_ingest_refuses_uncovered_times_at_the_api() {
         ..atlas_config::Limits::default()
     })
     .await;
-    let (s, b) = call(
-        server
-            .admin(Method::POST, "/v1/admin/attributes")
-            .json(&json!({"attribute_name": "temperature", "data_type": "decimal"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
+    server
+        .define(json!({"attribute_name": "temperature", "data_type": "decimal"}))
+        .await;
     let (_, key) = server.tenant("acme").await;
     let e = server.entities(&key, 1).await[0];
 
@@ -108,13 +104,9 @@ async fn retention_under_ingest_refuses_uncovered_times_at_the_api() {
 #[tokio::test]
 async fn history_is_refused_before_a_backfill_and_stored_and_read_back_at_once_after_it() {
     let server = Server::start().await;
-    let (s, b) = call(
-        server
-            .admin(Method::POST, "/v1/admin/attributes")
-            .json(&json!({"attribute_name": "temperature", "data_type": "decimal"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
+    server
+        .define(json!({"attribute_name": "temperature", "data_type": "decimal"}))
+        .await;
     let (_, key) = server.tenant("historian").await;
     let e = server.entities(&key, 1).await[0];
     let old = chrono::Utc::now() - chrono::Duration::days(400);

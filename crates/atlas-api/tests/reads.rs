@@ -8,39 +8,20 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, assert_error, call};
 
-async fn define(server: &Server, body: Value) -> i64 {
-    let (s, b) = call(
-        server
-            .admin(Method::POST, "/v1/admin/attributes")
-            .json(&body),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
-    b["attribute_id"].as_i64().unwrap_or_default()
-}
-
 /// status (hot string), priority (hot integer), temperature (cold decimal), mode (cold string).
 async fn catalogue(server: &Server) {
-    define(
-        server,
-        json!({"attribute_name": "status", "data_type": "string", "is_hot": true}),
-    )
-    .await;
-    define(
-        server,
-        json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}),
-    )
-    .await;
-    define(
-        server,
-        json!({"attribute_name": "temperature", "data_type": "decimal"}),
-    )
-    .await;
-    define(
-        server,
-        json!({"attribute_name": "mode", "data_type": "string"}),
-    )
-    .await;
+    server
+        .define(json!({"attribute_name": "status", "data_type": "string", "is_hot": true}))
+        .await;
+    server
+        .define(json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}))
+        .await;
+    server
+        .define(json!({"attribute_name": "temperature", "data_type": "decimal"}))
+        .await;
+    server
+        .define(json!({"attribute_name": "mode", "data_type": "string"}))
+        .await;
 }
 
 fn now_ms() -> i64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Server, assert_error, call};
+use crate::support::{Server, assert_error};
 
 struct Answer {
     status: u16,
@@ -64,13 +64,9 @@ async fn reads_route_by_consistency_and_read_your_writes_holds() {
         .router()
         .spawn_monitor(server.state.store().clone(), Duration::from_millis(100));
 
-    let (s, b) = call(
-        server
-            .admin(Method::POST, "/v1/admin/attributes")
-            .json(&json!({"attribute_name": "level", "data_type": "integer", "is_hot": true})),
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
+    server
+        .define(json!({"attribute_name": "level", "data_type": "integer", "is_hot": true}))
+        .await;
     let (tenant, key) = server.tenant("acme").await;
     let e = server.entities(&key, 2).await;
     let latest = format!("/v1/entities/{}/latest?attribute=level", e[0]);

@@ -21,13 +21,7 @@ async fn catalogue(server: &Server) {
         json!({"attribute_name": "booted", "data_type": "timestamp"}),
         json!({"attribute_name": "config", "data_type": "json", "is_hot": true}),
     ] {
-        let (s, b) = call(
-            server
-                .admin(Method::POST, "/v1/admin/attributes")
-                .json(&body),
-        )
-        .await;
-        assert_eq!(s, 201, "{b}");
+        server.define(body).await;
     }
 }
 

@@ -152,6 +152,13 @@ impl Server {
         )
     }
 
+    /// Defines an attribute through the admin API; returns its id.
+    pub async fn define(&self, body: Value) -> i64 {
+        let (status, b) = call(self.admin(Method::POST, "/v1/admin/attributes").json(&body)).await;
+        assert_eq!(status, 201, "{b}");
+        b["attribute_id"].as_i64().unwrap_or_default()
+    }
+
     /// Registers `n` sensors for a tenant; returns their ids.
     pub async fn entities(&self, key: &str, n: usize) -> Vec<i64> {
         let body: Vec<Value> = (0..n)
