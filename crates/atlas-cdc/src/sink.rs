@@ -83,6 +83,12 @@ pub struct Pruned {
 
 /// Rows per DELETE when pruning: short transactions that do not hold up the sink's batches.
 const PRUNE_CHUNK: i64 = 50_000;
+/// One chunk of the history past its retention.
+const PRUNE_HISTORY_SQL: &str = "DELETE FROM cdc.change_events WHERE ctid = ANY (ARRAY(\
+     SELECT ctid FROM cdc.change_events WHERE commit_ts < $1 LIMIT $2))";
+/// One chunk of the time series older than the primary's oldest partition.
+const PRUNE_VALUES_SQL: &str = "DELETE FROM public.entity_values_ts WHERE ctid = ANY (ARRAY(\
+     SELECT ctid FROM public.entity_values_ts WHERE ingested_at < $1 LIMIT $2))";
 
 /// NDJSON files, one per table and hour of commit time (`DIR/TABLE/YYYY-MM-DDTHH.ndjson`), one
 /// Debezium envelope per line, fsynced before the batch is confirmed. A replay after a crash
@@ -297,8 +303,16 @@ impl AnalyticsSink {
         })
     }
 
-    /// Runs `sql` (a DELETE of at most `$2` rows older than `$1`) until it deletes fewer.
-    async fn delete_chunked(&self, sql: &str, before: DateTime<Utc>) -> Result<u64, CdcError> {
+    /// Runs `sql` (a DELETE of at most `$2` rows older than `$1`) until it deletes fewer;
+    /// nothing without a `before`.
+    async fn delete_chunked(
+        &self,
+        sql: &str,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<u64, CdcError> {
+        let Some(before) = before else {
+            return Ok(0);
+        };
         let mut total = 0;
         loop {
             let n = self
@@ -571,26 +585,15 @@ impl Sink for AnalyticsSink {
 
     fn prune<'a>(&'a mut self, rules: &'a Prune) -> BoxFuture<'a, Result<Pruned, CdcError>> {
         Box::pin(async move {
-            let mut pruned = Pruned::default();
-            if let Some(before) = rules.history_before {
-                pruned.history = self
-                    .delete_chunked(
-                        "DELETE FROM cdc.change_events WHERE ctid = ANY (ARRAY(\
-                         SELECT ctid FROM cdc.change_events WHERE commit_ts < $1 LIMIT $2))",
-                        before,
-                    )
-                    .await?;
-            }
-            if let Some(before) = rules.values_before {
-                pruned.values = self
-                    .delete_chunked(
-                        "DELETE FROM public.entity_values_ts WHERE ctid = ANY (ARRAY(\
-                         SELECT ctid FROM public.entity_values_ts WHERE ingested_at < $1 LIMIT $2))",
-                        before,
-                    )
-                    .await?;
-            }
-            Ok(pruned)
+            Ok(Pruned {
+                history: self
+                    .delete_chunked(PRUNE_HISTORY_SQL, rules.history_before)
+                    .await?,
+                values: self
+                    .delete_chunked(PRUNE_VALUES_SQL, rules.values_before)
+                    .await?,
+                files: 0,
+            })
         })
     }
 

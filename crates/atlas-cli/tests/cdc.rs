@@ -620,32 +620,19 @@ async fn a_lost_slot_stops_atlas_cdc_with_its_remedy_and_resnapshot_rebuilds_the
     );
 
     // With it: a new slot and a new snapshot; the store has the rows again.
-    let analytics = connect(&analytics_url(&db))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let analytics = analytics_url(&db);
     let snapshot_reads = "SELECT count(*) FROM cdc.change_events WHERE op = 'r'";
-    let reads_before: i64 = analytics
-        .query_one(snapshot_reads, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
+    let reads_before = scalar(&analytics, snapshot_reads).await;
     run_once_with(&db, &config, &["--resnapshot-lost-slot"]);
     assert_eq!(slot_status().await, "reserved");
-    let reads_after: i64 = analytics
-        .query_one(snapshot_reads, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
+    let reads_after = scalar(&analytics, snapshot_reads).await;
     assert!(reads_after > reads_before, "no new snapshot delivered");
-    let probe: i64 = analytics
-        .query_one(
-            "SELECT count(*) FROM public.attributes WHERE attribute_name = 'lost_probe'",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
+    let probe = scalar(
+        &analytics,
+        "SELECT count(*) FROM public.attributes WHERE attribute_name = 'lost_probe'",
+    )
+    .await;
     assert_eq!(probe, 1);
-    drop((source, analytics));
+    drop(source);
     let _ = tokio::task::spawn_blocking(move || atlas_testkit::Stack::down(&spec, false)).await;
 }
