@@ -870,7 +870,84 @@ async fn naive_insert(
 
 #[cfg(test)]
 mod tests {
-    use super::{proc_stat, request_body};
+    use super::{empty_months, idle_slots, proc_stat, request_body};
+
+    #[tokio::test]
+    async fn the_baselines_go_into_empty_partitions_of_the_next_two_months() {
+        let db = atlas_testkit::TestDb::new().await;
+        let admin = db.admin().await;
+        let (copy, naive) = empty_months(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let month = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_default()
+        };
+        let expected: (String, String) = {
+            let r = admin
+                .query_one(
+                    "SELECT to_char(date_trunc('month', now(), 'UTC') + interval '1 month 1 day', 'YYYY-MM-DD HH24:MI'), \
+                            to_char(date_trunc('month', now(), 'UTC') + interval '2 months 1 day', 'YYYY-MM-DD HH24:MI')",
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((month(copy), month(naive)), expected);
+        // The COPY month has its partition (the migrations make two ahead), and a row already
+        // there is refused rather than measured over.
+        admin
+            .batch_execute(
+                "INSERT INTO tenants (tenant_id, tenant_name) VALUES (9, 't');
+                 INSERT INTO attributes (attribute_id, attribute_name, data_type) VALUES (90, 'x', 'integer');
+                 INSERT INTO entities (entity_id, tenant_id, entity_type) VALUES (900, 9, 's');",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = chrono::DateTime::from_timestamp_millis(copy).unwrap_or_default();
+        admin
+            .execute(
+                "INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_int, ingested_at) \
+                 VALUES (900, 9, 90, 1, $1)",
+                &[&at],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("no partition for the COPY baseline: {e}"));
+        let err = empty_months(&admin)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a month holding rows was taken"));
+        assert!(err.to_string().contains("already holds rows"), "{err:#}");
+        // A slot nobody consumes is reported with the WAL it holds. The slot is dropped
+        // before the assertion, so a failure leaves nothing behind on the shared stack.
+        let slot = format!("bench_idle_probe_{}", std::process::id());
+        admin
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let slots = idle_slots(&admin).await;
+        admin
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let slots = slots.unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            slots.iter().any(|(name, mb)| *name == slot && *mb >= 0.0),
+            "{slots:?}"
+        );
+        assert!(
+            !idle_slots(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"))
+                .iter()
+                .any(|(name, _)| *name == slot)
+        );
+    }
 
     #[test]
     fn request_body_is_the_documented_workload() {
