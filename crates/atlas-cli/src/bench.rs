@@ -922,14 +922,11 @@ mod tests {
         assert!(err.to_string().contains("already holds rows"), "{err:#}");
         // A slot nobody consumes is reported with the WAL it holds. The slot is dropped
         // before the assertion, so a failure leaves nothing behind on the shared stack.
-        let slot = format!("bench_idle_probe_{}", std::process::id());
-        admin
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1, true)",
-                &[&slot],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let slot = atlas_testkit::create_idle_slot(
+            &admin,
+            &format!("bench_idle_probe_{}", std::process::id()),
+        )
+        .await;
         let slots = idle_slots(&admin).await;
         admin
             .execute("SELECT pg_drop_replication_slot($1)", &[&slot])

@@ -175,7 +175,7 @@ async fn replica_lag_waits_for_the_first_heartbeat_then_fires_for_a_replica_with
 async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_thresholds() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
-    let slot = idle_slot(&admin, &format!("atlas_alert_{}", db.name)).await;
+    let slot = atlas_testkit::create_idle_slot(&admin, &format!("atlas_alert_{}", db.name)).await;
     // Some WAL after the slot's restart point.
     admin
         .batch_execute("CREATE TABLE wal_filler AS SELECT g FROM generate_series(1, 20000) g")
@@ -222,7 +222,7 @@ async fn retained_wal_xid_age_and_a_poor_cache_hit_rate_fire_over_their_threshol
 async fn a_slot_without_its_consumer_fires_after_its_threshold_and_a_slot_in_use_never() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
-    let slot = idle_slot(&admin, &format!("atlas_idle_{}", db.name)).await;
+    let slot = atlas_testkit::create_idle_slot(&admin, &format!("atlas_idle_{}", db.name)).await;
     // The test stack's replica streams through a slot of its own.
     let in_use: String = admin
         .query_one(
@@ -277,18 +277,6 @@ async fn check(monitor: &Monitor) -> Vec<Alert> {
         .check(Utc::now())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A physical slot that reserves WAL and that nothing consumes; returns its name.
-async fn idle_slot(admin: &tokio_postgres::Client, name: &str) -> String {
-    admin
-        .query_one(
-            "SELECT pg_create_physical_replication_slot($1, true)",
-            &[&name],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    name.to_owned()
 }
 
 /// A monitor of `store` without Redis, keeping partitions 62 days ahead.
