@@ -214,6 +214,81 @@ async fn replays_and_in_request_duplicates_store_nothing_twice() {
 }
 
 #[tokio::test]
+async fn no_value_is_acknowledged_and_lost_to_another_at_the_same_key() {
+    // One (entity, attribute, time) is one stored value. Readings without ts in one request
+    // take successive microseconds of the receipt time, so each is stored and the last is
+    // the newest; two different values at one explicit ts are refused, naming the second.
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let untimed = json!([
+        {"entity_id": e, "values": {"priority": 1, "status": "a"}},
+        {"entity_id": e, "values": {"priority": 2}},
+        {"entity_id": e, "values": {"priority": 3, "status": "b"}}
+    ]);
+    let (s, ack) = post(&server, &key, &untimed).await;
+    assert_eq!((s, ack["accepted"].as_i64()), (200, Some(5)), "{ack}");
+    assert_eq!(count_values(&server).await, 5, "every untimed value stored");
+    let times = server
+        .scalar(
+            "SELECT count(DISTINCT ingested_at) FROM entity_values_ts v JOIN attributes a USING (attribute_id) \
+             WHERE a.attribute_name = 'priority'",
+            &[],
+        )
+        .await;
+    assert_eq!(times, 3);
+    assert_eq!(hot(&server, e).await, json!({"priority": 3, "status": "b"}));
+
+    let t = now_ms() - 1_000;
+    let (s, body) = post(
+        &server,
+        &key,
+        &json!([
+            {"entity_id": e, "ts": t, "values": {"priority": 7, "status": "c"}},
+            {"entity_id": e, "ts": t, "values": {"status": "c"}},
+            {"entity_id": e, "ts": t, "values": {"priority": 8}}
+        ]),
+    )
+    .await;
+    assert_eq!(
+        assert_error(s, &body, 422).as_deref(),
+        Some("[2].values.priority"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("[0]")),
+        "{body}"
+    );
+    // The same attribute by name and by id, with different values, in one reading.
+    let priority = server
+        .scalar(
+            "SELECT attribute_id FROM attributes WHERE attribute_name = 'priority'",
+            &[],
+        )
+        .await;
+    let (s, body) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "ts": t, "values": {"priority": 7, priority.to_string(): 9}}),
+    )
+    .await;
+    let field = assert_error(s, &body, 422).unwrap_or_default();
+    assert!(
+        field == "values.priority" || field == format!("values.{priority}"),
+        "{body}"
+    );
+    assert_eq!(
+        count_values(&server).await,
+        5,
+        "nothing of a refused request"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     let limits = atlas_config::Limits {
         max_body_bytes: 16 * 1024,

@@ -372,6 +372,12 @@ pub fn field_path(prefix: &str, field: &str) -> String {
 
 /// Types every value of every reading, or names the first field at fault. `prefix(i)` gives
 /// the JSON path of reading `i` (`""` for a single object, `"[i]"` for an array).
+///
+/// One (entity, attribute, time) is one stored value, so two values meeting there would
+/// become one and the other would be lost although acknowledged: readings without `ts` get
+/// successive microseconds from the receipt time, in order, and two different values of one
+/// attribute of one entity at one `ts` are refused (naming the second). The same value twice
+/// is a repeat and is stored once.
 pub fn type_readings(
     tenant: TenantId,
     readings: &[Reading],
@@ -379,7 +385,14 @@ pub fn type_readings(
     time: &TimeRules,
     prefix: &dyn Fn(usize) -> String,
 ) -> Result<Vec<Row>, FieldError> {
-    let mut rows = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
+    let mut rows: Vec<Row> = Vec::with_capacity(readings.iter().map(|r| r.values.len()).sum());
+    // Values can only meet within a reading or between readings of one entity and time, so
+    // the check hashes readings, not values: (entity, time) → the last reading there, each
+    // reading → the one before it there, and each reading's first row.
+    let mut last_at: HashMap<(i64, DateTime<Utc>), usize> = HashMap::with_capacity(readings.len());
+    let mut earlier: Vec<Option<usize>> = Vec::with_capacity(readings.len());
+    let mut starts: Vec<usize> = Vec::with_capacity(readings.len() + 1);
+    let mut untimed = 0;
     for (i, r) in readings.iter().enumerate() {
         // Field paths are built only for a refusal: formatting them for every value cost an
         // allocation or two per value on the ingest path.
@@ -394,9 +407,15 @@ pub fn type_readings(
                 )
             });
         }
-        let at = time
+        let mut at = time
             .check(r.ts)
             .map_err(|m| FieldError::new(path("ts"), m, "time_out_of_range"))?;
+        if r.ts.is_none() {
+            at += chrono::Duration::microseconds(untimed);
+            untimed += 1;
+        }
+        earlier.push(last_at.insert((r.entity_id, at), i));
+        starts.push(rows.len());
         if r.values.is_empty() {
             return Err(FieldError::new(
                 path("values"),
@@ -415,6 +434,23 @@ pub fn type_readings(
             })?;
             let value =
                 type_value(rule, v).map_err(|m| FieldError::new(field(), m, "invalid_value"))?;
+            if let Some(first) = same_key(&rows, &starts, &earlier, i, rule.id)
+                && rows[first.0].value != value
+            {
+                let there = match prefix(first.1) {
+                    p if p.is_empty() || first.1 == i => "this reading".to_owned(),
+                    p => p,
+                };
+                return Err(FieldError::new(
+                    field(),
+                    format!(
+                        "a second, different value of entity {}'s `{key}` at the same time \
+                             as in {there}: one value per entity, attribute and ts",
+                        r.entity_id
+                    ),
+                    "conflicting_value",
+                ));
+            }
             rows.push(Row {
                 tenant,
                 entity_id: r.entity_id,
@@ -425,6 +461,29 @@ pub fn type_readings(
         }
     }
     Ok(rows)
+}
+
+/// The first row already typed for `attribute` at reading `i`'s entity and time - in
+/// reading `i` itself or in an earlier reading of the same entity and time - with its
+/// reading: `(row, reading)`.
+fn same_key(
+    rows: &[Row],
+    starts: &[usize],
+    earlier: &[Option<usize>],
+    i: usize,
+    attribute: i64,
+) -> Option<(usize, usize)> {
+    let mut reading = Some(i);
+    let mut found = None;
+    while let Some(j) = reading {
+        let end = starts.get(j + 1).copied().unwrap_or(rows.len());
+        let from = starts.get(j).copied().unwrap_or(end);
+        if let Some(k) = (from..end).find(|&k| rows[k].attribute_id == attribute) {
+            found = Some((k, j));
+        }
+        reading = earlier.get(j).copied().flatten();
+    }
+    found
 }
 
 /// The index of the first reading whose entity is not a live entity of the tenant (RLS makes
