@@ -139,20 +139,6 @@ pub fn slot_name_for(database: &str) -> String {
     format!("{database}_slot")
 }
 
-/// Creates a physical slot that reserves WAL and that nothing consumes - what a stopped
-/// consumer leaves behind - and returns its name. Physical slots belong to no database, so
-/// [`TestDb`] does not drop them: the caller does.
-pub async fn create_idle_slot(admin: &Client, name: &str) -> String {
-    admin
-        .query_one(
-            "SELECT pg_create_physical_replication_slot($1, true)",
-            &[&name],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("slot {name}: {e}"));
-    name.to_owned()
-}
-
 /// A database of its own for one test, dropped when the value is dropped.
 #[derive(Debug)]
 pub struct TestDb {
@@ -289,4 +275,18 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Creates a physical slot that reserves WAL and that nothing consumes - what a stopped
+/// consumer leaves behind - and returns its name. Physical slots belong to no database, so
+/// [`TestDb`] does not drop them: the caller does.
+pub async fn create_idle_slot(admin: &Client, name: &str) -> String {
+    admin
+        .query_one(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&name],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("slot {name}: {e}"));
+    name.to_owned()
 }
