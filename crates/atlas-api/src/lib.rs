@@ -46,6 +46,8 @@ struct Inner {
     ingestor: Option<atlas_ingest::Ingestor>,
     catalog: std::sync::Mutex<Option<(Arc<atlas_ingest::Catalog>, std::time::Instant)>>,
     coverage: std::sync::Mutex<Option<(Coverage, std::time::Instant)>>,
+    /// Receipt times of readings without `ts`, never the same microsecond twice.
+    receipt: atlas_ingest::ReceiptClock,
     analytics: Option<AnalyticsStore>,
 }
 
@@ -149,6 +151,7 @@ impl AppState {
                 ingestor,
                 catalog: std::sync::Mutex::new(None),
                 coverage: std::sync::Mutex::new(None),
+                receipt: atlas_ingest::ReceiptClock::default(),
                 analytics: None,
             }),
         }
@@ -303,10 +306,11 @@ impl AppState {
     }
 
     /// What telemetry times are acceptable now (partition coverage re-read when stale or when
-    /// `fresh`).
+    /// `fresh`), with receipt times reserved for `untimed` readings without `ts`.
     pub(crate) async fn time_rules(
         &self,
         fresh: bool,
+        untimed: usize,
     ) -> Result<atlas_ingest::TimeRules, ApiError> {
         let cached = if fresh {
             None
@@ -328,7 +332,11 @@ impl AppState {
             }
         };
         Ok(atlas_ingest::TimeRules {
-            now: chrono::Utc::now(),
+            now: if untimed > 0 {
+                self.inner.receipt.reserve(untimed)
+            } else {
+                chrono::Utc::now()
+            },
             max_future: chrono::Duration::seconds(self.inner.limits.max_future_skew_s),
             coverage: coverage.as_ref().clone(),
         })

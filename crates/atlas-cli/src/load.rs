@@ -112,6 +112,8 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
     let started = Instant::now();
     let mut stored = 0usize;
     let mut batch: Vec<(usize, Reading)> = Vec::new();
+    // Lines without ts take the receipt time, each its own microsecond.
+    let receipt = atlas_ingest::ReceiptClock::default();
     let mut reader = BufReader::new(file);
     let mut line = String::new();
     let mut n = 0usize;
@@ -142,7 +144,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
                 .map(|(_, r)| r)
                 .collect();
             let time = TimeRules {
-                now: chrono::Utc::now(),
+                now: receipt.reserve(readings.iter().filter(|r| r.ts.is_none()).count()),
                 max_future: chrono::Duration::seconds(resolved.limits.max_future_skew_s),
                 coverage: coverage.clone(),
             };

@@ -10,4 +10,4 @@ pub mod typing;
 
 pub use atlas_cache::Cache;
 pub use pipeline::{Ack, Durability, IngestConfig, IngestError, Ingestor, Pipeline};
-pub use typing::{Catalog, FieldError, Reading, Row, TimeRules, Typed};
+pub use typing::{Catalog, FieldError, Reading, ReceiptClock, Row, TimeRules, Typed};
