@@ -289,6 +289,76 @@ async fn no_value_is_acknowledged_and_lost_to_another_at_the_same_key() {
 }
 
 #[tokio::test]
+async fn a_different_value_at_a_stored_key_is_refused_not_acknowledged() {
+    // A replay (same value) is acknowledged and stores nothing; a different value at a stored
+    // (entity, attribute, ts) was acknowledged the same way and silently dropped. It is now
+    // refused with 409 naming it, the stored value stays, and the request's other values are
+    // stored as 409 says.
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let e = server.entities(&key, 1).await[0];
+    let t = now_ms() - 10_000;
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "ts": t, "values": {"priority": 1, "config": {"a": 1, "b": [2]}}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // A replay, the JSON written with another key order and spacing: the same value.
+    let replay = server
+        .as_tenant(&key, Method::POST, "/v1/telemetry")
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"entity_id": {e}, "ts": {t}, "values": {{"config": {{"b": [2],  "a": 1}}, "priority": 1.0}}}}"#
+        ));
+    let (s, body) = call(replay).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = post(
+        &server,
+        &key,
+        &json!([
+            {"entity_id": e, "ts": t + 1, "values": {"priority": 3}},
+            {"entity_id": e, "ts": t, "values": {"priority": 2}}
+        ]),
+    )
+    .await;
+    assert_eq!(
+        assert_error(s, &body, 409).as_deref(),
+        Some("[1].values.priority"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("different value is already stored")),
+        "{body}"
+    );
+    let stored = server
+        .scalar(
+            "SELECT count(*) FROM entity_values_ts v JOIN attributes a USING (attribute_id) \
+             WHERE a.attribute_name = 'priority' AND v.value_int = 2",
+            &[],
+        )
+        .await;
+    assert_eq!(stored, 0, "the stored value stays");
+    assert_eq!(
+        count_values(&server).await,
+        3,
+        "the request's new value is stored"
+    );
+    let dead = server
+        .scalar(
+            "SELECT count(*) FROM entity_values_dead_letter WHERE value_int = 2",
+            &[],
+        )
+        .await;
+    assert_eq!(dead, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     let limits = atlas_config::Limits {
         max_body_bytes: 16 * 1024,

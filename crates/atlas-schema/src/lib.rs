@@ -67,6 +67,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_stage_flush_fast_path.sql"),
     migration!(17, "0017_partitions_backward.sql"),
     migration!(18, "0018_projection_newest_column.sql"),
+    migration!(19, "0019_conflicting_replays_refused.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.
