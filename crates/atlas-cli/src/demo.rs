@@ -47,29 +47,34 @@ const ENTITY_IDS: &str = "SELECT entity_id FROM public.entities WHERE entity_typ
      ORDER BY entity_id";
 
 /// One reading per attribute per entity per minute, typed into the column of its data_type.
-/// Status changes every 20 minutes, so most hot values repeat (as in real fleets).
+/// Status changes every 20 minutes, so most hot values repeat (as in real fleets). Every value
+/// is a function of the entity and the reading's own minute (`t.am`, minutes since the epoch),
+/// so a later run re-stages the same readings with the same values: replays, which store
+/// nothing (a different value at a stored time would be refused, migration 0019).
 const STAGE_VALUES: &str = r#"
 INSERT INTO public.entity_values_ingest (
     entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,
     value_date, value_timestamp, ingested_at)
 SELECT e, $1, a.attribute_id,
        CASE a.attribute_name
-           WHEN 'status' THEN (ARRAY['online', 'offline', 'maintenance'])[1 + ((e + m / 20) % 3)::int]
+           WHEN 'status' THEN (ARRAY['online', 'offline', 'maintenance'])[1 + ((e + t.am / 20) % 3)::int]
            WHEN 'region' THEN (ARRAY['eu-west-1', 'us-east-1', 'ap-south-1'])[1 + (e % 3)::int]
            WHEN 'config' THEN jsonb_build_object('sampling_s', 60, 'unit', 'celsius')::text
            WHEN 'firmware_version' THEN '1.' || (e % 4)::text || '.0'
        END,
        CASE WHEN a.attribute_name = 'priority' THEN e % 10 END,
        CASE a.attribute_name
-           WHEN 'temperature' THEN round((20 + 5 * sin(e + m / 10.0))::numeric, 2)
-           WHEN 'humidity' THEN round((50 + 20 * cos(e + m / 15.0))::numeric, 1)
+           WHEN 'temperature' THEN round((20 + 5 * sin(e + t.am / 10.0))::numeric, 2)
+           WHEN 'humidity' THEN round((50 + 20 * cos(e + t.am / 15.0))::numeric, 1)
        END,
-       CASE WHEN a.attribute_name = 'online' THEN (e + m) % 7 <> 0 END,
+       CASE WHEN a.attribute_name = 'online' THEN (e + t.am) % 7 <> 0 END,
        CASE WHEN a.attribute_name = 'last_service' THEN (timestamp '2026-01-01' + make_interval(days => (e % 300)::int))::date END,
-       CASE WHEN a.attribute_name = 'last_boot' THEN $2::timestamptz - make_interval(hours => (e % 48)::int) END,
-       $2::timestamptz - make_interval(mins => m)
+       CASE WHEN a.attribute_name = 'last_boot' THEN date_trunc('day', t.ts, 'UTC') - make_interval(hours => (e % 48)::int) END,
+       t.ts
 FROM unnest($3::bigint[]) AS e,
      generate_series(0, $4 - 1) AS m,
+     LATERAL (SELECT $2::timestamptz - make_interval(mins => m) AS ts) r,
+     LATERAL (SELECT r.ts, (extract(epoch FROM r.ts) / 60)::bigint AS am) t,
      public.attributes a
 WHERE a.attribute_name = ANY ($5)
 "#;
