@@ -305,12 +305,12 @@ impl AppState {
         }
     }
 
-    /// What telemetry times are acceptable now (partition coverage re-read when stale or when
-    /// `fresh`), with receipt times reserved for `untimed` readings without `ts`.
+    /// What telemetry times are acceptable now for `readings` (partition coverage re-read when
+    /// stale or when `fresh`), with receipt times reserved for those without `ts`.
     pub(crate) async fn time_rules(
         &self,
         fresh: bool,
-        untimed: usize,
+        readings: &[atlas_ingest::Reading],
     ) -> Result<atlas_ingest::TimeRules, ApiError> {
         let cached = if fresh {
             None
@@ -332,11 +332,7 @@ impl AppState {
             }
         };
         Ok(atlas_ingest::TimeRules {
-            now: if untimed > 0 {
-                self.inner.receipt.reserve(untimed)
-            } else {
-                chrono::Utc::now()
-            },
+            now: self.inner.receipt.reserve_for(readings),
             max_future: chrono::Duration::seconds(self.inner.limits.max_future_skew_s),
             coverage: coverage.as_ref().clone(),
         })

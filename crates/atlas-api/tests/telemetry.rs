@@ -213,6 +213,21 @@ async fn replays_and_in_request_duplicates_store_nothing_twice() {
     server.stop().await;
 }
 
+/// Asserts a refusal: its status, the field it names and a phrase of its message.
+fn assert_refused(status: u16, body: &Value, expected: u16, field: &str, says: &str) {
+    assert_eq!(
+        assert_error(status, body, expected).as_deref(),
+        Some(field),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(says)),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn no_value_is_acknowledged_and_lost_to_another_at_the_same_key() {
     // One (entity, attribute, time) is one stored value. Readings without ts in one request
@@ -251,17 +266,7 @@ async fn no_value_is_acknowledged_and_lost_to_another_at_the_same_key() {
         ]),
     )
     .await;
-    assert_eq!(
-        assert_error(s, &body, 422).as_deref(),
-        Some("[2].values.priority"),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("[0]")),
-        "{body}"
-    );
+    assert_refused(s, &body, 422, "[2].values.priority", "[0]");
     // The same attribute by name and by id, with different values, in one reading.
     let priority = server
         .scalar(
@@ -324,16 +329,12 @@ async fn a_different_value_at_a_stored_key_is_refused_not_acknowledged() {
         ]),
     )
     .await;
-    assert_eq!(
-        assert_error(s, &body, 409).as_deref(),
-        Some("[1].values.priority"),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("different value is already stored")),
-        "{body}"
+    assert_refused(
+        s,
+        &body,
+        409,
+        "[1].values.priority",
+        "different value is already stored",
     );
     let stored = server
         .scalar(

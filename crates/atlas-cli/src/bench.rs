@@ -253,14 +253,13 @@ async fn ingest(config: &Config, args: &IngestArgs) -> Result<()> {
     log("preparing a fresh atlas_bench database on the local stack (fsync on)…");
     let (urls, bench_admin) = fresh_db(&stack).await?;
     let idle_slots = idle_slots(&bench_admin).await?;
+    // Printed even with --json (to stderr): a figure measured like this must not pass unnoticed.
     for (slot, mb) in &idle_slots {
-        let warning = format!(
+        eprintln!(
             "warning: replication slot {slot} has no consumer and holds {mb:.0} MB of WAL: until it \
              is consumed or dropped the primary writes every WAL segment new instead of recycling \
              one, which costs this benchmark ~10 % of the machine (figures will be low)"
         );
-        // Printed even with --json (to stderr): a figure measured like this must not pass unnoticed.
-        eprintln!("{warning}");
     }
 
     // The fleet: attributes of every type (5 of 10 hot), one tenant, entities.
@@ -593,9 +592,6 @@ impl WalStats {
     }
 }
 
-/// Leaves a measured phase nothing of the previous one's background work: vacuums the bench
-/// database and checkpoints, so neither autovacuum nor the checkpointer runs in its window
-/// (both count in the CPU and WAL figures, which read the whole stack).
 /// Replication slots of the stack without a consumer that hold WAL back, with the megabytes
 /// held. Such a slot (say, of an `atlas cdc` that is not running) keeps the primary from
 /// recycling WAL segments: every one is then created and zero-filled anew, which took ~10 % of
@@ -635,6 +631,9 @@ async fn empty_months(admin: &tokio_postgres::Client) -> Result<(i64, i64)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// Leaves a measured phase nothing of the previous one's background work: vacuums the bench
+/// database and checkpoints, so neither autovacuum nor the checkpointer runs in its window
+/// (both count in the CPU and WAL figures, which read the whole stack).
 async fn settle(admin: &tokio_postgres::Client) -> Result<()> {
     admin.batch_execute("VACUUM").await?;
     admin.batch_execute("CHECKPOINT").await?;
@@ -879,22 +878,21 @@ mod tests {
         let (copy, naive) = empty_months(&admin)
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
-        let month = |ms: i64| {
-            chrono::DateTime::from_timestamp_millis(ms)
-                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        // Day 2 of the next two months, 00:00 UTC, worked out here with chrono.
+        use chrono::Datelike as _;
+        let month = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let day_two = |months: u32| {
+            let first = chrono::Utc::now()
+                .date_naive()
+                .with_day(1)
+                .and_then(|d| d.checked_add_months(chrono::Months::new(months)))
+                .unwrap_or_default();
+            (first + chrono::Days::new(1))
+                .and_hms_opt(0, 0, 0)
                 .unwrap_or_default()
+                .and_utc()
         };
-        let expected: (String, String) = {
-            let r = admin
-                .query_one(
-                    "SELECT to_char(date_trunc('month', now(), 'UTC') + interval '1 month 1 day', 'YYYY-MM-DD HH24:MI'), \
-                            to_char(date_trunc('month', now(), 'UTC') + interval '2 months 1 day', 'YYYY-MM-DD HH24:MI')",
-                    &[],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            (r.get(0), r.get(1))
-        };
+        let expected = (day_two(1), day_two(2));
         assert_eq!((month(copy), month(naive)), expected);
         // The COPY month has its partition (the migrations make two ahead), and a row already
         // there is refused rather than measured over.

@@ -144,7 +144,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
                 .map(|(_, r)| r)
                 .collect();
             let time = TimeRules {
-                now: receipt.reserve(readings.iter().filter(|r| r.ts.is_none()).count()),
+                now: receipt.reserve_for(&readings),
                 max_future: chrono::Duration::seconds(resolved.limits.max_future_skew_s),
                 coverage: coverage.clone(),
             };

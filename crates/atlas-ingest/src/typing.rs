@@ -301,6 +301,15 @@ impl ReceiptClock {
         let first = now.max(last.saturating_add(1));
         DateTime::from_timestamp_micros(first).unwrap_or_else(Utc::now)
     }
+
+    /// The receipt time for `readings`: microseconds reserved for those without `ts` (which
+    /// [`type_readings`] gives them in order), or just now when every reading has its own.
+    pub fn reserve_for(&self, readings: &[Reading]) -> DateTime<Utc> {
+        match readings.iter().filter(|r| r.ts.is_none()).count() {
+            0 => Utc::now(),
+            untimed => self.reserve(untimed),
+        }
+    }
 }
 
 /// Limits a reading's time must respect.

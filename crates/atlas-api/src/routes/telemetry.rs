@@ -183,11 +183,10 @@ pub async fn ingest(
 
     // Type everything; an unknown attribute or an uncovered time may be news (an attribute
     // defined or a partition made a moment ago): look again once before refusing.
-    let untimed = readings.iter().filter(|r| r.ts.is_none()).count();
     let mut fresh = false;
     let rows = loop {
         let catalog = state.catalog(fresh).await?;
-        let time = state.time_rules(fresh, untimed).await?;
+        let time = state.time_rules(fresh, &readings).await?;
         match type_readings(tenant, &readings, &catalog, &time, &prefix) {
             Ok(rows) => break rows,
             Err(e) if !fresh && matches!(e.reason, "unknown_attribute" | "time_out_of_range") => {
@@ -225,7 +224,7 @@ pub async fn ingest(
         // read, or an entity deleted by another server since it was confirmed here: re-read
         // coverage now and ask about the entity again next time, so the next such write is a
         // clean 422 on `ts` or 404 on `entity_id`.
-        let _ = state.time_rules(true, 0).await;
+        let _ = state.time_rules(true, &[]).await;
         if let Some((i, _)) = row_value(&readings, *row) {
             state.inner.known.forget(tenant, readings[i].entity_id);
         }
