@@ -30,10 +30,12 @@ fn error_field(path: &serde_path_to_error::Path, message: &str) -> String {
     }
 }
 
-/// Deserializes JSON, naming the failing field.
+/// Deserializes JSON, naming the failing field. The input must be exactly one JSON document
+/// (plus whitespace): anything after it — a second document a gateway concatenated, stray
+/// characters — is a 400, never silently dropped while the first is acknowledged.
 pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let inner = e.inner();
         let message = inner.to_string();
         let field = error_field(e.path(), &message);
@@ -47,7 +49,37 @@ pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError>
             ApiError::bad_field(field, message)
         }
     })?;
+    de.end().map_err(|_| trailing_input(bytes))?;
     Ok(value)
+}
+
+/// The 400 for input after the first JSON document, naming where it starts.
+fn trailing_input(bytes: &[u8]) -> ApiError {
+    // The document ended where serde_json stopped; what follows it, less whitespace, is the
+    // offending input. Find its start by re-reading one value (cheap: this is the error path).
+    let mut stream =
+        serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    let _ = stream.next();
+    let end = stream.byte_offset();
+    let start = end
+        + bytes[end..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    let line = 1 + bytes[..start].iter().filter(|b| **b == b'\n').count();
+    let column = 1 + start
+        - bytes[..start]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1);
+    ApiError::BadRequest {
+        code: "trailing_input",
+        message: format!(
+            "request body continues after its JSON document at byte {start} (line {line}, column \
+             {column}); a body is exactly one JSON document — send several readings as one array"
+        ),
+        field: Some("body".into()),
+    }
 }
 
 /// A JSON object request body. Checks the content type, the size limit (413), emptiness,
@@ -155,13 +187,24 @@ pub struct PathId(pub i64);
 #[derive(Debug, Clone, Copy)]
 pub struct PathIds(pub i64, pub i64);
 
+/// Plain decimal digits without leading zeros only: `i64::from_str` would also take `+1`,
+/// `-1` or `01`, so one entity would answer to several paths.
 fn parse_id(name: &str, raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().map_err(|_| {
-        ApiError::bad_field(
-            name.to_owned(),
-            format!("`{raw}` is not a 64-bit integer id"),
-        )
-    })
+    let digits = !raw.is_empty()
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && (raw == "0" || !raw.starts_with('0'));
+    digits
+        .then(|| raw.parse::<i64>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                name.to_owned(),
+                format!(
+                    "`{raw}` is not an id: ids are decimal digits without sign or leading zeros, \
+                 at most 9223372036854775807"
+                ),
+            )
+        })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
@@ -251,5 +294,49 @@ mod tests {
         assert_eq!(field_of(r#"{}"#).as_deref(), Some("items"));
         assert_eq!(field_of(r#"{"items": [}"#).as_deref(), Some("body"));
         assert_eq!(field_of(r#"[]"#).as_deref(), Some("body"));
+    }
+
+    fn trailing_message(json: &str) -> String {
+        match from_json_slice::<serde_json::Value>(json.as_bytes()) {
+            Err(ApiError::BadRequest {
+                code: "trailing_input",
+                message,
+                field,
+            }) => {
+                assert_eq!(field.as_deref(), Some("body"));
+                message
+            }
+            other => panic!("expected trailing_input for {json:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn input_after_the_document_is_refused_naming_where_it_starts() {
+        let two = r#"{"a":1}{"a":2}"#;
+        assert!(trailing_message(two).contains("at byte 7 (line 1, column 8)"));
+        assert!(trailing_message("{\"a\":1} xyz").contains("at byte 8 (line 1, column 9)"));
+        assert!(trailing_message("[1]\n\n ]]]").contains("(line 3, column 2)"));
+        assert!(trailing_message("1 2").contains("at byte 2"));
+        // Whitespace after the document is not input.
+        assert!(from_json_slice::<serde_json::Value>(b"{\"a\":1}\r\n\t ").is_ok());
+    }
+
+    #[test]
+    fn path_ids_are_plain_digits() {
+        assert_eq!(parse_id("id", "42").ok(), Some(42));
+        assert_eq!(parse_id("id", "0").ok(), Some(0));
+        for bad in [
+            "+1",
+            "-1",
+            "01",
+            " 1",
+            "1 ",
+            "",
+            "1e3",
+            "0x10",
+            "9223372036854775808",
+        ] {
+            assert!(parse_id("id", bad).is_err(), "{bad:?} was taken as an id");
+        }
     }
 }

@@ -456,3 +456,126 @@ async fn fuzzer_findings_stay_fixed() {
     assert_eq!(assert_error(s, &resp, 400).as_deref(), Some("entity_type"));
     server.stop().await;
 }
+
+/// Every operation the OpenAPI document says takes a JSON body refuses input after the first
+/// document (a second document, stray characters) with 400 `trailing_input`, and nothing of a
+/// valid first document is written.
+#[tokio::test]
+async fn every_json_route_refuses_input_after_its_document_and_writes_nothing() {
+    let server = Server::start().await;
+    let (tenant, key) = server.tenant("acme").await;
+    server
+        .define(json!({"attribute_name": "temp", "data_type": "decimal", "is_hot": true}))
+        .await;
+    let e = server.entities(&key, 1).await[0];
+    let (_, doc) = call(server.req(Method::GET, "/openapi.json")).await;
+    let paths = doc["paths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no paths"));
+    let mut routes = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().into_iter().flatten() {
+            if op["requestBody"]["content"]["application/json"].is_null() {
+                continue;
+            }
+            routes += 1;
+            let url = path
+                .replace(
+                    "{id}",
+                    &if path.starts_with("/v1/admin/tenants") {
+                        tenant.to_string()
+                    } else {
+                        e.to_string()
+                    },
+                )
+                .replace("{key_id}", "1");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            for body in ["{}{}", "{} xyz", "[] ]]]", "{}\n{}\n"] {
+                let req = if path.starts_with("/v1/admin/") {
+                    server.admin(method.clone(), &url)
+                } else {
+                    server.as_tenant(&key, method.clone(), &url)
+                };
+                let (s, b) = call(req.header("content-type", "application/json").body(body)).await;
+                assert_eq!(s, 400, "{method} {url} with {body:?}: {b}");
+                assert_eq!(b["error"]["code"], "trailing_input", "{method} {url}: {b}");
+                assert_eq!(b["error"]["field"], "body", "{method} {url}: {b}");
+            }
+        }
+    }
+    assert!(
+        routes >= 6,
+        "only {routes} JSON routes found in the document"
+    );
+
+    // Valid first documents: nothing of them is written.
+    let t = chrono::Utc::now().timestamp_millis() - 60_000;
+    let two_readings = format!(
+        r#"{{"entity_id":{e},"ts":{t},"values":{{"temp":2}}}}{{"entity_id":{e},"ts":{},"values":{{"temp":3}}}}"#,
+        t + 1
+    );
+    let one_then_garbage = format!(r#"{{"entity_id":{e},"ts":{t},"values":{{"temp":2}}}} xyz"#);
+    for body in [two_readings, one_then_garbage] {
+        let (s, b) = call(
+            server
+                .as_tenant(&key, Method::POST, "/v1/telemetry")
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+        assert_eq!(
+            (s, &b["error"]["code"]),
+            (400, &json!("trailing_input")),
+            "{b}"
+        );
+    }
+    let writes = [
+        (
+            server.as_tenant(&key, Method::POST, "/v1/entities"),
+            r#"{"entity_type":"g"} ]]]"#,
+        ),
+        (
+            server.admin(Method::POST, "/v1/admin/tenants"),
+            r#"{"tenant_name":"x"}{"tenant_name":"y"}"#,
+        ),
+        (
+            server.admin(Method::POST, "/v1/admin/attributes"),
+            r#"{"attribute_name":"extra","data_type":"string"} 1"#,
+        ),
+        (
+            server.as_tenant(&key, Method::PATCH, &format!("/v1/entities/{e}")),
+            r#"{"cold_attrs":{"changed":true}}{}"#,
+        ),
+    ];
+    for (req, body) in writes {
+        let (s, b) = call(req.header("content-type", "application/json").body(body)).await;
+        assert_eq!(
+            (s, &b["error"]["code"]),
+            (400, &json!("trailing_input")),
+            "{b}"
+        );
+    }
+    // Durable ingest acknowledges after commit, so a value would be there already.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (sql, want) in [
+        ("SELECT count(*) FROM entity_values_ts", 0),
+        ("SELECT count(*) FROM entity_values_ingest", 0),
+        ("SELECT count(*) FROM entities WHERE entity_type = 'g'", 0),
+        (
+            "SELECT count(*) FROM tenants WHERE tenant_name IN ('x', 'y')",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM attributes WHERE attribute_name = 'extra'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM entity_jsonb WHERE cold_attrs ? 'changed'",
+            0,
+        ),
+    ] {
+        assert_eq!(server.scalar(sql, &[]).await, want, "{sql}");
+    }
+    server.stop().await;
+}
