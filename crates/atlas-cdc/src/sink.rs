@@ -535,6 +535,7 @@ impl NetChanges {
             // Create, update and snapshot read all leave the row as `after` says.
             (_, Some(after)) => {
                 // An update that changed the key removes the old one.
+                let mut from = key.clone();
                 if let Some(before) = &e.before {
                     let old_key: Map<String, Value> = e
                         .key
@@ -542,19 +543,39 @@ impl NetChanges {
                         .map(|k| (k.clone(), before.get(k).cloned().unwrap_or(Value::Null)))
                         .collect();
                     if old_key != e.key {
-                        self.set(Value::Object(old_key).to_string(), None);
+                        from = Value::Object(old_key).to_string();
                     }
                 }
+                // pgoutput leaves out a TOASTed column the update did not change: take it from
+                // the row's earlier image in this batch, which the last image replaces (else
+                // the store would keep its older value, or NULL for a row created in the
+                // batch). A column no earlier image carries is left as the store has it.
+                let earlier = self.last.get(&from).and_then(Option::as_ref);
                 let mut row = after.clone();
+                let mut missing = Vec::new();
                 for c in &e.unavailable {
-                    row.remove(c);
+                    let carried = earlier
+                        .filter(|(_, gone)| !gone.contains(c))
+                        .and_then(|(r, _)| r.get(c));
+                    match carried {
+                        Some(v) => {
+                            row.insert(c.clone(), v.clone());
+                        }
+                        None => {
+                            row.remove(c);
+                            missing.push(c.clone());
+                        }
+                    }
+                }
+                if from != key {
+                    self.set(from, None);
                 }
                 row.insert("_lsn".into(), Value::from(e.lsn));
                 row.insert(
                     "_commit_ts".into(),
                     Value::String(t.commit_ts.to_rfc3339_opts(SecondsFormat::Micros, true)),
                 );
-                self.set(key, Some((row, e.unavailable.clone())));
+                self.set(key, Some((row, missing)));
             }
         }
     }

@@ -655,3 +655,176 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
     // Pruning again finds nothing.
     assert_eq!(cdc.prune().await.unwrap(), atlas_cdc::Pruned::default());
 }
+
+/// `public.<table>` of the store equals the source row for row, on every column the
+/// publication carries (which must be the store's columns, less its `_lsn`/`_commit_ts`).
+async fn assert_store_equals_source(source: &tokio_postgres::Client, an: &tokio_postgres::Client) {
+    for table in ["attributes", "entities", "entity_jsonb", "entity_values_ts"] {
+        let mut columns: Vec<String> = an
+            .query_one(
+                "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute \
+                 WHERE attrelid = ('public.' || $1)::regclass AND attnum > 0 AND NOT attisdropped \
+                   AND attname NOT IN ('_lsn', '_commit_ts')",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let mut published: Vec<String> = source
+            .query_one(
+                "SELECT attnames::text[] FROM pg_publication_tables WHERE pubname = 'eav_cdc' AND tablename = $1",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let sql = format!(
+            "SELECT to_jsonb(t)::text FROM (SELECT {} FROM public.{table}) t ORDER BY 1",
+            columns.join(", ")
+        );
+        columns.sort();
+        published.sort();
+        assert_eq!(columns, published, "{table}: the store's columns");
+        let on_source: Vec<String> = source
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let in_store: Vec<String> = an
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(in_store.len(), on_source.len(), "{table}: row count");
+        for (s, d) in on_source.iter().zip(&in_store) {
+            let short = |v: &str| v.chars().take(300).collect::<String>();
+            assert!(
+                s == d,
+                "{table}: source {} …\nstore {} …",
+                short(s),
+                short(d)
+            );
+        }
+    }
+}
+
+/// Random hex of `n` × 32 characters: incompressible enough that a value stays above the
+/// TOAST threshold, out of line, once stored.
+fn big(n: u32) -> String {
+    format!("(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, {n}))")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
+    let db = TestDb::new().await;
+    let dir = ndjson_dir(&db);
+    let admin = db.admin().await;
+    // Entity 4 exists before the slot: the snapshot gives the store its small properties.
+    admin
+        .batch_execute(
+            "INSERT INTO tenants (tenant_id, tenant_name) VALUES (9, 'toast');
+             INSERT INTO entities (entity_id, tenant_id, entity_type) VALUES (4, 9, 'sensor');
+             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, cold_attrs)
+                 VALUES (4, 9, '{\"temp\": 1}', '{\"label\": \"sensor-0\"}');",
+        )
+        .await
+        .unwrap();
+    let mut cdc = consumer(&db, &dir).await;
+    let blob = |n| format!("jsonb_build_object('blob', {})", big(n));
+    // One batch: every TOASTable published column set large, then its row changed elsewhere
+    // (pgoutput then sends the large column as unchanged), created rows included, deletes and
+    // a transaction holding both changes.
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO attributes (attribute_id, attribute_name, data_type, validation_regex, allow_rounding)
+                 VALUES (90, 'big_cdc', 'string', '^' || {r} || '$', true);
+             UPDATE attributes SET is_hot = true WHERE attribute_id = 90;
+             INSERT INTO entities (entity_id, tenant_id, entity_type) VALUES (1, 9, 'sensor'), (2, 9, 'sensor'), (3, 9, 'sensor');
+             INSERT INTO entity_jsonb (entity_id, tenant_id, hot_attrs, hot_attrs_at, cold_attrs)
+                 VALUES (1, 9, {b1}, {b2}, {b3}), (2, 9, '{{}}', '{{}}', {b4});
+             UPDATE entity_jsonb SET updated_at = now() WHERE entity_id = 1;
+             UPDATE entity_jsonb SET hot_attrs = '{{\"temp\": 21}}' WHERE entity_id = 2;
+             UPDATE entity_jsonb SET cold_attrs = {b5} WHERE entity_id = 4;
+             UPDATE entity_jsonb SET hot_attrs = '{{\"temp\": 21}}' WHERE entity_id = 4;
+             BEGIN;
+             INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value, ingested_at)
+                 VALUES (1, 9, 90, {v1}, now() - interval '1 minute'), (2, 9, 90, {v2}, now() - interval '2 minutes');
+             UPDATE entity_values_ts SET created_at = now() - interval '1 second' WHERE entity_id = 1;
+             COMMIT;
+             DELETE FROM entity_values_ts WHERE entity_id = 2;
+             DELETE FROM entities WHERE entity_id = 3;",
+            r = big(300),
+            b1 = blob(300),
+            b2 = blob(300),
+            b3 = blob(300),
+            b4 = blob(300),
+            b5 = blob(300),
+            v1 = big(300),
+            v2 = big(300),
+        ))
+        .await
+        .unwrap();
+    cdc.drain().await.unwrap();
+    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap();
+    let an = connect(&an_url).await.unwrap();
+    assert_store_equals_source(&admin, &an).await;
+
+    // Later batches: a row whose large columns the store already holds is updated again
+    // (they stay as stored), a large value replaced and followed by telemetry, a row created,
+    // updated and deleted within the batch, and the next batch mixing both.
+    admin
+        .batch_execute(&format!(
+            "UPDATE entity_jsonb SET updated_at = now() WHERE entity_id = 1;
+             UPDATE attributes SET is_indexed = true WHERE attribute_id = 90;
+             UPDATE entity_values_ts SET created_at = now() WHERE entity_id = 1;
+             UPDATE entity_jsonb SET cold_attrs = {b6} WHERE entity_id = 2;
+             UPDATE entity_jsonb SET hot_attrs = '{{\"temp\": 22}}' WHERE entity_id = 2;
+             INSERT INTO entities (entity_id, tenant_id, entity_type) VALUES (5, 9, 'sensor');
+             INSERT INTO entity_jsonb (entity_id, tenant_id, cold_attrs) VALUES (5, 9, {b7});
+             UPDATE entity_jsonb SET hot_attrs = '{{\"temp\": 5}}' WHERE entity_id = 5;
+             DELETE FROM entity_jsonb WHERE entity_id = 5;",
+            b6 = blob(300),
+            b7 = blob(300),
+        ))
+        .await
+        .unwrap();
+    cdc.drain().await.unwrap();
+    assert_store_equals_source(&admin, &an).await;
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO entity_jsonb (entity_id, tenant_id, cold_attrs) VALUES (5, 9, {b8});
+             UPDATE entity_jsonb SET hot_attrs = '{{\"temp\": 6}}' WHERE entity_id = 5;
+             UPDATE entity_jsonb SET hot_attrs_at = {b9} WHERE entity_id = 4;
+             UPDATE entity_jsonb SET updated_at = now() WHERE entity_id = 4;
+             UPDATE entity_jsonb SET updated_at = now() WHERE entity_id = 4;",
+            b8 = blob(300),
+            b9 = blob(300),
+        ))
+        .await
+        .unwrap();
+    cdc.drain().await.unwrap();
+    assert_store_equals_source(&admin, &an).await;
+
+    // The path under test was taken: every table's history has updates that left a large
+    // column out.
+    let unavailable: Vec<String> = an
+        .query(
+            "SELECT DISTINCT table_name FROM cdc.change_events \
+             WHERE op = 'u' AND after::text LIKE '%__debezium_unavailable_value%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        unavailable,
+        ["attributes", "entity_jsonb", "entity_values_ts"],
+        "(entities has no TOASTable column)"
+    );
+}

@@ -74,6 +74,7 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const ANALYTICS_MIGRATIONS: &[Migration] = &[
     migration!(1, "analytics", "0001_analytics.sql"),
     migration!(2, "analytics", "0002_pruning.sql"),
+    migration!(3, "analytics", "0003_attributes_allow_rounding.sql"),
 ];
 
 impl Migration {
