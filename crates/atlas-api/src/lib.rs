@@ -184,7 +184,8 @@ impl AppState {
     /// routing at a time in this process (single-flight on `key` + `flight`), then a fill —
     /// only of what the primary answered (see `Router::may_fill_cache`). With `lease`, the
     /// fill is fenced by a lease taken before the read (see `atlas_cache`); without, the key
-    /// must already be made unreachable by writers (aggregate generations). `Ok(None)` (e.g.
+    /// must already be made unreachable by writers (aggregate generations). Either way the
+    /// fill carries the cache epoch read before the database. `Ok(None)` (e.g.
     /// not found) is not cached. Returns the document and where it was served (`None`: Redis).
     pub(crate) async fn cached_json<F, Fut>(
         &self,
@@ -213,20 +214,17 @@ impl AppState {
             .inner
             .flights
             .run(format!("{key}{flight}"), move || async move {
-                let held = if lease { cache.lease(&k).await } else { None };
+                let held = if lease {
+                    cache.lease(&k).await
+                } else {
+                    cache.stamp(&k).await
+                };
                 let value = load().await?;
                 if let Some((v, target)) = &value
+                    && let Some(held) = held
                     && router.may_fill_cache(*target)
                 {
-                    match held {
-                        Some(l) => {
-                            cache.fill(l, v, ttl).await;
-                        }
-                        None if !lease => {
-                            cache.put(&k, v, ttl).await;
-                        }
-                        None => {}
-                    }
+                    cache.fill(held, v, ttl).await;
                 }
                 Ok(value.map(|(v, t)| (Arc::from(v), t)))
             })

@@ -610,17 +610,27 @@ async fn entity_lists_by_type_come_from_a_redis_set_kept_in_step_with_writes() {
 
     let set_key = server.state.cache().list_key(tenant, "sensor");
     let mut redis = redis_conn(&server.db.urls.redis_url).await;
-    let mut members: Vec<i64> = redis::cmd("SMEMBERS")
+    let members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(&set_key)
         .query_async(&mut redis)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let epoch: String = redis::cmd("GET")
+        .arg(format!(
+            "{}cache:epoch",
+            crate::support::cache_prefix(&server.db)
+        ))
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (marker, members): (Vec<String>, Vec<String>) =
+        members.into_iter().partition(|m| m.starts_with("e:"));
+    let mut members: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
     members.sort_unstable();
-    let mut expected = vec![0];
-    expected.extend(&sensors);
     assert_eq!(
-        members, expected,
-        "the set holds the ids (0 marks it filled)"
+        (marker, members),
+        (vec![format!("e:{epoch}")], sensors.clone()),
+        "the set holds the ids and the epoch it was filled under"
     );
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&set_key)

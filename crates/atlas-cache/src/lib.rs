@@ -22,11 +22,24 @@
 //! - **TTL jitter** (±10 %) so entries filled together do not expire together.
 //! - **Single-flight** ([`SingleFlight`]): concurrent misses of one key in a process share one
 //!   database read.
+//! - **A cache epoch fences what Redis kept through an outage.** Every value, set and hash
+//!   carries the epoch (`cache:epoch`, a random token) read before its database read; a
+//!   lookup reads the epoch in the same round trip and answers only what carries it, and a
+//!   fill stores nothing once the epoch moved. A process trusts the cache only after it has
+//!   replaced the epoch itself following its last failed Redis call (a server also at start,
+//!   [`Cache::renew_epoch`], as a predecessor may have died with invalidations undone; a
+//!   short-lived writer waits for it before exiting, [`Cache::settle`]): an invalidation that failed — Redis
+//!   down, failing over, or restarted from its AOF or a replica that kept older entries — thus
+//!   can never let an old entry answer once Redis is back. Until then every lookup is a
+//!   *bypass* to PostgreSQL without touching Redis (no waiting out timeouts), and
+//!   invalidations are skipped for 250 ms after a failure (counted as failures, so the next
+//!   epoch covers them). A background task replaces the epoch as soon as Redis answers.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -49,6 +62,11 @@ pub const AGG_TTL: Duration = Duration::from_secs(60);
 pub const META_TTL: Duration = Duration::from_secs(3600);
 /// A tenant's aggregate generation lives this long after its last write.
 const GENERATION_TTL: Duration = Duration::from_secs(3600);
+/// After a failed call, Redis is left alone this long (invalidations skipped, lookups
+/// bypassed) and the epoch is re-tried this often.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// The hash field that holds the catalogue's epoch (`:` is not allowed in attribute names).
+const META_EPOCH_FIELD: &str = ":epoch";
 
 /// Why the cache could not be set up (running without it is always possible).
 #[derive(Debug, thiserror::Error)]
@@ -83,11 +101,14 @@ impl Kind {
     }
 }
 
-/// A reader's claim to fill one key (see the crate docs).
+/// A reader's claim to fill one key (see the crate docs): the epoch read before the database
+/// and, for keys that writers delete, a lease token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     key: String,
+    /// Empty for keys made unreachable by writers instead (aggregate generations).
     token: String,
+    epoch: String,
 }
 
 /// Redis's own keyspace counters (`INFO stats`).
@@ -118,6 +139,53 @@ struct Inner {
     conn: std::sync::RwLock<Option<ConnectionManager>>,
     prefix: String,
     sentinel: Option<SentinelSource>,
+    trust: Trust,
+}
+
+/// Whether this process may use what Redis holds: every failed call counts, and the cache is
+/// trusted again only when an epoch replaced after the last counted failure stands.
+struct Trust {
+    /// Failed (or skipped) calls since start.
+    failures: AtomicU64,
+    /// The failure count the last replaced epoch covers.
+    healed: AtomicU64,
+    /// A task replacing the epoch is running.
+    healing: AtomicBool,
+    /// Milliseconds since `origin` of the last failed call, and of the last successful one.
+    failed_at: AtomicU64,
+    ok_at: AtomicU64,
+    origin: Instant,
+}
+
+impl Trust {
+    fn new() -> Self {
+        Self {
+            failures: AtomicU64::new(0),
+            healed: AtomicU64::new(0),
+            healing: AtomicBool::new(false),
+            failed_at: AtomicU64::new(0),
+            ok_at: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn trusted(&self) -> bool {
+        self.healed.load(Ordering::SeqCst) == self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Redis failed within the last [`RETRY_AFTER`] and has not answered since.
+    fn resting(&self) -> bool {
+        let failed = self.failed_at.load(Ordering::SeqCst);
+        failed > self.ok_at.load(Ordering::SeqCst)
+            && self.now().saturating_sub(failed)
+                < u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(250)
+    }
 }
 
 /// Where the master's address comes from when Sentinels are configured.
@@ -152,39 +220,65 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+// Reads the epoch, creating it when absent (a Redis that lost it starts a new one, which
+// nothing it still holds carries).
+const EPOCH: &str = r"
+local e = redis.call('GET', KEYS[1])
+if not e then
+  e = ARGV[1]
+  redis.call('SET', KEYS[1], e)
+end
+return e";
+
+// KEYS: lease, epoch. ARGV: token, ttl, a new epoch in case there is none.
+const LEASE: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local e = redis.call('GET', KEYS[2])
+if not e then
+  e = ARGV[3]
+  redis.call('SET', KEYS[2], e)
+end
+return e";
+
+// KEYS: key, lease, epoch. ARGV: token ('' without a lease), epoch, value, ttl.
 const FILL_VALUE: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[4])
+if ARGV[1] ~= '' then redis.call('DEL', KEYS[2]) end
 return 1";
 
-// Member 0 marks the set as filled, so a type with no entities is cached too (ids start at 1).
+// KEYS: key, lease, epoch. ARGV: token, epoch, ttl, ids. The member `e:<epoch>` marks the set
+// as filled under that epoch, so a type with no entities is cached too.
 const FILL_SET: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('SADD', KEYS[1], '0')
-local i = 3
+redis.call('SADD', KEYS[1], 'e:' .. ARGV[2])
+local i = 4
 while i <= #ARGV do
   local last = math.min(i + 499, #ARGV)
   redis.call('SADD', KEYS[1], unpack(ARGV, i, last))
   i = last + 1
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[2])
 return 1";
 
-// KEYS: name_to_id, meta, lease. ARGV: token, ttl, then (name, id, json) triples.
+// KEYS: name_to_id, meta, lease, epoch. ARGV: token, epoch, ttl, then (name, id, json) triples.
 const FILL_META: &str = r"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
-local i = 3
+redis.call('HSET', KEYS[2], ':epoch', ARGV[2])
+local i = 4
 while i + 2 <= #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
   i = i + 3
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('DEL', KEYS[3])
 return 1";
 
@@ -227,13 +321,18 @@ impl Cache {
     pub fn new(url: &str, prefix: &str) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
-        Ok(Self {
-            inner: Some(Arc::new(Inner {
-                conn: std::sync::RwLock::new(Some(conn)),
-                prefix: prefix.to_owned(),
-                sentinel: None,
-            })),
-        })
+        Ok(Self::start(Inner {
+            conn: std::sync::RwLock::new(Some(conn)),
+            prefix: prefix.to_owned(),
+            sentinel: None,
+            trust: Trust::new(),
+        }))
+    }
+
+    fn start(inner: Inner) -> Self {
+        Self {
+            inner: Some(Arc::new(inner)),
+        }
     }
 
     /// A cache on the master that the `sentinels` name `master_name`; `url` supplies the
@@ -251,23 +350,22 @@ impl Cache {
             .iter()
             .map(|u| redis::Client::open(u.as_str()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            inner: Some(Arc::new(Inner {
-                conn: std::sync::RwLock::new(None),
-                prefix: prefix.to_owned(),
-                sentinel: Some(SentinelSource {
-                    sentinels,
-                    master_name: master_name.to_owned(),
-                    base,
-                    last_ask: Mutex::new(None),
-                    current: Mutex::new(None),
-                }),
-            })),
-        })
+        Ok(Self::start(Inner {
+            conn: std::sync::RwLock::new(None),
+            prefix: prefix.to_owned(),
+            sentinel: Some(SentinelSource {
+                sentinels,
+                master_name: master_name.to_owned(),
+                base,
+                last_ask: Mutex::new(None),
+                current: Mutex::new(None),
+            }),
+            trust: Trust::new(),
+        }))
     }
 
     /// Asks the Sentinels for the master and, when it moved, connects to the new one.
-    async fn ask_sentinel(inner: &Inner) {
+    async fn ask_sentinel(inner: &Arc<Inner>) {
         let Some(source) = &inner.sentinel else {
             return;
         };
@@ -290,12 +388,17 @@ impl Cache {
             let Ok(Ok(Some(addr))) = tokio::time::timeout(CONNECT_TIMEOUT, ask).await else {
                 continue;
             };
-            let moved = {
+            let (moved, had) = {
                 let mut current = source.current.lock().unwrap_or_else(|p| p.into_inner());
                 let moved = current.as_ref() != Some(&addr);
+                let had = current.is_some();
                 *current = Some(addr.clone());
-                moved
+                (moved, had)
             };
+            if moved && had {
+                // Invalidations the old master acknowledged may not have reached the new one.
+                Self::failed(inner, false);
+            }
             let have = inner.conn.read().map(|c| c.is_some()).unwrap_or(false);
             if moved || !have {
                 let info = source
@@ -359,55 +462,162 @@ impl Cache {
         )
     }
 
-    /// Runs one command or pipeline with the call timeout; `None` on any failure.
+    /// Key of the cache epoch.
+    fn epoch_key(&self) -> String {
+        format!("{}cache:epoch", self.prefix())
+    }
+
+    /// Runs one command or pipeline with the call timeout; `None` on any failure (counted:
+    /// the cache is then distrusted until a new epoch stands).
     async fn run<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
         f: impl for<'c> FnOnce(&'c mut ConnectionManager) -> BoxFuture<'c, redis::RedisResult<T>>,
     ) -> Option<T> {
         let inner = self.inner.as_ref()?;
-        let current = inner.conn.read().ok().and_then(|c| c.clone());
-        let mut conn = match current {
-            Some(c) => c,
-            None => {
-                // Sentinel has not named a master yet: ask (bounded by its timeouts).
-                Self::ask_sentinel(inner).await;
-                inner.conn.read().ok().and_then(|c| c.clone())?
+        Self::call(inner, what, f).await
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        inner: &Arc<Inner>,
+        what: &'static str,
+        f: impl for<'c> FnOnce(&'c mut ConnectionManager) -> BoxFuture<'c, redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let mut current = inner.conn.read().ok().and_then(|c| c.clone());
+        if current.is_none() {
+            // Sentinel has not named a master yet: ask (bounded by its timeouts).
+            Self::ask_sentinel(inner).await;
+            current = inner.conn.read().ok().and_then(|c| c.clone());
+        }
+        if let Some(mut conn) = current {
+            match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
+                Ok(Ok(v)) => {
+                    inner.trust.ok_at.store(inner.trust.now(), Ordering::SeqCst);
+                    return Some(v);
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, op = what, "redis call failed"),
+                Err(_) => tracing::debug!(op = what, "redis call timed out"),
             }
-        };
-        let failed = match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
-            Ok(Ok(v)) => return Some(v),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, op = what, "redis call failed");
-                true
-            }
-            Err(_) => {
-                tracing::debug!(op = what, "redis call timed out");
-                true
-            }
-        };
-        if failed {
-            metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
-            // The master may have moved (or this one is now a read-only replica).
-            if inner.sentinel.is_some() {
-                let inner = Arc::clone(inner);
-                tokio::spawn(async move { Self::ask_sentinel(&inner).await });
-            }
+        }
+        metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
+        Self::failed(inner, true);
+        // The master may have moved (or this one is now a read-only replica).
+        if inner.sentinel.is_some() {
+            let inner = Arc::clone(inner);
+            tokio::spawn(async move { Self::ask_sentinel(&inner).await });
         }
         None
     }
 
-    /// The cached string at `key`; a miss on absence or any Redis failure.
-    pub async fn get(&self, kind: Kind, key: &str) -> Option<String> {
-        self.inner.as_ref()?;
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        match self
-            .run("get", move |c| {
-                async move { cmd.query_async::<Option<String>>(c).await }.boxed()
-            })
-            .await
-        {
+    /// Counts a failure (`called`: a call failed, so Redis rests; else an invalidation was
+    /// skipped or the master moved) and makes sure a new epoch follows.
+    fn failed(inner: &Arc<Inner>, called: bool) {
+        inner.trust.failures.fetch_add(1, Ordering::SeqCst);
+        if called {
+            inner
+                .trust
+                .failed_at
+                .store(inner.trust.now(), Ordering::SeqCst);
+        }
+        Self::heal(inner);
+    }
+
+    /// Starts the task that replaces the epoch, unless one runs.
+    fn heal(inner: &Arc<Inner>) {
+        if inner.trust.healing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(inner);
+        tokio::spawn(Self::heal_loop(weak));
+    }
+
+    /// Replaces the epoch until one stands that covers every counted failure; ends with the
+    /// cache (it holds only a weak reference).
+    async fn heal_loop(weak: Weak<Inner>) {
+        loop {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let trust = &inner.trust;
+            if trust.trusted() {
+                trust.healing.store(false, Ordering::SeqCst);
+                // A failure counted between the check and the store found `healing` set.
+                if trust.trusted() || trust.healing.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            if !trust.resting() {
+                let covers = trust.failures.load(Ordering::SeqCst);
+                let key = format!("{}cache:epoch", inner.prefix);
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(token());
+                let set = Self::call(&inner, "epoch", move |c| {
+                    async move { cmd.query_async::<()>(c).await }.boxed()
+                })
+                .await;
+                if set.is_some() {
+                    trust.healed.fetch_max(covers, Ordering::SeqCst);
+                    if trust.trusted() {
+                        tracing::info!("cache epoch replaced: the cache is trusted again");
+                    }
+                    continue;
+                }
+            }
+            drop(inner);
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
+    }
+
+    /// The cache when it may be used; otherwise (distrusted) counts a bypass of `kind` and
+    /// makes sure a new epoch is on its way.
+    fn usable(&self, kind: Option<Kind>) -> Option<&Arc<Inner>> {
+        let inner = self.inner.as_ref()?;
+        if inner.trust.trusted() {
+            return Some(inner);
+        }
+        if let Some(kind) = kind {
+            count(kind, "bypass");
+        }
+        Self::heal(inner);
+        None
+    }
+
+    /// Whether this process currently answers from Redis (false while a new epoch is due:
+    /// at start and after a failed call, until Redis answers again).
+    pub fn is_trusted(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.trust.trusted())
+    }
+
+    /// Distrusts what Redis holds until this process has replaced the epoch (started at once,
+    /// in the background). A server calls it at start: its predecessor may have died with
+    /// invalidations that failed, and nothing else would ever replace them. Call it within a
+    /// Tokio runtime.
+    pub fn renew_epoch(&self) {
+        if let Some(inner) = &self.inner {
+            Self::failed(inner, false);
+        }
+    }
+
+    /// Waits up to `within` until no failed invalidation is left uncovered by a new epoch;
+    /// returns whether none is. A short-lived process that wrote calls it before it exits.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.inner.is_none() || self.is_trusted() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Counts a lookup of `kind` with the value it found under the current epoch (a value of
+    /// another epoch is a miss).
+    fn looked_up<T>(kind: Kind, found: Option<Option<T>>) -> Option<T> {
+        match found {
             Some(Some(v)) => {
                 count(kind, "hit");
                 Some(v)
@@ -423,87 +633,138 @@ impl Cache {
         }
     }
 
-    /// The members of the id set at `key` (without the filled marker); a miss when absent.
+    /// The cached string at `key`; a miss on absence, on another epoch's value, or any Redis
+    /// failure.
+    pub async fn get(&self, kind: Kind, key: &str) -> Option<String> {
+        self.usable(Some(kind))?;
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.epoch_key()).arg(key);
+        let found = self
+            .run("get", move |c| {
+                async move { cmd.query_async::<(Option<String>, Option<String>)>(c).await }.boxed()
+            })
+            .await
+            .map(|(epoch, value)| {
+                let (epoch, value) = (epoch?, value?);
+                value
+                    .strip_prefix(epoch.as_str())
+                    .and_then(|v| v.strip_prefix(':'))
+                    .map(str::to_owned)
+            });
+        Self::looked_up(kind, found)
+    }
+
+    /// The members of the id set at `key` (without its epoch marker); a miss when absent or
+    /// filled under another epoch.
     pub async fn members(&self, kind: Kind, key: &str) -> Option<Vec<i64>> {
-        self.inner.as_ref()?;
-        let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(key);
-        match self
+        self.usable(Some(kind))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.epoch_key())
+            .cmd("SMEMBERS")
+            .arg(key);
+        let found = self
             .run("smembers", move |c| {
-                async move { cmd.query_async::<Vec<i64>>(c).await }.boxed()
+                async move { pipe.query_async::<(Option<String>, Vec<String>)>(c).await }.boxed()
             })
             .await
-        {
-            Some(ids) if !ids.is_empty() => {
-                count(kind, "hit");
-                Some(ids.into_iter().filter(|id| *id != 0).collect())
-            }
-            Some(_) => {
-                count(kind, "miss");
-                None
-            }
-            None => {
-                count(kind, "error");
-                None
-            }
-        }
+            .map(|(epoch, members)| {
+                let marker = format!("e:{}", epoch?);
+                members.contains(&marker).then(|| {
+                    members
+                        .iter()
+                        .filter_map(|m| m.parse::<i64>().ok())
+                        .collect()
+                })
+            });
+        Self::looked_up(kind, found)
     }
 
-    /// The catalogue hash `attribute:meta` (name → JSON); a miss when absent.
+    /// The catalogue hash `attribute:meta` (name → JSON); a miss when absent or filled under
+    /// another epoch.
     pub async fn meta(&self) -> Option<Vec<(String, String)>> {
-        self.inner.as_ref()?;
+        self.usable(Some(Kind::Meta))?;
         let (_, meta) = self.meta_keys();
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(meta);
-        match self
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.epoch_key())
+            .cmd("HGETALL")
+            .arg(meta);
+        let found = self
             .run("hgetall", move |c| {
-                async move { cmd.query_async::<Vec<(String, String)>>(c).await }.boxed()
+                async move {
+                    pipe.query_async::<(Option<String>, Vec<(String, String)>)>(c)
+                        .await
+                }
+                .boxed()
             })
             .await
-        {
-            Some(pairs) if !pairs.is_empty() => {
-                count(Kind::Meta, "hit");
-                Some(pairs)
-            }
-            Some(_) => {
-                count(Kind::Meta, "miss");
-                None
-            }
-            None => {
-                count(Kind::Meta, "error");
-                None
-            }
-        }
+            .map(|(epoch, mut pairs)| {
+                let epoch = epoch?;
+                let at = pairs.iter().position(|(f, _)| f == META_EPOCH_FIELD)?;
+                (pairs.swap_remove(at).1 == epoch).then_some(pairs)
+            });
+        Self::looked_up(Kind::Meta, found)
     }
 
-    /// Takes the lease to fill `key`; call it *before* reading the database. `None` when
-    /// Redis is unavailable (then do not fill).
+    /// Takes the lease to fill `key` and reads the epoch the fill will carry; call it *before*
+    /// reading the database. `None` when Redis is unavailable (then do not fill).
     pub async fn lease(&self, key: &str) -> Option<Lease> {
-        let lease = Lease {
+        self.usable(None)?;
+        let token = token();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LEASE)
+            .arg(2)
+            .arg(lease_key(key))
+            .arg(self.epoch_key())
+            .arg(&token)
+            .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000))
+            .arg(self::token());
+        let epoch = self
+            .run("lease", move |c| {
+                async move { cmd.query_async::<String>(c).await }.boxed()
+            })
+            .await?;
+        Some(Lease {
             key: key.to_owned(),
-            token: token(),
-        };
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(lease_key(key))
-            .arg(&lease.token)
-            .arg("PX")
-            .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000));
-        self.run("lease", move |c| {
-            async move { cmd.query_async::<()>(c).await }.boxed()
+            token,
+            epoch,
         })
-        .await
-        .map(|()| lease)
     }
 
-    /// Stores `value` under the lease's key with `ttl` (jittered) if the lease is still
-    /// held; returns whether it was stored.
+    /// The epoch a fill of `key` will carry, without a lease: for keys that writers make
+    /// unreachable rather than delete (aggregates under a generation). Call it *before*
+    /// reading the database.
+    pub async fn stamp(&self, key: &str) -> Option<Lease> {
+        self.usable(None)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(EPOCH).arg(1).arg(self.epoch_key()).arg(token());
+        let epoch = self
+            .run("epoch", move |c| {
+                async move { cmd.query_async::<String>(c).await }.boxed()
+            })
+            .await?;
+        Some(Lease {
+            key: key.to_owned(),
+            token: String::new(),
+            epoch,
+        })
+    }
+
+    /// Stores `value` under the lease's key with `ttl` (jittered) if the lease is still held
+    /// and the epoch has not moved; returns whether it was stored.
     pub async fn fill(&self, lease: Lease, value: &str, ttl: Duration) -> bool {
+        if self.usable(None).is_none() {
+            return false;
+        }
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(FILL_VALUE)
-            .arg(2)
+            .arg(3)
             .arg(&lease.key)
             .arg(lease_key(&lease.key))
+            .arg(self.epoch_key())
             .arg(&lease.token)
+            .arg(&lease.epoch)
             .arg(value)
             .arg(jitter(ttl));
         self.run("fill", move |c| {
@@ -513,14 +774,20 @@ impl Cache {
             == Some(1)
     }
 
-    /// Stores an id set under the lease's key with `ttl` (jittered) if the lease is still held.
+    /// Stores an id set under the lease's key with `ttl` (jittered) if the lease is still held
+    /// and the epoch has not moved.
     pub async fn fill_set(&self, lease: Lease, ids: &[i64], ttl: Duration) -> bool {
+        if self.usable(None).is_none() {
+            return false;
+        }
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(FILL_SET)
-            .arg(2)
+            .arg(3)
             .arg(&lease.key)
             .arg(lease_key(&lease.key))
+            .arg(self.epoch_key())
             .arg(&lease.token)
+            .arg(&lease.epoch)
             .arg(jitter(ttl))
             .arg(ids);
         self.run("fill_set", move |c| {
@@ -537,16 +804,21 @@ impl Cache {
     }
 
     /// Stores the catalogue: `(name, id, metadata JSON)` for every attribute, both hashes and
-    /// their TTL in one script, if the lease is still held.
+    /// their TTL in one script, if the lease is still held and the epoch has not moved.
     pub async fn fill_meta(&self, lease: Lease, attributes: &[(String, i64, String)]) -> bool {
+        if self.usable(None).is_none() {
+            return false;
+        }
         let (name_to_id, _) = self.meta_keys();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(FILL_META)
-            .arg(3)
+            .arg(4)
             .arg(name_to_id)
             .arg(&lease.key)
             .arg(lease_key(&lease.key))
+            .arg(self.epoch_key())
             .arg(&lease.token)
+            .arg(&lease.epoch)
             .arg(jitter(META_TTL));
         for (name, id, json) in attributes {
             cmd.arg(name).arg(id).arg(json);
@@ -561,6 +833,7 @@ impl Cache {
     /// A tenant's current aggregate generation (created when absent); read it *before* the
     /// database. `None` when Redis is unavailable (then neither read nor fill).
     pub async fn agg_generation(&self, tenant: i64) -> Option<String> {
+        self.usable(Some(Kind::Agg))?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(GENERATION)
             .arg(1)
@@ -573,65 +846,18 @@ impl Cache {
         .await
     }
 
-    /// Stores a value without a lease (for keys made unreachable by a generation change).
-    pub async fn put(&self, key: &str, value: &str, ttl: Duration) -> bool {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("PX").arg(jitter(ttl));
-        self.run("put", move |c| {
-            async move { cmd.query_async::<()>(c).await }.boxed()
-        })
-        .await
-        .is_some()
-    }
-
-    /// Deletes keys and their leases (one DEL, atomic). Call after COMMIT. Failures are
-    /// logged: entries then expire by TTL.
-    pub async fn invalidate(&self, keys: &[String]) {
-        if keys.is_empty() || self.inner.is_none() {
+    /// Runs an invalidation after COMMIT: applied, or counted as a failure so that a new epoch
+    /// follows (skipped at once while Redis rests after a failure, instead of waiting out its
+    /// timeout).
+    async fn invalidation(&self, what: impl FnOnce() -> redis::Pipeline, n: usize) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if inner.trust.resting() {
+            Self::failed(inner, false);
             return;
         }
-        let mut cmd = redis::cmd("DEL");
-        for k in keys {
-            cmd.arg(k).arg(lease_key(k));
-        }
-        let n = keys.len();
-        if self
-            .run("invalidate", move |c| {
-                async move { cmd.query_async::<i64>(c).await }.boxed()
-            })
-            .await
-            .is_none()
-        {
-            tracing::warn!(keys = n, "cache invalidation failed; entries expire by TTL");
-        }
-    }
-
-    /// After a commit that changed these entities' values: drops their hot-attribute entries
-    /// and moves each tenant to a new aggregate generation, in one MULTI/EXEC.
-    pub async fn entities_changed(&self, hot: &[(i64, i64)], tenants: &[i64]) {
-        if (hot.is_empty() && tenants.is_empty()) || self.inner.is_none() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if !hot.is_empty() {
-            let mut del = redis::cmd("DEL");
-            for (t, e) in hot {
-                let k = self.entity_key(*t, *e);
-                del.arg(lease_key(&k)).arg(k);
-            }
-            pipe.add_command(del).ignore();
-        }
-        let ttl = u64::try_from(GENERATION_TTL.as_millis()).unwrap_or(3_600_000);
-        for t in tenants {
-            pipe.cmd("SET")
-                .arg(self.agg_generation_key(*t))
-                .arg(token())
-                .arg("PX")
-                .arg(ttl)
-                .ignore();
-        }
-        let n = hot.len();
+        let pipe = what();
         if self
             .run("invalidate", move |c| {
                 async move { pipe.query_async::<()>(c).await }.boxed()
@@ -640,10 +866,64 @@ impl Cache {
             .is_none()
         {
             tracing::warn!(
-                entities = n,
-                "cache invalidation failed; entries expire by TTL"
+                keys = n,
+                "cache invalidation failed; a new cache epoch replaces every entry once Redis answers"
             );
         }
+    }
+
+    /// Deletes keys and their leases (one DEL, atomic). Call after COMMIT.
+    pub async fn invalidate(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.invalidation(
+            || {
+                let mut pipe = redis::pipe();
+                let del = pipe.cmd("DEL");
+                for k in keys {
+                    del.arg(k).arg(lease_key(k));
+                }
+                pipe.ignore();
+                pipe
+            },
+            keys.len(),
+        )
+        .await;
+    }
+
+    /// After a commit that changed these entities' values: drops their hot-attribute entries
+    /// and moves each tenant to a new aggregate generation, in one MULTI/EXEC.
+    pub async fn entities_changed(&self, hot: &[(i64, i64)], tenants: &[i64]) {
+        if hot.is_empty() && tenants.is_empty() {
+            return;
+        }
+        self.invalidation(
+            || {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if !hot.is_empty() {
+                    let mut del = redis::cmd("DEL");
+                    for (t, e) in hot {
+                        let k = self.entity_key(*t, *e);
+                        del.arg(lease_key(&k)).arg(k);
+                    }
+                    pipe.add_command(del).ignore();
+                }
+                let ttl = u64::try_from(GENERATION_TTL.as_millis()).unwrap_or(3_600_000);
+                for t in tenants {
+                    pipe.cmd("SET")
+                        .arg(self.agg_generation_key(*t))
+                        .arg(token())
+                        .arg("PX")
+                        .arg(ttl)
+                        .ignore();
+                }
+                pipe
+            },
+            hot.len() + tenants.len(),
+        )
+        .await;
     }
 
     /// Whether Redis answers PING within the call timeout (`None` when not configured).

@@ -1,6 +1,8 @@
 //! `atlas serve` and the admin verbs (`tenant`, `key`, `attribute`): the same operations as the
 //! admin API, run directly against the database as the app role.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use atlas_config::Config;
 use atlas_store::admin::{AttributeSpec, AttributeUpdate, DataType};
@@ -185,7 +187,9 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
                     allow_rounding,
                 })
                 .await?;
-            catalogue_changed(&crate::stack::cache(config)?).await;
+            let cache = crate::stack::cache(config)?;
+            catalogue_changed(&cache).await;
+            settle(&cache).await;
             print_json(&attribute)
         }
         AttributeCmd::List => {
@@ -224,8 +228,20 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
             let hot: Vec<(i64, i64)> = reprojected.iter().map(|(t, e)| (t.0, *e)).collect();
             cache.entities_changed(&hot, &[]).await;
             catalogue_changed(&cache).await;
+            settle(&cache).await;
             print_json(&attribute)
         }
+    }
+}
+
+/// Before a command that changed data exits: a failed invalidation is covered by a new
+/// cache epoch once Redis answers, which this process must stay for.
+pub(crate) async fn settle(cache: &atlas_cache::Cache) {
+    if !cache.settle(Duration::from_secs(3)).await {
+        eprintln!(
+            "warning: Redis did not answer, so cached entries of what this command changed may \
+             be served until they expire (at most 5 minutes) or a server restarts"
+        );
     }
 }
 
@@ -242,6 +258,9 @@ pub async fn serve(config: &Config) -> Result<()> {
     // Redis is a cache: the server starts and serves while it is down, and connects when
     // it comes up (through Sentinel when configured).
     let cache = crate::stack::cache(config)?;
+    // A predecessor may have died with invalidations that failed: serve from Redis only
+    // once this server has replaced the cache epoch.
+    cache.renew_epoch();
     let (ingestor, pipeline) = atlas_ingest::Ingestor::start(
         store.clone(),
         cache.clone(),

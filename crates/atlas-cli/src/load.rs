@@ -100,7 +100,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
     let cache = crate::stack::cache(config)?;
     let (ingestor, pipeline) = Ingestor::start(
         store.clone(),
-        cache,
+        cache.clone(),
         IngestConfig::from_settings(&resolved.ingest),
     );
 
@@ -192,6 +192,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
     drop(ingestor);
     pipeline.shutdown().await;
     bar.finish_and_clear();
+    crate::admin::settle(&cache).await;
     let secs = started.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let rate = stored as f64 / secs.max(1e-3);

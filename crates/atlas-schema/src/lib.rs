@@ -68,6 +68,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(17, "0017_partitions_backward.sql"),
     migration!(18, "0018_projection_newest_column.sql"),
     migration!(19, "0019_conflicting_replays_refused.sql"),
+    migration!(20, "0020_entities_known_bound.sql"),
 ];
 
 /// The analytics store's migrations (`analytics/`), applied by `atlas cdc` to its own database.

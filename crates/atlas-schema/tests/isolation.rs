@@ -609,10 +609,10 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
         .get(0);
     assert_eq!(visible, 0);
 
-    // Inside tenant B's transaction: the answer is still A's, and B's context is back after.
+    // Inside tenant B's transaction it answers for B only, and B's context is back after…
     let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
     set_tenant(&tx, f.tenant_b).await;
-    assert_eq!(entities_known(&tx, f.tenant_a, &ids).await, [f.a1]);
+    assert_eq!(entities_known(&tx, f.tenant_b, &ids).await, [f.b1]);
     let seen: Vec<i64> = tx
         .query("SELECT entity_id FROM entities ORDER BY 1", &[])
         .await
@@ -621,5 +621,19 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
         .map(|r| r.get(0))
         .collect();
     assert_eq!(seen, [f.b1], "tenant B's context was not restored");
+    // …and refuses to say which of tenant A's ids exist.
+    let err = tx
+        .query(
+            "SELECT e FROM public.entities_known($1, $2) AS e",
+            &[&f.tenant_a, &ids],
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("tenant B's session asked about tenant A's entities"));
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
     tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
 }

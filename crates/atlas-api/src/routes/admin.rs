@@ -193,7 +193,7 @@ pub async fn list_tenants(
 
 /// One tenant.
 #[utoipa::path(get, path = "/v1/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Tenant id")),
+    params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn get_tenant(
@@ -226,7 +226,7 @@ async fn set_active(state: &AppState, id: i64, active: bool) -> Result<Json<Tena
 
 /// Deactivates a tenant: its keys get 403 from then on (other servers within the key-cache TTL).
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/deactivate", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Tenant id")),
+    params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn deactivate_tenant(
@@ -239,7 +239,7 @@ pub async fn deactivate_tenant(
 
 /// Reactivates a tenant.
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/activate", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Tenant id")),
+    params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn activate_tenant(
@@ -252,7 +252,7 @@ pub async fn activate_tenant(
 
 /// Issues an API key for a tenant. The `secret` is shown only in this response.
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Tenant id")), request_body = NewKey,
+    params(("id" = i64, Path, minimum = 0, description = "Tenant id")), request_body = NewKey,
     responses((status = 201, body = IssuedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -270,7 +270,7 @@ pub async fn issue_key(
 
 /// A tenant's keys (no secrets).
 #[utoipa::path(get, path = "/v1/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Tenant id")),
+    params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = KeyList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list_keys(
@@ -289,7 +289,7 @@ pub async fn list_keys(
 
 /// Revokes a key (idempotent): it gets 401 from then on (other servers within the key-cache TTL).
 #[utoipa::path(delete, path = "/v1/admin/tenants/{id}/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Tenant id"), ("key_id" = i64, Path, description = "Key id")),
+    params(("id" = i64, Path, minimum = 0, description = "Tenant id"), ("key_id" = i64, Path, minimum = 0, description = "Key id")),
     responses((status = 200, body = ApiKeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn revoke_key(
@@ -338,7 +338,7 @@ pub async fn define_attribute(
 
 /// Changes an attribute's flags or regex.
 #[utoipa::path(patch, path = "/v1/admin/attributes/{id}", tag = "admin", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "Attribute id")), request_body = AttributeChanges,
+    params(("id" = i64, Path, minimum = 0, description = "Attribute id")), request_body = AttributeChanges,
     responses((status = 200, body = Attribute), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]

@@ -50,7 +50,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, ApiError> {
 /// An entity's hot attributes, from Redis `entity:{tenant}:{entity}` (TTL 300 s) or
 /// `entity_jsonb`. Answers carry `X-Atlas-Cache: hit|miss`.
 #[utoipa::path(get, path = "/v1/entities/{id}/attributes", tag = "reads", security(("tenant_key" = [])),
-    params(("id" = i64, Path, description = "Entity id")),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id")),
     responses((status = 200, body = HotAttributes), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
@@ -282,7 +282,7 @@ pub struct Latest {
 
 /// The newest value of an attribute for an entity (primary-key lookup, newest partition first).
 #[utoipa::path(get, path = "/v1/entities/{id}/latest", tag = "reads", security(("tenant_key" = [])),
-    params(("id" = i64, Path, description = "Entity id"), LatestParams),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id"), LatestParams),
     responses((status = 200, body = Latest), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
@@ -414,7 +414,7 @@ pub struct SeriesPage {
 
 /// An entity's values of one attribute in `[from, to)` (primary-key range scan).
 #[utoipa::path(get, path = "/v1/entities/{id}/series", tag = "reads", security(("tenant_key" = [])),
-    params(("id" = i64, Path, description = "Entity id"), SeriesParams),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id"), SeriesParams),
     responses((status = 200, body = SeriesPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]

@@ -367,7 +367,7 @@ async fn in_tenant<T: Send + 'static>(
 
 /// One entity.
 #[utoipa::path(get, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
-    params(("id" = i64, Path, description = "Entity id")),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id")),
     responses((status = 200, body = Entity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
@@ -388,7 +388,7 @@ pub async fn get_entity(
 
 /// Changes an entity's type or properties (`version` + 1).
 #[utoipa::path(patch, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
-    params(("id" = i64, Path, description = "Entity id")), request_body = EntityChanges,
+    params(("id" = i64, Path, minimum = 0, description = "Entity id")), request_body = EntityChanges,
     responses((status = 200, body = Entity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -425,7 +425,7 @@ pub async fn update_entity(
 
 /// Soft-deletes an entity: it disappears from every read and takes no new values.
 #[utoipa::path(delete, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
-    params(("id" = i64, Path, description = "Entity id")),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id")),
     responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
