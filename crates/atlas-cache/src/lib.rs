@@ -409,7 +409,7 @@ impl Cache {
                     .and_then(|c| ConnectionManager::new_lazy_with_config(c, manager_config()))
                 {
                     Ok(m) => {
-                        tracing::info!(host = %addr.0, port = addr.1, "cache uses the Redis master Sentinel names");
+                        tracing::debug!(host = %addr.0, port = addr.1, "cache uses the Redis master Sentinel names");
                         if let Ok(mut conn) = inner.conn.write() {
                             *conn = Some(m);
                         }

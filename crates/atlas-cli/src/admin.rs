@@ -17,16 +17,20 @@ pub enum TenantCmd {
         name: String,
     },
     /// List tenants.
-    List,
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deactivate a tenant (its keys get 403).
     Deactivate {
-        /// Tenant id.
-        id: i64,
+        /// Tenant name or id.
+        tenant: String,
     },
     /// Reactivate a tenant.
     Activate {
-        /// Tenant id.
-        id: i64,
+        /// Tenant name or id.
+        tenant: String,
     },
 }
 
@@ -35,24 +39,27 @@ pub enum TenantCmd {
 pub enum KeyCmd {
     /// Issue an API key for a tenant; the key is printed once.
     Create {
-        /// Tenant id.
+        /// Tenant name or id.
         #[arg(long)]
-        tenant: i64,
+        tenant: String,
         /// Label.
         #[arg(long, default_value = "")]
         name: String,
     },
     /// List a tenant's keys.
     List {
-        /// Tenant id.
+        /// Tenant name or id.
         #[arg(long)]
-        tenant: i64,
+        tenant: String,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a key.
     Revoke {
-        /// Tenant id.
+        /// Tenant name or id.
         #[arg(long)]
-        tenant: i64,
+        tenant: String,
         /// Key id.
         key_id: i64,
     },
@@ -82,12 +89,16 @@ pub enum AttributeCmd {
         allow_rounding: bool,
     },
     /// List the catalogue.
-    List,
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change an attribute.
     Update {
-        /// Attribute id.
-        id: i64,
-        /// New is_hot.
+        /// Attribute name or id.
+        attribute: String,
+        /// New is_hot (turning it on backfills every entity's projection).
         #[arg(long)]
         hot: Option<bool>,
         /// New is_indexed.
@@ -107,38 +118,107 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints rows under a header, each column as wide as its widest cell.
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let text: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// A tenant named by its id or its name (digits are an id first, then a name).
+pub(crate) async fn resolve_tenant(
+    store: &atlas_store::Store,
+    tenant: &str,
+) -> Result<atlas_store::admin::Tenant> {
+    let by_id = match tenant.parse::<i64>() {
+        Ok(id) => store.get_tenant(id).await?,
+        Err(_) => None,
+    };
+    let found = match by_id {
+        Some(t) => Some(t),
+        None => store.get_tenant_by_name(tenant).await?,
+    };
+    found.with_context(|| format!("no tenant `{tenant}` (see `atlas tenant list`)"))
+}
+
+/// An attribute named by its id or its name.
+async fn resolve_attribute(
+    store: &atlas_store::Store,
+    attribute: &str,
+) -> Result<atlas_store::admin::Attribute> {
+    let all = store.list_attributes().await?;
+    let id = attribute.parse::<i64>().ok();
+    all.into_iter()
+        .find(|a| Some(a.attribute_id) == id || a.attribute_name == attribute)
+        .with_context(|| format!("no attribute `{attribute}` (see `atlas attribute list`)"))
+}
+
+fn time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Runs a tenant verb.
 pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
     let store = crate::stack::store(config)?;
     match cmd {
         TenantCmd::Create { name } => print_json(&store.create_tenant(&name).await?),
-        TenantCmd::List => {
+        TenantCmd::List { json } => {
+            let mut all = Vec::new();
             let mut after = 0;
             loop {
                 let page = store.list_tenants(after, 1000).await?;
-                for t in &page {
-                    let state = if t.is_active { "active" } else { "DEACTIVATED" };
-                    println!("{:>8}  {:<40} {state}", t.tenant_id, t.tenant_name);
-                }
-                match page.last() {
-                    Some(t) if page.len() == 1000 => after = t.tenant_id,
-                    _ => return Ok(()),
+                let last = page.last().map(|t| t.tenant_id);
+                let full = page.len() == 1000;
+                all.extend(page);
+                match last {
+                    Some(id) if full => after = id,
+                    _ => break,
                 }
             }
+            if json {
+                return print_json(&all);
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.tenant_id.to_string(),
+                        t.tenant_name.clone(),
+                        if t.is_active { "active" } else { "deactivated" }.to_owned(),
+                        time(t.created_at),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "NAME", "STATE", "CREATED"], &rows);
+            Ok(())
         }
-        TenantCmd::Deactivate { id } => print_json(
-            &store
-                .set_tenant_active(id, false)
-                .await?
-                .context("no such tenant")?,
-        ),
-        TenantCmd::Activate { id } => print_json(
-            &store
-                .set_tenant_active(id, true)
-                .await?
-                .context("no such tenant")?,
-        ),
+        TenantCmd::Deactivate { tenant } => set_active(&store, &tenant, false).await,
+        TenantCmd::Activate { tenant } => set_active(&store, &tenant, true).await,
     }
+}
+
+async fn set_active(store: &atlas_store::Store, tenant: &str, active: bool) -> Result<()> {
+    let id = resolve_tenant(store, tenant).await?.tenant_id;
+    print_json(
+        &store
+            .set_tenant_active(id, active)
+            .await?
+            .context("no such tenant")?,
+    )
 }
 
 /// Runs a key verb.
@@ -146,21 +226,45 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> Result<()> {
     let store = crate::stack::store(config)?;
     match cmd {
         KeyCmd::Create { tenant, name } => {
-            let key = store.issue_api_key(tenant, &name).await?;
+            let t = resolve_tenant(&store, &tenant).await?;
+            let key = store.issue_api_key(t.tenant_id, &name).await?;
             eprintln!(
-                "key {} issued for tenant {tenant}; it is shown only now:",
-                key.key_id
+                "key {} issued for tenant {} ({}); it is shown only now:",
+                key.key_id, t.tenant_name, t.tenant_id
             );
             println!("{}", key.secret);
             Ok(())
         }
-        KeyCmd::List { tenant } => print_json(&store.list_api_keys(tenant).await?),
-        KeyCmd::Revoke { tenant, key_id } => print_json(
-            &store
-                .revoke_api_key(tenant, key_id)
-                .await?
-                .context("no such key")?,
-        ),
+        KeyCmd::List { tenant, json } => {
+            let t = resolve_tenant(&store, &tenant).await?;
+            let keys = store.list_api_keys(t.tenant_id).await?;
+            if json {
+                return print_json(&keys);
+            }
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.key_id.to_string(),
+                        k.prefix.clone(),
+                        k.name.clone(),
+                        time(k.created_at),
+                        k.revoked_at.map(time).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "PREFIX", "NAME", "CREATED", "REVOKED"], &rows);
+            Ok(())
+        }
+        KeyCmd::Revoke { tenant, key_id } => {
+            let t = resolve_tenant(&store, &tenant).await?;
+            print_json(
+                &store
+                    .revoke_api_key(t.tenant_id, key_id)
+                    .await?
+                    .with_context(|| format!("tenant {} has no key {key_id}", t.tenant_name))?,
+            )
+        }
     }
 }
 
@@ -192,38 +296,68 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
             settle(&cache).await;
             print_json(&attribute)
         }
-        AttributeCmd::List => {
-            for a in store.list_attributes().await? {
-                println!(
-                    "{:>6}  {:<32} {:<10} {}{}",
-                    a.attribute_id,
-                    a.attribute_name,
-                    a.data_type,
-                    if a.is_hot { "hot " } else { "" },
-                    a.validation_regex
-                        .map(|r| format!("/{r}/"))
-                        .unwrap_or_default()
-                );
+        AttributeCmd::List { json } => {
+            let all = store.list_attributes().await?;
+            if json {
+                return print_json(&all);
             }
+            let yes = |b: bool| if b { "yes" } else { "" }.to_owned();
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.attribute_id.to_string(),
+                        a.attribute_name.clone(),
+                        a.data_type.as_str().to_owned(),
+                        yes(a.is_hot),
+                        yes(a.is_indexed),
+                        yes(a.allow_rounding),
+                        a.validation_regex.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "NAME", "TYPE", "HOT", "INDEXED", "ROUNDING", "REGEX"],
+                &rows,
+            );
             Ok(())
         }
         AttributeCmd::Update {
-            id,
+            attribute,
             hot,
             indexed,
             regex,
             allow_rounding,
         } => {
+            let id = resolve_attribute(&store, &attribute).await?.attribute_id;
             let update = AttributeUpdate {
                 is_hot: hot,
                 is_indexed: indexed,
                 validation_regex: regex.map(|r| (!r.is_empty()).then_some(r)),
                 allow_rounding,
             };
-            let (attribute, reprojected) = store
-                .update_attribute(id, &update)
-                .await?
-                .context("no such attribute")?;
+            // Turning `hot` on backfills every entity's projection in one statement: say so
+            // while it runs rather than sit silent.
+            let spinner = (hot == Some(true)).then(|| {
+                let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
+                    "projecting `{attribute}` into every entity's hot attributes"
+                ));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            });
+            let started = std::time::Instant::now();
+            let result = store.update_attribute(id, &update).await;
+            if let Some(bar) = spinner {
+                bar.finish_and_clear();
+            }
+            let (attribute, reprojected) = result?.context("no such attribute")?;
+            if hot.is_some() {
+                eprintln!(
+                    "{} entities re-projected in {:.1} s",
+                    reprojected.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
             let cache = crate::stack::cache(config)?;
             let hot: Vec<(i64, i64)> = reprojected.iter().map(|(t, e)| (t.0, *e)).collect();
             cache.entities_changed(&hot, &[]).await;

@@ -1,24 +1,31 @@
 //! `atlas load FILE`: bulk telemetry from NDJSON or CSV through the same validation and the
-//! same durable pipeline as `POST /v1/telemetry`.
+//! same durable pipeline as `POST /v1/telemetry`, reporting what was stored, what was already
+//! stored and what was refused, line by line.
 
-use std::io::{BufRead, BufReader};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use atlas_config::Config;
 use atlas_ingest::typing::type_readings;
-use atlas_ingest::{Catalog, Durability, IngestConfig, Ingestor, Reading, TimeRules};
-use atlas_store::{StoreError, TenantId};
+use atlas_ingest::{Catalog, Durability, IngestConfig, IngestError, Ingestor, Reading, TimeRules};
+use atlas_store::TenantId;
+use atlas_store::admin::DataType;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
 
 /// Input formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Format {
     /// One reading per line: `{"entity_id": 1, "ts": 1764072000000, "values": {...}}`.
     Ndjson,
-    /// Header `entity_id,ts,attribute,value`; `ts` may be empty; a value that parses as JSON
-    /// (number, true/false, object…) is taken as such, anything else as a string.
+    /// RFC 4180 CSV with a header naming the columns `entity_id`, `ts` (optional),
+    /// `attribute` and `value` in any order (without a header: exactly those four, in that
+    /// order). `ts` is epoch milliseconds or RFC 3339, empty for the receipt time; a value is
+    /// read as its attribute's type says (a string attribute takes the cell as text, a json one
+    /// as a JSON document).
     Csv,
 }
 
@@ -27,41 +34,128 @@ pub enum Format {
 pub struct LoadArgs {
     /// The file (NDJSON or CSV).
     file: PathBuf,
-    /// The tenant whose entities the readings are for.
+    /// The tenant whose entities the readings are for (name or id).
     #[arg(long)]
-    tenant: i64,
+    tenant: String,
     /// Input format (default: from the file name; .csv is CSV, anything else NDJSON).
     #[arg(long, value_enum)]
     format: Option<Format>,
     /// Readings per submitted batch.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch: u32,
+    /// Store every valid line and write each refused one to FILE as a JSON line
+    /// `{"line", "error", "input"}` instead of stopping at the first.
+    #[arg(long, value_name = "FILE")]
+    skip_invalid: Option<PathBuf>,
 }
 
-fn parse_csv_line(line: &str, n: usize) -> Result<Reading> {
-    // Four fields; the value is the rest of the line (it may contain commas, e.g. JSON).
-    let mut parts = line.splitn(4, ',');
-    let (Some(entity), Some(ts), Some(attribute), Some(value)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        bail!("line {n}: expected entity_id,ts,attribute,value");
+/// One input record: its line, the reading or why it is not one, and its text.
+struct Record {
+    line: usize,
+    reading: Result<Reading, String>,
+    text: String,
+}
+
+/// Where the columns of a CSV file are.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    entity_id: usize,
+    ts: Option<usize>,
+    attribute: usize,
+    value: usize,
+}
+
+impl Columns {
+    const DEFAULT: Columns = Columns {
+        entity_id: 0,
+        ts: Some(1),
+        attribute: 2,
+        value: 3,
     };
-    let entity_id: i64 = entity
-        .trim()
-        .parse()
-        .with_context(|| format!("line {n}: entity_id `{entity}` is not an integer"))?;
-    let ts = match ts.trim() {
-        "" => None,
-        t => Some(
-            t.parse::<i64>()
-                .with_context(|| format!("line {n}: ts `{t}` is not epoch milliseconds"))?,
-        ),
+
+    /// The columns a header names; `None` when the row is not a header (data in the default
+    /// order).
+    fn from_header(row: &csv::StringRecord) -> Result<Option<Columns>> {
+        let names: Vec<String> = row.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
+        if row.len() == 4 && row.get(0).is_some_and(|c| c.trim().parse::<i64>().is_ok()) {
+            return Ok(None);
+        }
+        let find = |name: &str| names.iter().position(|n| n == name);
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !["entity_id", "ts", "attribute", "value"].contains(&n.as_str()))
+        {
+            bail!(
+                "line 1: unknown column `{unknown}`: the header names entity_id, ts (optional), \
+                 attribute and value, in any order"
+            );
+        }
+        let need = |name: &str| {
+            find(name).with_context(|| format!("line 1: the header has no `{name}` column"))
+        };
+        Ok(Some(Columns {
+            entity_id: need("entity_id")?,
+            ts: find("ts"),
+            attribute: need("attribute")?,
+            value: need("value")?,
+        }))
+    }
+}
+
+/// The time of a CSV cell: empty (the receipt time), epoch milliseconds or RFC 3339.
+fn csv_ts(cell: &str) -> Result<Option<i64>, String> {
+    let cell = cell.trim();
+    if cell.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(ms) = cell.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(cell)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| format!("ts `{cell}` is neither epoch milliseconds nor RFC 3339"))
+}
+
+/// A CSV cell as the value its attribute takes: text for a string attribute, a JSON document
+/// for a json one, otherwise JSON when it reads as JSON (numbers, true/false), else text (dates,
+/// timestamps) — the typing then checks it as the API does.
+fn csv_value(cell: &str, data_type: Option<DataType>) -> Result<Value, String> {
+    match data_type {
+        Some(DataType::String) => Ok(Value::String(cell.to_owned())),
+        Some(DataType::Json) => serde_json::from_str(cell)
+            .map_err(|e| format!("value is not a JSON document ({e}) for a json attribute")),
+        _ => Ok(serde_json::from_str::<Value>(cell.trim())
+            .ok()
+            .filter(|v| !v.is_string())
+            .unwrap_or_else(|| Value::String(cell.to_owned()))),
+    }
+}
+
+fn csv_reading(
+    row: &csv::StringRecord,
+    cols: Columns,
+    catalog: &Catalog,
+) -> Result<Reading, String> {
+    let cell = |i: usize, name: &str| {
+        row.get(i)
+            .ok_or_else(|| format!("no `{name}` cell (the row has {} cells)", row.len()))
     };
-    let raw = value.trim();
-    let value =
-        serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()));
+    let entity = cell(cols.entity_id, "entity_id")?.trim();
+    let entity_id = entity
+        .parse::<i64>()
+        .map_err(|_| format!("entity_id `{entity}` is not an integer"))?;
+    let ts = match cols.ts {
+        Some(i) => csv_ts(cell(i, "ts")?)?,
+        None => None,
+    };
+    let attribute = cell(cols.attribute, "attribute")?.trim().to_owned();
+    let value = csv_value(
+        cell(cols.value, "value")?,
+        catalog.resolve(&attribute).map(|r| r.data_type),
+    )
+    .map_err(|e| format!("{attribute}: {e}"))?;
     let mut values = serde_json::Map::new();
-    values.insert(attribute.trim().to_owned(), value);
+    values.insert(attribute, value);
     Ok(Reading {
         entity_id,
         ts,
@@ -69,17 +163,146 @@ fn parse_csv_line(line: &str, n: usize) -> Result<Reading> {
     })
 }
 
+/// The records of the input file, one at a time.
+enum Input {
+    Ndjson {
+        reader: BufReader<std::fs::File>,
+        line: usize,
+        read: u64,
+    },
+    Csv {
+        reader: csv::Reader<std::fs::File>,
+        columns: Option<Columns>,
+    },
+}
+
+impl Input {
+    fn open(path: &std::path::Path, format: Format) -> Result<Self> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(match format {
+            Format::Ndjson => Input::Ndjson {
+                reader: BufReader::new(file),
+                line: 0,
+                read: 0,
+            },
+            Format::Csv => Input::Csv {
+                reader: csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(file),
+                columns: None,
+            },
+        })
+    }
+
+    /// Bytes read so far (for the progress bar).
+    fn position(&self) -> u64 {
+        match self {
+            Input::Ndjson { read, .. } => *read,
+            Input::Csv { reader, .. } => reader.position().byte(),
+        }
+    }
+
+    /// The next record; `None` at the end. Only I/O and header errors are `Err`: a record
+    /// that is not a reading carries its reason.
+    fn next(&mut self, catalog: &Catalog) -> Result<Option<Record>> {
+        match self {
+            Input::Ndjson { reader, line, read } => loop {
+                let mut text = String::new();
+                let n = reader.read_line(&mut text)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                *read += n as u64;
+                *line += 1;
+                let text = text.trim_end().to_owned();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let reading = serde_json::from_str::<Reading>(&text)
+                    .map_err(|e| format!("not a telemetry reading: {e}"));
+                return Ok(Some(Record {
+                    line: *line,
+                    reading,
+                    text,
+                }));
+            },
+            Input::Csv { reader, columns } => loop {
+                let mut row = csv::StringRecord::new();
+                if !reader.read_record(&mut row)? {
+                    return Ok(None);
+                }
+                let line = row
+                    .position()
+                    .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
+                if row.iter().all(|c| c.trim().is_empty()) {
+                    continue;
+                }
+                let cols = match columns {
+                    Some(c) => *c,
+                    None => match Columns::from_header(&row)? {
+                        Some(c) => {
+                            *columns = Some(c);
+                            continue;
+                        }
+                        None => *columns.insert(Columns::DEFAULT),
+                    },
+                };
+                let mut text = Vec::new();
+                {
+                    let mut w = csv::Writer::from_writer(&mut text);
+                    w.write_record(&row)?;
+                }
+                return Ok(Some(Record {
+                    line,
+                    reading: csv_reading(&row, cols, catalog),
+                    text: String::from_utf8_lossy(&text).trim_end().to_owned(),
+                }));
+            },
+        }
+    }
+}
+
+/// What a load did, for the summary.
+#[derive(Debug, Default)]
+struct Outcome {
+    stored: usize,
+    already: usize,
+    refused: usize,
+    /// The last line of the batches written in full, in order (everything up to it was
+    /// submitted and acknowledged).
+    written_through: usize,
+}
+
+/// Refused lines: written to the rejects file with `--skip-invalid`, else the load stops.
+struct Rejects {
+    file: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Rejects {
+    fn reject(&mut self, line: usize, error: &str, input: &str) -> Result<()> {
+        let Some((path, w)) = &mut self.file else {
+            bail!("line {line}: {error}");
+        };
+        serde_json::to_writer(
+            &mut *w,
+            &serde_json::json!({"line": line, "error": error, "input": input}),
+        )?;
+        w.write_all(b"\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
 /// Runs `atlas load`.
 pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
     let resolved = crate::stack::resolved(config)?;
     let store = crate::stack::store(config)?;
-    let tenant = TenantId(args.tenant);
-    let t = store
-        .get_tenant(args.tenant)
-        .await?
-        .with_context(|| format!("no tenant {}", args.tenant))?;
+    let t = crate::admin::resolve_tenant(&store, &args.tenant).await?;
+    let tenant = TenantId(t.tenant_id);
     if !t.is_active {
-        bail!("tenant {} is deactivated", args.tenant);
+        bail!("tenant {} is deactivated", t.tenant_name);
     }
     let format = args.format.unwrap_or_else(|| {
         if args
@@ -92,11 +315,22 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
             Format::Ndjson
         }
     });
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut input = Input::open(&args.file, format)?;
+    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     let catalog = Catalog::new(store.list_attributes().await?);
     let coverage = store.ts_partition_coverage().await?;
+    let mut rejects = Rejects {
+        file: match &args.skip_invalid {
+            Some(path) => Some((
+                path.clone(),
+                std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ),
+            )),
+            None => None,
+        },
+    };
     let cache = crate::stack::cache(config)?;
     let (ingestor, pipeline) = Ingestor::start(
         store.clone(),
@@ -110,115 +344,287 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let mut stored = 0usize;
-    let mut batch: Vec<(usize, Reading)> = Vec::new();
+    let mut out = Outcome::default();
     // Lines without ts take the receipt time, each its own microsecond.
     let receipt = atlas_ingest::ReceiptClock::default();
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
-    let mut n = 0usize;
-    let mut in_flight = Vec::new();
+    let mut batch: Vec<Record> = Vec::new();
+    let mut in_flight: Vec<tokio::task::JoinHandle<Submitted>> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
     loop {
-        line.clear();
-        let read = reader.read_line(&mut line)?;
-        bar.inc(read as u64);
-        let done = read == 0;
-        if !done {
-            n += 1;
-            let text = line.trim_end();
-            let skip = text.is_empty()
-                || (matches!(format, Format::Csv) && n == 1 && text.starts_with("entity_id"));
-            if !skip {
-                let reading = match format {
-                    Format::Ndjson => serde_json::from_str::<Reading>(text)
-                        .with_context(|| format!("line {n}: not a telemetry reading"))?,
-                    Format::Csv => parse_csv_line(text, n)?,
-                };
-                batch.push((n, reading));
+        let record = match input.next(&catalog) {
+            Ok(r) => r,
+            Err(e) => {
+                failure = Some(e);
+                None
             }
+        };
+        bar.set_position(input.position());
+        let done = record.is_none();
+        if let Some(r) = record {
+            batch.push(r);
         }
         if batch.len() >= args.batch as usize || (done && !batch.is_empty()) {
-            let lines: Vec<usize> = batch.iter().map(|(l, _)| *l).collect();
-            let readings: Vec<Reading> = std::mem::take(&mut batch)
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect();
+            let records = std::mem::take(&mut batch);
+            let first_line = records.first().map_or(0, |r| r.line);
             let time = TimeRules {
-                now: receipt.reserve_for(&readings),
+                now: receipt.reserve_for(
+                    &records
+                        .iter()
+                        .filter_map(|r| r.reading.as_ref().ok().cloned())
+                        .collect::<Vec<_>>(),
+                ),
                 max_future: chrono::Duration::seconds(resolved.limits.max_future_skew_s),
                 coverage: coverage.clone(),
             };
-            // The same validation as the API; errors name the file's line.
-            let rows = type_readings(tenant, &readings, &catalog, &time, &|i| {
-                format!("line {}", lines[i])
-            })
-            .map_err(|e| {
-                let hint = backfill_hint(&readings, &time, e.reason).unwrap_or_default();
-                anyhow::anyhow!("{}: {}{hint}", e.field, e.message)
-            })?;
-            let unknown = atlas_ingest::typing::first_unknown_entity(&store, tenant, &readings)
-                .await
-                .map_err(|e: StoreError| anyhow::anyhow!(e))?;
-            if let Some(i) = unknown {
-                bail!(
-                    "line {}: entity {} is not a live entity of tenant {}",
-                    lines[i],
-                    readings[i].entity_id,
-                    args.tenant
-                );
+            match validate(&store, tenant, &t.tenant_name, records, &catalog, &time).await {
+                Ok((rows, lines, refused)) => {
+                    for (line, error, text) in refused {
+                        if let Err(e) = rejects.reject(line, &error, &text) {
+                            failure = Some(e);
+                            break;
+                        }
+                        out.refused += 1;
+                    }
+                    if failure.is_some() {
+                        // Without --skip-invalid nothing of a batch with a bad line is written.
+                        out.written_through = first_line.saturating_sub(1);
+                    } else if !rows.is_empty() {
+                        let ing = ingestor.clone();
+                        let last = lines.last().copied().unwrap_or(first_line);
+                        in_flight.push(tokio::spawn(async move {
+                            let count = rows.len();
+                            Submitted {
+                                last_line: last,
+                                count,
+                                result: ing.submit(rows, Durability::Durable).await,
+                            }
+                        }));
+                    }
+                }
+                Err(e) => failure = Some(e),
             }
-            let count = rows.len();
-            let ing = ingestor.clone();
             // A few batches in flight keep the writers busy; each is acknowledged durably.
-            in_flight.push(tokio::spawn(async move {
-                ing.submit(rows, Durability::Durable).await.map(|_| count)
-            }));
-            if in_flight.len() >= 4 {
-                stored += in_flight.remove(0).await??;
+            while in_flight.len() >= 4 || (failure.is_some() && !in_flight.is_empty()) {
+                let s = in_flight.remove(0).await?;
+                if let Err(e) = s.record(&mut out) {
+                    failure.get_or_insert(e);
+                }
             }
             #[allow(clippy::cast_precision_loss)]
             bar.set_message(format!(
                 "{:.0} values/s",
-                stored as f64 / started.elapsed().as_secs_f64().max(1e-3)
+                out.stored as f64 / started.elapsed().as_secs_f64().max(1e-3)
             ));
         }
-        if done {
+        if done || failure.is_some() {
             break;
         }
     }
     for t in in_flight {
-        stored += t.await??;
+        let s = t.await?;
+        if let Err(e) = s.record(&mut out) {
+            failure.get_or_insert(e);
+        }
     }
     drop(ingestor);
     pipeline.shutdown().await;
     bar.finish_and_clear();
+    if let Some((path, w)) = &mut rejects.file {
+        w.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     crate::admin::settle(&cache).await;
     let secs = started.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
-    let rate = stored as f64 / secs.max(1e-3);
-    println!(
-        "loaded {stored} values from {} lines in {secs:.1} s ({rate:.0} values/s, durable)",
-        n
+    let rate = out.stored as f64 / secs.max(1e-3);
+    let mut summary = format!(
+        "{} values stored, {} already stored, {} lines refused in {secs:.1} s ({rate:.0} new values/s, durable)",
+        out.stored, out.already, out.refused
     );
-    Ok(())
+    if let Some((path, _)) = &rejects.file
+        && out.refused > 0
+    {
+        summary.push_str(&format!("; refused lines are in {}", path.display()));
+    }
+    match failure {
+        None => {
+            println!("{summary}");
+            Ok(())
+        }
+        Some(e) => {
+            eprintln!("{summary}");
+            let through = match out.written_through {
+                0 => "nothing of the file was written".to_owned(),
+                n => format!("lines 1–{n} were written; nothing after line {n}"),
+            };
+            Err(e.context(format!(
+                "the load stopped: {through} (fix the line and load the file again: stored \
+                 values are recognised, or use --skip-invalid FILE to store the valid lines)"
+            )))
+        }
+    }
 }
 
-/// For a reading refused because it is older than every partition, how an operator makes
-/// room for it (a new installation has partitions from its first month on): the history a
-/// loader imports is exactly such data.
-fn backfill_hint(readings: &[Reading], time: &TimeRules, reason: &str) -> Option<String> {
-    if reason != "time_out_of_range" {
-        return None;
+/// A batch handed to the pipeline, and its answer.
+struct Submitted {
+    last_line: usize,
+    count: usize,
+    result: Result<atlas_ingest::Ack, IngestError>,
+}
+
+impl Submitted {
+    /// Adds the answer to the outcome; a batch not acknowledged in full is an error.
+    fn record(self, out: &mut Outcome) -> Result<()> {
+        match self.result {
+            Ok(ack) => {
+                let stored = ack.stored.unwrap_or(ack.accepted);
+                out.stored += stored;
+                out.already += ack.accepted.saturating_sub(stored);
+                out.written_through = out.written_through.max(self.last_line);
+                Ok(())
+            }
+            Err(IngestError::Refused {
+                refused,
+                reason,
+                stored,
+                ..
+            }) => {
+                let stored = stored.unwrap_or(0);
+                out.stored += stored;
+                out.already += self.count.saturating_sub(refused + stored);
+                out.refused += refused;
+                out.written_through = out.written_through.max(self.last_line);
+                bail!(
+                    "{refused} value(s) up to line {} were refused by the database and \
+                     dead-lettered: {reason}",
+                    self.last_line
+                )
+            }
+            Err(e) => Err(anyhow::anyhow!(e)),
+        }
     }
-    // type_readings stops at the first refusal, so the refused reading is the first whose
-    // time fails.
-    let ts = readings.iter().find(|r| time.check(r.ts).is_err())?.ts?;
-    let at = chrono::DateTime::from_timestamp_millis(ts)?;
-    let oldest = time.coverage.iter().map(|(lo, _)| *lo).min()?;
-    (at < oldest).then(|| {
-        format!(
-            " (to store older readings, first run: atlas maintain backfill --since {})",
-            at.date_naive()
-        )
-    })
+}
+
+/// Refused lines of a batch: (line, error, input).
+type Refusals = Vec<(usize, String, String)>;
+
+/// Types a batch as the API does. Returns the rows to store, the lines they came from, and
+/// the refused lines; every refusal is one line's, so with `--skip-invalid` the rest are
+/// stored. An error only when the database cannot answer.
+async fn validate(
+    store: &atlas_store::Store,
+    tenant: TenantId,
+    tenant_name: &str,
+    records: Vec<Record>,
+    catalog: &Catalog,
+    time: &TimeRules,
+) -> Result<(Vec<atlas_ingest::Row>, Vec<usize>, Refusals)> {
+    let mut refused = Vec::new();
+    let mut good: Vec<(usize, Reading, String)> = Vec::new();
+    for r in records {
+        match r.reading {
+            Ok(reading) => good.push((r.line, reading, r.text)),
+            Err(e) => refused.push((r.line, e, r.text)),
+        }
+    }
+    // Entities of another tenant, deleted or unknown: one lookup for the batch.
+    let ids: Vec<i64> = good.iter().map(|(_, r, _)| r.entity_id).collect();
+    let live: HashSet<i64> = store
+        .live_entity_ids(tenant, &ids)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?
+        .into_iter()
+        .collect();
+    let (known, unknown): (Vec<_>, Vec<_>) = good
+        .into_iter()
+        .partition(|(_, r, _)| live.contains(&r.entity_id));
+    for (line, r, text) in unknown {
+        refused.push((
+            line,
+            format!(
+                "entity {} is not a live entity of tenant {tenant_name}",
+                r.entity_id
+            ),
+            text,
+        ));
+    }
+    let mut good = known;
+    // The typing stops at its first refusal: take that line out and type the rest again.
+    loop {
+        let readings: Vec<Reading> = good.iter().map(|(_, r, _)| r.clone()).collect();
+        let lines: Vec<usize> = good.iter().map(|(l, _, _)| *l).collect();
+        match type_readings(tenant, &readings, catalog, time, &|i| {
+            format!("line {}", lines[i])
+        }) {
+            Ok(rows) => {
+                refused.sort_by_key(|(line, _, _)| *line);
+                return Ok((rows, lines, refused));
+            }
+            Err(e) => {
+                let message = format!("{}: {}", e.field, e.message);
+                let line = e
+                    .field
+                    .strip_prefix("line ")
+                    .and_then(|rest| {
+                        rest.split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .and_then(|line| good.iter().position(|(l, _, _)| *l == line));
+                let Some(at) = line else {
+                    bail!("{message}");
+                };
+                let (line, _, text) = good.remove(at);
+                refused.push((line, message, text));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_times_are_epoch_ms_or_rfc3339() {
+        assert_eq!(csv_ts(""), Ok(None));
+        assert_eq!(csv_ts(" 1764072000000 "), Ok(Some(1_764_072_000_000)));
+        assert_eq!(csv_ts("2025-11-25T12:00:00Z"), Ok(Some(1_764_072_000_000)));
+        assert_eq!(
+            csv_ts("2025-11-25T13:00:00.5+01:00"),
+            Ok(Some(1_764_072_000_500))
+        );
+        assert!(csv_ts("yesterday").is_err());
+    }
+
+    #[test]
+    fn csv_values_follow_their_attributes_type() {
+        assert_eq!(
+            csv_value("1.10", Some(DataType::String)),
+            Ok(Value::String("1.10".into()))
+        );
+        assert_eq!(
+            csv_value(r#"{"a":1,"b":2}"#, Some(DataType::Json)),
+            Ok(serde_json::json!({"a": 1, "b": 2}))
+        );
+        assert!(csv_value("{not json", Some(DataType::Json)).is_err());
+        assert_eq!(
+            csv_value("7", Some(DataType::Integer)),
+            Ok(serde_json::json!(7))
+        );
+        assert_eq!(
+            csv_value("true", Some(DataType::Boolean)),
+            Ok(serde_json::json!(true))
+        );
+        assert_eq!(
+            csv_value("2026-01-01", Some(DataType::Date)),
+            Ok(Value::String("2026-01-01".into()))
+        );
+        // A quoted JSON string stays the text it is, quotes included, for a string attribute.
+        assert_eq!(
+            csv_value(r#""x""#, Some(DataType::String)),
+            Ok(Value::String(r#""x""#.into()))
+        );
+    }
 }

@@ -101,14 +101,30 @@ enum MaintainCmd {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    // Colour only for a person at a terminal: logs redirected to files stay plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ATLAS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the causes, whatever RUST_BACKTRACE says: these are answers to
+            // the user, not crashes (a panic still prints its backtrace).
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli.config)?;
     match cli.command {
@@ -169,7 +185,17 @@ async fn main() -> Result<()> {
         }
         Command::Flush { batch } => {
             let store = stack::store(&config)?;
-            let total = demo::flush_all(&store, batch, None).await?;
+            // The backlog (bounded count) sizes the bar; rows staged meanwhile extend it.
+            let waiting = store.staging_backlog(i32::MAX).await?.rows;
+            let bar = indicatif::ProgressBar::new(u64::try_from(waiting).unwrap_or(0));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "flushing {bar:40} {pos}/{len} staged rows stored ({per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let total = demo::flush_all(&store, batch, Some(&bar)).await?;
+            bar.finish_and_clear();
             println!("flushed {total} values");
             Ok(())
         }

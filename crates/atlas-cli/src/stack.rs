@@ -105,6 +105,16 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
                 spec.redis_port,
                 word(s.redis)
             );
+            println!(
+                "redis replica 127.0.0.1:{:<6} {}",
+                stack.redis_replica_port(),
+                word(s.redis_replica)
+            );
+            println!(
+                "sentinel 127.0.0.1:{:<6} {}",
+                stack.sentinel_port(),
+                word(s.sentinel)
+            );
             if !s.all_up() {
                 bail!("some services are down: run `atlas stack up`");
             }

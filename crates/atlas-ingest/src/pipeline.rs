@@ -100,6 +100,8 @@ pub enum IngestError {
         reason: String,
         /// Index of the first refused row in the request.
         row: usize,
+        /// Of the others, how many were new (see [`Ack::stored`]).
+        stored: Option<usize>,
     },
 }
 
@@ -108,6 +110,11 @@ pub enum IngestError {
 pub struct Ack {
     /// Values accepted: stored now, or already stored (a replay is a no-op).
     pub accepted: usize,
+    /// Of those, how many the database newly stored (the rest were already stored); `None`
+    /// for staged values, stored later. The database counts per entity, so when two requests
+    /// of one batch carry values of the same entity, the count is credited to them in
+    /// submission order: summed over requests it is exact.
+    pub stored: Option<usize>,
     /// The primary's WAL position read after the batch committed (at or past its commit), as
     /// a byte offset; `None` if it could not be read. Read once per batch, not per request.
     pub wal_lsn: Option<u64>,
@@ -324,8 +331,9 @@ struct Written {
     changed: Vec<(TenantId, i64)>,
     /// Dead-lettered rows and why.
     dead: HashMap<DeadKey, String>,
-    /// Values newly stored in `entity_values_ts` (None: staged, not stored yet).
-    stored: Option<usize>,
+    /// Values newly stored in `entity_values_ts`, per (tenant, entity) (None: staged, not
+    /// stored yet).
+    stored: Option<HashMap<(i64, i64), usize>>,
     /// The WAL position after the commit.
     wal_lsn: Option<u64>,
 }
@@ -357,7 +365,8 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
             stored,
             wal_lsn,
         }) => {
-            count_outcomes(total, stored, dead.len());
+            count_outcomes(total, stored.as_ref().map(|m| m.values().sum()), dead.len());
+            let mut stored = stored;
             let mut tenants: Vec<i64> = jobs
                 .iter()
                 .flat_map(|j| j.rows.iter().map(|r| r.tenant.0))
@@ -369,23 +378,33 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
             for job in jobs {
                 let mut refused = None;
                 let mut n_refused = 0;
+                let mut job_stored = stored.as_ref().map(|_| 0);
                 for (i, r) in job.rows.iter().enumerate() {
                     if let Some(reason) =
                         dead.get(&(r.tenant.0, r.entity_id, r.attribute_id, r.ingested_at))
                     {
                         n_refused += 1;
                         refused.get_or_insert((i, reason.clone()));
+                    } else if let Some(left) = stored
+                        .as_mut()
+                        .and_then(|m| m.get_mut(&(r.tenant.0, r.entity_id)))
+                        && *left > 0
+                    {
+                        *left -= 1;
+                        job_stored = job_stored.map(|n| n + 1);
                     }
                 }
                 let result = match refused {
                     None => Ok(Ack {
                         accepted: job.rows.len(),
+                        stored: job_stored,
                         wal_lsn,
                     }),
                     Some((row, reason)) => Err(IngestError::Refused {
                         refused: n_refused,
                         reason,
                         row,
+                        stored: job_stored,
                     }),
                 };
                 let _ = job.respond.send(result);
@@ -482,7 +501,7 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
         .prepare_cached("SELECT * FROM public.ingest_rows($1)")
         .await?;
     let rows = client.query(&stmt, &[&batch]).await?;
-    let mut stored = 0;
+    let mut stored = HashMap::new();
     for r in rows {
         let tenant: i64 = r.try_get(0)?;
         let entity: i64 = r.try_get(1)?;
@@ -491,7 +510,8 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
                 dead.insert((tenant, entity, r.try_get(4)?, r.try_get(5)?), reason);
             }
             None => {
-                stored += usize::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0);
+                *stored.entry((tenant, entity)).or_insert(0) +=
+                    usize::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0);
                 if r.try_get::<_, bool>(3)? {
                     changed.push((TenantId(tenant), entity));
                 }
@@ -614,15 +634,42 @@ async fn run_drainer(
 ) {
     let mut ticker = tokio::time::interval(config.drain_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut measured: Option<Instant> = None;
     loop {
         let stopping = tokio::select! {
             _ = ticker.tick() => false,
             _ = &mut stop => true,
         };
-        drain_once(&store, &cache, config.drain_batch).await;
+        let drained = drain_once(&store, &cache, config.drain_batch).await;
+        metrics::counter!("atlas_staging_drained_values_total")
+            .increment(u64::try_from(drained).unwrap_or(u64::MAX));
+        if measured.is_none_or(|t| t.elapsed() >= STAGING_MEASURE_EVERY) {
+            measured = Some(Instant::now());
+            measure_staging(&store).await;
+        }
         if stopping {
             return;
         }
+    }
+}
+
+/// How often the drainer reads the staging backlog for its gauges.
+const STAGING_MEASURE_EVERY: Duration = Duration::from_secs(1);
+/// The backlog gauge counts at most this many rows (a bounded count stays cheap).
+const STAGING_MEASURE_CAP: i32 = 1_000_000;
+
+/// Sets `atlas_staging_backlog_rows` and `atlas_staging_oldest_age_seconds` (0 when empty).
+async fn measure_staging(store: &Store) {
+    match store.staging_backlog(STAGING_MEASURE_CAP).await {
+        Ok(b) => {
+            #[allow(clippy::cast_precision_loss, reason = "a gauge")]
+            metrics::gauge!("atlas_staging_backlog_rows").set(b.rows as f64);
+            let age = b
+                .oldest_staged_at
+                .map_or(0.0, |t| (Utc::now() - t).as_seconds_f64().max(0.0));
+            metrics::gauge!("atlas_staging_oldest_age_seconds").set(age);
+        }
+        Err(e) => tracing::debug!(error = %e, "reading the staging backlog failed"),
     }
 }
 

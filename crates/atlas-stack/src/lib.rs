@@ -145,12 +145,16 @@ pub struct StackStatus {
     pub replica: bool,
     /// Redis answers PING.
     pub redis: bool,
+    /// The Redis replica answers PING.
+    pub redis_replica: bool,
+    /// The Sentinel answers PING.
+    pub sentinel: bool,
 }
 
 impl StackStatus {
     /// True when every service answers.
     pub fn all_up(&self) -> bool {
-        self.primary && self.replica && self.redis
+        self.primary && self.replica && self.redis && self.redis_replica && self.sentinel
     }
 }
 
@@ -280,6 +284,8 @@ impl Stack {
             primary: self.pg_ready(self.spec.pg_port),
             replica: self.pg_ready(self.spec.replica_port),
             redis: self.redis_ping(),
+            redis_replica: self.ping_port(self.redis_replica_port(), true),
+            sentinel: self.ping_port(self.sentinel_port(), false),
         }
     }
 

@@ -349,6 +349,18 @@ impl Store {
         Ok(row.as_ref().map(tenant_from))
     }
 
+    /// One tenant by its name.
+    pub async fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        let client = self.primary.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT tenant_id, tenant_name, created_at, is_active FROM public.tenants WHERE tenant_name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(row.as_ref().map(tenant_from))
+    }
+
     /// Activates or deactivates a tenant; `None` when it does not exist.
     pub async fn set_tenant_active(
         &self,

@@ -241,6 +241,7 @@ pub async fn ingest(
             refused,
             reason,
             row,
+            ..
         } => ApiError::Conflict {
             message: format!("{refused} value(s) were not stored: {reason}"),
             field: value_field(&readings, &prefix, row),
