@@ -6,5 +6,7 @@ mod support;
 mod cdc;
 mod faults;
 mod load;
+mod metrics;
+mod readme;
 mod replication;
 mod status;

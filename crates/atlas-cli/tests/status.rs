@@ -127,3 +127,42 @@ async fn status_fails_and_says_so_when_the_primary_is_unreachable() {
     assert!(s["staging"].is_null(), "{s}");
     assert_eq!(s["redis"]["state"], "up", "{s}");
 }
+
+#[tokio::test]
+async fn a_replica_that_replayed_an_old_last_heartbeat_is_reported_as_no_writer_not_as_lag() {
+    let db = TestDb::new().await;
+    // The last heartbeat was written a minute ago (as when no server has run since), and the
+    // replica has replayed it.
+    db.admin()
+        .await
+        .batch_execute(
+            "INSERT INTO public.replication_heartbeat (\"timestamp\", source) VALUES (now() - interval '60 seconds', 'test')",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let replica = db.replica().await;
+    for _ in 0..100 {
+        let n: i64 = replica
+            .query_one("SELECT count(*) FROM public.replication_heartbeat", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = status(&db, &db.urls.database_url, &["--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let r = &s["replicas"][0];
+    assert_eq!(r["lag_s"], Value::Null, "{r}");
+    assert!(
+        r["lag_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no heartbeat writer is running")),
+        "{r}"
+    );
+    let out = status(&db, &db.urls.database_url, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no heartbeat writer is running"), "{text}");
+}

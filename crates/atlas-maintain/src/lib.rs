@@ -169,7 +169,11 @@ impl Maintainer {
     ) {
         metrics::histogram!("atlas_maintenance_seconds", "task" => task).record(ms(took));
         let (ok, rows, detail) = match result {
-            Ok(n) => (true, Some(*n), None),
+            Ok(n) => {
+                // The task's error series exists at 0 from its first run on.
+                metrics::counter!("atlas_maintenance_errors_total", "task" => task).increment(0);
+                (true, Some(*n), None)
+            }
             Err(e) => {
                 metrics::counter!("atlas_maintenance_errors_total", "task" => task).increment(1);
                 tracing::warn!(task, error = %e, "maintenance task failed; retrying next round");

@@ -96,6 +96,17 @@ struct SlotState {
     xmin_age: Option<i32>,
     /// WAL it retains (None: it reserves none, e.g. created without reserving or lost).
     retained_bytes: Option<f64>,
+    /// How far its consumer has confirmed (a logical slot's `confirmed_flush_lsn`, else its
+    /// `restart_lsn`), as a byte offset: a consumer that peeks and then advances the slot is
+    /// never `active` between calls, but moves this.
+    position: Option<f64>,
+}
+
+/// What the monitor remembers of a slot between checks.
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotSeen {
+    idle_since: Option<DateTime<Utc>>,
+    position: Option<f64>,
 }
 
 /// Checks the alerts; remembers Redis counters between checks for the interval hit rate.
@@ -106,8 +117,9 @@ pub struct Monitor {
     thresholds: Thresholds,
     premake: chrono::Duration,
     last_keyspace: Mutex<Option<KeyspaceStats>>,
-    /// Every slot of the previous check, and since when it has been seen inactive.
-    slots_seen: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
+    /// Every slot of the previous check: since when it has been seen without a consumer, and
+    /// its position then.
+    slots_seen: Mutex<HashMap<String, SlotSeen>>,
 }
 
 impl Monitor {
@@ -129,7 +141,9 @@ impl Monitor {
     }
 
     /// One `slot_inactive:NAME` alert per slot. PostgreSQL 15 does not say since when a slot
-    /// is inactive, so the monitor remembers when it first saw it so; a slot dropped since the
+    /// is inactive, so the monitor remembers when it first saw it so. A slot is consumed while
+    /// a consumer holds it (`active`) or when its position moved since the previous check (a
+    /// consumer that peeks and advances, as `atlas cdc` does); a slot dropped since the
     /// previous check gets one last quiet alert, so its gauge does not stay at 1.
     fn slot_alerts(&self, slots: &[SlotState], now: DateTime<Utc>) -> Vec<Alert> {
         let threshold = self.thresholds.slot_inactive_s;
@@ -139,13 +153,20 @@ impl Monitor {
         let mut previous = std::mem::take(&mut *seen);
         let mut alerts = Vec::new();
         for s in slots {
-            let before = previous.remove(&s.name).flatten();
-            let since = if s.active {
+            let before = previous.remove(&s.name);
+            let moved = before.is_some_and(|b| b.position.is_some() && b.position != s.position);
+            let since = if s.active || moved {
                 None
             } else {
-                Some(before.unwrap_or(now))
+                Some(before.and_then(|b| b.idle_since).unwrap_or(now))
             };
-            seen.insert(s.name.clone(), since);
+            seen.insert(
+                s.name.clone(),
+                SlotSeen {
+                    idle_since: since,
+                    position: s.position,
+                },
+            );
             let inactive_s = since.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
             let lost = s.wal_status == "lost";
             let holds = s
@@ -243,7 +264,7 @@ impl Monitor {
             .max();
         let days = horizon.map(|h| (h - now).num_seconds() as f64 / 86_400.0);
         let want = self.premake.num_seconds() as f64 / 86_400.0;
-        metrics::gauge!("atlas_partition_horizon_days").set(days.unwrap_or(0.0));
+        metrics::gauge!("atlas_partition_horizon_seconds").set(days.unwrap_or(0.0) * 86_400.0);
         alerts.push(alert(
             "partition_horizon",
             days,
@@ -279,7 +300,8 @@ impl Monitor {
         let slots: Vec<SlotState> = client
             .query(
                 "SELECT slot_name::text, active, coalesce(wal_status, ''), age(xmin), age(catalog_xmin), \
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8, \
+                        pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::float8 \
                  FROM pg_catalog.pg_replication_slots ORDER BY 1",
                 &[],
             )
@@ -291,6 +313,7 @@ impl Monitor {
                 wal_status: r.get(2),
                 xmin_age: r.get::<_, Option<i32>>(3).max(r.get::<_, Option<i32>>(4)),
                 retained_bytes: r.get(5),
+                position: r.get(6),
             })
             .collect();
         let retaining = slots

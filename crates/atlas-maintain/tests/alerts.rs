@@ -261,6 +261,46 @@ async fn a_slot_without_its_consumer_fires_after_its_threshold_and_a_slot_in_use
     assert!(!busy.firing && busy.value == Some(0.0), "{busy:?}");
     assert!(!find(&check(&patient).await, &idle).firing);
 
+    // A consumer that peeks and then advances between checks (as `atlas cdc` does) is never
+    // `active` when the monitor looks, but it is a consumer: its slot does not fire.
+    let peeked: String = admin
+        .query_one(
+            "SELECT slot_name::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&format!("atlas_peek_{}", db.name)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    let consumed = format!("slot_inactive:{peeked}");
+    for round in 0..4 {
+        admin
+            .batch_execute("SELECT pg_logical_emit_message(false, 'atlas-test', 'tick')")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        admin
+            .query(
+                "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+                &[&peeked],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let alerts = check(&strict).await;
+        let a = find(&alerts, &consumed);
+        assert!(!a.firing, "round {round}: a consumed slot fired: {a:?}");
+        if round > 0 {
+            assert_eq!(a.value, Some(0.0), "round {round}: {a:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    }
+    // Its consumer stops: past the threshold it fires like any idle slot.
+    check(&strict).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    assert!(find(&check(&strict).await, &consumed).firing);
+    admin
+        .query_one("SELECT pg_drop_replication_slot($1)", &[&peeked])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
     // Dropped: one last quiet alert (so its gauge falls to 0), then none.
     admin
         .query_one("SELECT pg_drop_replication_slot($1)", &[&slot])

@@ -102,17 +102,26 @@ async fn probe<T>(
     }
 }
 
+/// A newest heartbeat older than this means nothing writes them (the writer beats every
+/// second by default).
+const STALE_HEARTBEAT: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
 /// Measures every replica's heartbeat lag and replayed position, from the primary's clock.
 pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
     let primary_now = probe(async {
         let c = store.primary().get().await?;
         let row = c
             .query_one(
-                "SELECT now(), EXISTS (SELECT 1 FROM public.replication_heartbeat)",
+                "SELECT now(), EXISTS (SELECT 1 FROM public.replication_heartbeat), \
+                        (SELECT \"timestamp\" FROM public.replication_heartbeat ORDER BY id DESC LIMIT 1)",
                 &[],
             )
             .await?;
-        Ok((row.get::<_, DateTime<Utc>>(0), row.get::<_, bool>(1)))
+        Ok((
+            row.get::<_, DateTime<Utc>>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, Option<DateTime<Utc>>>(2),
+        ))
     })
     .await;
     let mut out = Vec::new();
@@ -140,12 +149,27 @@ pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
             awaiting_first_heartbeat: false,
         };
         let lag = match (&primary_now, seen) {
-            (Ok((now, _)), Ok((Some(hb), lsn))) => ReplicaLag {
+            // The replica has replayed the primary's newest heartbeat, and that is old: nothing
+            // writes heartbeats (no `atlas serve` leads maintenance), so their age says nothing
+            // about replication.
+            (Ok((now, _, Some(newest))), Ok((Some(hb), lsn)))
+                if hb == *newest && (*now - hb) > STALE_HEARTBEAT =>
+            {
+                unmeasured(
+                    lsn.and_then(|l| l.parse().ok()),
+                    format!(
+                        "no heartbeat writer is running (the newest heartbeat, {} s old, is \
+                         replayed here; atlas serve writes them)",
+                        (*now - hb).num_seconds()
+                    ),
+                )
+            }
+            (Ok((now, _, _)), Ok((Some(hb), lsn))) => ReplicaLag {
                 lag_s: Some(((*now - hb).num_milliseconds() as f64 / 1000.0).max(0.0)),
                 error: None,
                 ..unmeasured(lsn.and_then(|l| l.parse().ok()), String::new())
             },
-            (Ok((_, false)), Ok((None, lsn))) => ReplicaLag {
+            (Ok((_, false, _)), Ok((None, lsn))) => ReplicaLag {
                 awaiting_first_heartbeat: true,
                 ..unmeasured(
                     lsn.and_then(|l| l.parse().ok()),
