@@ -173,8 +173,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .map(QueryParams)
             .map_err(|e| {
                 let message = e.inner().to_string();
-                let field = error_field(e.path(), &message);
-                ApiError::bad_field(field, format!("invalid query parameter: {message}"))
+                // A repeated parameter is reported at the root; name it, not the body.
+                let field = match message
+                    .strip_prefix("duplicate field `")
+                    .and_then(|rest| rest.split('`').next())
+                {
+                    Some(name) => name.to_owned(),
+                    None => match error_field(e.path(), &message) {
+                        f if f == "body" => "query".to_owned(),
+                        f => f,
+                    },
+                };
+                let message = if message.starts_with("duplicate field") {
+                    format!("`{field}` is given more than once; give it once")
+                } else {
+                    format!("invalid query parameter: {message}")
+                };
+                ApiError::bad_field(field, message)
             })
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod http;
 pub mod known;
 pub mod metrics;
 pub mod openapi;
@@ -364,7 +365,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
 pub fn router(state: AppState) -> Router {
     use routes::{admin, health, tenant};
     let limit = state.inner.limits.max_body_bytes;
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
@@ -423,8 +424,23 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))
+        // The limit applies to the body as the handler reads it: decompressed.
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(BodyLimit(limit)))
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_millis(state.inner.limits.request_timeout_ms),
+            http::request_timeout,
+        ))
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(tower_http::compression::CompressionLayer::new());
+    let app = match http::cors(&state.inner.limits.cors_allowed_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            http::RequestIds,
+        ))
         .with_state(state)
 }
 

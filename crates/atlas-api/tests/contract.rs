@@ -581,3 +581,271 @@ async fn every_json_route_refuses_input_after_its_document_and_writes_nothing() 
     }
     server.stop().await;
 }
+
+/// Refusals say how to fix what they refuse.
+#[tokio::test]
+async fn errors_point_to_the_fix() {
+    let server = Server::start().await;
+    let (_, key) = server.tenant("acme").await;
+    server
+        .define(json!({"attribute_name": "gain", "data_type": "decimal"}))
+        .await;
+    let e = server.entities(&key, 1).await[0];
+    let now = chrono::Utc::now().timestamp_millis();
+    let post = |body: Value| {
+        server
+            .as_tenant(&key, Method::POST, "/v1/telemetry")
+            .json(&body)
+    };
+    let in_ms = (now / 1000 * 1000).to_string();
+    let cases = [
+        (
+            json!({"entity_id": e, "ts": now / 1000, "values": {"gain": 1}}),
+            "ts",
+            vec![
+                "looks like epoch seconds",
+                "epoch milliseconds",
+                in_ms.as_str(),
+            ],
+        ),
+        (
+            json!({"entity_id": e, "ts": now - 3 * 365 * 86_400_000_i64, "values": {"gain": 1}}),
+            "ts",
+            vec![
+                "before the stored time range",
+                "atlas maintain backfill --since ",
+            ],
+        ),
+        (
+            json!({"entity_id": e, "values": {"gian": 1}}),
+            "values.gian",
+            vec!["unknown attribute `gian`", "atlas attribute define gian"],
+        ),
+        (
+            json!({"entity_id": e, "values": {"gain": 1.1234567}}),
+            "values.gain",
+            vec!["allow_rounding"],
+        ),
+    ];
+    for (body, field, says) in cases {
+        let (s, b) = call(post(body.clone())).await;
+        assert_eq!(
+            assert_error(s, &b, 422).as_deref(),
+            Some(field),
+            "{body}: {b}"
+        );
+        let message = b["error"]["message"].as_str().unwrap_or("");
+        for part in says {
+            assert!(message.contains(part), "{body}: `{part}` not in {message}");
+        }
+    }
+    let agg = |query: &str| {
+        server.as_tenant(
+            &key,
+            Method::GET,
+            &format!(
+                "/v1/aggregates?attribute=gain&from={}&to={now}&fn=avg{query}",
+                now - 3_600_000
+            ),
+        )
+    };
+    let (s, b) = call(agg("&bucket=2m")).await;
+    assert_eq!(assert_error(s, &b, 400).as_deref(), Some("bucket"), "{b}");
+    let message = b["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("`2m` is not a bucket width") && !message.contains("required"),
+        "{message}"
+    );
+    let (s, b) = call(agg("&bucket=1h&bucket=1d")).await;
+    assert_eq!(assert_error(s, &b, 400).as_deref(), Some("bucket"), "{b}");
+    server.stop().await;
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap_or_else(|e| panic!("{e}"));
+    e.finish().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What HTTP clients expect: gzip request bodies (the body limit applies decompressed),
+/// compressed answers, `X-Request-Id` in and out, CORS only for configured origins, and a
+/// request timeout answered with the uniform 503.
+#[tokio::test]
+async fn gzip_request_ids_cors_and_timeouts_work_as_clients_expect() {
+    let limits = Limits {
+        max_body_bytes: 64 * 1024,
+        cors_allowed_origins: vec!["https://dash.example".into()],
+        request_timeout_ms: 500,
+        ..Limits::default()
+    };
+    let server = Server::start_with(limits).await;
+    let (_, key) = server.tenant("acme").await;
+    server
+        .define(json!({"attribute_name": "temp", "data_type": "integer"}))
+        .await;
+    let e = server.entities(&key, 1).await[0];
+    let t = chrono::Utc::now().timestamp_millis() - 60_000;
+
+    // A gzip body is read decompressed.
+    let body = serde_json::to_vec(&json!([
+        {"entity_id": e, "ts": t, "values": {"temp": 1}},
+        {"entity_id": e, "ts": t + 1, "values": {"temp": 2}},
+    ]))
+    .unwrap_or_default();
+    let (s, b) = call(
+        server
+            .as_tenant(&key, Method::POST, "/v1/telemetry")
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(gzip(&body)),
+    )
+    .await;
+    assert_eq!((s, &b["accepted"]), (200, &json!(2)), "{b}");
+    assert_eq!(
+        server
+            .scalar("SELECT count(*) FROM entity_values_ts", &[])
+            .await,
+        2
+    );
+    // A small gzip that inflates past the limit is refused, as a large body would be.
+    let bomb = gzip(&vec![b' '; 1024 * 1024]);
+    assert!(bomb.len() < 64 * 1024);
+    let (s, b) = call(
+        server
+            .as_tenant(&key, Method::POST, "/v1/telemetry")
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(bomb),
+    )
+    .await;
+    assert_eq!(assert_error(s, &b, 413).as_deref(), Some("body"), "{b}");
+    // An encoding the server does not speak is a 415.
+    let resp = server
+        .as_tenant(&key, Method::POST, "/v1/telemetry")
+        .header("content-type", "application/json")
+        .header("content-encoding", "compress")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 415);
+
+    // Answers are compressed for a client that asks.
+    let resp = server
+        .req(Method::GET, "/openapi.json")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resp.headers().get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+
+    // Every answer carries a request id: the client's, or a new one.
+    let resp = server
+        .req(Method::GET, "/healthz")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    let resp = server
+        .as_tenant(&key, Method::GET, "/v1/entities/abc")
+        .header("x-request-id", "gateway-42")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(
+        resp.headers().get("x-request-id").map(|v| v.as_bytes()),
+        Some(&b"gateway-42"[..])
+    );
+
+    // CORS: the configured origin may call and read the routing headers; another may not.
+    let preflight = |origin: &str| {
+        server
+            .req(Method::OPTIONS, "/v1/telemetry")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://dash.example")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"https://dash.example"[..])
+    );
+    let other = preflight("https://evil.example")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let resp = server
+        .as_tenant(&key, Method::GET, "/v1/me")
+        .header("origin", "https://dash.example")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exposed = resp
+        .headers()
+        .get("access-control-expose-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(exposed.contains("x-atlas-served-by"), "{exposed}");
+
+    // A request stuck longer than the timeout (here behind a lock) is a 503 with Retry-After.
+    let mut admin = server.db.admin().await;
+    let lock = admin.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    lock.batch_execute("LOCK TABLE public.entities IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = server
+        .as_tenant(&key, Method::GET, "/v1/entities")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let (_, b) = crate::support::split(resp).await;
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("took longer than 500 ms")),
+        "{b}"
+    );
+    lock.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    let (s, _) = call(server.as_tenant(&key, Method::GET, "/v1/entities")).await;
+    assert_eq!(s, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_configured_origins_no_cors_header_is_sent() {
+    let server = Server::start().await;
+    let resp = server
+        .req(Method::OPTIONS, "/v1/me")
+        .header("origin", "https://dash.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    server.stop().await;
+}

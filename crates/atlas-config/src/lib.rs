@@ -247,6 +247,12 @@ pub struct Limits {
     /// deleted on another server meanwhile gets 409 (values refused, dead-lettered) instead of
     /// 404; deleted on the same server, 404 at once.
     pub entity_cache_ttl_ms: u64,
+    /// Longest a request may take before it is answered 503 with `Retry-After`, in
+    /// milliseconds (its database work is cancelled with it).
+    pub request_timeout_ms: u64,
+    /// Browser origins allowed by CORS (e.g. `https://dashboard.example.com`, or `*`); empty
+    /// (the default) answers no preflight and adds no CORS header.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for Limits {
@@ -263,6 +269,8 @@ impl Default for Limits {
             rate_burst: 1_000.0,
             key_cache_ttl_ms: 5_000,
             entity_cache_ttl_ms: 60_000,
+            request_timeout_ms: 30_000,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -288,6 +296,11 @@ impl Default for Config {
             cdc: Cdc::default(),
         }
     }
+}
+
+/// Whether `s` may stand in an HTTP header (visible ASCII).
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// Why a configuration could not be loaded.
@@ -459,8 +472,21 @@ impl Config {
             });
         }
         let l = &self.limits;
-        let checks: [(&'static str, bool); 6] = [
+        let checks: [(&'static str, bool); 8] = [
             ("limits.max_body_bytes", l.max_body_bytes >= 1024),
+            (
+                "limits.request_timeout_ms",
+                (100..=3_600_000).contains(&l.request_timeout_ms),
+            ),
+            (
+                "limits.cors_allowed_origins",
+                l.cors_allowed_origins.iter().all(|o| {
+                    o == "*"
+                        || ((o.starts_with("http://") || o.starts_with("https://"))
+                            && !o.ends_with('/')
+                            && header_safe(o))
+                }),
+            ),
             (
                 "limits.max_values_per_request",
                 l.max_values_per_request >= 1,

@@ -222,7 +222,7 @@ pub fn type_value(rule: &AttrRule, v: &Value) -> Result<Typed, String> {
                     return Ok(Typed::Decimal(d.round_dp(DECIMAL_SCALE)));
                 }
                 return Err(format!(
-                    "{text} has more than {DECIMAL_SCALE} fraction digits (the attribute does not allow rounding)"
+                    "{text} has more than {DECIMAL_SCALE} fraction digits (set `allow_rounding` on the attribute to round such values instead)"
                 ));
             }
             Ok(Typed::Decimal(d))
@@ -341,12 +341,23 @@ impl TimeRules {
                 self.max_future.num_seconds()
             ));
         }
+        // 10^9..10^11 read as milliseconds is early 1970; read as seconds, 2001 to 5138.
+        if let Some(ms) = ts_ms
+            && (1_000_000_000..100_000_000_000).contains(&ms)
+        {
+            return Err(format!(
+                "{ms} looks like epoch seconds, but `ts` is epoch milliseconds (send {})",
+                ms.saturating_mul(1000)
+            ));
+        }
         if !self.coverage.iter().any(|(lo, hi)| *lo <= at && at < *hi) {
             let oldest = self.coverage.iter().map(|(lo, _)| *lo).min();
             return Err(match oldest {
-                Some(lo) if at < lo => {
-                    format!("{at} is before the stored time range, which starts at {lo}")
-                }
+                Some(lo) if at < lo => format!(
+                    "{at} is before the stored time range, which starts at {lo} (to store \
+                     older readings, an operator first runs: atlas maintain backfill --since {})",
+                    at.date_naive()
+                ),
                 _ => format!("{at} is outside the stored time range (no partition covers it)"),
             });
         }
@@ -462,7 +473,10 @@ pub fn type_readings(
             let rule = catalog.resolve(key).ok_or_else(|| {
                 FieldError::new(
                     field(),
-                    format!("unknown attribute `{key}`"),
+                    format!(
+                        "unknown attribute `{key}`: define it first (POST /v1/admin/attributes, \
+                         or atlas attribute define {key} --type TYPE)"
+                    ),
                     "unknown_attribute",
                 )
             })?;

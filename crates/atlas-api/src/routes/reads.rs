@@ -561,9 +561,13 @@ pub async fn aggregates(
         .find(|(name, _)| *name == bucket)
         .map(|(_, s)| *s)
         .ok_or_else(|| {
+            let choices = "one of 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d";
             ApiError::bad_field(
                 "bucket",
-                "required: one of 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d",
+                match params.bucket.as_deref() {
+                    None | Some("") => format!("required: {choices}"),
+                    Some(other) => format!("`{other}` is not a bucket width: {choices}"),
+                },
             )
         })?;
     if (to - from).num_seconds() / bucket_s >= MAX_BUCKETS {
