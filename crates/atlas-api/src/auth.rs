@@ -2,13 +2,14 @@
 //! by their prefix, compared by hash in constant time, cached briefly in process, and charged
 //! against the tenant's token bucket.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use subtle::ConstantTimeEq;
 
 use atlas_store::TenantId;
@@ -118,43 +119,69 @@ impl KeyCache {
     }
 }
 
-/// Per-tenant token buckets.
-#[derive(Debug)]
+/// Per-tenant rate limits of this server (governor's GCRA, keyed by tenant): requests, and
+/// telemetry values. Limits are per server: N servers admit up to N times the rate.
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<TenantId, (f64, Instant)>>,
+    requests: Option<DefaultKeyedRateLimiter<TenantId>>,
+    values: Option<DefaultKeyedRateLimiter<TenantId>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").finish_non_exhaustive()
+    }
+}
+
+/// A keyed limiter of `rate` per second with `burst`; `None` (no limit) when the rate is too
+/// high for a nanosecond period.
+fn keyed(rate: f64, burst: f64) -> Option<DefaultKeyedRateLimiter<TenantId>> {
+    let period = Duration::try_from_secs_f64(1.0 / rate).ok()?;
+    // Saturating float→int conversion: the config keeps `burst` ≥ 1 and finite.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let burst = NonZeroU32::new(burst.min(f64::from(u32::MAX)) as u32)?;
+    Quota::with_period(period).map(|q| governor::RateLimiter::keyed(q.allow_burst(burst)))
 }
 
 impl RateLimiter {
-    /// `rate` tokens per second, up to `burst`.
-    pub fn new(rate: f64, burst: f64) -> Self {
+    /// `rate` requests per second, up to `burst`; `values_rate` telemetry values per second,
+    /// up to `values_burst`.
+    pub fn new(rate: f64, burst: f64, values_rate: f64, values_burst: f64) -> Self {
         Self {
-            rate,
-            burst,
-            buckets: Mutex::new(HashMap::new()),
+            requests: keyed(rate, burst),
+            values: keyed(values_rate, values_burst),
         }
     }
 
-    /// Takes one token from the tenant's bucket, or says how long to wait.
+    /// Takes one request from the tenant's budget, or says how long to wait.
     pub fn charge(&self, tenant: TenantId) -> Result<(), ApiError> {
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(()); // a poisoned lock must not take the API down
-        };
-        let now = Instant::now();
-        let (tokens, last) = buckets.entry(tenant).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - *tokens) / self.rate).ceil().max(1.0);
-            // Saturating float→int conversion: `wait` is positive and finite.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            Err(ApiError::RateLimited {
-                retry_after_s: wait as u64,
-            })
-        }
+        take(self.requests.as_ref(), tenant, 1)
     }
+
+    /// Takes `n` telemetry values from the tenant's budget, or says how long to wait.
+    pub fn charge_values(&self, tenant: TenantId, n: usize) -> Result<(), ApiError> {
+        take(self.values.as_ref(), tenant, n)
+    }
+}
+
+fn take(
+    limiter: Option<&DefaultKeyedRateLimiter<TenantId>>,
+    tenant: TenantId,
+    n: usize,
+) -> Result<(), ApiError> {
+    let (Some(limiter), Some(n)) = (
+        limiter,
+        NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)),
+    ) else {
+        return Ok(());
+    };
+    let wait = match limiter.check_key_n(&tenant, n) {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
+        // More than the burst at once: no wait makes it fit (the config keeps the values'
+        // burst at least a request's maximum, so only a misconfiguration gets here).
+        Err(_) => Duration::from_secs(1),
+    };
+    Err(ApiError::RateLimited {
+        retry_after_s: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+    })
 }

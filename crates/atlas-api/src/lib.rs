@@ -143,7 +143,12 @@ impl AppState {
                 admin_token_hash: admin_token.map(atlas_store::admin::hash_key),
                 keys: auth::KeyCache::new(Duration::from_millis(limits.key_cache_ttl_ms)),
                 known: known::KnownEntities::new(Duration::from_millis(limits.entity_cache_ttl_ms)),
-                rate: auth::RateLimiter::new(limits.rate_per_second, limits.rate_burst),
+                rate: auth::RateLimiter::new(
+                    limits.rate_per_second,
+                    limits.rate_burst,
+                    limits.telemetry_values_per_second,
+                    limits.telemetry_values_burst,
+                ),
                 limits,
                 cache,
                 flights: atlas_cache::SingleFlight::default(),

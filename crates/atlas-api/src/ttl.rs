@@ -1,80 +1,89 @@
 //! An in-process map whose entries are trusted for a fixed time, with bounded memory: the
-//! server's caches of API keys and of confirmed entities.
+//! server's caches of API keys and of confirmed entities, on `moka` (per-entry expiry, and
+//! eviction of the least useful entries when full — a flood of made-up keys evicts some
+//! entries, never the whole map at once, which would send every request to the database).
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Entries trusted for `ttl`; beyond `max` entries the map starts over (bounded memory under a
-/// flood of made-up keys). A poisoned lock makes it forget, never fail.
-#[derive(Debug)]
+/// Entries trusted for `ttl`, at most `max` of them.
 pub(crate) struct TtlMap<K, V> {
-    ttl: Duration,
-    max: usize,
-    entries: Mutex<HashMap<K, (V, Instant)>>,
+    /// `None` when the TTL is zero: nothing is kept.
+    entries: Option<moka::sync::Cache<K, V>>,
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
+impl<K, V> std::fmt::Debug for TtlMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtlMap")
+            .field(
+                "entries",
+                &self.entries.as_ref().map(moka::sync::Cache::entry_count),
+            )
+            .finish()
+    }
+}
+
+impl<K, V> TtlMap<K, V>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     /// A map trusting entries for `ttl` (zero: it keeps nothing) and holding at most `max`.
     pub(crate) fn new(ttl: Duration, max: usize) -> Self {
         Self {
-            ttl,
-            max,
-            entries: Mutex::new(HashMap::new()),
+            entries: (!ttl.is_zero()).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(u64::try_from(max).unwrap_or(u64::MAX))
+                    .time_to_live(ttl)
+                    .build()
+            }),
         }
     }
 
     /// The value stored for `key` within the TTL.
     pub(crate) fn fresh(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().ok()?;
-        let (value, at) = entries.get(key)?;
-        (at.elapsed() < self.ttl).then(|| value.clone())
+        self.entries.as_ref()?.get(key)
     }
 
     /// The keys of `keys` with no value stored within the TTL, in their order.
     pub(crate) fn missing(&self, keys: &[K]) -> Vec<K> {
-        match self.entries.lock() {
-            Ok(entries) => keys
+        match &self.entries {
+            Some(entries) => keys
                 .iter()
-                .filter(|k| {
-                    entries
-                        .get(k)
-                        .is_none_or(|(_, at)| at.elapsed() >= self.ttl)
-                })
+                .filter(|k| !entries.contains_key(*k))
                 .cloned()
                 .collect(),
-            Err(_) => keys.to_vec(),
+            None => keys.to_vec(),
         }
     }
 
     /// Stores `items` as of now.
     pub(crate) fn insert_all(&self, items: impl IntoIterator<Item = (K, V)>) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        if let Ok(mut entries) = self.entries.lock() {
-            let now = Instant::now();
+        if let Some(entries) = &self.entries {
             for (k, v) in items {
-                if entries.len() >= self.max {
-                    entries.clear();
-                }
-                entries.insert(k, (v, now));
+                entries.insert(k, v);
             }
         }
     }
 
     /// Drops `key`.
     pub(crate) fn remove(&self, key: &K) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(key);
+        if let Some(entries) = &self.entries {
+            entries.invalidate(key);
         }
     }
 
     /// Keeps only the entries for which `keep` is true.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|k, (v, _)| keep(k, v));
+        if let Some(entries) = &self.entries {
+            let gone: Vec<K> = entries
+                .iter()
+                .filter(|(k, v)| !keep(k, v))
+                .map(|(k, _)| K::clone(&k))
+                .collect();
+            for k in gone {
+                entries.invalidate(&k);
+            }
         }
     }
 }
@@ -94,9 +103,15 @@ mod tests {
         map.remove(&1);
         map.retain(|_, v| *v != "b");
         assert_eq!(map.missing(&[1, 2]), [1, 2]);
-        // A fourth entry beyond the bound of three starts the map over.
-        map.insert_all([(5, "e"), (6, "f"), (7, "g"), (8, "h")]);
-        assert_eq!(map.missing(&[5, 6, 7, 8]), [5, 6, 7]);
+
+        // Past the bound, entries are evicted one by one, not all at once.
+        let bounded = TtlMap::new(Duration::from_secs(60), 100);
+        bounded.insert_all((0..1000).map(|i| (i, ())));
+        if let Some(e) = &bounded.entries {
+            e.run_pending_tasks();
+            assert!(e.entry_count() <= 100, "{}", e.entry_count());
+            assert!(e.entry_count() > 0);
+        }
 
         let expired = TtlMap::new(Duration::from_millis(1), 10);
         expired.insert_all([(1, ())]);

@@ -175,6 +175,60 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
 }
 
 #[tokio::test]
+async fn telemetry_is_charged_per_value_not_per_request() {
+    let limits = Limits {
+        max_values_per_request: 10,
+        telemetry_values_per_second: 1.0,
+        telemetry_values_burst: 15.0,
+        ..Limits::default()
+    };
+    let server = Server::start_with(limits).await;
+    server
+        .define(json!({"attribute_name": "n", "data_type": "integer"}))
+        .await;
+    let (_, noisy) = server.tenant("noisy").await;
+    let (_, quiet) = server.tenant("quiet").await;
+    let t = chrono::Utc::now().timestamp_millis() - 60_000;
+    let ten = |key: &str, e: i64, from: i64| {
+        let body: Vec<Value> = (0..10)
+            .map(|i| json!({"entity_id": e, "ts": t + from + i, "values": {"n": i}}))
+            .collect();
+        server
+            .as_tenant(key, Method::POST, "/v1/telemetry")
+            .json(&body)
+    };
+    let e = server.entities(&noisy, 1).await[0];
+    let (s, b) = call(ten(&noisy, e, 0)).await;
+    assert_eq!(s, 200, "{b}");
+    // Ten more values do not fit the five left: refused as a whole, with how long to wait.
+    let resp = ten(&noisy, e, 100)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((4..=6).contains(&retry), "retry-after {retry}");
+    assert_eq!(
+        server
+            .scalar("SELECT count(*) FROM entity_values_ts", &[])
+            .await,
+        10
+    );
+    // Reads of the same tenant are requests, not values; another tenant's values are its own.
+    let (s, _) = call(server.as_tenant(&noisy, Method::GET, "/v1/me")).await;
+    assert_eq!(s, 200);
+    let q = server.entities(&quiet, 1).await[0];
+    let (s, b) = call(ten(&quiet, q, 0)).await;
+    assert_eq!(s, 200, "{b}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_database_is_503_with_retry_after_and_readyz_says_so() {
     let db = atlas_testkit::TestDb::new().await;
     // A pool pointing at a port where nothing listens.

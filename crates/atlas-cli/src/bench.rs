@@ -708,7 +708,7 @@ pub(crate) async fn start_server(urls: &StackUrls, extra_toml: &str) -> Result<(
     std::fs::write(
         &toml,
         format!(
-            "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n\n{extra_toml}"
+            "[limits]\nrate_per_second = 1000000000.0\nrate_burst = 1000000000.0\ntelemetry_values_per_second = 1000000000.0\ntelemetry_values_burst = 1000000000.0\nmax_values_per_request = 100000\nmax_body_bytes = 67108864\n\n{extra_toml}"
         ),
     )?;
     let server = Server(

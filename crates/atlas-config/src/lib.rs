@@ -239,6 +239,11 @@ pub struct Limits {
     pub rate_per_second: f64,
     /// Burst size of the per-tenant token bucket.
     pub rate_burst: f64,
+    /// Sustained telemetry values per second per tenant (a telemetry request is charged per
+    /// value, besides its one request; 429 above). Per server.
+    pub telemetry_values_per_second: f64,
+    /// Burst of telemetry values per tenant (at least `max_values_per_request`).
+    pub telemetry_values_burst: f64,
     /// How long a looked-up API key is trusted before it is read again, in milliseconds
     /// (a revocation made on another server takes effect within this time).
     pub key_cache_ttl_ms: u64,
@@ -267,6 +272,8 @@ impl Default for Limits {
             max_future_skew_s: 300,
             rate_per_second: 500.0,
             rate_burst: 1_000.0,
+            telemetry_values_per_second: 100_000.0,
+            telemetry_values_burst: 200_000.0,
             key_cache_ttl_ms: 5_000,
             entity_cache_ttl_ms: 60_000,
             request_timeout_ms: 30_000,
@@ -472,7 +479,13 @@ impl Config {
             });
         }
         let l = &self.limits;
-        let checks: [(&'static str, bool); 8] = [
+        let checks: [(&'static str, bool); 9] = [
+            (
+                "limits.telemetry_values_per_second",
+                l.telemetry_values_per_second > 0.0
+                    && l.telemetry_values_burst.is_finite()
+                    && l.telemetry_values_burst >= l.max_values_per_request as f64,
+            ),
             ("limits.max_body_bytes", l.max_body_bytes >= 1024),
             (
                 "limits.request_timeout_ms",

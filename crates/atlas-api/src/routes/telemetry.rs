@@ -173,6 +173,9 @@ pub async fn ingest(
             "{values} values in one request; at most {max} are accepted"
         )));
     }
+    // Telemetry is charged per value, not per request: a 10 000-value request is not one
+    // request's worth of work.
+    state.inner.rate.charge_values(tenant, values)?;
     let prefix = |i: usize| {
         if single {
             String::new()
