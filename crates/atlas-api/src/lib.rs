@@ -8,6 +8,7 @@ pub mod http;
 pub mod known;
 pub mod metrics;
 pub mod openapi;
+mod openapi_docs;
 pub mod routes;
 pub mod routing;
 mod ttl;
@@ -426,6 +427,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/entities/{id}/series", get(routes::reads::series))
         .route("/v1/aggregates", get(routes::reads::aggregates))
         .route("/v1/stats/attributes", get(routes::reads::attribute_stats))
+        // The interactive API page, its assets embedded in the binary (no CDN), reading the
+        // document above.
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::new(["/openapi.json"])),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))

@@ -4,6 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
+use crate::openapi_docs::Docs;
 use crate::routes::{admin, health, reads, telemetry, tenant};
 
 /// The schema of a body that is one `item` object or an array of `min`..=`max` of them.
@@ -182,7 +183,7 @@ impl Modify for RoutingHeaders {
         reads::attribute_stats,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Security, &RoutingHeaders),
+    modifiers(&Security, &RoutingHeaders, &Docs),
     tags((name = "health"), (name = "admin", description = "Operator API (admin token)"),
          (name = "tenant", description = "Tenant API (tenant API key)"),
          (name = "reads", description = "Read API (tenant API key): hot attributes, search, series, aggregates"))

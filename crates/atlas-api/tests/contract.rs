@@ -903,3 +903,100 @@ async fn without_configured_origins_no_cors_header_is_sent() {
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     server.stop().await;
 }
+
+/// Every operation is described beyond its summary, every schema has an example, the document
+/// names its server, time parameters say both forms they take, and `/docs` serves an
+/// interactive page from the binary itself.
+#[tokio::test]
+async fn the_openapi_document_is_described_with_examples_and_browsable_offline() {
+    let server = Server::start().await;
+    let (_, doc) = call(server.req(Method::GET, "/openapi.json")).await;
+    assert!(doc["servers"][0]["url"].is_string(), "{}", doc["servers"]);
+    let mut operations = 0;
+    for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in ops.as_object().into_iter().flatten() {
+            operations += 1;
+            let summary = op["summary"].as_str().unwrap_or("");
+            let description = op["description"].as_str().unwrap_or("");
+            assert!(
+                !summary.is_empty() && description.len() > 40 && description != summary,
+                "{method} {path}: summary {summary:?}, description {description:?}"
+            );
+        }
+    }
+    assert!(operations >= 28, "{operations}");
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no schemas"));
+    for (name, schema) in schemas {
+        assert!(
+            schema["examples"].as_array().is_some_and(|e| !e.is_empty()),
+            "schema {name} has no example"
+        );
+    }
+    for (path, name) in [
+        ("/v1/entities/{id}/series", "from"),
+        ("/v1/aggregates", "to"),
+    ] {
+        let params = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}"));
+        let p = params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} {name}"));
+        let kinds: Vec<&str> = p["schema"]["oneOf"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["type"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(kinds, ["integer", "string"], "{path} {name}: {p}");
+        assert_eq!(p["required"], true, "{path} {name}: {p}");
+    }
+    // RFC 3339 is accepted where the document says so.
+    let (_, key) = server.tenant("acme").await;
+    server
+        .define(json!({"attribute_name": "temp", "data_type": "integer"}))
+        .await;
+    let e = server.entities(&key, 1).await[0];
+    let (s, b) = call(server.as_tenant(
+        &key,
+        Method::GET,
+        &format!(
+            "/v1/entities/{e}/series?attribute=temp&from=2026-12-01T00:00:00Z&to=2026-12-02T00:00:00.5%2B01:00"
+        ),
+    ))
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    // The page and its assets come from the binary; nothing is fetched from elsewhere.
+    let resp = server
+        .req(Method::GET, "/docs/")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 200);
+    let page = resp.text().await.unwrap_or_default();
+    assert!(page.contains("swagger-ui"), "{page}");
+    assert!(
+        !page.contains("https://") && !page.contains("http://"),
+        "{page}"
+    );
+    for asset in ["/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"] {
+        let resp = server
+            .req(Method::GET, asset)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status().as_u16(), 200, "{asset}");
+    }
+    let init = server
+        .req(Method::GET, "/docs/swagger-initializer.js")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(init.contains("/openapi.json"), "{init}");
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod cdc;
 mod faults;
 mod load;

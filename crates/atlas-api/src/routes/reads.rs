@@ -313,6 +313,31 @@ pub async fn latest(
 }
 
 /// Parses a time parameter: epoch milliseconds or RFC 3339.
+/// The schema of a time parameter, as [`time_param`] reads it: epoch milliseconds (0 to the
+/// end of year 9999) or an RFC 3339 time.
+fn time_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .maximum(Some(253_402_300_799_999_i64))
+                .description(Some("Epoch milliseconds")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                .pattern(Some(
+                    "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$",
+                ))
+                .description(Some("An RFC 3339 time, e.g. 2026-12-01T09:00:00Z")),
+        )
+        .into()
+}
+
 fn time_param(raw: Option<&str>, field: &str) -> Result<DateTime<Utc>, ApiError> {
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Err(ApiError::bad_field(
@@ -378,11 +403,11 @@ pub struct SeriesParams {
     #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
     /// Inclusive start: epoch milliseconds (an RFC 3339 time is accepted too).
-    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
+    #[param(required = true, schema_with = time_schema)]
     pub from: Option<String>,
     /// Exclusive end, after `from` and at most the configured maximum range (31 days by
     /// default) after it: epoch milliseconds (or RFC 3339).
-    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
+    #[param(required = true, schema_with = time_schema)]
     pub to: Option<String>,
     /// Page size (1 to the configured maximum; default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -503,10 +528,10 @@ pub struct AggregateParams {
     #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
     /// Inclusive start: epoch milliseconds (an RFC 3339 time is accepted too).
-    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
+    #[param(required = true, schema_with = time_schema)]
     pub from: Option<String>,
     /// Exclusive end, after `from` and at most the configured maximum range after it.
-    #[param(required = true, value_type = i64, minimum = 0, maximum = 253_402_300_799_999_i64)]
+    #[param(required = true, schema_with = time_schema)]
     pub to: Option<String>,
     /// Bucket width: 1m, 5m, 15m, 30m, 1h, 6h, 12h or 1d (buckets aligned in UTC; at most
     /// 10 000 of them in the range).

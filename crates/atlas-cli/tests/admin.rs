@@ -1,0 +1,106 @@
+//! The admin verbs as a user types them: names instead of ids, tables with headers or JSON,
+//! one-line errors, plain logs when not on a terminal.
+
+use std::process::Command;
+
+use atlas_testkit::TestDb;
+use serde_json::Value;
+
+fn atlas(db: &TestDb, args: &[&str], log: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_atlas"))
+        .args(args)
+        .env("ATLAS_DATABASE_URL", &db.urls.database_url)
+        .env("ATLAS_REPLICA_URLS", "")
+        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
+        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
+        .env("ATLAS_LOG", log)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn out(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tenants_keys_and_attributes_by_name_as_tables_or_json() {
+    let db = TestDb::new().await;
+    let ok = |args: &[&str]| {
+        let o = atlas(&db, args, "warn");
+        let (stdout, stderr) = out(&o);
+        assert!(o.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    ok(&["tenant", "create", "acme"]);
+    ok(&["tenant", "create", "globex"]);
+    // A user error is one line, even with RUST_BACKTRACE=1.
+    let dup = atlas(&db, &["tenant", "create", "acme"], "warn");
+    let (_, stderr) = out(&dup);
+    assert!(!dup.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("tenant_name"),
+        "{stderr}"
+    );
+
+    // Names work wherever a tenant is named.
+    ok(&["key", "create", "--tenant", "acme", "--name", "gw"]);
+    ok(&["tenant", "deactivate", "globex"]);
+    let table = ok(&["tenant", "list"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["ID", "NAME", "STATE", "CREATED"], "{table}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert!(
+        rows.iter().any(|r| r[1] == "acme" && r[2] == "active"),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[1] == "globex" && r[2] == "deactivated"),
+        "{table}"
+    );
+    let json: Value =
+        serde_json::from_str(&ok(&["tenant", "list", "--json"])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json.as_array().map(Vec::len), Some(2), "{json}");
+
+    let keys = ok(&["key", "list", "--tenant", "acme"]);
+    assert!(keys.starts_with("ID") && keys.contains("gw"), "{keys}");
+    let keys: Value = serde_json::from_str(&ok(&["key", "list", "--tenant", "acme", "--json"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(keys[0]["name"], "gw", "{keys}");
+    let missing = atlas(&db, &["key", "list", "--tenant", "initech"], "warn");
+    assert!(!missing.status.success());
+    assert!(
+        out(&missing).1.contains("no tenant `initech`"),
+        "{:?}",
+        out(&missing)
+    );
+
+    // Attributes by name; the list's header.
+    ok(&["attribute", "define", "mode", "--type", "string"]);
+    ok(&["attribute", "update", "mode", "--hot", "true"]);
+    let attrs = ok(&["attribute", "list"]);
+    assert!(attrs.starts_with("ID"), "{attrs}");
+    let mode = attrs
+        .lines()
+        .find(|l| l.contains("mode"))
+        .unwrap_or_else(|| panic!("{attrs}"));
+    assert!(mode.contains("string") && mode.contains("yes"), "{attrs}");
+
+    // Logs that do not go to a terminal carry no colour codes.
+    let since = (chrono::Utc::now() - chrono::Duration::days(120))
+        .date_naive()
+        .to_string();
+    let o = atlas(&db, &["maintain", "backfill", "--since", &since], "info");
+    let logs = out(&o).1;
+    assert!(
+        logs.contains("backfill created a partition"),
+        "nothing was logged: {logs}"
+    );
+    assert!(!logs.contains('\u{1b}'), "{logs}");
+}
