@@ -25,6 +25,22 @@ pub fn one_or_many(
         .into()
 }
 
+/// Every operation of the document, to modify.
+pub(crate) fn operations_mut(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            item.get.as_mut(),
+            item.post.as_mut(),
+            item.patch.as_mut(),
+            item.delete.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
 /// Adds the two bearer schemes: the admin token and tenant API keys.
 struct Security;
 
@@ -95,71 +111,61 @@ impl Modify for RoutingHeaders {
                 .description(Some(description))
                 .build()
         };
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                item.get.as_mut(),
-                item.post.as_mut(),
-                item.patch.as_mut(),
-                item.delete.as_mut(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let id = op.operation_id.clone().unwrap_or_default();
-                let read = ROUTED_READS.contains(&id.as_str());
-                let write = LSN_WRITES.contains(&id.as_str());
-                if read {
-                    let params = op.parameters.get_or_insert_with(Vec::new);
-                    params.push(
-                        ParameterBuilder::new()
-                            .name(crate::routing::CONSISTENCY)
-                            .parameter_in(ParameterIn::Header)
-                            .required(Required::False)
-                            .description(Some(
-                                "strong (primary), eventual (a replica within the lag budget) or \
+        for op in operations_mut(openapi) {
+            let id = op.operation_id.clone().unwrap_or_default();
+            let read = ROUTED_READS.contains(&id.as_str());
+            let write = LSN_WRITES.contains(&id.as_str());
+            if read {
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                params.push(
+                    ParameterBuilder::new()
+                        .name(crate::routing::CONSISTENCY)
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::False)
+                        .description(Some(
+                            "strong (primary), eventual (a replica within the lag budget) or \
                                  analytics (the analytics store, for latest/series/aggregates); \
                                  overrides ?consistency=. (X-Atlas-Min-Lsn, a write's X-Atlas-Lsn, \
                                  makes the answer include that write; see README.)",
-                            ))
-                            .schema(Some(
-                                ObjectBuilder::new()
-                                    .schema_type(Type::String)
-                                    .enum_values(Some(["strong", "eventual", "analytics"])),
-                            ))
-                            .build(),
-                    );
-                }
-                if !read && !write {
+                        ))
+                        .schema(Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .enum_values(Some(["strong", "eventual", "analytics"])),
+                        ))
+                        .build(),
+                );
+            }
+            if !read && !write {
+                continue;
+            }
+            for (status, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if !status.starts_with('2') {
                     continue;
                 }
-                for (status, response) in op.responses.responses.iter_mut() {
-                    let RefOr::T(response) = response else {
-                        continue;
-                    };
-                    if !status.starts_with('2') {
-                        continue;
-                    }
-                    if read {
-                        response.headers.insert(
-                            crate::routing::SERVED_BY.into(),
-                            header(text(None), "primary, replica-N, analytics or cache"),
-                        );
-                        response.headers.insert(
-                            crate::routing::LAG_MS.into(),
-                            header(
-                                ObjectBuilder::new().schema_type(Type::Integer),
-                                "How far behind the primary the answer may be (ms)",
-                            ),
-                        );
-                    } else {
-                        response.headers.insert(
+                if read {
+                    response.headers.insert(
+                        crate::routing::SERVED_BY.into(),
+                        header(text(None), "primary, replica-N, analytics or cache"),
+                    );
+                    response.headers.insert(
+                        crate::routing::LAG_MS.into(),
+                        header(
+                            ObjectBuilder::new().schema_type(Type::Integer),
+                            "How far behind the primary the answer may be (ms)",
+                        ),
+                    );
+                } else {
+                    response.headers.insert(
                             crate::routing::LSN.into(),
                             header(
                                 text(Some("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")),
                                 "The primary's WAL position after the commit; send it as X-Atlas-Min-Lsn",
                             ),
                         );
-                    }
                 }
             }
         }

@@ -256,26 +256,16 @@ impl utoipa::Modify for Docs {
                 }
             }
         }
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                item.get.as_mut(),
-                item.post.as_mut(),
-                item.patch.as_mut(),
-                item.delete.as_mut(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let id = op.operation_id.as_deref().unwrap_or("");
-                if let Some((_, text)) = DESCRIPTIONS.iter().find(|(op_id, _)| *op_id == id) {
-                    op.description = Some((*text).to_owned());
-                }
-                // A time range's ends are required: utoipa drops `required` for parameters
-                // whose schema is built by a function (`schema_with`).
-                for p in op.parameters.iter_mut().flatten() {
-                    if p.name == "from" || p.name == "to" {
-                        p.required = utoipa::openapi::Required::True;
-                    }
+        for op in crate::openapi::operations_mut(openapi) {
+            let id = op.operation_id.as_deref().unwrap_or("");
+            if let Some((_, text)) = DESCRIPTIONS.iter().find(|(op_id, _)| *op_id == id) {
+                op.description = Some((*text).to_owned());
+            }
+            // A time range's ends are required: utoipa drops `required` for parameters
+            // whose schema is built by a function (`schema_with`).
+            for p in op.parameters.iter_mut().flatten() {
+                if p.name == "from" || p.name == "to" {
+                    p.required = utoipa::openapi::Required::True;
                 }
             }
         }

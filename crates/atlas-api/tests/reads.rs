@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Server, assert_error, call};
+use crate::support::{Server, assert_error, call, get_cached};
 
 /// status (hot string), priority (hot integer), temperature (cold decimal), mode (cold string).
 async fn catalogue(server: &Server) {
@@ -40,23 +40,6 @@ async fn write(server: &Server, key: &str, body: Value) {
 
 async fn get(server: &Server, key: &str, path: &str) -> (u16, Value) {
     call(server.as_tenant(key, Method::GET, path)).await
-}
-
-/// GET returning the status, body and `X-Atlas-Cache`.
-async fn get_cached(server: &Server, key: &str, path: &str) -> (u16, Value, String) {
-    let resp = server
-        .as_tenant(key, Method::GET, path)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let cache = resp
-        .headers()
-        .get("x-atlas-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let (s, b) = crate::support::split(resp).await;
-    (s, b, cache)
 }
 
 async fn search(server: &Server, key: &str, body: Value) -> (u16, Value) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Server, call, free_port, redis_flags, redis_server};
+use crate::support::{Server, call, free_port, get_cached, redis_flags, redis_server};
 
 /// A Redis primary, its replica and one Sentinel, of this test's own.
 struct Trio {
@@ -23,6 +23,11 @@ struct Trio {
 
 impl Trio {
     fn start() -> Self {
+        Self::start_with(1000)
+    }
+
+    /// A trio whose Sentinel declares the master down after `down_after_ms`.
+    fn start_with(down_after_ms: u32) -> Self {
         let ports = (free_port(), free_port(), free_port());
         let dir =
             std::env::temp_dir().join(format!("atlas-sentinel-{}-{}", std::process::id(), ports.2));
@@ -46,7 +51,7 @@ impl Trio {
             &conf,
             format!(
                 "bind 127.0.0.1\nport {}\ndir {}\nsentinel monitor atlas 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds atlas 1000\nsentinel failover-timeout atlas 5000\n",
+                 sentinel down-after-milliseconds atlas {down_after_ms}\nsentinel failover-timeout atlas 5000\n",
                 ports.2,
                 dir.display(),
                 ports.0
@@ -143,18 +148,8 @@ async fn after_a_redis_failover_the_cache_follows_sentinel_to_the_promoted_repli
     let read = || {
         let (server, key) = (&server, key.clone());
         async move {
-            let resp = server
-                .as_tenant(&key, Method::GET, &format!("/v1/entities/{e}/attributes"))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let cache = resp
-                .headers()
-                .get("x-atlas-cache")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let (s, b) = crate::support::split(resp).await;
+            let (s, b, cache) =
+                get_cached(server, &key, &format!("/v1/entities/{e}/attributes")).await;
             assert_eq!(s, 200, "{b}");
             (
                 b["attributes"]["mode"].as_str().unwrap_or("").to_owned(),
@@ -220,14 +215,14 @@ struct Scenario {
 impl Scenario {
     async fn start(cache: atlas_cache::Cache, db: atlas_testkit::TestDb) -> Self {
         let store = db.store(8);
-        let server = Server::with_cache(
-            db,
-            store,
-            atlas_config::Limits::default(),
-            atlas_ingest::IngestConfig::default(),
-            cache,
-        )
-        .await;
+        // Short batch windows: the writes made while Redis is away take milliseconds, well
+        // inside the time Sentinel takes to fail over.
+        let ingest = atlas_ingest::IngestConfig {
+            batch_interval: Duration::from_millis(5),
+            ..atlas_ingest::IngestConfig::default()
+        };
+        let server =
+            Server::with_cache(db, store, atlas_config::Limits::default(), ingest, cache).await;
         server
             .define(json!({"attribute_name": "status", "data_type": "string", "is_hot": true}))
             .await;
@@ -268,19 +263,7 @@ impl Scenario {
     }
 
     async fn get(&self, path: &str) -> (Value, String) {
-        let resp = self
-            .server
-            .as_tenant(&self.key, Method::GET, path)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let cache = resp
-            .headers()
-            .get("x-atlas-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let (s, b) = crate::support::split(resp).await;
+        let (s, b, cache) = get_cached(&self.server, &self.key, path).await;
         assert_eq!(s, 200, "{path}: {b}");
         (b, cache)
     }
@@ -412,7 +395,8 @@ async fn wait_for_entries(port: u16, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_made_while_the_master_was_down_are_visible_on_the_promoted_replica() {
-    let mut trio = Trio::start();
+    // Sentinel waits 4 s before failing over: the writes below land while there is no master.
+    let mut trio = Trio::start_with(4000);
     let db = atlas_testkit::TestDb::new().await;
     let prefix = crate::support::cache_prefix(&db);
     let cache = atlas_cache::Cache::with_sentinel(
@@ -434,7 +418,7 @@ async fn writes_made_while_the_master_was_down_are_visible_on_the_promoted_repli
         "the writes were to land before the failover completed"
     );
     let mut promoted = false;
-    for _ in 0..300 {
+    for _ in 0..600 {
         if trio.master_port().await == Some(trio.ports.1) {
             promoted = true;
             break;

@@ -24,8 +24,9 @@
 //!   database read.
 //! - **A cache epoch fences what Redis kept through an outage.** Every value, set and hash
 //!   carries the epoch (`cache:epoch`, a random token) read before its database read; a
-//!   lookup reads the epoch in the same round trip and answers only what carries it, and a
-//!   fill stores nothing once the epoch moved. A process trusts the cache only after it has
+//!   lookup answers only what carries the epoch as this process last read it (re-read every
+//!   [`EPOCH_REFRESH`], so a lookup is still one plain read and Redis's own hit rate stays
+//!   true), and a fill stores nothing once the epoch moved. A process trusts the cache only after it has
 //!   replaced the epoch itself following its last failed Redis call (a server also at start,
 //!   [`Cache::renew_epoch`], as a predecessor may have died with invalidations undone; a
 //!   short-lived writer waits for it before exiting, [`Cache::settle`]): an invalidation that failed — Redis
@@ -65,6 +66,10 @@ const GENERATION_TTL: Duration = Duration::from_secs(3600);
 /// After a failed call, Redis is left alone this long (invalidations skipped, lookups
 /// bypassed) and the epoch is re-tried this often.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// How often a process re-reads the epoch: another server's new epoch takes effect here
+/// within this time, and a Redis that went away is noticed (and the cache distrusted) even
+/// by a server that made no other call meanwhile.
+pub const EPOCH_REFRESH: Duration = Duration::from_millis(100);
 /// The hash field that holds the catalogue's epoch (`:` is not allowed in attribute names).
 const META_EPOCH_FIELD: &str = ":epoch";
 
@@ -140,6 +145,45 @@ struct Inner {
     prefix: String,
     sentinel: Option<SentinelSource>,
     trust: Trust,
+    /// The epoch as this process last read it from Redis (every [`EPOCH_REFRESH`], and with
+    /// every lease), which lookups compare entries with.
+    epoch: std::sync::RwLock<Option<String>>,
+    /// The task refreshing `epoch` runs.
+    refreshing: AtomicBool,
+}
+
+impl Inner {
+    fn new(
+        conn: Option<ConnectionManager>,
+        prefix: &str,
+        sentinel: Option<SentinelSource>,
+    ) -> Self {
+        Self {
+            conn: std::sync::RwLock::new(conn),
+            prefix: prefix.to_owned(),
+            sentinel,
+            trust: Trust::new(),
+            epoch: std::sync::RwLock::new(None),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}cache:epoch", self.prefix)
+    }
+
+    /// The epoch as last read.
+    fn known_epoch(&self) -> Option<String> {
+        self.epoch.read().ok().and_then(|e| e.clone())
+    }
+
+    fn learn_epoch(&self, epoch: &str) {
+        if let Ok(mut e) = self.epoch.write()
+            && e.as_deref() != Some(epoch)
+        {
+            *e = Some(epoch.to_owned());
+        }
+    }
 }
 
 /// Whether this process may use what Redis holds: every failed call counts, and the cache is
@@ -321,12 +365,7 @@ impl Cache {
     pub fn new(url: &str, prefix: &str) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
-        Ok(Self::start(Inner {
-            conn: std::sync::RwLock::new(Some(conn)),
-            prefix: prefix.to_owned(),
-            sentinel: None,
-            trust: Trust::new(),
-        }))
+        Ok(Self::start(Inner::new(Some(conn), prefix, None)))
     }
 
     fn start(inner: Inner) -> Self {
@@ -350,18 +389,17 @@ impl Cache {
             .iter()
             .map(|u| redis::Client::open(u.as_str()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::start(Inner {
-            conn: std::sync::RwLock::new(None),
-            prefix: prefix.to_owned(),
-            sentinel: Some(SentinelSource {
+        Ok(Self::start(Inner::new(
+            None,
+            prefix,
+            Some(SentinelSource {
                 sentinels,
                 master_name: master_name.to_owned(),
                 base,
                 last_ask: Mutex::new(None),
                 current: Mutex::new(None),
             }),
-            trust: Trust::new(),
-        }))
+        )))
     }
 
     /// Asks the Sentinels for the master and, when it moved, connects to the new one.
@@ -464,7 +502,10 @@ impl Cache {
 
     /// Key of the cache epoch.
     fn epoch_key(&self) -> String {
-        format!("{}cache:epoch", self.prefix())
+        self.inner
+            .as_ref()
+            .map(|i| i.epoch_key())
+            .unwrap_or_default()
     }
 
     /// Runs one command or pipeline with the call timeout; `None` on any failure (counted:
@@ -549,14 +590,15 @@ impl Cache {
             }
             if !trust.resting() {
                 let covers = trust.failures.load(Ordering::SeqCst);
-                let key = format!("{}cache:epoch", inner.prefix);
+                let epoch = token();
                 let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(token());
+                cmd.arg(inner.epoch_key()).arg(&epoch);
                 let set = Self::call(&inner, "epoch", move |c| {
                     async move { cmd.query_async::<()>(c).await }.boxed()
                 })
                 .await;
                 if set.is_some() {
+                    inner.learn_epoch(&epoch);
                     trust.healed.fetch_max(covers, Ordering::SeqCst);
                     if trust.trusted() {
                         tracing::info!("cache epoch replaced: the cache is trusted again");
@@ -569,11 +611,37 @@ impl Cache {
         }
     }
 
+    /// Re-reads the epoch every [`EPOCH_REFRESH`] while the cache is trusted (while it is
+    /// not, the healer probes Redis); ends with the cache.
+    async fn refresh_loop(weak: Weak<Inner>) {
+        loop {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if inner.trust.trusted() {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(EPOCH).arg(1).arg(inner.epoch_key()).arg(token());
+                if let Some(epoch) = Self::call(&inner, "epoch", move |c| {
+                    async move { cmd.query_async::<String>(c).await }.boxed()
+                })
+                .await
+                {
+                    inner.learn_epoch(&epoch);
+                }
+            }
+            drop(inner);
+            tokio::time::sleep(EPOCH_REFRESH).await;
+        }
+    }
+
     /// The cache when it may be used; otherwise (distrusted) counts a bypass of `kind` and
     /// makes sure a new epoch is on its way.
     fn usable(&self, kind: Option<Kind>) -> Option<&Arc<Inner>> {
         let inner = self.inner.as_ref()?;
         if inner.trust.trusted() {
+            if !inner.refreshing.swap(true, Ordering::SeqCst) {
+                tokio::spawn(Self::refresh_loop(Arc::downgrade(inner)));
+            }
             return Some(inner);
         }
         if let Some(kind) = kind {
@@ -636,15 +704,15 @@ impl Cache {
     /// The cached string at `key`; a miss on absence, on another epoch's value, or any Redis
     /// failure.
     pub async fn get(&self, kind: Kind, key: &str) -> Option<String> {
-        self.usable(Some(kind))?;
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.epoch_key()).arg(key);
+        let epoch = self.usable(Some(kind))?.known_epoch();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
         let found = self
             .run("get", move |c| {
-                async move { cmd.query_async::<(Option<String>, Option<String>)>(c).await }.boxed()
+                async move { cmd.query_async::<Option<String>>(c).await }.boxed()
             })
             .await
-            .map(|(epoch, value)| {
+            .map(|value| {
                 let (epoch, value) = (epoch?, value?);
                 value
                     .strip_prefix(epoch.as_str())
@@ -657,18 +725,15 @@ impl Cache {
     /// The members of the id set at `key` (without its epoch marker); a miss when absent or
     /// filled under another epoch.
     pub async fn members(&self, kind: Kind, key: &str) -> Option<Vec<i64>> {
-        self.usable(Some(kind))?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(self.epoch_key())
-            .cmd("SMEMBERS")
-            .arg(key);
+        let epoch = self.usable(Some(kind))?.known_epoch();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(key);
         let found = self
             .run("smembers", move |c| {
-                async move { pipe.query_async::<(Option<String>, Vec<String>)>(c).await }.boxed()
+                async move { cmd.query_async::<Vec<String>>(c).await }.boxed()
             })
             .await
-            .map(|(epoch, members)| {
+            .map(|members| {
                 let marker = format!("e:{}", epoch?);
                 members.contains(&marker).then(|| {
                     members
@@ -683,23 +748,16 @@ impl Cache {
     /// The catalogue hash `attribute:meta` (name → JSON); a miss when absent or filled under
     /// another epoch.
     pub async fn meta(&self) -> Option<Vec<(String, String)>> {
-        self.usable(Some(Kind::Meta))?;
+        let epoch = self.usable(Some(Kind::Meta))?.known_epoch();
         let (_, meta) = self.meta_keys();
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(self.epoch_key())
-            .cmd("HGETALL")
-            .arg(meta);
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(meta);
         let found = self
             .run("hgetall", move |c| {
-                async move {
-                    pipe.query_async::<(Option<String>, Vec<(String, String)>)>(c)
-                        .await
-                }
-                .boxed()
+                async move { cmd.query_async::<Vec<(String, String)>>(c).await }.boxed()
             })
             .await
-            .map(|(epoch, mut pairs)| {
+            .map(|mut pairs| {
                 let epoch = epoch?;
                 let at = pairs.iter().position(|(f, _)| f == META_EPOCH_FIELD)?;
                 (pairs.swap_remove(at).1 == epoch).then_some(pairs)
@@ -710,7 +768,7 @@ impl Cache {
     /// Takes the lease to fill `key` and reads the epoch the fill will carry; call it *before*
     /// reading the database. `None` when Redis is unavailable (then do not fill).
     pub async fn lease(&self, key: &str) -> Option<Lease> {
-        self.usable(None)?;
+        let inner = Arc::clone(self.usable(None)?);
         let token = token();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(LEASE)
@@ -725,6 +783,7 @@ impl Cache {
                 async move { cmd.query_async::<String>(c).await }.boxed()
             })
             .await?;
+        inner.learn_epoch(&epoch);
         Some(Lease {
             key: key.to_owned(),
             token,
@@ -736,7 +795,7 @@ impl Cache {
     /// unreachable rather than delete (aggregates under a generation). Call it *before*
     /// reading the database.
     pub async fn stamp(&self, key: &str) -> Option<Lease> {
-        self.usable(None)?;
+        let inner = Arc::clone(self.usable(None)?);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(EPOCH).arg(1).arg(self.epoch_key()).arg(token());
         let epoch = self
@@ -744,6 +803,7 @@ impl Cache {
                 async move { cmd.query_async::<String>(c).await }.boxed()
             })
             .await?;
+        inner.learn_epoch(&epoch);
         Some(Lease {
             key: key.to_owned(),
             token: String::new(),

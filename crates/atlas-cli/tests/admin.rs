@@ -1,18 +1,14 @@
 //! The admin verbs as a user types them: names instead of ids, tables with headers or JSON,
 //! one-line errors, plain logs when not on a terminal.
 
-use std::process::Command;
-
 use atlas_testkit::TestDb;
 use serde_json::Value;
 
+use crate::support::atlas_for;
+
 fn atlas(db: &TestDb, args: &[&str], log: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_atlas"))
+    atlas_for(db)
         .args(args)
-        .env("ATLAS_DATABASE_URL", &db.urls.database_url)
-        .env("ATLAS_REPLICA_URLS", "")
-        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
-        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
         .env("ATLAS_LOG", log)
         .env("RUST_BACKTRACE", "1")
         .output()
@@ -91,6 +87,19 @@ async fn tenants_keys_and_attributes_by_name_as_tables_or_json() {
         .find(|l| l.contains("mode"))
         .unwrap_or_else(|| panic!("{attrs}"));
     assert!(mode.contains("string") && mode.contains("yes"), "{attrs}");
+
+    // Through Sentinel, a command says nothing about how it found the Redis master.
+    let o = atlas_for(&db)
+        .args(["attribute", "define", "quiet", "--type", "string"])
+        .env(
+            "ATLAS_REDIS_SENTINEL_URLS",
+            db.urls.redis_sentinel_urls.join(","),
+        )
+        .env("ATLAS_LOG", "info")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.status.success(), "{:?}", out(&o));
+    assert!(!out(&o).1.contains("Sentinel"), "{}", out(&o).1);
 
     // Logs that do not go to a terminal carry no colour codes.
     let since = (chrono::Utc::now() - chrono::Duration::days(120))

@@ -1,7 +1,5 @@
 //! `atlas load`: NDJSON and CSV through the API's validation, durably.
 
-use std::process::Command;
-
 use atlas_store::TenantId;
 use atlas_store::admin::{AttributeSpec, DataType};
 use atlas_testkit::TestDb;
@@ -54,13 +52,8 @@ async fn setup(db: &TestDb) -> (i64, Vec<i64>) {
 }
 
 fn atlas(db: &TestDb, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_atlas"))
+    crate::support::atlas_for(db)
         .args(args)
-        .env("ATLAS_DATABASE_URL", &db.urls.database_url)
-        .env("ATLAS_REPLICA_URLS", "")
-        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
-        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
-        .env("ATLAS_LOG", "warn")
         .output()
         .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use atlas_testkit::TestDb;
 
-use crate::support::{ADMIN, Serve};
+use crate::support::{ADMIN, Serve, atlas_for};
 
 /// The repository's root (README's commands run there, as `./target/debug/atlas`).
 fn root() -> std::path::PathBuf {
@@ -45,14 +45,8 @@ fn readme_commands() -> Vec<String> {
 async fn every_readme_command_works_against_the_demo_fleet() {
     let db = TestDb::new().await;
     let atlas = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_atlas"))
+        atlas_for(&db)
             .args(args)
-            .env("ATLAS_ADMIN_DATABASE_URL", &db.urls.admin_database_url)
-            .env("ATLAS_DATABASE_URL", &db.urls.database_url)
-            .env("ATLAS_REPLICA_URLS", db.urls.replica_urls.join(","))
-            .env("ATLAS_REDIS_URL", &db.urls.redis_url)
-            .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
-            .env("ATLAS_LOG", "warn")
             .output()
             .unwrap_or_else(|e| panic!("{e}"))
     };
@@ -90,19 +84,16 @@ async fn every_readme_command_works_against_the_demo_fleet() {
         let script = format!(
             "curl() {{ command curl --fail-with-body --max-time 30 \"$@\"; }}\nset -euo pipefail\n{command}\n"
         );
+        // The same environment as `atlas` gets, running bash instead.
+        let env = atlas_for(&db);
         let out = Command::new("bash")
             .arg("-c")
             .arg(&script)
             .current_dir(root())
+            .envs(env.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .env("ATLAS_URL", &serve.base)
             .env("KEY", &key)
             .env("ATLAS_ADMIN_TOKEN", ADMIN)
-            .env("ATLAS_ADMIN_DATABASE_URL", &db.urls.admin_database_url)
-            .env("ATLAS_DATABASE_URL", &db.urls.database_url)
-            .env("ATLAS_REPLICA_URLS", db.urls.replica_urls.join(","))
-            .env("ATLAS_REDIS_URL", &db.urls.redis_url)
-            .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
-            .env("ATLAS_LOG", "warn")
             .env(
                 "PATH",
                 format!("{binary_dir}:{}", std::env::var("PATH").unwrap_or_default()),
@@ -114,6 +105,28 @@ async fn every_readme_command_works_against_the_demo_fleet() {
             "README command failed: {command}\nstdout: {}\nstderr: {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn readme_stands_alone_and_links_the_docs_it_names() {
+    let readme = std::fs::read_to_string(root().join("README.md"))
+        .unwrap_or_else(|e| panic!("README.md: {e}"));
+    assert!(
+        !readme.contains("../shared"),
+        "README points outside the repository"
+    );
+    for doc in ["docs/design.md", "docs/architecture.md"] {
+        assert!(
+            readme.contains(&format!("]({doc})")),
+            "README does not link {doc}"
+        );
+        let text = std::fs::read_to_string(root().join(doc)).unwrap_or_default();
+        assert!(text.len() > 2000, "{doc} is missing or empty");
+        assert!(
+            !text.contains("../shared"),
+            "{doc} points outside the repository"
         );
     }
 }

@@ -1,8 +1,6 @@
 //! `atlas status`: the human table and the JSON document, with everything up and with the
 //! primary unreachable.
 
-use std::process::Command;
-
 use atlas_testkit::TestDb;
 use serde_json::Value;
 
@@ -13,13 +11,9 @@ fn status(db: &TestDb, database_url: &str, args: &[&str]) -> std::process::Outpu
 }
 
 fn atlas(db: &TestDb, database_url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_atlas"))
+    crate::support::atlas_for(db)
         .args(args)
         .env("ATLAS_DATABASE_URL", database_url)
-        .env("ATLAS_REPLICA_URLS", db.urls.replica_urls.join(","))
-        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
-        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
-        .env("ATLAS_LOG", "warn")
         .output()
         .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -17,6 +17,18 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `atlas` against a test database: every URL from the environment, no stack directory.
+pub fn atlas_for(db: &atlas_testkit::TestDb) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_atlas"));
+    c.env("ATLAS_ADMIN_DATABASE_URL", &db.urls.admin_database_url)
+        .env("ATLAS_DATABASE_URL", &db.urls.database_url)
+        .env("ATLAS_REPLICA_URLS", db.urls.replica_urls.join(","))
+        .env("ATLAS_REDIS_URL", &db.urls.redis_url)
+        .env("ATLAS_STACK_DIR", "/nonexistent-atlas-stack")
+        .env("ATLAS_LOG", "warn");
+    c
+}
+
 pub struct Serve {
     pub child: Child,
     pub base: String,

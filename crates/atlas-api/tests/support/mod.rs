@@ -205,6 +205,23 @@ pub async fn call(req: RequestBuilder) -> (u16, Value) {
     split(resp).await
 }
 
+/// GET `path` as the tenant of `key`: the status, the body and `X-Atlas-Cache`.
+pub async fn get_cached(server: &Server, key: &str, path: &str) -> (u16, Value, String) {
+    let resp = server
+        .as_tenant(key, Method::GET, path)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cache = resp
+        .headers()
+        .get("x-atlas-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (s, b) = split(resp).await;
+    (s, b, cache)
+}
+
 pub async fn split(resp: Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
