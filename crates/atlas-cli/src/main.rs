@@ -36,6 +36,9 @@ enum Command {
         /// Only show which migrations are applied.
         #[arg(long)]
         status: bool,
+        /// With --status: one JSON array instead of a table.
+        #[arg(long, requires = "status")]
+        json: bool,
     },
     /// Load a small demo fleet: tenants, attributes of every type, entities and an hour of values.
     Demo(demo::DemoArgs),
@@ -129,7 +132,7 @@ async fn run() -> Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Stack { action } => stack::run(&config, action),
-        Command::Migrate { status } => stack::migrate(&config, status).await,
+        Command::Migrate { status, json } => stack::migrate(&config, status, json).await,
         Command::Demo(args) => demo::run(&config, &args).await,
         Command::Serve => admin::serve(&config).await,
         Command::Load(args) => load::run(&config, &args).await,

@@ -35,6 +35,9 @@ pub enum StackAction {
         /// Use the test suite's ports.
         #[arg(long)]
         test: bool,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -87,34 +90,40 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
             println!("Atlas local stack in {} is down", spec.dir.display());
             Ok(())
         }
-        StackAction::Status { test } => {
+        StackAction::Status { test, json } => {
             let spec = spec_for(config, test);
             let Some(stack) = Stack::open(&spec)? else {
                 bail!("no stack in {}: run `atlas stack up`", spec.dir.display());
             };
             let s = stack.status();
-            let word = |up: bool| if up { "up" } else { "DOWN" };
-            println!("primary  127.0.0.1:{:<6} {}", spec.pg_port, word(s.primary));
-            println!(
-                "replica  127.0.0.1:{:<6} {}",
-                spec.replica_port,
-                word(s.replica)
-            );
-            println!(
-                "redis    127.0.0.1:{:<6} {}",
-                spec.redis_port,
-                word(s.redis)
-            );
-            println!(
-                "redis replica 127.0.0.1:{:<6} {}",
-                stack.redis_replica_port(),
-                word(s.redis_replica)
-            );
-            println!(
-                "sentinel 127.0.0.1:{:<6} {}",
-                stack.sentinel_port(),
-                word(s.sentinel)
-            );
+            let services = [
+                ("primary", spec.pg_port, s.primary),
+                ("replica", spec.replica_port, s.replica),
+                ("redis", spec.redis_port, s.redis),
+                ("redis replica", stack.redis_replica_port(), s.redis_replica),
+                ("sentinel", stack.sentinel_port(), s.sentinel),
+            ];
+            if json {
+                let list: Vec<serde_json::Value> = services
+                    .iter()
+                    .map(|(name, port, up)| {
+                        serde_json::json!({"service": name, "address": format!("127.0.0.1:{port}"), "up": up})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = services
+                    .iter()
+                    .map(|(name, port, up)| {
+                        vec![
+                            (*name).to_owned(),
+                            format!("127.0.0.1:{port}"),
+                            if *up { "up" } else { "DOWN" }.to_owned(),
+                        ]
+                    })
+                    .collect();
+                crate::admin::print_table(&["SERVICE", "ADDRESS", "STATE"], &rows);
+            }
             if !s.all_up() {
                 bail!("some services are down: run `atlas stack up`");
             }
@@ -186,20 +195,34 @@ pub fn store(config: &Config) -> Result<Store> {
 
 /// `atlas migrate`: applies pending migrations; sets the app login's password from
 /// ATLAS_DATABASE_URL so the server can log in.
-pub async fn migrate(config: &Config, status_only: bool) -> Result<()> {
+pub async fn migrate(config: &Config, status_only: bool, json: bool) -> Result<()> {
     let resolved = with_stack_defaults(config)?;
     let mut client = crate::connect(&admin_url(config)?).await?;
     if status_only {
-        for s in migration_status(&client).await? {
-            let state = match &s.applied_checksum {
-                None => "pending",
-                Some(_) if s.is_current() => "applied",
-                Some(_) => "CHANGED since applied",
-            };
-            println!(
-                "{:>4}  {:<40} {state}",
-                s.migration.version, s.migration.name
-            );
+        let rows: Vec<(i32, &'static str, &'static str)> = migration_status(&client)
+            .await?
+            .iter()
+            .map(|s| {
+                let state = match &s.applied_checksum {
+                    None => "pending",
+                    Some(_) if s.is_current() => "applied",
+                    Some(_) => "changed since applied",
+                };
+                (s.migration.version, s.migration.name, state)
+            })
+            .collect();
+        if json {
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(v, n, st)| serde_json::json!({"version": v, "name": n, "state": st}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        } else {
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|(v, n, st)| vec![v.to_string(), (*n).to_owned(), (*st).to_owned()])
+                .collect();
+            crate::admin::print_table(&["VERSION", "NAME", "STATE"], &rows);
         }
         return Ok(());
     }

@@ -88,6 +88,41 @@ async fn tenants_keys_and_attributes_by_name_as_tables_or_json() {
         .unwrap_or_else(|| panic!("{attrs}"));
     assert!(mode.contains("string") && mode.contains("yes"), "{attrs}");
 
+    // The other lists: migrations and the stack's services, as tables or JSON.
+    let migrations = ok(&["migrate", "--status"]);
+    assert!(migrations.starts_with("VERSION"), "{migrations}");
+    let migrations: Value = serde_json::from_str(&ok(&["migrate", "--status", "--json"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let states: Vec<&str> = migrations
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["state"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        states.len() >= 20 && states.iter().all(|s| *s == "applied"),
+        "{migrations}"
+    );
+    let stack_dir = std::env::var("ATLAS_TEST_STACK_DIR").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/atlas-test-stack").to_owned()
+    });
+    let services: Value = serde_json::from_str(&ok(&[
+        "--stack-dir",
+        &stack_dir,
+        "stack",
+        "status",
+        "--test",
+        "--json",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = services
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["service"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        ["primary", "replica", "redis", "redis replica", "sentinel"],
+        "{services}"
+    );
+
     // Through Sentinel, a command says nothing about how it found the Redis master.
     let o = atlas_for(&db)
         .args(["attribute", "define", "quiet", "--type", "string"])
