@@ -127,7 +127,7 @@ fn describe() {
         (
             "atlas_staging_backlog_rows",
             Unit::Count,
-            "Rows waiting in staging (a bounded count, read about once a second).",
+            "Rows waiting in staging (counted up to 100 000, about once a second).",
         ),
         (
             "atlas_staging_oldest_age_seconds",
