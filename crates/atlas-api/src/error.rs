@@ -38,7 +38,7 @@ pub enum ApiError {
     BadRequest {
         /// Error code.
         code: &'static str,
-        /// Explanation.
+        /// What is wrong with the input and, where there is one, how to fix it.
         message: String,
         /// Field at fault.
         field: Option<String>,
@@ -55,7 +55,7 @@ pub enum ApiError {
     /// 404 for a reference inside the request (e.g. an entity id in a telemetry item).
     #[error("{message}")]
     UnknownReference {
-        /// Explanation.
+        /// Which reference is unknown.
         message: String,
         /// Field holding the reference.
         field: String,
@@ -66,7 +66,7 @@ pub enum ApiError {
     /// 409: conflicts with existing state.
     #[error("{message}")]
     Conflict {
-        /// Explanation.
+        /// What the request conflicts with.
         message: String,
         /// Field at fault.
         field: Option<String>,
@@ -88,7 +88,7 @@ pub enum ApiError {
     Unprocessable {
         /// Error code.
         code: &'static str,
-        /// Explanation.
+        /// Why the value cannot be used and, where there is one, how to fix it.
         message: String,
         /// Field at fault.
         field: Option<String>,

@@ -26,11 +26,11 @@ pub enum Op {
     Read,
     /// Create (insert).
     Create,
-    /// Update.
+    /// Update: `after` is the new row (`before` only the key unless REPLICA IDENTITY FULL).
     Update,
-    /// Delete.
+    /// Delete: `before` carries the key, `after` is null.
     Delete,
-    /// Truncate.
+    /// Truncate of the whole table: neither image.
     Truncate,
 }
 

@@ -42,7 +42,7 @@ pub enum KeyCmd {
         /// Tenant name or id.
         #[arg(long)]
         tenant: String,
-        /// Label.
+        /// A label for the key (which gateway or team holds it).
         #[arg(long, default_value = "")]
         name: String,
     },

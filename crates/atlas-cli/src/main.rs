@@ -46,7 +46,7 @@ enum Command {
     Serve,
     /// Load telemetry from an NDJSON or CSV file (same validation as the API, durable).
     Load(load::LoadArgs),
-    /// Tenants.
+    /// Tenants: create, list, deactivate and reactivate (by name or id).
     Tenant {
         #[command(subcommand)]
         cmd: admin::TenantCmd,

@@ -104,7 +104,7 @@ pub struct Worker {
     pub store: Store,
     /// The cache (for the hit-rate alert).
     pub cache: Cache,
-    /// Settings.
+    /// Intervals, retention and alert thresholds (`[maintenance]`).
     pub settings: Settings,
     /// The app role's primary URL (for the leader connection).
     pub database_url: String,

@@ -111,9 +111,9 @@ pub struct Attribute {
     pub validation_regex: Option<String>,
     /// Decimal values with more than 5 fraction digits are rounded instead of refused.
     pub allow_rounding: bool,
-    /// Created.
+    /// When it was defined.
     pub created_at: DateTime<Utc>,
-    /// Last changed.
+    /// When its flags or regex last changed.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -22,7 +22,7 @@ pub struct Entity {
     pub cold_attrs: serde_json::Value,
     /// Incremented on every change.
     pub version: i32,
-    /// Created.
+    /// When it was registered.
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,

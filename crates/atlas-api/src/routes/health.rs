@@ -13,7 +13,7 @@ use crate::AppState;
 /// How long a readiness probe waits for each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Liveness.
+/// Liveness: the process answers HTTP.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// Always `ok`.

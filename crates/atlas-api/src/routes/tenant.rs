@@ -70,7 +70,7 @@ impl ToSchema for RegisterBody {
     }
 }
 
-/// Entities.
+/// A page of the tenant's entities in id order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntityPage {
     /// The entities, by id.
