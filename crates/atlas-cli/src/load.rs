@@ -187,9 +187,13 @@ impl Input {
                 read: 0,
             },
             Format::Csv => Input::Csv {
+                // Records end at `\n` only (a CRLF row's `\r` is trimmed off its last cell):
+                // with the default CRLF terminator the reader counts a CRLF file's lines one
+                // behind, and errors must name the right line.
                 reader: csv::ReaderBuilder::new()
                     .has_headers(false)
                     .flexible(true)
+                    .terminator(csv::Terminator::Any(b'\n'))
                     .from_reader(file),
                 columns: None,
             },
@@ -209,19 +213,28 @@ impl Input {
     fn next(&mut self, catalog: &Catalog) -> Result<Option<Record>> {
         match self {
             Input::Ndjson { reader, line, read } => loop {
-                let mut text = String::new();
-                let n = reader.read_line(&mut text)?;
+                let mut bytes = Vec::new();
+                let n = reader.read_until(b'\n', &mut bytes)?;
                 if n == 0 {
                     return Ok(None);
                 }
                 *read += n as u64;
                 *line += 1;
-                let text = text.trim_end().to_owned();
+                // A line that is not UTF-8 is refused like any other bad line.
+                let (text, utf8) = match String::from_utf8(bytes) {
+                    Ok(t) => (t, true),
+                    Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), false),
+                };
+                let text = without_bom(text.trim_end(), *line).to_owned();
                 if text.trim().is_empty() {
                     continue;
                 }
-                let reading = serde_json::from_str::<Reading>(&text)
-                    .map_err(|e| format!("not a telemetry reading: {e}"));
+                let reading = if utf8 {
+                    serde_json::from_str::<Reading>(&text)
+                        .map_err(|e| format!("not a telemetry reading: {e}"))
+                } else {
+                    Err("the line is not UTF-8 text".to_owned())
+                };
                 return Ok(Some(Record {
                     line: *line,
                     reading,
@@ -229,13 +242,49 @@ impl Input {
                 }));
             },
             Input::Csv { reader, columns } => loop {
-                let mut row = csv::StringRecord::new();
-                if !reader.read_record(&mut row)? {
+                let mut bytes = csv::ByteRecord::new();
+                if !reader.read_byte_record(&mut bytes)? {
                     return Ok(None);
                 }
-                let line = row
+                let line = bytes
                     .position()
                     .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
+                let mut row = match csv::StringRecord::from_byte_record(bytes) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        let raw = e.into_byte_record();
+                        let text: Vec<String> = raw
+                            .iter()
+                            .map(|c| String::from_utf8_lossy(c).into_owned())
+                            .collect();
+                        return Ok(Some(Record {
+                            line,
+                            reading: Err("the row is not UTF-8 text".to_owned()),
+                            text: text.join(","),
+                        }));
+                    }
+                };
+                // Spreadsheets start their CSV exports with a byte-order mark and end rows
+                // with CRLF.
+                let last = row.len().saturating_sub(1);
+                if (line == 1 && row.get(0).is_some_and(|c| c.starts_with('\u{feff}')))
+                    || row.get(last).is_some_and(|c| c.ends_with('\r'))
+                {
+                    let cells: Vec<String> = row
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let c = if i == 0 { without_bom(c, line) } else { c };
+                            let c = if i == last {
+                                c.strip_suffix('\r').unwrap_or(c)
+                            } else {
+                                c
+                            };
+                            c.to_owned()
+                        })
+                        .collect();
+                    row = csv::StringRecord::from(cells);
+                }
                 if row.iter().all(|c| c.trim().is_empty()) {
                     continue;
                 }
@@ -261,6 +310,15 @@ impl Input {
                 }));
             },
         }
+    }
+}
+
+/// `text` without the byte-order mark a first line may start with.
+fn without_bom(text: &str, line: usize) -> &str {
+    if line == 1 {
+        text.strip_prefix('\u{feff}').unwrap_or(text)
+    } else {
+        text
     }
 }
 

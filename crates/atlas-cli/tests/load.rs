@@ -479,3 +479,63 @@ async fn csv_is_read_as_rfc4180_and_round_trips_every_type() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn byte_order_marks_are_skipped_and_lines_that_are_not_utf8_are_refused() {
+    let db = TestDb::new().await;
+    let (_, ids) = setup(&db).await;
+    let dir = std::env::temp_dir().join(format!("atlas-bom-{}-{}", std::process::id(), db.name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let t0 = chrono::Utc::now().timestamp_millis() - 60_000;
+    let e = ids[0];
+    // A spreadsheet's CSV export: a byte-order mark, CRLF line ends, one row not UTF-8.
+    let mut csv = b"\xef\xbb\xbfentity_id,ts,attribute,value\r\n".to_vec();
+    csv.extend(format!("{e},{t0},priority,1\r\n").as_bytes());
+    csv.extend(format!("{e},{},status,caf", t0 + 1).as_bytes());
+    csv.extend(b"\xe9\r\n");
+    csv.extend(format!("{e},{},priority,3\r\n", t0 + 2).as_bytes());
+    let file = dir.join("export.csv");
+    std::fs::write(&file, csv).unwrap_or_else(|e| panic!("{e}"));
+    let rejects = dir.join("rejects.ndjson");
+    let out = atlas(
+        &db,
+        &[
+            "load",
+            file.to_str().unwrap_or(""),
+            "--tenant",
+            "loader",
+            "--skip-invalid",
+            rejects.to_str().unwrap_or(""),
+        ],
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("2 values stored, 0 already stored, 1 lines refused"),
+        "{said}"
+    );
+    let refused = std::fs::read_to_string(&rejects).unwrap_or_default();
+    assert!(
+        refused.contains("\"line\":3") && refused.contains("not UTF-8"),
+        "{refused}"
+    );
+
+    // NDJSON with a byte-order mark on its first line.
+    let file = dir.join("bom.ndjson");
+    let mut nd = b"\xef\xbb\xbf".to_vec();
+    nd.extend(
+        format!(
+            "{{\"entity_id\": {e}, \"ts\": {}, \"values\": {{\"priority\": 4}}}}\n",
+            t0 + 3
+        )
+        .as_bytes(),
+    );
+    std::fs::write(&file, nd).unwrap_or_else(|e| panic!("{e}"));
+    let out = atlas(
+        &db,
+        &["load", file.to_str().unwrap_or(""), "--tenant", "loader"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count(&db).await, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
