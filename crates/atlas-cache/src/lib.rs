@@ -601,7 +601,7 @@ impl Cache {
                     inner.learn_epoch(&epoch);
                     trust.healed.fetch_max(covers, Ordering::SeqCst);
                     if trust.trusted() {
-                        tracing::info!("cache epoch replaced: the cache is trusted again");
+                        tracing::info!("new cache epoch set: serving from Redis");
                     }
                     continue;
                 }
