@@ -26,15 +26,16 @@
 //!   carries the epoch (`cache:epoch`, a random token) read before its database read; a
 //!   lookup answers only what carries the epoch as this process last read it (re-read every
 //!   [`EPOCH_REFRESH`], so a lookup is still one plain read and Redis's own hit rate stays
-//!   true), and a fill stores nothing once the epoch moved. A process trusts the cache only after it has
-//!   replaced the epoch itself following its last failed Redis call (a server also at start,
-//!   [`Cache::renew_epoch`], as a predecessor may have died with invalidations undone; a
-//!   short-lived writer waits for it before exiting, [`Cache::settle`]): an invalidation that failed — Redis
-//!   down, failing over, or restarted from its AOF or a replica that kept older entries — thus
-//!   can never let an old entry answer once Redis is back. Until then every lookup is a
-//!   *bypass* to PostgreSQL without touching Redis (no waiting out timeouts), and
-//!   invalidations are skipped for 250 ms after a failure (counted as failures, so the next
-//!   epoch covers them). A background task replaces the epoch as soon as Redis answers.
+//!   true), and a fill stores nothing once the epoch moved. A process trusts the cache only
+//!   after it has replaced the epoch itself following its last failed invalidation or epoch
+//!   re-read (a server also at start, [`Cache::renew_epoch`], as a predecessor may have died
+//!   with invalidations undone; a short-lived writer waits for it before exiting,
+//!   [`Cache::settle`]): an invalidation that failed — Redis down, failing over, or restarted
+//!   from its AOF or a replica that kept older entries — thus can never let an old entry
+//!   answer once Redis is back. Until then every lookup is a *bypass* to PostgreSQL without
+//!   touching Redis (no waiting out timeouts), and invalidations are skipped for 250 ms after
+//!   a failure (counted as failures, so the next epoch covers them). A background task
+//!   replaces the epoch as soon as Redis answers.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -508,8 +509,8 @@ impl Cache {
             .unwrap_or_default()
     }
 
-    /// Runs one command or pipeline with the call timeout; `None` on any failure (counted:
-    /// the cache is then distrusted until a new epoch stands).
+    /// Runs one command or pipeline with the call timeout; `None` on any failure (a failed
+    /// invalidation or epoch read distrusts the cache until a new epoch stands).
     async fn run<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
@@ -541,7 +542,12 @@ impl Cache {
             }
         }
         metrics::counter!("atlas_cache_errors_total", "op" => what).increment(1);
-        Self::failed(inner, true);
+        // Only a failed invalidation or epoch read can leave an entry that hides a write; a
+        // lookup or fill that failed lost nothing (a timeout under load must not cost a
+        // cache-wide refill), and an outage it reveals fails the next epoch re-read.
+        if matches!(what, "invalidate" | "epoch") {
+            Self::failed(inner, true);
+        }
         // The master may have moved (or this one is now a read-only replica).
         if inner.sentinel.is_some() {
             let inner = Arc::clone(inner);
