@@ -249,6 +249,13 @@ fn describe() {
     ] {
         metrics::counter!(name).absolute(0);
     }
+    // The cache's failures by operation: the ones that matter (invalidate, epoch) first.
+    for op in ["invalidate", "epoch", "get", "lease", "fill"] {
+        metrics::counter!("atlas_cache_errors_total", "op" => op).absolute(0);
+    }
+    for reason in ["lag", "error"] {
+        metrics::counter!("atlas_analytics_fallbacks_total", "reason" => reason).absolute(0);
+    }
 }
 
 /// Counts requests and their latency per route template and status.

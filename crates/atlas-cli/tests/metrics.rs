@@ -208,6 +208,8 @@ async fn every_metric_readme_names_is_emitted_with_help_and_passes_promtool() {
     for counter in [
         "atlas_ingest_batches_failed_total 0",
         "atlas_ingest_queue_full_total 0",
+        "atlas_cache_errors_total{op=\"invalidate\"} 0",
+        "atlas_analytics_fallbacks_total{reason=\"error\"} 0",
     ] {
         assert!(
             from_serve.lines().any(|l| l == counter),
