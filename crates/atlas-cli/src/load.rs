@@ -328,9 +328,42 @@ struct Outcome {
     stored: usize,
     already: usize,
     refused: usize,
-    /// The last line of the batches written in full, in order (everything up to it was
-    /// submitted and acknowledged).
-    written_through: usize,
+    /// The line ranges of the batches the database acknowledged (first, last line).
+    written: Vec<(usize, usize)>,
+}
+
+impl Outcome {
+    /// Which lines were written, for a load that stopped: merged ranges in line order.
+    fn written_lines(&self) -> String {
+        let mut ranges = self.written.clone();
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        for (first, last) in ranges {
+            match merged.last_mut() {
+                Some(prev) if first <= prev.1 + 1 => prev.1 = prev.1.max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        if merged.is_empty() {
+            return "nothing of the file was written".to_owned();
+        }
+        let list: Vec<String> = merged
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    format!("{a}")
+                } else {
+                    format!("{a}–{b}")
+                }
+            })
+            .collect();
+        let plural = if merged.len() > 1 || merged[0].0 != merged[0].1 {
+            "s"
+        } else {
+            ""
+        };
+        format!("written: line{plural} {}; no other line", list.join(", "))
+    }
 }
 
 /// Refused lines: written to the rejects file with `--skip-invalid`, else the load stops.
@@ -443,16 +476,14 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
                         }
                         out.refused += 1;
                     }
-                    if failure.is_some() {
-                        // Without --skip-invalid nothing of a batch with a bad line is written.
-                        out.written_through = first_line.saturating_sub(1);
-                    } else if !rows.is_empty() {
+                    // Without --skip-invalid nothing of a batch with a bad line is written.
+                    if failure.is_none() && !rows.is_empty() {
                         let ing = ingestor.clone();
                         let last = lines.last().copied().unwrap_or(first_line);
                         in_flight.push(tokio::spawn(async move {
                             let count = rows.len();
                             Submitted {
-                                last_line: last,
+                                lines: (first_line, last),
                                 count,
                                 result: ing.submit(rows, Durability::Durable).await,
                             }
@@ -511,10 +542,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
         }
         Some(e) => {
             eprintln!("{summary}");
-            let through = match out.written_through {
-                0 => "nothing of the file was written".to_owned(),
-                n => format!("lines 1–{n} were written; nothing after line {n}"),
-            };
+            let through = out.written_lines();
             Err(e.context(format!(
                 "the load stopped: {through} (fix the line and load the file again: stored \
                  values are recognised, or use --skip-invalid FILE to store the valid lines)"
@@ -525,7 +553,8 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
 
 /// A batch handed to the pipeline, and its answer.
 struct Submitted {
-    last_line: usize,
+    /// The first and last line of the batch.
+    lines: (usize, usize),
     count: usize,
     result: Result<atlas_ingest::Ack, IngestError>,
 }
@@ -538,7 +567,7 @@ impl Submitted {
                 let stored = ack.stored.unwrap_or(ack.accepted);
                 out.stored += stored;
                 out.already += ack.accepted.saturating_sub(stored);
-                out.written_through = out.written_through.max(self.last_line);
+                out.written.push(self.lines);
                 Ok(())
             }
             Err(IngestError::Refused {
@@ -551,11 +580,13 @@ impl Submitted {
                 out.stored += stored;
                 out.already += self.count.saturating_sub(refused + stored);
                 out.refused += refused;
-                out.written_through = out.written_through.max(self.last_line);
+                // The batch's other values are stored.
+                out.written.push(self.lines);
                 bail!(
-                    "{refused} value(s) up to line {} were refused by the database and \
-                     dead-lettered: {reason}",
-                    self.last_line
+                    "{refused} value(s) of lines {}–{} were refused by the database and \
+                     dead-lettered (the others are stored): {reason}",
+                    self.lines.0,
+                    self.lines.1
                 )
             }
             Err(e) => Err(anyhow::anyhow!(e)),
@@ -643,6 +674,20 @@ async fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_lines_are_merged_ranges_in_order() {
+        let mut out = Outcome::default();
+        assert_eq!(out.written_lines(), "nothing of the file was written");
+        out.written = vec![(1, 1)];
+        assert_eq!(out.written_lines(), "written: line 1; no other line");
+        // Acknowledged out of order, one batch in between never written.
+        out.written = vec![(201, 300), (1, 100), (101, 200), (401, 500)];
+        assert_eq!(
+            out.written_lines(),
+            "written: lines 1–300, 401–500; no other line"
+        );
+    }
 
     #[test]
     fn csv_times_are_epoch_ms_or_rfc3339() {
