@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use atlas_config::Limits;
 
-use crate::support::{Server, assert_error, call, split};
+use crate::support::{Server, assert_error, call, header, split};
 
 #[tokio::test]
 async fn bad_bodies_get_the_uniform_error_naming_the_field() {
@@ -803,12 +803,7 @@ async fn gzip_request_ids_cors_and_timeouts_work_as_clients_expect() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let id = header(&resp, "x-request-id");
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{id:?}"
@@ -856,12 +851,7 @@ async fn gzip_request_ids_cors_and_timeouts_work_as_clients_expect() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let exposed = resp
-        .headers()
-        .get("access-control-expose-headers")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let exposed = header(&resp, "access-control-expose-headers");
     assert!(exposed.contains("x-atlas-served-by"), "{exposed}");
 
     // A request stuck longer than the timeout (here behind a lock) is a 503 with Retry-After.

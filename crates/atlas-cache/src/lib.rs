@@ -275,16 +275,6 @@ if not e then
 end
 return e";
 
-// KEYS: lease, epoch. ARGV: token, ttl, a new epoch in case there is none.
-const LEASE: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local e = redis.call('GET', KEYS[2])
-if not e then
-  e = ARGV[3]
-  redis.call('SET', KEYS[2], e)
-end
-return e";
-
 // KEYS: key, lease, epoch. ARGV: token ('' without a lease), epoch, value, ttl.
 const FILL_VALUE: &str = r"
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -774,45 +764,45 @@ impl Cache {
     /// Takes the lease to fill `key` and reads the epoch the fill will carry; call it *before*
     /// reading the database. `None` when Redis is unavailable (then do not fill).
     pub async fn lease(&self, key: &str) -> Option<Lease> {
-        let inner = Arc::clone(self.usable(None)?);
-        let token = token();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(LEASE)
-            .arg(2)
-            .arg(lease_key(key))
-            .arg(self.epoch_key())
-            .arg(&token)
-            .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000))
-            .arg(self::token());
-        let epoch = self
-            .run("lease", move |c| {
-                async move { cmd.query_async::<String>(c).await }.boxed()
-            })
-            .await?;
-        inner.learn_epoch(&epoch);
-        Some(Lease {
-            key: key.to_owned(),
-            token,
-            epoch,
-        })
+        self.claim(key, true).await
     }
 
     /// The epoch a fill of `key` will carry, without a lease: for keys that writers make
     /// unreachable rather than delete (aggregates under a generation). Call it *before*
     /// reading the database.
     pub async fn stamp(&self, key: &str) -> Option<Lease> {
+        self.claim(key, false).await
+    }
+
+    /// Reads the epoch (creating it when absent), after taking the lease on `key` when
+    /// `with_lease`, in one round trip. A failure here lost nothing, so it does not distrust
+    /// the cache.
+    async fn claim(&self, key: &str, with_lease: bool) -> Option<Lease> {
         let inner = Arc::clone(self.usable(None)?);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(EPOCH).arg(1).arg(self.epoch_key()).arg(token());
-        let epoch = self
-            .run("epoch", move |c| {
-                async move { cmd.query_async::<String>(c).await }.boxed()
+        let token = if with_lease { token() } else { String::new() };
+        let mut pipe = redis::pipe();
+        if with_lease {
+            pipe.cmd("SET")
+                .arg(lease_key(key))
+                .arg(&token)
+                .arg("PX")
+                .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000))
+                .ignore();
+        }
+        pipe.cmd("EVAL")
+            .arg(EPOCH)
+            .arg(1)
+            .arg(inner.epoch_key())
+            .arg(self::token());
+        let (epoch,) = self
+            .run("lease", move |c| {
+                async move { pipe.query_async::<(String,)>(c).await }.boxed()
             })
             .await?;
         inner.learn_epoch(&epoch);
         Some(Lease {
             key: key.to_owned(),
-            token: String::new(),
+            token,
             epoch,
         })
     }

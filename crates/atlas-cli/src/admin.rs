@@ -118,8 +118,24 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints a list as one JSON array (`json`), or as a table: `row` gives each item's cells
+/// under `header`.
+pub(crate) fn print_list<T: serde::Serialize>(
+    json: bool,
+    items: &[T],
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if json {
+        return print_json(&items);
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    print_table(header, &rows);
+    Ok(())
+}
+
 /// Prints rows under a header, each column as wide as its widest cell.
-pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -189,22 +205,14 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
                     _ => break,
                 }
             }
-            if json {
-                return print_json(&all);
-            }
-            let rows: Vec<Vec<String>> = all
-                .iter()
-                .map(|t| {
-                    vec![
-                        t.tenant_id.to_string(),
-                        t.tenant_name.clone(),
-                        if t.is_active { "active" } else { "deactivated" }.to_owned(),
-                        time(t.created_at),
-                    ]
-                })
-                .collect();
-            print_table(&["ID", "NAME", "STATE", "CREATED"], &rows);
-            Ok(())
+            print_list(json, &all, &["ID", "NAME", "STATE", "CREATED"], |t| {
+                vec![
+                    t.tenant_id.to_string(),
+                    t.tenant_name.clone(),
+                    if t.is_active { "active" } else { "deactivated" }.to_owned(),
+                    time(t.created_at),
+                ]
+            })
         }
         TenantCmd::Deactivate { tenant } => set_active(&store, &tenant, false).await,
         TenantCmd::Activate { tenant } => set_active(&store, &tenant, true).await,
@@ -238,23 +246,16 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> Result<()> {
         KeyCmd::List { tenant, json } => {
             let t = resolve_tenant(&store, &tenant).await?;
             let keys = store.list_api_keys(t.tenant_id).await?;
-            if json {
-                return print_json(&keys);
-            }
-            let rows: Vec<Vec<String>> = keys
-                .iter()
-                .map(|k| {
-                    vec![
-                        k.key_id.to_string(),
-                        k.prefix.clone(),
-                        k.name.clone(),
-                        time(k.created_at),
-                        k.revoked_at.map(time).unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            print_table(&["ID", "PREFIX", "NAME", "CREATED", "REVOKED"], &rows);
-            Ok(())
+            let header = ["ID", "PREFIX", "NAME", "CREATED", "REVOKED"];
+            print_list(json, &keys, &header, |k| {
+                vec![
+                    k.key_id.to_string(),
+                    k.prefix.clone(),
+                    k.name.clone(),
+                    time(k.created_at),
+                    k.revoked_at.map(time).unwrap_or_default(),
+                ]
+            })
         }
         KeyCmd::Revoke { tenant, key_id } => {
             let t = resolve_tenant(&store, &tenant).await?;
@@ -298,29 +299,19 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
         }
         AttributeCmd::List { json } => {
             let all = store.list_attributes().await?;
-            if json {
-                return print_json(&all);
-            }
             let yes = |b: bool| if b { "yes" } else { "" }.to_owned();
-            let rows: Vec<Vec<String>> = all
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.attribute_id.to_string(),
-                        a.attribute_name.clone(),
-                        a.data_type.as_str().to_owned(),
-                        yes(a.is_hot),
-                        yes(a.is_indexed),
-                        yes(a.allow_rounding),
-                        a.validation_regex.clone().unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            print_table(
-                &["ID", "NAME", "TYPE", "HOT", "INDEXED", "ROUNDING", "REGEX"],
-                &rows,
-            );
-            Ok(())
+            let header = ["ID", "NAME", "TYPE", "HOT", "INDEXED", "ROUNDING", "REGEX"];
+            print_list(json, &all, &header, |a| {
+                vec![
+                    a.attribute_id.to_string(),
+                    a.attribute_name.clone(),
+                    a.data_type.as_str().to_owned(),
+                    yes(a.is_hot),
+                    yes(a.is_indexed),
+                    yes(a.allow_rounding),
+                    a.validation_regex.clone().unwrap_or_default(),
+                ]
+            })
         }
         AttributeCmd::Update {
             attribute,

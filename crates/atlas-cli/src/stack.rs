@@ -96,34 +96,32 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
                 bail!("no stack in {}: run `atlas stack up`", spec.dir.display());
             };
             let s = stack.status();
-            let services = [
-                ("primary", spec.pg_port, s.primary),
-                ("replica", spec.replica_port, s.replica),
-                ("redis", spec.redis_port, s.redis),
-                ("redis replica", stack.redis_replica_port(), s.redis_replica),
-                ("sentinel", stack.sentinel_port(), s.sentinel),
-            ];
-            if json {
-                let list: Vec<serde_json::Value> = services
-                    .iter()
-                    .map(|(name, port, up)| {
-                        serde_json::json!({"service": name, "address": format!("127.0.0.1:{port}"), "up": up})
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                let rows: Vec<Vec<String>> = services
-                    .iter()
-                    .map(|(name, port, up)| {
-                        vec![
-                            (*name).to_owned(),
-                            format!("127.0.0.1:{port}"),
-                            if *up { "up" } else { "DOWN" }.to_owned(),
-                        ]
-                    })
-                    .collect();
-                crate::admin::print_table(&["SERVICE", "ADDRESS", "STATE"], &rows);
+            /// One service of the stack, as listed.
+            #[derive(serde::Serialize)]
+            struct Service {
+                service: &'static str,
+                address: String,
+                up: bool,
             }
+            let service = |service, port: u16, up| Service {
+                service,
+                address: format!("127.0.0.1:{port}"),
+                up,
+            };
+            let services = [
+                service("primary", spec.pg_port, s.primary),
+                service("replica", spec.replica_port, s.replica),
+                service("redis", spec.redis_port, s.redis),
+                service("redis replica", stack.redis_replica_port(), s.redis_replica),
+                service("sentinel", stack.sentinel_port(), s.sentinel),
+            ];
+            crate::admin::print_list(json, &services, &["SERVICE", "ADDRESS", "STATE"], |s| {
+                vec![
+                    s.service.to_owned(),
+                    s.address.clone(),
+                    if s.up { "up" } else { "DOWN" }.to_owned(),
+                ]
+            })?;
             if !s.all_up() {
                 bail!("some services are down: run `atlas stack up`");
             }
@@ -199,32 +197,29 @@ pub async fn migrate(config: &Config, status_only: bool, json: bool) -> Result<(
     let resolved = with_stack_defaults(config)?;
     let mut client = crate::connect(&admin_url(config)?).await?;
     if status_only {
-        let rows: Vec<(i32, &'static str, &'static str)> = migration_status(&client)
+        /// One migration, as listed.
+        #[derive(serde::Serialize)]
+        struct Row {
+            version: i32,
+            name: &'static str,
+            state: &'static str,
+        }
+        let rows: Vec<Row> = migration_status(&client)
             .await?
             .iter()
-            .map(|s| {
-                let state = match &s.applied_checksum {
+            .map(|s| Row {
+                version: s.migration.version,
+                name: s.migration.name,
+                state: match &s.applied_checksum {
                     None => "pending",
                     Some(_) if s.is_current() => "applied",
                     Some(_) => "changed since applied",
-                };
-                (s.migration.version, s.migration.name, state)
+                },
             })
             .collect();
-        if json {
-            let list: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(v, n, st)| serde_json::json!({"version": v, "name": n, "state": st}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
-        } else {
-            let rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|(v, n, st)| vec![v.to_string(), (*n).to_owned(), (*st).to_owned()])
-                .collect();
-            crate::admin::print_table(&["VERSION", "NAME", "STATE"], &rows);
-        }
-        return Ok(());
+        return crate::admin::print_list(json, &rows, &["VERSION", "NAME", "STATE"], |r| {
+            vec![r.version.to_string(), r.name.to_owned(), r.state.to_owned()]
+        });
     }
     let app = match &resolved.database_url {
         Some(url) => {

@@ -72,6 +72,13 @@ pub(crate) fn atlas(db: &Target, config: &std::path::Path) -> Command {
     c
 }
 
+/// `atlas cdc` as a service, serving its metrics on `port`.
+pub(crate) fn cdc_with_metrics(db: &Target, config: &std::path::Path, port: u16) -> Command {
+    let mut c = atlas(db, config);
+    c.args(["cdc", "--metrics-listen", &format!("127.0.0.1:{port}")]);
+    c
+}
+
 fn run_once(db: &Target, config: &std::path::Path) -> Value {
     run_once_with(db, config, &[])
 }
@@ -360,12 +367,7 @@ async fn a_stopped_consumer_retains_wal_visibly_and_catches_up_without_loss() {
     // A consumer started while the load still runs catches up; then the load stops.
     let metrics_port = crate::support::free_port();
     let consumer = Killed(
-        atlas(&t, &config)
-            .args([
-                "cdc",
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
+        cdc_with_metrics(&t, &config, metrics_port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

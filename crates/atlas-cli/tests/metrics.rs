@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use atlas_testkit::TestDb;
 use serde_json::json;
 
-use crate::cdc::{Target, atlas, config_file};
+use crate::cdc::{Target, cdc_with_metrics, config_file};
 use crate::support::{ADMIN, Serve, fleet, free_port};
 
 /// Metric names README mentions: `atlas_…` words with a metric's suffix (role, database and
@@ -101,12 +101,7 @@ async fn every_metric_readme_names_is_emitted_with_help_and_passes_promtool() {
     )
     .await;
     let metrics_port = free_port();
-    let mut cdc = atlas(&target, &config)
-        .args([
-            "cdc",
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
+    let mut cdc = cdc_with_metrics(&target, &config, metrics_port)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

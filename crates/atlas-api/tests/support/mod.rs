@@ -212,14 +212,18 @@ pub async fn get_cached(server: &Server, key: &str, path: &str) -> (u16, Value, 
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let cache = resp
-        .headers()
-        .get("x-atlas-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let cache = header(&resp, "x-atlas-cache");
     let (s, b) = split(resp).await;
     (s, b, cache)
+}
+
+/// A response header as text (empty when absent or not text).
+pub fn header(resp: &Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 pub async fn split(resp: Response) -> (u16, Value) {
