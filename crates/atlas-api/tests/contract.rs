@@ -287,7 +287,7 @@ async fn readyz_reports_primary_migrations_replica_and_redis() {
         .admin()
         .await
         .execute(
-            "UPDATE atlas_schema_migrations SET checksum = 'x' WHERE version = 1",
+            "UPDATE atlas_schema_migrations SET checksum = 'x' WHERE version = 20",
             &[],
         )
         .await

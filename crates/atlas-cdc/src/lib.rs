@@ -461,7 +461,7 @@ pub async fn prepare_analytics(admin_url: &str, database: &str) -> Result<(), Cd
     let mut client = atlas_store::connect(&with_database(admin_url, database)?)
         .await
         .map_err(|e| CdcError::Connect(e.to_string()))?;
-    atlas_schema::migrate_set(&mut client, None, atlas_schema::ANALYTICS_MIGRATIONS).await?;
+    atlas_schema::migrate_set(&mut client, None, &atlas_schema::ANALYTICS_SCHEMA).await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use tokio_postgres::types::PgLsn;
 
 use crate::CdcError;
 
-/// The publication Atlas's schema creates (0001).
+/// The publication Atlas's schema creates.
 pub const PUBLICATION: &str = "eav_cdc";
 
 /// One peeked message.

@@ -50,7 +50,7 @@ const ENTITY_IDS: &str = "SELECT entity_id FROM public.entities WHERE entity_typ
 /// Status changes every 20 minutes, so most hot values repeat (as in real fleets). Every value
 /// is a function of the entity and the reading's own minute (`t.am`, minutes since the epoch),
 /// so a later run re-stages the same readings with the same values: replays, which store
-/// nothing (a different value at a stored time would be refused, migration 0019).
+/// nothing (a different value at a stored time would be refused).
 const STAGE_VALUES: &str = r#"
 INSERT INTO public.entity_values_ingest (
     entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,

@@ -200,7 +200,8 @@ pub async fn migrate(config: &Config, status_only: bool, json: bool) -> Result<(
         /// One migration, as listed.
         #[derive(serde::Serialize)]
         struct Row {
-            version: i32,
+            /// `None` for a function file (re-applied whenever it changes).
+            version: Option<i32>,
             name: &'static str,
             state: &'static str,
         }
@@ -208,17 +209,23 @@ pub async fn migrate(config: &Config, status_only: bool, json: bool) -> Result<(
             .await?
             .iter()
             .map(|s| Row {
-                version: s.migration.version,
-                name: s.migration.name,
+                version: s.version,
+                name: s.name,
                 state: match &s.applied_checksum {
                     None => "pending",
                     Some(_) if s.is_current() => "applied",
-                    Some(_) => "changed since applied",
+                    Some(_) if s.is_edited() => "changed since applied",
+                    Some(_) => "changed, re-applied by migrate",
                 },
             })
             .collect();
         return crate::admin::print_list(json, &rows, &["VERSION", "NAME", "STATE"], |r| {
-            vec![r.version.to_string(), r.name.to_owned(), r.state.to_owned()]
+            vec![
+                r.version
+                    .map_or_else(|| "functions".to_owned(), |v| v.to_string()),
+                r.name.to_owned(),
+                r.state.to_owned(),
+            ]
         });
     }
     let app = match &resolved.database_url {
@@ -237,14 +244,17 @@ pub async fn migrate(config: &Config, status_only: bool, json: bool) -> Result<(
         None => None,
     };
     let report = run_migrations(&mut client, app.as_ref()).await?;
-    if report.applied.is_empty() {
+    if report.applied.is_empty() && report.functions_applied.is_empty() {
         println!(
-            "schema is up to date ({} migrations applied)",
+            "schema is up to date ({} migrations applied, functions current)",
             report.already_applied
         );
     } else {
         for name in &report.applied {
             println!("applied {name}");
+        }
+        for name in &report.functions_applied {
+            println!("applied functions/{name}");
         }
     }
     Ok(())

@@ -50,7 +50,7 @@ pub enum MaintainError {
     },
 }
 
-/// How far back `ensure_ts_partitions_from` (migration 0017) makes partitions.
+/// How far back `ensure_ts_partitions_from` makes partitions.
 pub const MAX_BACKFILL_YEARS: i64 = 20;
 /// Partitions `ensure_ts_partitions_from` creates per call (its transaction holds their locks).
 const BACKWARD_PER_CALL: usize = 100;

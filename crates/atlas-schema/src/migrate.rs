@@ -2,7 +2,7 @@
 
 use tokio_postgres::Client;
 
-use crate::{APP_ROLE, MIGRATIONS, Migration, SchemaError};
+use crate::{APP_ROLE, Functions, Migration, SCHEMA, Schema, SchemaError};
 
 /// Key of the session advisory lock that serializes concurrent migrators.
 const MIGRATE_LOCK_KEY: i64 = 0x6174_6c61_735f_6d67; // "atlas_mg"
@@ -48,8 +48,26 @@ CREATE TABLE IF NOT EXISTS public.atlas_schema_migrations (
     checksum   text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+-- The repeatable function files' own history: the checksum each was last applied with, and
+-- the functions it defined then (to find one whose signature changed and was left behind).
+CREATE TABLE IF NOT EXISTS public.atlas_schema_functions (
+    name       text        PRIMARY KEY,
+    checksum   text        NOT NULL,
+    functions  text[]      NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+-- /readyz compares the applied files with the binary's.
+GRANT SELECT ON public.atlas_schema_functions TO atlas_app;
 RESET ROLE;
 ";
+
+/// A function's name as the migrator records it (`p` being its pg_proc row): schema, name and
+/// arguments, independent of the session's search_path. A macro so queries stay literals.
+macro_rules! signature {
+    () => {
+        "format('%s.%s(%s)', p.pronamespace::regnamespace, p.proname, pg_get_function_identity_arguments(p.oid))"
+    };
+}
 
 /// The login the server will use, whose password the migrator sets.
 #[derive(Debug, Clone)]
@@ -63,25 +81,37 @@ pub struct AppLogin {
 /// What one `migrate` run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrateReport {
-    /// Names of the migrations applied now, in order.
+    /// Names of the versioned migrations applied now, in order.
     pub applied: Vec<&'static str>,
-    /// How many were already applied before.
+    /// How many versioned migrations were already applied before.
     pub already_applied: usize,
+    /// Names of the function files (re-)applied now because they were new or had changed.
+    pub functions_applied: Vec<&'static str>,
 }
 
-/// One migration's state in a database.
+/// One embedded file's state in a database: a versioned migration or a function file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationState {
-    /// The embedded migration.
-    pub migration: Migration,
-    /// The checksum recorded when it was applied, if it was.
+    /// The migration's version; `None` for a repeatable function file.
+    pub version: Option<i32>,
+    /// The file name.
+    pub name: &'static str,
+    /// The embedded file's checksum.
+    pub checksum: String,
+    /// The checksum recorded when it was (last) applied, if it was.
     pub applied_checksum: Option<String>,
 }
 
 impl MigrationState {
     /// True when applied and unchanged since.
     pub fn is_current(&self) -> bool {
-        self.applied_checksum.as_deref() == Some(self.migration.checksum().as_str())
+        self.applied_checksum.as_deref() == Some(self.checksum.as_str())
+    }
+
+    /// True for a versioned migration edited after it was applied (a function file that changed
+    /// is merely pending: it is re-applied).
+    pub fn is_edited(&self) -> bool {
+        self.version.is_some() && self.applied_checksum.is_some() && !self.is_current()
     }
 }
 
@@ -113,14 +143,14 @@ pub async fn migrate(
     client: &mut Client,
     app: Option<&AppLogin>,
 ) -> Result<MigrateReport, SchemaError> {
-    migrate_set(client, app, MIGRATIONS).await
+    migrate_set(client, app, &SCHEMA).await
 }
 
-/// [`migrate`] with another migration set (the analytics store's own database).
+/// [`migrate`] with another schema (the analytics store's own database).
 pub async fn migrate_set(
     client: &mut Client,
     app: Option<&AppLogin>,
-    set: &'static [Migration],
+    set: &Schema,
 ) -> Result<MigrateReport, SchemaError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
@@ -137,7 +167,7 @@ pub async fn migrate_set(
 async fn migrate_locked(
     client: &mut Client,
     app: Option<&AppLogin>,
-    set: &'static [Migration],
+    set: &Schema,
 ) -> Result<MigrateReport, SchemaError> {
     client
         .batch_execute(BOOTSTRAP_ROLES)
@@ -175,25 +205,152 @@ async fn migrate_locked(
 
     let states = migration_status_of(client, set).await?;
     let mut report = MigrateReport::default();
-    for state in states {
+    for (state, migration) in states.iter().zip(set.migrations) {
         match &state.applied_checksum {
             Some(_) if state.is_current() => report.already_applied += 1,
             Some(applied) => {
                 return Err(SchemaError::Modified {
-                    version: state.migration.version,
-                    name: state.migration.name.to_owned(),
+                    version: migration.version,
+                    name: migration.name.to_owned(),
                     applied: applied.clone(),
-                    current: state.migration.checksum(),
+                    current: state.checksum.clone(),
                 });
             }
             None => {
-                apply(client, &state.migration).await?;
-                tracing::info!(migration = state.migration.name, "applied migration");
-                report.applied.push(state.migration.name);
+                apply(client, migration).await?;
+                tracing::info!(migration = migration.name, "applied migration");
+                report.applied.push(migration.name);
             }
         }
     }
+    for (state, file) in states[set.migrations.len()..].iter().zip(set.functions) {
+        if !state.is_current() {
+            apply_functions(client, file).await?;
+            tracing::info!(functions = file.name, "applied functions");
+            report.functions_applied.push(file.name);
+        }
+    }
+    if !set.functions.is_empty() {
+        check_functions_managed(client).await?;
+    }
+    if !set.after_migrate.is_empty() {
+        let tx = client.transaction().await.map_err(db("after migrating"))?;
+        tx.batch_execute("SET LOCAL ROLE atlas_owner")
+            .await
+            .map_err(db("after migrating"))?;
+        tx.batch_execute(set.after_migrate)
+            .await
+            .map_err(db("after migrating"))?;
+        tx.commit().await.map_err(db("after migrating"))?;
+    }
     Ok(report)
+}
+
+/// Applies one function file in its own transaction and records the functions it defined:
+/// those whose catalog row this transaction wrote (`CREATE OR REPLACE` rewrites it even when
+/// nothing changed). A function the file defined before and no longer does - its signature
+/// changed, so `CREATE OR REPLACE` made a second one - must have been dropped by a versioned
+/// migration; otherwise the old one would linger and callers could still reach it.
+async fn apply_functions(client: &mut Client, file: &Functions) -> Result<(), SchemaError> {
+    let failed = |source| SchemaError::Failed {
+        name: file.name,
+        source,
+    };
+    let tx = client.transaction().await.map_err(failed)?;
+    let before: Vec<String> = tx
+        .query_opt(
+            "SELECT functions FROM public.atlas_schema_functions WHERE name = $1",
+            &[&file.name],
+        )
+        .await
+        .map_err(failed)?
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    // Function bodies name functions of other files, or of this one further down: like
+    // pg_dump, create them without checking bodies, which are checked when they run (and, all
+    // at once with every function present, by the schema tests).
+    tx.batch_execute("SET LOCAL ROLE atlas_owner; SET LOCAL check_function_bodies = off")
+        .await
+        .map_err(failed)?;
+    tx.batch_execute(file.sql).await.map_err(failed)?;
+    let defined: Vec<String> = tx
+        .query(
+            concat!(
+                "SELECT ",
+                signature!(),
+                " FROM pg_proc p \
+                 WHERE p.pronamespace = 'public'::regnamespace AND p.xmin = pg_current_xact_id()::xid \
+                 ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let left: Vec<String> = tx
+        .query(
+            concat!(
+                "SELECT ",
+                signature!(),
+                " FROM pg_proc p \
+                 WHERE ",
+                signature!(),
+                " = ANY ($1) AND NOT ",
+                signature!(),
+                " = ANY ($2) ORDER BY 1"
+            ),
+            &[&before, &defined],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(function) = left.into_iter().next() {
+        return Err(SchemaError::Orphaned {
+            file: file.name,
+            function,
+        });
+    }
+    tx.execute(
+        "INSERT INTO public.atlas_schema_functions (name, checksum, functions) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, functions = EXCLUDED.functions, \
+         applied_at = now()",
+        &[&file.name, &file.checksum(), &defined],
+    )
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)
+}
+
+/// Every function of the schema's roles in `public` is defined by a function file: one that none
+/// defines is a left-over (a changed signature whose old form no versioned migration dropped).
+async fn check_functions_managed(client: &Client) -> Result<(), SchemaError> {
+    let stray = client
+        .query_opt(
+            concat!(
+                "SELECT ",
+                signature!(),
+                " FROM pg_proc p \
+                 WHERE p.pronamespace = 'public'::regnamespace \
+                   AND pg_get_userbyid(p.proowner) IN ('atlas_owner', 'atlas_definer') \
+                   AND NOT EXISTS (SELECT 1 FROM public.atlas_schema_functions f WHERE ",
+                signature!(),
+                " = ANY (f.functions)) \
+                 ORDER BY 1 LIMIT 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(db("checking the functions"))?;
+    match stray {
+        Some(row) => Err(SchemaError::Unmanaged {
+            function: row.get(0),
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn apply(client: &mut Client, m: &Migration) -> Result<(), SchemaError> {
@@ -215,26 +372,27 @@ async fn apply(client: &mut Client, m: &Migration) -> Result<(), SchemaError> {
     tx.commit().await.map_err(failed)
 }
 
-/// The state of every embedded migration in the connected database. Fails when the database
-/// has a migration this binary does not know.
+/// The state of every embedded file (versioned migrations, then function files) in the
+/// connected database. Fails when the database has a migration this binary does not know.
 pub async fn migration_status(client: &Client) -> Result<Vec<MigrationState>, SchemaError> {
-    migration_status_of(client, MIGRATIONS).await
+    migration_status_of(client, &SCHEMA).await
 }
 
-/// [`migration_status`] for another migration set.
+/// [`migration_status`] for another schema.
 pub async fn migration_status_of(
     client: &Client,
-    set: &'static [Migration],
+    set: &Schema,
 ) -> Result<Vec<MigrationState>, SchemaError> {
-    let exists: bool = client
+    let (migrations, functions): (bool, bool) = client
         .query_one(
-            "SELECT to_regclass('public.atlas_schema_migrations') IS NOT NULL",
+            "SELECT to_regclass('public.atlas_schema_migrations') IS NOT NULL, \
+                    to_regclass('public.atlas_schema_functions') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(db("reading migration history"))?
-        .get(0);
-    let applied: Vec<(i32, String, String)> = if exists {
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(db("reading migration history"))?;
+    let applied: Vec<(i32, String, String)> = if migrations {
         client
             .query(
                 "SELECT version, name, checksum FROM public.atlas_schema_migrations ORDER BY version",
@@ -248,23 +406,88 @@ pub async fn migration_status_of(
     } else {
         Vec::new()
     };
-    if let Some((version, name, _)) = applied
-        .iter()
-        .find(|(v, _, _)| !set.iter().any(|m| m.version == *v))
-    {
+    let recorded: Vec<(String, String)> = if functions {
+        client
+            .query(
+                "SELECT name, checksum FROM public.atlas_schema_functions",
+                &[],
+            )
+            .await
+            .map_err(db("reading migration history"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let squashed = squashed_state(&applied, set)?;
+    if let Some((version, name, _)) = applied.iter().find(|(v, n, _)| {
+        !set.migrations.iter().any(|m| m.version == *v)
+            && !set.squashed.iter().any(|s| s.version == *v && s.name == n)
+    }) {
         return Err(SchemaError::Unknown {
             version: *version,
             name: name.clone(),
         });
     }
-    Ok(set
+    let mut states: Vec<MigrationState> = set
+        .migrations
         .iter()
-        .map(|m| MigrationState {
-            migration: *m,
-            applied_checksum: applied
-                .iter()
-                .find(|(v, _, _)| *v == m.version)
-                .map(|(_, _, c)| c.clone()),
+        .enumerate()
+        .map(|(i, m)| MigrationState {
+            version: Some(m.version),
+            name: m.name,
+            checksum: m.checksum(),
+            applied_checksum: if i == 0 && squashed {
+                // The baseline: the database applied everything it replaced.
+                Some(m.checksum())
+            } else {
+                applied
+                    .iter()
+                    .find(|(v, n, _)| *v == m.version && n == m.name)
+                    .map(|(_, _, c)| c.clone())
+            },
         })
-        .collect())
+        .collect();
+    states.extend(set.functions.iter().map(|f| {
+        MigrationState {
+            version: None,
+            name: f.name,
+            checksum: f.checksum(),
+            applied_checksum: recorded
+                .iter()
+                .find(|(n, _)| n == f.name)
+                .map(|(_, c)| c.clone()),
+        }
+    }));
+    Ok(states)
+}
+
+/// Whether the database predates the baseline: it then applied every migration the baseline
+/// replaced, unchanged (anything in between cannot be upgraded by this binary).
+fn squashed_state(applied: &[(i32, String, String)], set: &Schema) -> Result<bool, SchemaError> {
+    let old = |v: i32, n: &str| set.squashed.iter().any(|s| s.version == v && s.name == n);
+    if !applied.iter().any(|(v, n, _)| old(*v, n)) {
+        return Ok(false);
+    }
+    for s in set.squashed {
+        match applied.iter().find(|(v, _, _)| *v == s.version) {
+            Some((_, name, checksum)) if name == s.name && checksum == s.checksum => {}
+            Some((_, name, checksum)) if name == s.name => {
+                return Err(SchemaError::Modified {
+                    version: s.version,
+                    name: name.clone(),
+                    applied: checksum.clone(),
+                    current: s.checksum.to_owned(),
+                });
+            }
+            _ => {
+                return Err(SchemaError::BeforeBaseline {
+                    missing: s.name,
+                    baseline: set.migrations.first().map_or("", |m| m.name),
+                });
+            }
+        }
+    }
+    Ok(true)
 }

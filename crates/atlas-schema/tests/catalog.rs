@@ -101,7 +101,7 @@ async fn tables_have_the_seed_columns_and_types() {
             ("hot_attrs_at", "jsonb"),
             ("cold_attrs", "jsonb"),
             ("updated_at", "timestamp with time zone"),
-            // Internal to the projection (0018), not published.
+            // Internal to the projection, not published.
             ("hot_attrs_newest", "bigint"),
         ])
     );
@@ -223,7 +223,7 @@ async fn partitioning_matches_the_seed() {
 
     let jsonb = bounds("entity_jsonb").await;
     assert_eq!(jsonb.len(), 100);
-    // Half of each projection page stays free for the row's next (HOT) version (0014).
+    // Half of each projection page stays free for the row's next (HOT) version.
     let packed = texts(
         &c,
         "SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid \
@@ -674,7 +674,7 @@ async fn partition_functions_premake_ahead_in_utc_and_are_idempotent() {
 #[tokio::test]
 async fn the_flushes_plan_every_call_for_its_batch() {
     // A generic plan estimates every unnest() at 10 rows and turned flush_moved's
-    // classification into a nested loop over the batch (0012).
+    // classification into a nested loop over the batch.
     let db = TestDb::new().await;
     let c = db.admin().await;
     for name in [

@@ -305,7 +305,7 @@ async fn verbose_plan(c: &Client, sql: &str) -> String {
 #[tokio::test]
 async fn the_flush_per_row_helpers_are_inlined_into_its_plans() {
     // A helper with a SET clause is a function call per row; without one the planner inlines
-    // its body (0011): the plan shows the CASE, not the function.
+    // its body (values.sql): the plan shows the CASE, not the function.
     let db = TestDb::new().await;
     let c = db.admin().await;
     for (helper, call) in [
@@ -347,7 +347,7 @@ async fn the_flush_per_row_helpers_are_inlined_into_its_plans() {
         !merge.contains("Function Scan on hot_attrs_merge"),
         "{merge}"
     );
-    // The projection's fast-path test (0012) is inlined into hot_attrs_apply's upsert: declared
+    // The projection's fast-path test is inlined into hot_attrs_apply's upsert: declared
     // IMMUTABLE around the STABLE jsonb_build_object it would be a function call per entity.
     let newer = verbose_plan(
         &c,

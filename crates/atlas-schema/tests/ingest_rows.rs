@@ -485,7 +485,7 @@ async fn the_background_drain_takes_the_fast_path_for_clean_staged_rows() {
     assert_eq!(stored_values(&db).await, 5);
 }
 
-/// An entity's stored `hot_attrs_newest` (0018) and the newest time its `hot_attrs_at` holds.
+/// An entity's stored `hot_attrs_newest` and the newest time its `hot_attrs_at` holds.
 async fn newest(db: &TestDb, entity: i64) -> (Option<i64>, Option<i64>) {
     let row = db
         .admin()

@@ -577,7 +577,7 @@ async fn entities_known(
 
 #[tokio::test]
 async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_context() {
-    // The telemetry route's one-statement entity check (0013) runs with the caller's rights:
+    // The telemetry route's one-statement entity check runs with the caller's rights:
     // the tenant policy still filters it, and the context it sets ends with the call.
     let db = TestDb::new().await;
     let f = fleet(&db).await;

@@ -10,3 +10,4 @@ mod ingest_rows;
 mod isolation;
 mod migrator;
 mod replica;
+mod upgrade;

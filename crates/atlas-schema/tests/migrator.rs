@@ -1,6 +1,6 @@
 //! `atlas migrate` semantics: idempotent, and refuses edited or unknown history.
 
-use atlas_schema::{MIGRATIONS, SchemaError, migrate, migration_status};
+use atlas_schema::{FUNCTIONS, MIGRATIONS, SchemaError, migrate, migration_status};
 use atlas_testkit::TestDb;
 
 #[tokio::test]
@@ -36,23 +36,9 @@ async fn migrating_a_current_database_is_a_no_op() {
 #[tokio::test]
 async fn migrating_an_empty_database_applies_everything_in_order() {
     let db = TestDb::new().await;
-    let admin = db.admin().await;
-    // A fresh, empty database next to the test's own.
-    let empty = format!("{}_empty", db.name);
-    let stmt: String = admin
-        .query_one("SELECT format('CREATE DATABASE %I', $1::text)", &[&empty])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
-    admin
-        .batch_execute(&stmt)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = db.urls.admin_database_url.replacen(&db.name, &empty, 1);
+    let empty = db.empty_sibling("empty").await;
     let result = {
-        let mut client = atlas_testkit::connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut client = empty.admin().await;
         let first = migrate(&mut client, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -66,22 +52,12 @@ async fn migrating_an_empty_database_applies_everything_in_order() {
             .get(0);
         (first, second, owner)
     };
-    let drop: String = admin
-        .query_one(
-            "SELECT format('DROP DATABASE %I WITH (FORCE)', $1::text)",
-            &[&empty],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
-    admin
-        .batch_execute(&drop)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let (first, second, owner) = result;
     let names: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
     assert_eq!(first.applied, names);
-    assert!(second.applied.is_empty());
+    let files: Vec<&str> = FUNCTIONS.iter().map(|f| f.name).collect();
+    assert_eq!(first.functions_applied, files);
+    assert!(second.applied.is_empty() && second.functions_applied.is_empty());
     assert_eq!(owner, "atlas_owner");
 }
 
@@ -89,10 +65,10 @@ async fn migrating_an_empty_database_applies_everything_in_order() {
 async fn an_edited_applied_migration_is_refused_by_name() {
     let db = TestDb::new().await;
     let mut admin = db.admin().await;
-    // Simulate editing 0002 after it was applied: the recorded checksum no longer matches.
+    // Simulate editing the baseline after it was applied: the recorded checksum no longer matches.
     admin
         .execute(
-            "UPDATE atlas_schema_migrations SET checksum = repeat('0', 64) WHERE version = 2",
+            "UPDATE atlas_schema_migrations SET checksum = repeat('0', 64) WHERE version = 20",
             &[],
         )
         .await
@@ -100,14 +76,14 @@ async fn an_edited_applied_migration_is_refused_by_name() {
     let err = migrate(&mut admin, None).await.err();
     match &err {
         Some(SchemaError::Modified { version, name, .. }) => {
-            assert_eq!(*version, 2);
-            assert_eq!(name, "0002_partitions.sql");
+            assert_eq!(*version, 20);
+            assert_eq!(name, "0020_baseline.sql");
         }
         other => panic!("expected Modified, got {other:?}"),
     }
     let message = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(
-        message.contains("0002_partitions.sql") && message.contains("changed after it was applied"),
+        message.contains("0020_baseline.sql") && message.contains("changed after it was applied"),
         "{message}"
     );
 }

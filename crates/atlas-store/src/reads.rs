@@ -302,7 +302,7 @@ pub async fn hot_attributes(
 }
 
 /// Live entities whose hot attributes match `q`, by id after `after`, at most `limit`.
-/// Runs `search_entities` (0009), which the GIN index serves despite RLS.
+/// Runs `search_entities`, which the GIN index serves despite RLS.
 pub async fn search(
     tx: &Tx<'_>,
     q: &Search,

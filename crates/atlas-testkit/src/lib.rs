@@ -180,6 +180,20 @@ impl TestDb {
         Self { name, urls }
     }
 
+    /// An empty database (no schema, no roles' grants) beside this one, dropped when the value
+    /// is dropped: for tests of the migrator itself.
+    pub async fn empty_sibling(&self, suffix: &str) -> TestDb {
+        let name = format!("{}_{suffix}", self.name);
+        let admin = connect(&cluster().stack.urls_for("postgres").admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting as admin: {e}"));
+        generated(&admin, CREATE_EMPTY_DB, &[&name])
+            .await
+            .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+        let urls = cluster().stack.urls_for(&name);
+        TestDb { name, urls }
+    }
+
     /// A superuser connection to this database.
     pub async fn admin(&self) -> Client {
         connect(&self.urls.admin_database_url)

@@ -62,13 +62,7 @@ async fn migrations(state: &AppState) -> &'static str {
     };
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Some(states)) if states.iter().all(|s| s.is_current()) => "current",
-        Ok(Some(states))
-            if states
-                .iter()
-                .any(|s| s.applied_checksum.is_some() && !s.is_current()) =>
-        {
-            "changed"
-        }
+        Ok(Some(states)) if states.iter().any(|s| s.is_edited()) => "changed",
         Ok(Some(_)) => "pending",
         _ => "unknown",
     }

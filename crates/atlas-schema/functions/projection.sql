@@ -1,0 +1,307 @@
+-- projection
+GRANT CREATE ON SCHEMA public TO atlas_definer;
+-- Last-writer-wins merge of a delta into a projection. *_at map each attribute to the event
+-- time (epoch µs) of its value. A delta key wins only when strictly newer than the stored one
+-- (or the stored one has no time): late events and replays change nothing.
+CREATE OR REPLACE FUNCTION public.hot_attrs_merge(
+    p_cur jsonb, p_cur_at jsonb, p_delta jsonb, p_delta_at jsonb,
+    OUT hot_attrs jsonb, OUT hot_attrs_at jsonb)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(jsonb_object_agg(s.k, s.v), '{}'::jsonb),
+           coalesce(jsonb_object_agg(s.k, s.t) FILTER (WHERE s.t IS NOT NULL), '{}'::jsonb)
+    FROM (
+        SELECT coalesce(c.key, d.key) AS k,
+               CASE WHEN d.key IS NOT NULL AND (c.key IS NULL OR c.t IS NULL OR d.t > c.t) THEN d.v ELSE c.v END AS v,
+               CASE WHEN d.key IS NOT NULL AND (c.key IS NULL OR c.t IS NULL OR d.t > c.t) THEN d.t ELSE c.t END AS t
+        FROM (SELECT e.key, e.value AS v, p_cur_at -> e.key AS t FROM jsonb_each(p_cur) e) c
+        FULL JOIN (SELECT e.key, e.value AS v, p_delta_at -> e.key AS t FROM jsonb_each(p_delta) e) d
+            ON c.key = d.key
+    ) s
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_merge(jsonb,jsonb,jsonb,jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_merge(jsonb,jsonb,jsonb,jsonb) TO atlas_definer;
+
+-- True when the delta carries at least one attribute newer than the projection: otherwise the
+-- upsert is skipped and no new row version is written.
+CREATE OR REPLACE FUNCTION public.hot_attrs_newer(p_cur_at jsonb, p_delta_at jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM jsonb_each(p_delta_at) d
+        WHERE (p_cur_at -> d.key) IS NULL OR d.value > (p_cur_at -> d.key))
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_newer(jsonb,jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_newer(jsonb,jsonb) TO atlas_definer;
+
+-- The four-array form, for its other callers (hot_attr_backfill, upsert_hot_attrs): times
+-- unknown, so the jsonpath test decides as before.
+CREATE OR REPLACE FUNCTION public.hot_attrs_apply(
+    p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT * FROM public.hot_attrs_apply(p_tenants, p_entities, p_vals, p_ats, NULL::bigint[])
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[]) TO atlas_definer;
+
+-- Merges hot attribute values for one entity of the *current tenant* (taken from the session's
+-- app.current_tenant_id, never from a parameter), last-writer-wins at p_event_time.
+-- Every key must be a hot attribute and its value must fit the attribute's data_type.
+-- Returns true when the projection changed.
+CREATE OR REPLACE FUNCTION public.upsert_hot_attrs(p_entity_id bigint, p_delta jsonb, p_event_time timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_tenant  bigint := NULLIF(current_setting('app.current_tenant_id', true), '')::bigint;
+    v_bad     text;
+    v_at      jsonb;
+    v_changed boolean := FALSE;
+BEGIN
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'upsert_hot_attrs: no tenant context (app.current_tenant_id is not set)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF p_entity_id IS NULL OR p_event_time IS NULL OR p_delta IS NULL OR jsonb_typeof(p_delta) <> 'object' THEN
+        RAISE EXCEPTION 'upsert_hot_attrs: entity id, event time and a JSON object delta are required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM public.entities e
+        WHERE e.entity_id = p_entity_id AND e.tenant_id = v_tenant AND NOT e.is_deleted
+    ) THEN
+        RAISE EXCEPTION 'upsert_hot_attrs: entity % not found', p_entity_id USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT d.key INTO v_bad
+    FROM jsonb_each(p_delta) d
+    LEFT JOIN public.attributes a ON a.attribute_name = d.key AND a.is_hot
+    WHERE a.attribute_id IS NULL OR NOT public.jsonb_matches_type(a.data_type, d.value)
+    LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'upsert_hot_attrs: "%" is not a hot attribute or its value does not fit its data_type', v_bad
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_delta = '{}'::jsonb THEN
+        RETURN FALSE;
+    END IF;
+    SELECT jsonb_object_agg(k, to_jsonb((extract(epoch FROM p_event_time) * 1000000)::bigint))
+    INTO v_at FROM jsonb_object_keys(p_delta) k;
+    SELECT TRUE INTO v_changed
+    FROM public.hot_attrs_apply(ARRAY[v_tenant], ARRAY[p_entity_id], ARRAY[p_delta], ARRAY[v_at]);
+    RETURN coalesce(v_changed, FALSE);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with time zone) FROM PUBLIC;
+ALTER FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with time zone) OWNER TO atlas_definer;
+GRANT EXECUTE ON FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with time zone) TO atlas_app;
+
+-- When an attribute becomes hot: projects each live entity's newest value of it (every
+-- tenant; last-writer-wins, so newer projected values stay). Returns the entities whose
+-- projection changed, for cache invalidation. Runs in the caller's transaction, which also
+-- flips is_hot, so the change and the backfill commit together.
+CREATE OR REPLACE FUNCTION public.hot_attr_backfill(p_attribute_id bigint)
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    v_name text;
+    v_type text;
+    v_t bigint[];
+    v_e bigint[];
+    v_v jsonb[];
+    v_a jsonb[];
+BEGIN
+    SELECT a.attribute_name, a.data_type INTO v_name, v_type
+    FROM public.attributes a WHERE a.attribute_id = p_attribute_id AND a.is_hot;
+    IF v_name IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(l.tenant_id ORDER BY l.entity_id, l.tenant_id),
+           array_agg(l.entity_id ORDER BY l.entity_id, l.tenant_id),
+           array_agg(jsonb_build_object(v_name, l.v) ORDER BY l.entity_id, l.tenant_id),
+           array_agg(jsonb_build_object(v_name, (extract(epoch FROM l.at) * 1000000)::bigint)
+                     ORDER BY l.entity_id, l.tenant_id)
+    INTO v_t, v_e, v_v, v_a
+    FROM (
+        SELECT DISTINCT ON (ev.tenant_id, ev.entity_id)
+               ev.tenant_id, ev.entity_id, ev.ingested_at AS at,
+               public.typed_value_jsonb(v_type, ev.value, ev.value_int, ev.value_decimal,
+                                        ev.value_bool, ev.value_date, ev.value_timestamp) AS v
+        FROM public.entity_values_ts ev
+        JOIN public.entities en ON en.entity_id = ev.entity_id AND en.tenant_id = ev.tenant_id
+        WHERE ev.attribute_id = p_attribute_id AND NOT en.is_deleted
+        ORDER BY ev.tenant_id, ev.entity_id, ev.ingested_at DESC
+    ) l;
+    IF v_e IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM public.hot_attrs_apply(v_t, v_e, v_v, v_a);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attr_backfill(bigint) FROM PUBLIC;
+ALTER FUNCTION public.hot_attr_backfill(bigint) OWNER TO atlas_definer;
+GRANT EXECUTE ON FUNCTION public.hot_attr_backfill(bigint) TO atlas_app;
+
+-- When an attribute stops being hot: removes it from every projection (the time series keeps
+-- every value). Returns the entities whose projection changed.
+CREATE OR REPLACE FUNCTION public.hot_attr_clear(p_attribute_id bigint)
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_name text;
+BEGIN
+    SELECT a.attribute_name INTO v_name
+    FROM public.attributes a WHERE a.attribute_id = p_attribute_id AND NOT a.is_hot;
+    IF v_name IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    UPDATE public.entity_jsonb j
+    SET hot_attrs = j.hot_attrs - v_name, hot_attrs_at = j.hot_attrs_at - v_name,
+        updated_at = CURRENT_TIMESTAMP
+    WHERE j.hot_attrs ? v_name
+    RETURNING j.tenant_id, j.entity_id;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attr_clear(bigint) FROM PUBLIC;
+ALTER FUNCTION public.hot_attr_clear(bigint) OWNER TO atlas_definer;
+GRANT EXECUTE ON FUNCTION public.hot_attr_clear(bigint) TO atlas_app;
+
+-- hot_attrs_apply concatenates when every value of a delta is newer than every value of the
+-- projection and merges key by key otherwise: merging each entity's projection with a FULL
+-- JOIN of jsonb_each sets costs ~35 µs an entity, a concatenation a fraction of it.
+
+-- True when the delta has values and each of its times is newer than every time in the
+-- projection: the merge is then plain concatenation. A jsonpath comparison of two sequences is
+-- existential, so the path finds a projection time >= some delta time. STABLE, not IMMUTABLE:
+-- jsonb_build_object is STABLE, and an IMMUTABLE body with a STABLE call is never inlined.
+CREATE OR REPLACE FUNCTION public.hot_attrs_all_newer(p_cur_at jsonb, p_delta_at jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT p_delta_at <> '{}'::jsonb
+       AND NOT jsonb_path_exists(p_cur_at, '$.* ? (@ >= $d.*)', jsonb_build_object('d', p_delta_at))
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb,jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb,jsonb) TO atlas_definer;
+
+-- The projection step of both flush paths: the newest value of each hot attribute per entity
+-- in the batch, passed on with the delta's one time when all its values share it.
+CREATE OR REPLACE FUNCTION public.hot_attrs_project(p_rows public.entity_values_ingest[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint, stored integer, hot_changed boolean)
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+    WITH delta AS (
+        SELECT n.t, n.e, jsonb_object_agg(n.name, n.v) AS vals, jsonb_object_agg(n.name, to_jsonb(n.at)) AS ats,
+               CASE WHEN min(n.at) = max(n.at) THEN max(n.at) END AS newest
+        FROM (
+            SELECT DISTINCT ON (r.tenant_id, r.entity_id, r.attribute_id)
+                   r.tenant_id AS t, r.entity_id AS e, a.attribute_name AS name,
+                   public.typed_value_jsonb(a.data_type, r.value, r.value_int, r.value_decimal,
+                                            r.value_bool, r.value_date, r.value_timestamp) AS v,
+                   (extract(epoch FROM r.ingested_at) * 1000000)::bigint AS at
+            FROM unnest(p_rows) r
+            JOIN public.attributes a ON a.attribute_id = r.attribute_id AND a.is_hot
+            ORDER BY r.tenant_id, r.entity_id, r.attribute_id, r.ingested_at DESC
+        ) n
+        GROUP BY n.t, n.e
+    ), changed AS (
+        SELECT h.tenant_id, h.entity_id
+        FROM (SELECT array_agg(d.t) AS t, array_agg(d.e) AS e, array_agg(d.vals) AS vals,
+                     array_agg(d.ats) AS ats, array_agg(d.newest) AS newest
+              FROM delta d) x,
+             LATERAL public.hot_attrs_apply(x.t, x.e, x.vals, x.ats, x.newest) h
+    )
+    SELECT c.t, c.e, c.n, (x.entity_id IS NOT NULL)
+    FROM (
+        SELECT s.tenant_id AS t, s.entity_id AS e, count(*)::integer AS n FROM unnest(p_rows) s GROUP BY 1, 2
+    ) c
+    LEFT JOIN changed x ON x.tenant_id = c.t AND x.entity_id = c.e
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_project(entity_values_ingest[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_project(entity_values_ingest[]) TO atlas_definer;
+
+-- The key-by-key merge leaves the newest time unknown: a late or mixed delta is rare,
+-- and the next projection of the entity sets it again.
+CREATE OR REPLACE FUNCTION public.hot_attrs_merge_apply(
+    p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    INSERT INTO public.entity_jsonb AS j (entity_id, tenant_id, hot_attrs, hot_attrs_at)
+    SELECT d.entity_id, d.tenant_id, d.vals, d.ats
+    FROM unnest(p_tenants, p_entities, p_vals, p_ats) AS d (tenant_id, entity_id, vals, ats)
+    ORDER BY d.entity_id, d.tenant_id
+    ON CONFLICT (entity_id, tenant_id) DO UPDATE
+        SET (hot_attrs, hot_attrs_at) = (
+                SELECT m.hot_attrs, m.hot_attrs_at
+                FROM public.hot_attrs_merge(j.hot_attrs, j.hot_attrs_at, EXCLUDED.hot_attrs, EXCLUDED.hot_attrs_at) m),
+            hot_attrs_newest = NULL,
+            updated_at = CURRENT_TIMESTAMP
+        WHERE public.hot_attrs_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at)
+    RETURNING j.tenant_id, j.entity_id
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_merge_apply(bigint[],bigint[],jsonb[],jsonb[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_merge_apply(bigint[],bigint[],jsonb[],jsonb[]) TO atlas_definer;
+
+-- Applies deltas to the projection in two steps: an upsert that concatenates a delta newer
+-- than the row (hot_attrs_newest against the delta's one time p_newest, NULL for a delta of
+-- several times, else the jsonpath test), then the key-by-key merge for the rest. Every delta
+-- is offered to the first step, so concurrent flushers lock projection rows in one global
+-- order and the second step touches only rows it locked.
+CREATE OR REPLACE FUNCTION public.hot_attrs_apply(
+    p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[], p_newest bigint[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    WITH d AS (
+        SELECT * FROM unnest(p_tenants, p_entities, p_vals, p_ats, p_newest)
+            AS d (tenant_id, entity_id, vals, ats, newest)
+    ), newer AS (
+        INSERT INTO public.entity_jsonb AS j (entity_id, tenant_id, hot_attrs, hot_attrs_at, hot_attrs_newest)
+        SELECT d.entity_id, d.tenant_id, d.vals, d.ats, d.newest FROM d
+        ORDER BY d.entity_id, d.tenant_id
+        ON CONFLICT (entity_id, tenant_id) DO UPDATE
+            SET hot_attrs = j.hot_attrs || EXCLUDED.hot_attrs,
+                hot_attrs_at = j.hot_attrs_at || EXCLUDED.hot_attrs_at,
+                -- Every delta time is newer than every stored one: the delta's time is the
+                -- newest now (or unknown, for a delta of several times).
+                hot_attrs_newest = EXCLUDED.hot_attrs_newest,
+                updated_at = CURRENT_TIMESTAMP
+            WHERE CASE WHEN j.hot_attrs_newest IS NOT NULL AND EXCLUDED.hot_attrs_newest IS NOT NULL
+                       THEN j.hot_attrs_newest < EXCLUDED.hot_attrs_newest
+                       ELSE public.hot_attrs_all_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at) END
+        RETURNING j.tenant_id, j.entity_id
+    ), rest AS (
+        SELECT array_agg(d.tenant_id) AS t, array_agg(d.entity_id) AS e,
+               array_agg(d.vals) AS vals, array_agg(d.ats) AS ats
+        FROM d
+        WHERE NOT EXISTS (
+            SELECT 1 FROM newer n WHERE n.tenant_id = d.tenant_id AND n.entity_id = d.entity_id)
+    )
+    SELECT n.tenant_id, n.entity_id FROM newer n
+    UNION ALL
+    SELECT m.tenant_id, m.entity_id
+    FROM rest, LATERAL public.hot_attrs_merge_apply(rest.t, rest.e, rest.vals, rest.ats) m
+    WHERE rest.t IS NOT NULL
+$$;
+REVOKE EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[],bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[],bigint[]) TO atlas_definer;
+
+REVOKE CREATE ON SCHEMA public FROM atlas_definer;
