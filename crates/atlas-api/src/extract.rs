@@ -267,6 +267,24 @@ where
     serde::Deserialize::deserialize(de).map(Some)
 }
 
+/// The schema of a body that is one `item` object or an array of `min`..=`max` of them.
+pub fn one_or_many(
+    item: &str,
+    min: usize,
+    max: Option<usize>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
+    OneOfBuilder::new()
+        .item(Ref::from_schema_name(item))
+        .item(
+            ArrayBuilder::new()
+                .items(Ref::from_schema_name(item))
+                .min_items(Some(min))
+                .max_items(max),
+        )
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

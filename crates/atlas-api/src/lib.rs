@@ -2,6 +2,7 @@
 //! limits, one error shape for every failure, and the OpenAPI document at `/openapi.json`.
 
 pub mod auth;
+pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod http;
@@ -10,7 +11,6 @@ pub mod metrics;
 pub mod openapi;
 mod openapi_docs;
 pub mod routes;
-pub mod routing;
 mod ttl;
 
 use std::net::SocketAddr;
@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::net::TcpListener;
-use utoipa::OpenApi;
 
 use atlas_config::Limits;
 use atlas_store::Store;
@@ -115,7 +114,7 @@ pub enum ServeError {
 impl AppState {
     /// State for a server over `store` with `cache` in front of it, routing reads to the
     /// store's replicas per `replication`; without an ingestor, `POST /v1/telemetry` is 503.
-    /// Replica lag is measured only once [`AppState::router`]'s monitor is spawned; until
+    /// Replica lag is measured only once [`AppState::read_router`]'s monitor is spawned; until
     /// then every read goes to the primary.
     pub fn new(
         store: Store,
@@ -178,7 +177,7 @@ impl AppState {
     }
 
     /// The read router (spawn its lag monitor to route reads to replicas).
-    pub fn router(&self) -> &atlas_replication::Router {
+    pub fn read_router(&self) -> &atlas_replication::Router {
         &self.inner.router
     }
 
@@ -363,70 +362,17 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(openapi::ApiDoc::openapi())
-}
-
-/// Every route of the API.
+/// Every route of the API: [`routes::api`]'s, the document at `/openapi.json`, the API page at
+/// `/docs`, and the layers every request goes through.
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, health, tenant};
     let limit = state.inner.limits.max_body_bytes;
-    let app = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics::render))
+    let (routes, mut document) = routes::api().split_for_parts();
+    openapi::finish(&mut document);
+    let app = routes
         .route(
-            "/v1/admin/tenants",
-            post(admin::create_tenant).get(admin::list_tenants),
+            "/openapi.json",
+            get(move || std::future::ready(axum::Json(document.clone()))),
         )
-        .route("/v1/admin/tenants/{id}", get(admin::get_tenant))
-        .route(
-            "/v1/admin/tenants/{id}/deactivate",
-            post(admin::deactivate_tenant),
-        )
-        .route(
-            "/v1/admin/tenants/{id}/activate",
-            post(admin::activate_tenant),
-        )
-        .route(
-            "/v1/admin/tenants/{id}/keys",
-            post(admin::issue_key).get(admin::list_keys),
-        )
-        .route(
-            "/v1/admin/tenants/{id}/keys/{key_id}",
-            axum::routing::delete(admin::revoke_key),
-        )
-        .route(
-            "/v1/admin/attributes",
-            post(admin::define_attribute).get(admin::list_attributes),
-        )
-        .route(
-            "/v1/admin/attributes/{id}",
-            axum::routing::patch(admin::update_attribute),
-        )
-        .route("/v1/me", get(tenant::me))
-        .route("/v1/telemetry", post(routes::telemetry::ingest))
-        .route("/v1/attributes", get(tenant::attributes))
-        .route(
-            "/v1/entities",
-            post(tenant::register_entities).get(tenant::list_entities),
-        )
-        .route(
-            "/v1/entities/{id}",
-            get(tenant::get_entity)
-                .patch(tenant::update_entity)
-                .delete(tenant::delete_entity),
-        )
-        .route("/v1/entities/search", post(routes::reads::search))
-        .route(
-            "/v1/entities/{id}/attributes",
-            get(routes::reads::hot_attributes),
-        )
-        .route("/v1/entities/{id}/latest", get(routes::reads::latest))
-        .route("/v1/entities/{id}/series", get(routes::reads::series))
-        .route("/v1/aggregates", get(routes::reads::aggregates))
-        .route("/v1/stats/attributes", get(routes::reads::attribute_stats))
         // The interactive API page, its assets embedded in the binary (no CDN), reading the
         // document above.
         .merge(

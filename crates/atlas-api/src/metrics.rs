@@ -295,6 +295,9 @@ pub async fn track(req: Request, next: Next) -> Response {
 
 /// Prometheus metrics: HTTP requests per route, ingest values by outcome and reason, batch
 /// sizes, flush latency, queue and staging backlog.
+///
+/// The Prometheus text exposition of this process: every metric with HELP text and a base unit.
+/// Failure counters are present at 0 from the start.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
               (status = 503, body = crate::error::ErrorBody)))]

@@ -1,129 +1,13 @@
-//! The prose and examples of the OpenAPI document that the types and handlers do not carry:
-//! a description of every operation (its summary comes from the handler's doc comment) and
-//! an example of every schema. A test keeps both complete.
+//! What the OpenAPI document needs that the types do not carry: an example of every schema
+//! (an operation's summary and description are its handler's doc comment). A test keeps both
+//! complete.
 
 use serde_json::{Value, json};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::Schema;
 
-/// Adds the descriptions, the examples and `servers`.
+/// Adds the examples and `servers`.
 pub(crate) struct Docs;
-
-/// Operation id → what a reader of the API needs beyond the summary.
-const DESCRIPTIONS: &[(&str, &str)] = &[
-    (
-        "healthz",
-        "Liveness: answers 200 as long as the process serves HTTP, whatever the state of PostgreSQL or Redis. Use /readyz to decide whether to send traffic.",
-    ),
-    (
-        "render",
-        "The Prometheus text exposition of this process: every metric with HELP text and a base unit. Failure counters are present at 0 from the start.",
-    ),
-    (
-        "readyz",
-        "200 when the primary answers and every migration is applied unchanged, else 503. Replicas and Redis are reported but not required: reads fall back to the primary and to PostgreSQL.",
-    ),
-    (
-        "list_attributes",
-        "The global attribute catalogue, every attribute with its data type, flags and validation regex, for the operator.",
-    ),
-    (
-        "define_attribute",
-        "Adds an attribute to the global catalogue. Its name and data type are fixed once defined; a taken name is a 409. A validation regex (string attributes only) must compile in linear-time syntax.",
-    ),
-    (
-        "update_attribute",
-        "Changes is_hot, is_indexed, validation_regex or allow_rounding. Turning is_hot on backfills every live entity's projection with its newest value; turning it off removes the attribute from every projection (the time series keeps all values).",
-    ),
-    (
-        "list_tenants",
-        "Tenants in id order, a page at a time: pass the previous page's next_cursor as cursor.",
-    ),
-    (
-        "create_tenant",
-        "Creates a tenant with a unique name (409 when taken). Issue it a key with POST /v1/admin/tenants/{id}/keys.",
-    ),
-    (
-        "get_tenant",
-        "One tenant by id, active or deactivated, with its name and creation time; 404 when there is no such tenant.",
-    ),
-    (
-        "activate_tenant",
-        "Makes a deactivated tenant's keys work again (idempotent).",
-    ),
-    (
-        "deactivate_tenant",
-        "Refuses the tenant's keys with 403 from now on; its data stays. Other servers notice within the key-cache TTL.",
-    ),
-    (
-        "list_keys",
-        "A tenant's API keys with their prefix, label and revocation time; secrets are never shown again.",
-    ),
-    (
-        "issue_key",
-        "Issues a 256-bit API key for the tenant. The secret is in this answer only (it is stored as a SHA-256 hash): give it to the tenant now.",
-    ),
-    (
-        "revoke_key",
-        "Revokes a key: it gets 401 from now on (other servers within the key-cache TTL). Revoking twice is not an error.",
-    ),
-    (
-        "aggregates",
-        "avg, min, max, sum or count of a numeric attribute in UTC-aligned buckets, over the whole tenant, one entity (entity_id) or one type (entity_type). from and to are epoch milliseconds or RFC 3339 times; at most 10 000 buckets and the configured longest range. Cached per tenant until its next write.",
-    ),
-    (
-        "attributes",
-        "The global attribute catalogue as a tenant sees it: names, data types and which attributes are hot (searchable).",
-    ),
-    (
-        "list_entities",
-        "The tenant's live entities in id order, a page at a time (limit, cursor), optionally of one entity_type.",
-    ),
-    (
-        "register_entities",
-        "Registers one entity (an object) or up to the configured maximum (an array) in one transaction; the server assigns ids. cold_attrs are free-form properties (a JSON object).",
-    ),
-    (
-        "search",
-        "Entities whose hot attributes match every given condition: contains (JSON containment, typed: 8 is not \"8\"), has_key, has_any, has_all, optionally of one entity_type; a page at a time. Served by the GIN index under tenant isolation.",
-    ),
-    (
-        "get_entity",
-        "One of the tenant's entities with its properties and version; another tenant's id is a 404.",
-    ),
-    (
-        "delete_entity",
-        "Soft-deletes the entity: every read stops showing it, telemetry for it is refused, and its stored values stay in the time series.",
-    ),
-    (
-        "update_entity",
-        "Changes the entity's type and/or replaces its properties (cold_attrs). With version, the change applies only if the entity is still at that version (else 409), so concurrent editors do not overwrite each other.",
-    ),
-    (
-        "hot_attributes",
-        "The newest value of each hot attribute of the entity and its event time, from Redis when cached (X-Atlas-Cache: hit) or from the projection; never older than a committed write.",
-    ),
-    (
-        "latest",
-        "The newest stored value of one attribute of the entity, typed, with its event time; null when the entity has none.",
-    ),
-    (
-        "series",
-        "The entity's values of one attribute in [from, to), oldest first, a page at a time (limit, cursor). from and to are epoch milliseconds or RFC 3339 times within the configured longest range.",
-    ),
-    (
-        "me",
-        "The tenant the calling key belongs to: a cheap way to check a key.",
-    ),
-    (
-        "attribute_stats",
-        "Per attribute the tenant has values of: how many values, how many entities, oldest and newest time, as of the last periodic refresh.",
-    ),
-    (
-        "ingest",
-        "Stores readings: one object or an array. Each value must fit its attribute's data type; ts is epoch milliseconds (the receipt time when absent). durability=durable (default) answers after the commit; staged answers after the values are staged, stored by the background drain. A replayed reading stores nothing twice; telemetry is rate-limited per value.",
-    ),
-];
 
 fn attribute() -> Value {
     json!({"attribute_id": 1, "attribute_name": "temperature", "data_type": "decimal",
@@ -257,14 +141,36 @@ impl utoipa::Modify for Docs {
             }
         }
         for op in crate::openapi::operations_mut(openapi) {
-            let id = op.operation_id.as_deref().unwrap_or("");
-            if let Some((_, text)) = DESCRIPTIONS.iter().find(|(op_id, _)| *op_id == id) {
-                op.description = Some((*text).to_owned());
+            // A response without a description is not valid OpenAPI: say what its status says.
+            // An answer header states its meaning where readers look for it, not in its schema.
+            for (status, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if response.description.is_empty() {
+                    response.description = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("")
+                        .to_owned();
+                }
+                for header in response.headers.values_mut() {
+                    if let RefOr::T(header) = header
+                        && header.description.is_none()
+                        && let Some(RefOr::T(Schema::Object(schema))) = &mut header.schema
+                    {
+                        header.description = schema.description.take();
+                    }
+                }
             }
             // A time range's ends are required: utoipa drops `required` for parameters
             // whose schema is built by a function (`schema_with`).
             for p in op.parameters.iter_mut().flatten() {
-                if p.name == "from" || p.name == "to" {
+                if let RefOr::T(p) = p
+                    && (p.name == "from" || p.name == "to")
+                {
                     p.required = utoipa::openapi::Required::True;
                 }
             }

@@ -61,7 +61,7 @@ async fn reads_route_by_consistency_and_read_your_writes_holds() {
     .spawn();
     let monitor = server
         .state
-        .router()
+        .read_router()
         .spawn_monitor(server.state.store().clone(), Duration::from_millis(100));
 
     server

@@ -431,7 +431,7 @@ pub async fn serve(config: &Config) -> Result<()> {
     };
     // Replica lag, measured from the heartbeats the leader writes, routes eventual reads.
     let lag_monitor = (!store.replicas().is_empty()).then(|| {
-        state.router().spawn_monitor(
+        state.read_router().spawn_monitor(
             store,
             std::time::Duration::from_millis(resolved.replication.lag_check_interval_ms),
         )

@@ -115,6 +115,94 @@ impl AggFn {
     }
 }
 
+/// An aggregate's bucket width; buckets are aligned in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BucketWidth {
+    /// One minute.
+    M1,
+    /// Five minutes.
+    M5,
+    /// Fifteen minutes.
+    M15,
+    /// Thirty minutes.
+    M30,
+    /// One hour.
+    H1,
+    /// Six hours.
+    H6,
+    /// Twelve hours.
+    H12,
+    /// One day.
+    D1,
+}
+
+impl BucketWidth {
+    /// Every width, with its name and length in seconds.
+    const ALL: [(BucketWidth, &'static str, i64); 8] = [
+        (BucketWidth::M1, "1m", 60),
+        (BucketWidth::M5, "5m", 300),
+        (BucketWidth::M15, "15m", 900),
+        (BucketWidth::M30, "30m", 1800),
+        (BucketWidth::H1, "1h", 3600),
+        (BucketWidth::H6, "6h", 21_600),
+        (BucketWidth::H12, "12h", 43_200),
+        (BucketWidth::D1, "1d", 86_400),
+    ];
+
+    fn entry(self) -> (BucketWidth, &'static str, i64) {
+        Self::ALL
+            .into_iter()
+            .find(|(b, _, _)| *b == self)
+            .unwrap_or(Self::ALL[0])
+    }
+
+    /// Its length in seconds.
+    pub fn seconds(self) -> i64 {
+        self.entry().2
+    }
+
+    /// Its name in the API: `1m` … `1d`.
+    pub fn as_str(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// The accepted names, for messages.
+    pub const CHOICES: &'static str = "one of 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d";
+}
+
+impl std::str::FromStr for BucketWidth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|(_, name, _)| *name == s)
+            .map(|(b, _, _)| b)
+            .ok_or_else(|| format!("`{s}` is not a bucket width: {}", Self::CHOICES))
+    }
+}
+
+impl TryFrom<String> for BucketWidth {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BucketWidth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for BucketWidth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Which entities an aggregate covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -415,8 +503,8 @@ pub struct AggregateQuery {
     pub from: DateTime<Utc>,
     /// Exclusive end.
     pub to: DateTime<Utc>,
-    /// Bucket width in seconds.
-    pub bucket_s: i64,
+    /// Bucket width.
+    pub bucket: BucketWidth,
     /// The function.
     pub func: AggFn,
     /// Which entities.
@@ -468,8 +556,9 @@ pub async fn aggregate(
         Scope::Tenant => None,
     };
     let sql = aggregate_sql(q.func, &q.scope);
+    let bucket_s = q.bucket.seconds();
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        vec![&tenant.0, &q.attribute_id, &q.from, &q.bucket_s, &q.to];
+        vec![&tenant.0, &q.attribute_id, &q.from, &bucket_s, &q.to];
     params.extend(scope_arg);
     let rows = tx.cached_query(&sql, &params).await?;
     rows.iter()

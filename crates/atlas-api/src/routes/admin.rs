@@ -161,6 +161,9 @@ fn positive(id: i64, what: &str) -> Result<i64, ApiError> {
 }
 
 /// Creates a tenant.
+///
+/// Creates a tenant with a unique name (409 when taken). Issue it a key with POST
+/// /v1/admin/tenants/{id}/keys.
 #[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("admin_token" = [])),
     request_body = NewTenant,
     responses((status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -177,6 +180,8 @@ pub async fn create_tenant(
 }
 
 /// Lists tenants by id.
+///
+/// Tenants in id order, a page at a time: pass the previous page's next_cursor as cursor.
 #[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("admin_token" = [])), params(PageParams),
     responses((status = 200, body = TenantPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
@@ -192,6 +197,9 @@ pub async fn list_tenants(
 }
 
 /// One tenant.
+///
+/// One tenant by id, active or deactivated, with its name and creation time; 404 when there is no
+/// such tenant.
 #[utoipa::path(get, path = "/v1/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -225,6 +233,9 @@ async fn set_active(state: &AppState, id: i64, active: bool) -> Result<Json<Tena
 }
 
 /// Deactivates a tenant: its keys get 403 from then on (other servers within the key-cache TTL).
+///
+/// Refuses the tenant's keys with 403 from now on; its data stays. Other servers notice within the
+/// key-cache TTL.
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/deactivate", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -238,6 +249,8 @@ pub async fn deactivate_tenant(
 }
 
 /// Reactivates a tenant.
+///
+/// Makes a deactivated tenant's keys work again (idempotent).
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/activate", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -251,6 +264,9 @@ pub async fn activate_tenant(
 }
 
 /// Issues an API key for a tenant. The `secret` is shown only in this response.
+///
+/// Issues a 256-bit API key for the tenant. The secret is in this answer only (it is stored as a
+/// SHA-256 hash): give it to the tenant now.
 #[utoipa::path(post, path = "/v1/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Tenant id")), request_body = NewKey,
     responses((status = 201, body = IssuedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -269,6 +285,8 @@ pub async fn issue_key(
 }
 
 /// A tenant's keys (no secrets).
+///
+/// A tenant's API keys with their prefix, label and revocation time; secrets are never shown again.
 #[utoipa::path(get, path = "/v1/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Tenant id")),
     responses((status = 200, body = KeyList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -288,6 +306,9 @@ pub async fn list_keys(
 }
 
 /// Revokes a key (idempotent): it gets 401 from then on (other servers within the key-cache TTL).
+///
+/// Revokes a key: it gets 401 from now on (other servers within the key-cache TTL). Revoking twice
+/// is not an error.
 #[utoipa::path(delete, path = "/v1/admin/tenants/{id}/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Tenant id"), ("key_id" = i64, Path, minimum = 0, description = "Key id")),
     responses((status = 200, body = ApiKeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -309,6 +330,10 @@ pub async fn revoke_key(
 }
 
 /// Defines an attribute.
+///
+/// Adds an attribute to the global catalogue. Its name and data type are fixed once defined; a
+/// taken name is a 409. A validation regex (string attributes only) must compile in linear-time
+/// syntax.
 #[utoipa::path(post, path = "/v1/admin/attributes", tag = "admin", security(("admin_token" = [])),
     request_body = NewAttribute,
     responses((status = 201, body = Attribute), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -337,6 +362,10 @@ pub async fn define_attribute(
 }
 
 /// Changes an attribute's flags or regex.
+///
+/// Changes is_hot, is_indexed, validation_regex or allow_rounding. Turning is_hot on backfills
+/// every live entity's projection with its newest value; turning it off removes the attribute from
+/// every projection (the time series keeps all values).
 #[utoipa::path(patch, path = "/v1/admin/attributes/{id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Attribute id")), request_body = AttributeChanges,
     responses((status = 200, body = Attribute), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -379,6 +408,9 @@ pub async fn update_attribute(
 }
 
 /// The attribute catalogue.
+///
+/// The global attribute catalogue, every attribute with its data type, flags and validation regex,
+/// for the operator.
 #[utoipa::path(get, path = "/v1/admin/attributes", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = AttributeList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list_attributes(

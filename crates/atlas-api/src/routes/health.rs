@@ -36,6 +36,9 @@ pub struct Readiness {
 }
 
 /// The process is up.
+///
+/// Liveness: answers 200 as long as the process serves HTTP, whatever the state of PostgreSQL or
+/// Redis. Use /readyz to decide whether to send traffic.
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "The process is up", body = Health)))]
 pub async fn healthz() -> Json<Health> {
@@ -77,6 +80,9 @@ async fn redis_state(state: &AppState) -> &'static str {
 }
 
 /// Ready when the primary answers and the schema is current; replicas and Redis are reported.
+///
+/// 200 when the primary answers and every migration is applied unchanged, else 503. Replicas and
+/// Redis are reported but not required: reads fall back to the primary and to PostgreSQL.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Readiness),

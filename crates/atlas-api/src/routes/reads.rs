@@ -17,16 +17,16 @@ use atlas_replication::Target;
 use atlas_store::admin::DataType;
 use atlas_store::entities;
 use atlas_store::reads::{
-    self, AggFn, AggregateQuery, AttrRef, AttributeStats, Bucket, HotAttributes, Point, Scope,
-    Search, SearchHit, SeriesQuery,
+    self, AggFn, AggregateQuery, AttrRef, AttributeStats, Bucket, BucketWidth, HotAttributes,
+    Point, Scope, Search, SearchHit, SeriesQuery,
 };
 
 use crate::AppState;
 use crate::auth::Tenant;
+use crate::consistency::{ConsistencyParam, LagMs, ReadFrom, ServedBy, served};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, PathId, QueryParams};
 use crate::routes::admin::{PageParams, page};
-use crate::routing::{ConsistencyParam, ReadFrom, served};
 
 /// A JSON document (possibly straight from Redis) with `X-Atlas-Cache: hit|miss`.
 fn json_document(body: Arc<str>, hit: bool) -> Response {
@@ -49,9 +49,13 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, ApiError> {
 
 /// An entity's hot attributes, from Redis `entity:{tenant}:{entity}` (TTL 300 s) or
 /// `entity_jsonb`. Answers carry `X-Atlas-Cache: hit|miss`.
+///
+/// The newest value of each hot attribute of the entity and its event time, from Redis when cached
+/// (X-Atlas-Cache: hit) or from the projection; never older than a committed write.
 #[utoipa::path(get, path = "/v1/entities/{id}/attributes", tag = "reads", security(("tenant_key" = [])),
-    params(("id" = i64, Path, minimum = 0, description = "Entity id")),
-    responses((status = 200, body = HotAttributes), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id"), ReadFrom),
+    responses((status = 200, body = HotAttributes,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn hot_attributes(
@@ -154,9 +158,14 @@ fn key_list(list: Option<&Vec<String>>, field: &str) -> Result<(), ApiError> {
 
 /// Searches the tenant's entities by hot attributes (every given condition must hold). Served
 /// by the GIN index on `entity_jsonb.hot_attrs` under tenant isolation.
-#[utoipa::path(post, path = "/v1/entities/search", tag = "reads", security(("tenant_key" = [])),
+///
+/// Entities whose hot attributes match every given condition: contains (JSON containment, typed: 8
+/// is not "8"), has_key, has_any, has_all, optionally of one entity_type; a page at a time. Served
+/// by the GIN index under tenant isolation.
+#[utoipa::path(post, path = "/v1/entities/search", tag = "reads", security(("tenant_key" = [])), params(ReadFrom),
     request_body = SearchBody,
-    responses((status = 200, body = SearchPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = SearchPage,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn search(
@@ -281,9 +290,13 @@ pub struct Latest {
 }
 
 /// The newest value of an attribute for an entity (primary-key lookup, newest partition first).
+///
+/// The newest stored value of one attribute of the entity, typed, with its event time; null when
+/// the entity has none.
 #[utoipa::path(get, path = "/v1/entities/{id}/latest", tag = "reads", security(("tenant_key" = [])),
-    params(("id" = i64, Path, minimum = 0, description = "Entity id"), LatestParams),
-    responses((status = 200, body = Latest), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id"), LatestParams, ReadFrom),
+    responses((status = 200, body = Latest,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn latest(
@@ -438,9 +451,14 @@ pub struct SeriesPage {
 }
 
 /// An entity's values of one attribute in `[from, to)` (primary-key range scan).
+///
+/// The entity's values of one attribute in [from, to), oldest first, a page at a time (limit,
+/// cursor). from and to are epoch milliseconds or RFC 3339 times within the configured longest
+/// range.
 #[utoipa::path(get, path = "/v1/entities/{id}/series", tag = "reads", security(("tenant_key" = [])),
-    params(("id" = i64, Path, minimum = 0, description = "Entity id"), SeriesParams),
-    responses((status = 200, body = SeriesPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id"), SeriesParams, ReadFrom),
+    responses((status = 200, body = SeriesPage,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn series(
@@ -505,17 +523,6 @@ pub async fn series(
     ))
 }
 
-/// Bucket widths offered, in seconds.
-const BUCKETS: [(&str, i64); 8] = [
-    ("1m", 60),
-    ("5m", 300),
-    ("15m", 900),
-    ("30m", 1800),
-    ("1h", 3600),
-    ("6h", 21_600),
-    ("12h", 43_200),
-    ("1d", 86_400),
-];
 /// Most buckets one aggregate may return.
 const MAX_BUCKETS: i64 = 10_000;
 
@@ -535,12 +542,12 @@ pub struct AggregateParams {
     pub to: Option<String>,
     /// Bucket width: 1m, 5m, 15m, 30m, 1h, 6h, 12h or 1d (buckets aligned in UTC; at most
     /// 10 000 of them in the range).
-    #[param(required = true, pattern = "^(1m|5m|15m|30m|1h|6h|12h|1d)$")]
-    pub bucket: Option<String>,
+    #[param(value_type = String, required = true, pattern = "^(1m|5m|15m|30m|1h|6h|12h|1d)$")]
+    pub bucket: Option<BucketWidth>,
     /// avg, min, max, sum or count.
     #[serde(rename = "fn")]
-    #[param(rename = "fn", required = true, pattern = "^(avg|min|max|sum|count)$")]
-    pub func: Option<String>,
+    #[param(rename = "fn", value_type = String, required = true, pattern = "^(avg|min|max|sum|count)$")]
+    pub func: Option<AggFn>,
     /// Only this entity.
     pub entity_id: Option<i64>,
     /// Only entities of this type (not with `entity_id`).
@@ -560,7 +567,8 @@ pub struct Aggregate {
     #[serde(rename = "fn")]
     pub func: AggFn,
     /// Bucket width.
-    pub bucket: String,
+    #[schema(value_type = String)]
+    pub bucket: BucketWidth,
     /// Non-empty buckets, oldest first.
     pub items: Vec<Bucket>,
 }
@@ -568,9 +576,15 @@ pub struct Aggregate {
 /// Buckets of avg/min/max/sum/count over an attribute's values, tenant-wide or for one
 /// entity or type; cached in Redis as `agg:{tenant}:{generation}:{query}` for 60 s, and a
 /// new generation after every write of the tenant makes older entries unreachable.
+///
+/// avg, min, max, sum or count of a numeric attribute in UTC-aligned buckets, over the whole
+/// tenant, one entity (entity_id) or one type (entity_type). from and to are epoch milliseconds or
+/// RFC 3339 times; at most 10 000 buckets and the configured longest range. Cached per tenant until
+/// its next write.
 #[utoipa::path(get, path = "/v1/aggregates", tag = "reads", security(("tenant_key" = [])),
-    params(AggregateParams),
-    responses((status = 200, body = Aggregate), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(AggregateParams, ReadFrom),
+    responses((status = 200, body = Aggregate,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn aggregates(
@@ -580,42 +594,21 @@ pub async fn aggregates(
     QueryParams(params): QueryParams<AggregateParams>,
 ) -> Result<Response, ApiError> {
     let (from, to) = time_range(&state, params.from.as_deref(), params.to.as_deref())?;
-    let bucket = params.bucket.as_deref().unwrap_or("");
-    let bucket_s = BUCKETS
-        .iter()
-        .find(|(name, _)| *name == bucket)
-        .map(|(_, s)| *s)
-        .ok_or_else(|| {
-            let choices = "one of 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d";
-            ApiError::bad_field(
-                "bucket",
-                match params.bucket.as_deref() {
-                    None | Some("") => format!("required: {choices}"),
-                    Some(other) => format!("`{other}` is not a bucket width: {choices}"),
-                },
-            )
-        })?;
-    if (to - from).num_seconds() / bucket_s >= MAX_BUCKETS {
+    let bucket = params.bucket.ok_or_else(|| {
+        ApiError::bad_field("bucket", format!("required: {}", BucketWidth::CHOICES))
+    })?;
+    if (to - from).num_seconds() / bucket.seconds() >= MAX_BUCKETS {
         return Err(ApiError::invalid_value(
             "bucket",
             format!(
-                "the range holds more than {MAX_BUCKETS} buckets of {bucket}; use a wider bucket"
+                "the range holds more than {MAX_BUCKETS} buckets of {}; use a wider bucket",
+                bucket.as_str()
             ),
         ));
     }
-    let func = match params.func.as_deref() {
-        Some("avg") => AggFn::Avg,
-        Some("min") => AggFn::Min,
-        Some("max") => AggFn::Max,
-        Some("sum") => AggFn::Sum,
-        Some("count") => AggFn::Count,
-        _ => {
-            return Err(ApiError::bad_field(
-                "fn",
-                "required: one of avg, min, max, sum, count",
-            ));
-        }
-    };
+    let func = params
+        .func
+        .ok_or_else(|| ApiError::bad_field("fn", "required: one of avg, min, max, sum, count"))?;
     let scope = match (params.entity_id, params.entity_type) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_value(
@@ -650,11 +643,10 @@ pub async fn aggregates(
         attribute_id: attr.attribute_id,
         from,
         to,
-        bucket_s,
+        bucket,
         func,
         scope,
     };
-    let bucket_name = bucket.to_owned();
     let s = state.clone();
     let load = move || async move {
         let (items, target) = s
@@ -668,7 +660,7 @@ pub async fn aggregates(
                 to_json(&Aggregate {
                     attribute: name,
                     func,
-                    bucket: bucket_name,
+                    bucket,
                     items,
                 })
                 .map(|d| (d, target))
@@ -688,7 +680,7 @@ pub async fn aggregates(
                     attr.attribute_id,
                     from.timestamp_micros(),
                     to.timestamp_micros(),
-                    bucket_s,
+                    bucket.seconds(),
                     func
                 ),
             );
@@ -721,8 +713,12 @@ pub struct StatsList {
 
 /// Per-attribute usage of the calling tenant, from `mv_entity_attribute_stats` through the
 /// tenant-fenced view (refreshed periodically, so it trails the newest writes).
-#[utoipa::path(get, path = "/v1/stats/attributes", tag = "reads", security(("tenant_key" = [])),
-    responses((status = 200, body = StatsList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+///
+/// Per attribute the tenant has values of: how many values, how many entities, oldest and newest
+/// time, as of the last periodic refresh.
+#[utoipa::path(get, path = "/v1/stats/attributes", tag = "reads", security(("tenant_key" = [])), params(ReadFrom),
+    responses((status = 200, body = StatsList,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn attribute_stats(
     Tenant(tenant): Tenant,

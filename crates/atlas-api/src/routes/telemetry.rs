@@ -12,6 +12,7 @@ use atlas_ingest::{Durability, FieldError, IngestError, Reading};
 
 use crate::AppState;
 use crate::auth::Tenant;
+use crate::consistency::WrittenAt;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonValue, QueryParams, from_json_value};
 
@@ -40,7 +41,7 @@ pub struct TelemetryBody;
 
 impl utoipa::PartialSchema for TelemetryBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        crate::openapi::one_or_many("TelemetryItem", 1, None)
+        crate::extract::one_or_many("TelemetryItem", 1, None)
     }
 }
 
@@ -127,11 +128,18 @@ fn value_field(
 
 /// Stores telemetry. The whole request is validated first: any bad value refuses the request
 /// (naming the item and field) and nothing is written.
+///
+/// Stores readings: one object or an array. Each value must fit its attribute's data type; ts is
+/// epoch milliseconds (the receipt time when absent). durability=durable (default) answers after
+/// the commit; staged answers after the values are staged, stored by the background drain. A
+/// replayed reading stores nothing twice; telemetry is rate-limited per value.
 #[utoipa::path(post, path = "/v1/telemetry", tag = "tenant", security(("tenant_key" = [])),
     params(TelemetryParams),
     request_body(content = TelemetryBody, description = "A reading or an array of readings"),
-    responses((status = 200, description = "Durably stored", body = TelemetryAck),
-              (status = 202, description = "Staged (durability=staged)", body = TelemetryAck),
+    responses((status = 200, description = "Durably stored", body = TelemetryAck,
+               headers(("x-atlas-lsn" = inline(WrittenAt)))),
+              (status = 202, description = "Staged (durability=staged)", body = TelemetryAck,
+               headers(("x-atlas-lsn" = inline(WrittenAt)))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, description = "An entity is not the caller's", body = ErrorBody),
               (status = 409, description = "Some values could not be stored (e.g. the entity was deleted meanwhile)", body = ErrorBody),
@@ -265,8 +273,8 @@ pub async fn ingest(
     // Durable values are committed: the position the writer read after the commit covers
     // them (read here only if it could not).
     Ok(match ack.wal_lsn {
-        Some(lsn) => crate::routing::with_known_lsn(resp, Some(atlas_replication::Lsn(lsn))),
-        None => crate::routing::with_lsn(&state, resp).await,
+        Some(lsn) => crate::consistency::with_known_lsn(resp, Some(atlas_replication::Lsn(lsn))),
+        None => crate::consistency::with_lsn(&state, resp).await,
     })
 }
 

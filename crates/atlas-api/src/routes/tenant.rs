@@ -13,10 +13,12 @@ use atlas_store::{StoreError, TenantId};
 
 use crate::AppState;
 use crate::auth::Tenant;
+use crate::consistency::{
+    ConsistencyParam, LagMs, ReadFrom, ServedBy, WrittenAt, served, with_lsn,
+};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, JsonValue, PathId, QueryParams, from_json_value};
 use crate::routes::admin::{AttributeList, PageParams, next_cursor, page};
-use crate::routing::{ConsistencyParam, ReadFrom, served, with_lsn};
 use axum::response::{IntoResponse, Response};
 
 /// The calling tenant.
@@ -52,7 +54,7 @@ pub struct RegisterBody;
 
 impl utoipa::PartialSchema for RegisterBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        crate::openapi::one_or_many("EntityInput", 1, Some(1000))
+        crate::extract::one_or_many("EntityInput", 1, Some(1000))
     }
 }
 
@@ -121,6 +123,8 @@ pub struct EntityListParams {
 }
 
 /// Who am I.
+///
+/// The tenant the calling key belongs to: a cheap way to check a key.
 #[utoipa::path(get, path = "/v1/me", tag = "tenant", security(("tenant_key" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -141,6 +145,9 @@ pub async fn me(
 }
 
 /// The attribute catalogue (global, read-only for tenants).
+///
+/// The global attribute catalogue as a tenant sees it: names, data types and which attributes are
+/// hot (searchable).
 #[utoipa::path(get, path = "/v1/attributes", tag = "tenant", security(("tenant_key" = [])),
     responses((status = 200, body = AttributeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -154,9 +161,13 @@ pub async fn attributes(
 }
 
 /// Registers one entity (an object) or several (an array); ids are assigned by the server.
+///
+/// Registers one entity (an object) or up to the configured maximum (an array) in one transaction;
+/// the server assigns ids. cold_attrs are free-form properties (a JSON object).
 #[utoipa::path(post, path = "/v1/entities", tag = "tenant", security(("tenant_key" = [])),
     request_body(content = RegisterBody, description = "An entity or an array of entities"),
-    responses((status = 201, body = EntityPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 201, body = EntityPage,
+               headers(("x-atlas-lsn" = inline(WrittenAt)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn register_entities(
@@ -238,8 +249,12 @@ fn prefix_single_entity_field(e: StoreError, single: bool) -> ApiError {
 }
 
 /// Lists entities by id, optionally of one type.
-#[utoipa::path(get, path = "/v1/entities", tag = "tenant", security(("tenant_key" = [])), params(EntityListParams),
-    responses((status = 200, body = EntityPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+///
+/// The tenant's live entities in id order, a page at a time (limit, cursor), optionally of one
+/// entity_type.
+#[utoipa::path(get, path = "/v1/entities", tag = "tenant", security(("tenant_key" = [])), params(EntityListParams, ReadFrom),
+    responses((status = 200, body = EntityPage,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list_entities(
     Tenant(tenant): Tenant,
@@ -366,9 +381,12 @@ async fn in_tenant<T: Send + 'static>(
 }
 
 /// One entity.
+///
+/// One of the tenant's entities with its properties and version; another tenant's id is a 404.
 #[utoipa::path(get, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
-    params(("id" = i64, Path, minimum = 0, description = "Entity id")),
-    responses((status = 200, body = Entity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(("id" = i64, Path, minimum = 0, description = "Entity id"), ReadFrom),
+    responses((status = 200, body = Entity,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn get_entity(
@@ -387,9 +405,14 @@ pub async fn get_entity(
 }
 
 /// Changes an entity's type or properties (`version` + 1).
+///
+/// Changes the entity's type and/or replaces its properties (cold_attrs). With version, the change
+/// applies only if the entity is still at that version (else 409), so concurrent editors do not
+/// overwrite each other.
 #[utoipa::path(patch, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Entity id")), request_body = EntityChanges,
-    responses((status = 200, body = Entity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Entity,
+               headers(("x-atlas-lsn" = inline(WrittenAt)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -424,9 +447,13 @@ pub async fn update_entity(
 }
 
 /// Soft-deletes an entity: it disappears from every read and takes no new values.
+///
+/// Soft-deletes the entity: every read stops showing it, telemetry for it is refused, and its
+/// stored values stay in the time series.
 #[utoipa::path(delete, path = "/v1/entities/{id}", tag = "tenant", security(("tenant_key" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Entity id")),
-    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 204, description = "Deleted",
+               headers(("x-atlas-lsn" = inline(WrittenAt)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn delete_entity(

@@ -51,6 +51,76 @@ pub struct ReadFrom {
     pub min_lsn: Option<Lsn>,
 }
 
+/// A routed read declares the header it takes: `params(ReadFrom)` in its `#[utoipa::path]`.
+impl utoipa::IntoParams for ReadFrom {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, Type};
+        // X-Atlas-Min-Lsn is described, not declared: Schemathesis ignores a header's
+        // `pattern` and would send values any server must refuse.
+        vec![
+            ParameterBuilder::new()
+                .name(CONSISTENCY)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "strong (primary), eventual (a replica within the lag budget) or analytics \
+                     (the analytics store, for latest/series/aggregates); overrides \
+                     ?consistency=. (X-Atlas-Min-Lsn, a write's X-Atlas-Lsn, makes the answer \
+                     include that write; see README.)",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(["strong", "eventual", "analytics"])),
+                ))
+                .build(),
+        ]
+    }
+}
+
+// The answer headers' schemas, which a handler's success response declares (their doc comments
+// are their descriptions): a routed read's `headers(("x-atlas-served-by" = inline(ServedBy)),
+// ("x-atlas-lag-ms" = inline(LagMs)))`, a write's `headers(("x-atlas-lsn" = inline(WrittenAt)))`.
+
+/// Declares an answer header's schema type (the derive cannot give a unit type a string
+/// schema with a pattern).
+macro_rules! header_schema {
+    ($(#[$doc:meta])* $name:ident: $type:ident, $pattern:expr, $description:literal) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::$type)
+                    .pattern($pattern)
+                    .description(Some($description))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+header_schema!(
+    /// `X-Atlas-Served-By`.
+    ServedBy: String, None::<&str>, "primary, replica-N, analytics or cache"
+);
+header_schema!(
+    /// `X-Atlas-Lag-Ms`.
+    LagMs: Integer, None::<&str>, "How far behind the primary the answer may be (ms)"
+);
+header_schema!(
+    /// `X-Atlas-Lsn`.
+    WrittenAt: String,
+    Some("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"),
+    "The primary's WAL position after the commit; send it as X-Atlas-Min-Lsn"
+);
+
 impl ReadFrom {
     /// A key suffix that keeps single-flight fills of different routings apart.
     pub(crate) fn flight_suffix(&self) -> String {
