@@ -24,8 +24,7 @@ fn main() {
                 });
             let _ = writeln!(
                 out,
-                "    Migration {{ version: {version}, name: {name:?}, sql: include_str!({path:?}) }},",
-                path = root.join(folder).join(&name)
+                "    Migration {{ version: {version}, name: {name:?}, sql: include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/{folder}/{name}\")) }},"
             );
         }
         let _ = writeln!(out, "];");
@@ -34,8 +33,7 @@ fn main() {
     for name in sql_files(&root.join("functions")) {
         let _ = writeln!(
             out,
-            "    Functions {{ name: {name:?}, sql: include_str!({path:?}) }},",
-            path = root.join("functions").join(&name)
+            "    Functions {{ name: {name:?}, sql: include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/functions/{name}\")) }},"
         );
     }
     let _ = writeln!(out, "];");

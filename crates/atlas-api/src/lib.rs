@@ -129,20 +129,21 @@ impl AppState {
         let router = atlas_replication::Router::new(
             store.replicas().len(),
             atlas_replication::Budgets {
-                open_ms: replication.breaker_open_ms,
-                close_ms: replication.breaker_close_ms,
+                open_ms: atlas_config::duration::millis_i64(replication.breaker_open),
+                close_ms: atlas_config::duration::millis_i64(replication.breaker_close),
             },
         );
-        let default_consistency = replication
-            .default_read_consistency
-            .parse()
-            .unwrap_or(atlas_replication::Consistency::Strong);
+        let default_consistency = match replication.default_read_consistency {
+            atlas_config::ReadConsistency::Strong => atlas_replication::Consistency::Strong,
+            atlas_config::ReadConsistency::Eventual => atlas_replication::Consistency::Eventual,
+            atlas_config::ReadConsistency::Analytics => atlas_replication::Consistency::Analytics,
+        };
         Self {
             inner: Arc::new(Inner {
                 store,
                 admin_token_hash: admin_token.map(atlas_store::admin::hash_key),
-                keys: auth::KeyCache::new(Duration::from_millis(limits.key_cache_ttl_ms)),
-                known: known::KnownEntities::new(Duration::from_millis(limits.entity_cache_ttl_ms)),
+                keys: auth::KeyCache::new(limits.key_cache_ttl),
+                known: known::KnownEntities::new(limits.entity_cache_ttl),
                 rate: auth::RateLimiter::new(
                     limits.rate_per_second,
                     limits.rate_burst,
@@ -337,7 +338,8 @@ impl AppState {
         };
         Ok(atlas_ingest::TimeRules {
             now: self.inner.receipt.reserve_for(readings),
-            max_future: chrono::Duration::seconds(self.inner.limits.max_future_skew_s),
+            max_future: chrono::Duration::from_std(self.inner.limits.max_future_skew)
+                .unwrap_or(chrono::Duration::MAX),
             coverage: coverage.as_ref().clone(),
         })
     }
@@ -386,7 +388,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(BodyLimit(limit)))
         .layer(axum::middleware::from_fn_with_state(
-            Duration::from_millis(state.inner.limits.request_timeout_ms),
+            state.inner.limits.request_timeout,
             http::request_timeout,
         ))
         .layer(tower_http::decompression::RequestDecompressionLayer::new())

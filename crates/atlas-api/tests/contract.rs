@@ -231,10 +231,13 @@ async fn telemetry_is_charged_per_value_not_per_request() {
 #[tokio::test]
 async fn an_unreachable_database_is_503_with_retry_after_and_readyz_says_so() {
     let db = atlas_testkit::TestDb::new().await;
-    // A pool pointing at a port where nothing listens.
-    let dead = atlas_store::Store::connect("postgres://atlas_app:x@127.0.0.1:1/nowhere", &[], 2)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let server = Server::over(db, dead, Limits::default()).await;
+    // Pools pointing at a port where nothing listens.
+    let server = Server::configured(db, |c| {
+        c.database_url = Some("postgres://atlas_app:x@127.0.0.1:1/nowhere".into());
+        c.replica_urls.clear();
+        c.pool_size = 2;
+    })
+    .await;
     let key = format!("atlas_AAAAAAAAAAAA_{}", "ab".repeat(32));
     let resp = server
         .as_tenant(&key, Method::GET, "/v1/me")
@@ -734,7 +737,7 @@ async fn gzip_request_ids_cors_and_timeouts_work_as_clients_expect() {
     let limits = Limits {
         max_body_bytes: 64 * 1024,
         cors_allowed_origins: vec!["https://dash.example".into()],
-        request_timeout_ms: 500,
+        request_timeout: std::time::Duration::from_millis(500),
         ..Limits::default()
     };
     let server = Server::start_with(limits).await;

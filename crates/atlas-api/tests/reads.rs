@@ -857,16 +857,8 @@ impl Drop for OwnRedis {
 async fn with_redis_down_every_request_succeeds_and_the_hit_rate_recovers_after() {
     let mut redis = OwnRedis::start();
     let db = atlas_testkit::TestDb::new().await;
-    let store = db.store(8);
-    let cache = crate::support::cache_for(&db, &redis.url());
-    let server = Server::with_cache(
-        db,
-        store,
-        atlas_config::Limits::default(),
-        atlas_ingest::IngestConfig::default(),
-        cache,
-    )
-    .await;
+    let url = redis.url();
+    let server = Server::configured(db, |c| c.redis_url = Some(url)).await;
     catalogue(&server).await;
     let (_, key) = server.tenant("acme").await;
     let e = server.entities(&key, 2).await;

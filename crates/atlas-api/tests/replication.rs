@@ -41,28 +41,15 @@ async fn get(server: &Server, key: &str, path: &str, headers: &[(&str, &str)]) -
 
 #[tokio::test]
 async fn reads_route_by_consistency_and_read_your_writes_holds() {
-    let server = Server::start_with(atlas_config::Limits {
-        rate_per_second: 1e6,
-        rate_burst: 1e6,
-        ..atlas_config::Limits::default()
+    // Heartbeats (the maintainer's) and lag measurement, quicker than in production.
+    let server = Server::configured(atlas_testkit::TestDb::new().await, |c| {
+        c.limits.rate_per_second = 1e6;
+        c.limits.rate_burst = 1e6;
+        c.maintenance.enabled = true;
+        c.maintenance.heartbeat_interval = Duration::from_millis(100);
+        c.replication.lag_check_interval = Duration::from_millis(100);
     })
     .await;
-    // Heartbeats (the leader's) and lag measurement, quicker than in production.
-    let worker = atlas_maintain::Worker {
-        store: server.db.store(2),
-        cache: atlas_cache::Cache::disabled(),
-        settings: atlas_maintain::Settings {
-            heartbeat: Duration::from_millis(100),
-            ..atlas_maintain::Settings::default()
-        },
-        database_url: server.db.urls.database_url.clone(),
-        source: "replication-test".into(),
-    }
-    .spawn();
-    let monitor = server
-        .state
-        .read_router()
-        .spawn_monitor(server.state.store().clone(), Duration::from_millis(100));
 
     server
         .define(json!({"attribute_name": "level", "data_type": "integer", "is_hot": true}))
@@ -201,7 +188,5 @@ async fn reads_route_by_consistency_and_read_your_writes_holds() {
     .await;
     assert_error(a.status, &a.body, 400);
 
-    monitor.abort();
-    worker.stop().await;
     server.stop().await;
 }

@@ -26,6 +26,13 @@ impl Trio {
         Self::start_with(1000)
     }
 
+    /// Points a server's cache at this master through this Sentinel.
+    fn configure(&self, c: &mut atlas_config::Config) {
+        c.redis_url = Some(format!("redis://127.0.0.1:{}/", self.ports.0));
+        c.redis_sentinel_urls = vec![format!("redis://127.0.0.1:{}/", self.ports.2)];
+        c.redis_master_name = "atlas".into();
+    }
+
     /// A trio whose Sentinel declares the master down after `down_after_ms`.
     fn start_with(down_after_ms: u32) -> Self {
         let ports = (free_port(), free_port(), free_port());
@@ -107,22 +114,7 @@ impl Drop for Trio {
 async fn after_a_redis_failover_the_cache_follows_sentinel_to_the_promoted_replica() {
     let mut trio = Trio::start();
     let db = atlas_testkit::TestDb::new().await;
-    let store = db.store(8);
-    let cache = atlas_cache::Cache::with_sentinel(
-        &format!("redis://127.0.0.1:{}/", trio.ports.0),
-        &[format!("redis://127.0.0.1:{}/", trio.ports.2)],
-        "atlas",
-        &crate::support::cache_prefix(&db),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let server = Server::with_cache(
-        db,
-        store,
-        atlas_config::Limits::default(),
-        atlas_ingest::IngestConfig::default(),
-        cache,
-    )
-    .await;
+    let server = Server::configured(db, |c| trio.configure(c)).await;
     let (s, b) = call(
         server
             .admin(Method::POST, "/v1/admin/attributes")
@@ -213,16 +205,17 @@ struct Scenario {
 }
 
 impl Scenario {
-    async fn start(cache: atlas_cache::Cache, db: atlas_testkit::TestDb) -> Self {
-        let store = db.store(8);
-        // Short batch windows: the writes made while Redis is away take milliseconds, well
-        // inside the time Sentinel takes to fail over.
-        let ingest = atlas_ingest::IngestConfig {
-            batch_interval: Duration::from_millis(5),
-            ..atlas_ingest::IngestConfig::default()
-        };
-        let server =
-            Server::with_cache(db, store, atlas_config::Limits::default(), ingest, cache).await;
+    async fn start(
+        db: atlas_testkit::TestDb,
+        redis: impl FnOnce(&mut atlas_config::Config),
+    ) -> Self {
+        let server = Server::configured(db, |c| {
+            redis(c);
+            // Short batch windows: the writes made while Redis is away take milliseconds, well
+            // inside the time Sentinel takes to fail over.
+            c.ingest.batch_interval = Duration::from_millis(5);
+        })
+        .await;
         server
             .define(json!({"attribute_name": "status", "data_type": "string", "is_hot": true}))
             .await;
@@ -399,14 +392,7 @@ async fn writes_made_while_the_master_was_down_are_visible_on_the_promoted_repli
     let mut trio = Trio::start_with(4000);
     let db = atlas_testkit::TestDb::new().await;
     let prefix = crate::support::cache_prefix(&db);
-    let cache = atlas_cache::Cache::with_sentinel(
-        &format!("redis://127.0.0.1:{}/", trio.ports.0),
-        &[format!("redis://127.0.0.1:{}/", trio.ports.2)],
-        "atlas",
-        &prefix,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let s = Scenario::start(cache, db).await;
+    let s = Scenario::start(db, |c| trio.configure(c)).await;
     s.warm().await;
     // The replica holds what the master cached: after the failover it serves them.
     wait_for_entries(trio.ports.1, &prefix).await;
@@ -446,9 +432,10 @@ async fn writes_made_while_redis_restarted_from_its_aof_are_visible_after() {
     let mut redis = redis_server(&args, port);
     let db = atlas_testkit::TestDb::new().await;
     let prefix = crate::support::cache_prefix(&db);
-    let cache = atlas_cache::Cache::new(&format!("redis://127.0.0.1:{port}/"), &prefix)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let s = Scenario::start(cache, db).await;
+    let s = Scenario::start(db, |c| {
+        c.redis_url = Some(format!("redis://127.0.0.1:{port}/"))
+    })
+    .await;
     s.warm().await;
     wait_for_entries(port, &prefix).await;
 

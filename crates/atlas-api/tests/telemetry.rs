@@ -464,12 +464,11 @@ async fn staged_values_and_other_producers_rows_are_flushed_in_the_background() 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let db = atlas_testkit::TestDb::new().await;
-    let store = db.store(4);
-    let ingest = atlas_ingest::IngestConfig {
-        queue_rows: 3,
-        ..atlas_ingest::IngestConfig::default()
-    };
-    let server = Server::over_with(db, store, atlas_config::Limits::default(), ingest).await;
+    let server = Server::configured(db, |c| {
+        c.pool_size = 4;
+        c.ingest.queue_rows = 3;
+    })
+    .await;
     catalogue(&server).await;
     let (_, key) = server.tenant("acme").await;
     let e = server.entities(&key, 1).await[0];
@@ -735,7 +734,7 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
 
     // TTL 0: nothing is trusted, the database's answer is a 404 at once.
     let server = Server::start_with(atlas_config::Limits {
-        entity_cache_ttl_ms: 0,
+        entity_cache_ttl: std::time::Duration::ZERO,
         ..atlas_config::Limits::default()
     })
     .await;

@@ -14,9 +14,10 @@ pub mod slot;
 
 use std::time::{Duration, Instant};
 
+pub use atlas_store::cluster::Slot;
 pub use event::{ChangeEvent, Decoder, Op, Transaction};
 pub use sink::{AnalyticsSink, Batch, NdjsonSink, Prune, Pruned, Sink};
-pub use slot::{PUBLICATION, SlotState, SnapshotReader, Source, slot_state};
+pub use slot::{PUBLICATION, SnapshotReader, Source};
 
 /// Why CDC failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,11 +133,11 @@ impl Consumer {
     /// that completes it. Returns the number of snapshot rows (0: none was needed).
     pub async fn start(&mut self, snapshot_url: &str) -> Result<usize, CdcError> {
         if let Some(slot) = self.source.state().await?
-            && slot.wal_status == "lost"
+            && slot.wal_status == Some(atlas_store::cluster::WalStatus::Lost)
         {
             let lost = CdcError::SlotLost {
                 slot: self.source.slot().to_owned(),
-                confirmed_lsn: slot.confirmed_lsn,
+                confirmed_lsn: slot.confirmed.unwrap_or(0),
             };
             if !self.settings.resnapshot_lost_slot {
                 return Err(lost);
@@ -163,7 +164,7 @@ impl Consumer {
                 self.source.slot()
             )));
         };
-        let at = slot.confirmed_lsn;
+        let at = slot.confirmed.unwrap_or(0);
         let reader = slot::SnapshotReader::begin(snapshot_url).await?;
         let commit_ts = chrono::Utc::now();
         let chunk = self.settings.batch_events.clamp(100, 10_000);
@@ -349,11 +350,12 @@ impl Consumer {
     }
 
     /// Exports what the slot retains; returns it.
-    pub async fn export_slot_state(&self) -> Result<Option<SlotState>, CdcError> {
+    pub async fn export_slot_state(&self) -> Result<Option<Slot>, CdcError> {
         let state = self.source.state().await?;
         if let Some(s) = &state {
             #[allow(clippy::cast_precision_loss, reason = "a gauge")]
-            metrics::gauge!("atlas_cdc_slot_retained_wal_bytes").set(s.retained_bytes as f64);
+            metrics::gauge!("atlas_cdc_slot_retained_wal_bytes")
+                .set(s.retained_bytes.unwrap_or(0) as f64);
         }
         Ok(state)
     }

@@ -2,6 +2,7 @@
 //! Peeking does not consume; the slot moves only when [`Source::advance`] is called, after the
 //! sinks confirmed — so a crash in between replays the same changes (at-least-once).
 
+use atlas_store::cluster::{self, Slot};
 use tokio_postgres::Client;
 use tokio_postgres::types::PgLsn;
 
@@ -17,19 +18,6 @@ pub struct Peeked {
     pub lsn: u64,
     /// The pgoutput bytes.
     pub data: Vec<u8>,
-}
-
-/// What the slot holds back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotState {
-    /// WAL kept for the slot: the primary's current LSN minus the slot's restart LSN.
-    pub retained_bytes: i64,
-    /// Up to where the consumer confirmed.
-    pub confirmed_lsn: u64,
-    /// `wal_status` (reserved, extended, unreserved, lost).
-    pub wal_status: String,
-    /// Whether a session is decoding from it right now.
-    pub active: bool,
 }
 
 /// Connects with the session output formats every value's text is read by (`typed`): the
@@ -101,17 +89,13 @@ impl Source {
 
     /// Creates the pgoutput slot when missing; true when it was created now.
     pub async fn ensure_slot(&self) -> Result<bool, CdcError> {
-        let exists = self
-            .client
-            .query_opt(
-                "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.slot],
-            )
+        let exists = cluster::find_slot(&self.client, &self.slot)
             .await
             .map_err(db("looking up the slot"))?;
-        if let Some(row) = exists {
-            let plugin: Option<String> = row.get(0);
-            let database: Option<String> = row.get(1);
+        if let Some(Slot {
+            plugin, database, ..
+        }) = exists
+        {
             if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(&self.database)
             {
                 return Err(CdcError::Config(format!(
@@ -206,8 +190,10 @@ impl Source {
     }
 
     /// What the slot retains (None when it does not exist).
-    pub async fn state(&self) -> Result<Option<SlotState>, CdcError> {
-        slot_state(&self.client, &self.slot).await
+    pub async fn state(&self) -> Result<Option<Slot>, CdcError> {
+        cluster::find_slot(&self.client, &self.slot)
+            .await
+            .map_err(db("reading the slot"))
     }
 
     /// Drops the slot (e.g. after `atlas cdc --drop-slot`); its retained WAL is released.
@@ -221,25 +207,6 @@ impl Source {
             .map_err(db("dropping the slot"))?;
         Ok(())
     }
-}
-
-/// What slot `slot` retains, read through any connection to the primary (None when missing).
-pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, CdcError> {
-    let row = client
-        .query_opt(
-            "SELECT coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, 0), \
-                    coalesce(confirmed_flush_lsn, '0/0'::pg_lsn), coalesce(wal_status, ''), active \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(db("reading the slot"))?;
-    Ok(row.map(|r| SlotState {
-        retained_bytes: r.get(0),
-        confirmed_lsn: u64::from(r.get::<_, PgLsn>(1)),
-        wal_status: r.get(2),
-        active: r.get(3),
-    }))
 }
 
 /// Reads the published tables at one REPEATABLE READ snapshot taken after the slot existed,

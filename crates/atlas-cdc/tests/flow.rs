@@ -416,10 +416,10 @@ async fn heartbeats_advance_the_slot_on_an_idle_system() {
     let db = TestDb::new().await;
     let dir = ndjson_dir(&db);
     let mut cdc = consumer(&db, &dir).await;
-    async fn state(c: &Consumer) -> atlas_cdc::SlotState {
+    async fn state(c: &Consumer) -> atlas_cdc::Slot {
         c.source().state().await.unwrap().unwrap()
     }
-    let before = state(&cdc).await.confirmed_lsn;
+    let before = state(&cdc).await.confirmed;
     // Unpublished writes only (the replica heartbeat table): nothing to deliver…
     let admin = db.admin().await;
     admin
@@ -430,7 +430,7 @@ async fn heartbeats_advance_the_slot_on_an_idle_system() {
         .unwrap();
     assert_eq!(cdc.drain().await.unwrap().transactions, 0);
     assert_eq!(
-        state(&cdc).await.confirmed_lsn,
+        state(&cdc).await.confirmed,
         before,
         "no commit to advance to"
     );
@@ -438,8 +438,8 @@ async fn heartbeats_advance_the_slot_on_an_idle_system() {
     cdc.heartbeat_if_due().await.unwrap();
     let r = cdc.drain().await.unwrap();
     assert_eq!((r.transactions, r.events), (1, 0));
-    let after = state(&cdc).await.confirmed_lsn;
-    assert!(after > before, "{after} > {before}");
+    let after = state(&cdc).await.confirmed;
+    assert!(after > before, "{after:?} > {before:?}");
     let an = connect(&with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap())
         .await
         .unwrap();

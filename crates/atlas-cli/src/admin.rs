@@ -379,83 +379,12 @@ async fn catalogue_changed(cache: &atlas_cache::Cache) {
 /// `atlas serve`: the HTTP API until SIGTERM or Ctrl-C, then a graceful stop.
 pub async fn serve(config: &Config) -> Result<()> {
     let resolved = crate::stack::resolved(config)?;
-    let store = crate::stack::store(config)?;
-    // Redis is a cache: the server starts and serves while it is down, and connects when
-    // it comes up (through Sentinel when configured).
-    let cache = crate::stack::cache(config)?;
-    // A predecessor may have died with invalidations that failed: serve from Redis only
-    // once this server has replaced the cache epoch.
-    cache.renew_epoch();
-    let (ingestor, pipeline) = atlas_ingest::Ingestor::start(
-        store.clone(),
-        cache.clone(),
-        atlas_ingest::IngestConfig::from_settings(&resolved.ingest),
-    );
-    // Every server runs the maintenance worker; one of them leads (advisory lock).
-    let worker = match (&resolved.database_url, resolved.maintenance.enabled) {
-        (Some(url), true) => Some(
-            atlas_maintain::Worker {
-                store: store.clone(),
-                cache: cache.clone(),
-                settings: atlas_maintain::Settings::from_config(&resolved.maintenance),
-                database_url: url.clone(),
-                source: format!("atlas-{}-{}", hostname(), std::process::id()),
-            }
-            .spawn(),
-        ),
-        _ => None,
-    };
-    let state = atlas_api::AppState::new(
-        store.clone(),
-        resolved.admin_token.as_deref(),
-        cache,
-        resolved.limits.clone(),
-        &resolved.replication,
-        Some(ingestor),
-    );
-    // Analytics reads go to the store `atlas cdc` fills (its own database on the primary's
-    // cluster, read as atlas_app under RLS); until it exists they fall back to the router.
-    let state = match (
-        &resolved.database_url,
-        resolved.cdc.analytics_database.as_str(),
-    ) {
-        (Some(url), name) if !name.is_empty() => {
-            let an_url = atlas_cdc::with_database(url, name)?;
-            state.with_analytics(atlas_api::AnalyticsStore::new(
-                atlas_store::pool(&an_url, resolved.pool_size.div_ceil(2))?,
-                &resolved.cdc.slot_name,
-                resolved.cdc.lag_budget_ms,
-            ))
-        }
-        _ => state,
-    };
-    // Replica lag, measured from the heartbeats the leader writes, routes eventual reads.
-    let lag_monitor = (!store.replicas().is_empty()).then(|| {
-        state.read_router().spawn_monitor(
-            store,
-            std::time::Duration::from_millis(resolved.replication.lag_check_interval_ms),
-        )
-    });
+    let server = atlas_server::Server::build(&resolved)?;
     let listener = atlas_api::bind(resolved.listen).await?;
     tracing::info!(listen = %resolved.listen, admin_api = resolved.admin_token.is_some(), "atlas serving");
-    atlas_api::serve(listener, state, shutdown_signal()).await?;
-    // Every request has been answered; write what is still queued and drain staging.
-    pipeline.shutdown().await;
-    if let Some(w) = worker {
-        w.stop().await;
-    }
-    if let Some(m) = lag_monitor {
-        m.abort();
-    }
+    server.serve(listener, shutdown_signal()).await?;
     tracing::info!("atlas stopped");
     Ok(())
-}
-
-/// This machine's name (for heartbeat sources), at most 24 characters.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().chars().take(24).collect())
-        .unwrap_or_else(|_| "host".into())
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -52,14 +52,14 @@ fn urls(resolved: &Config) -> Result<(String, Option<String>)> {
 /// The consumer's settings from `[cdc]` (test hooks and the lost-slot remedy off).
 pub(crate) fn settings(c: &atlas_config::Cdc) -> Settings {
     Settings {
-        batch_events: c.batch_events,
-        batch_interval: Duration::from_millis(c.batch_interval_ms),
-        heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+        batch_events: c.batch_events.get(),
+        batch_interval: c.batch_interval,
+        heartbeat_interval: c.heartbeat_interval,
         pause_before_advance: false,
         resnapshot_lost_slot: false,
         history_retention: (c.history_retention_days > 0)
             .then(|| Duration::from_secs(u64::from(c.history_retention_days) * 86_400)),
-        prune_interval: Duration::from_secs(c.prune_interval_s),
+        prune_interval: c.prune_interval,
     }
 }
 
@@ -132,7 +132,7 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
                 "end_lsn": report.end_lsn,
                 "lag_ms": report.lag_ms,
                 "seconds": started.elapsed().as_secs_f64(),
-                "retained_wal_bytes": state.map(|s| s.retained_bytes),
+                "retained_wal_bytes": state.and_then(|s| s.retained_bytes),
                 "pruned_history": pruned.history,
                 "pruned_values": pruned.values,
                 "pruned_ndjson_files": pruned.files,

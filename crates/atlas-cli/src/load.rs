@@ -464,7 +464,8 @@ pub async fn run(config: &Config, args: &LoadArgs) -> Result<()> {
                         .filter_map(|r| r.reading.as_ref().ok().cloned())
                         .collect::<Vec<_>>(),
                 ),
-                max_future: chrono::Duration::seconds(resolved.limits.max_future_skew_s),
+                max_future: chrono::Duration::from_std(resolved.limits.max_future_skew)
+                    .unwrap_or(chrono::Duration::MAX),
                 coverage: coverage.clone(),
             };
             match validate(&store, tenant, &t.tenant_name, records, &catalog, &time).await {

@@ -2,8 +2,6 @@
 
 mod admin;
 mod bench;
-mod bench_cdc;
-mod bench_read;
 mod cdc;
 mod demo;
 mod load;

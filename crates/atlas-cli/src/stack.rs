@@ -165,30 +165,12 @@ pub fn admin_url(config: &Config) -> Result<String> {
 
 /// The Redis cache, from config or the local stack (disabled when none is configured).
 pub fn cache(config: &Config) -> Result<atlas_cache::Cache> {
-    let config = with_stack_defaults(config)?;
-    Ok(match config.redis_url.as_deref() {
-        Some(url) if !config.redis_sentinel_urls.is_empty() => atlas_cache::Cache::with_sentinel(
-            url,
-            &config.redis_sentinel_urls,
-            &config.redis_master_name,
-            &config.cache_prefix,
-        )?,
-        Some(url) => atlas_cache::Cache::new(url, &config.cache_prefix)?,
-        None => atlas_cache::Cache::disabled(),
-    })
+    Ok(atlas_server::cache(&with_stack_defaults(config)?)?)
 }
 
 /// Pools for the app role, from config or the local stack.
 pub fn store(config: &Config) -> Result<Store> {
-    let config = with_stack_defaults(config)?;
-    let url = config
-        .database_url
-        .context("no database: set ATLAS_DATABASE_URL (or run `atlas stack up`)")?;
-    Ok(Store::connect(
-        &url,
-        &config.replica_urls,
-        config.pool_size,
-    )?)
+    Ok(atlas_server::store(&with_stack_defaults(config)?)?)
 }
 
 /// `atlas migrate`: applies pending migrations; sets the app login's password from

@@ -178,13 +178,13 @@ pub async fn collect(config: &Config) -> Result<Value> {
 async fn cdc_status(store: &atlas_store::Store, config: &Config) -> Value {
     let slot_name = &config.cdc.slot_name;
     let slot = match store.primary().get().await {
-        Ok(client) => match atlas_cdc::slot_state(&client, slot_name).await {
+        Ok(client) => match atlas_store::cluster::find_slot(&client, slot_name).await {
             Ok(Some(s)) => json!({
                 "exists": true,
                 "active": s.active,
-                "retained_wal_bytes": s.retained_bytes,
-                "wal_status": s.wal_status,
-                "confirmed_lsn": atlas_replication::Lsn(s.confirmed_lsn).to_string(),
+                "retained_wal_bytes": s.retained_bytes.unwrap_or(0),
+                "wal_status": s.wal_status.map_or("", |w| w.as_str()),
+                "confirmed_lsn": atlas_replication::Lsn(s.confirmed.unwrap_or(0)).to_string(),
             }),
             Ok(None) => json!({"exists": false}),
             Err(e) => json!({"error": chain(&e)}),

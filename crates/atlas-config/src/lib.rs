@@ -1,20 +1,35 @@
 //! Atlas configuration: one [`Config`], layered defaults → `atlas.toml` → `ATLAS_*` environment
 //! → command-line flags (later layers win).
 //!
-//! The environment and flag layers are the same clap arguments ([`ConfigArgs`]): every `atlas`
-//! subcommand takes each setting as a flag, and clap reads the `ATLAS_*` variable when the flag
-//! is absent.
+//! Each section is a type in its own module, with its `Default` and a `validate()` whose
+//! message names the allowed range. Every key of a section can be set from the environment as
+//! `ATLAS_<SECTION>__<KEY>` (e.g. `ATLAS_INGEST__WRITERS=4`), typed by the key's own type; the
+//! top-level settings are clap arguments ([`ConfigArgs`]): every `atlas` subcommand takes each
+//! as a flag, and clap reads its `ATLAS_*` variable when the flag is absent.
+
+mod cdc;
+pub mod duration;
+mod ingest;
+mod limits;
+mod maintenance;
+mod replication;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use cdc::Cdc;
+pub use ingest::Ingest;
+pub use limits::Limits;
+pub use maintenance::{Maintenance, PartitionInterval};
+pub use replication::{ReadConsistency, Replication};
 
 /// Where the config file is looked for when neither `--config` nor `ATLAS_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "atlas.toml";
 
 /// The settings of one Atlas process.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Superuser (role-creating) connection, used only by `atlas migrate` and the local stack.
@@ -53,235 +68,6 @@ pub struct Config {
     pub cdc: Cdc,
 }
 
-/// Logical CDC and the analytics store (`[cdc]` in `atlas.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Cdc {
-    /// The analytics store's database, on the primary's cluster; the server's analytics reads
-    /// and the sink use the primary's URLs with this database name. Empty: no analytics store.
-    pub analytics_database: String,
-    /// The logical replication slot `atlas cdc` reads (created when missing).
-    pub slot_name: String,
-    /// A batch goes to the sinks after this many change events…
-    pub batch_events: usize,
-    /// …or this long after the previous one (ms).
-    pub batch_interval_ms: u64,
-    /// A heartbeat message is written to the WAL this often (ms), so the slot advances and
-    /// the lag stays measured on an idle system.
-    pub heartbeat_interval_ms: u64,
-    /// Directory of the NDJSON sink (one file per table and hour); empty: no NDJSON sink.
-    pub ndjson_dir: String,
-    /// Reads with consistency `analytics` go to the primary when the store is further behind
-    /// than this (ms): the seed's 5-minute budget.
-    pub lag_budget_ms: i64,
-    /// Days of change history (`cdc.change_events`) the analytics store keeps; 0 keeps all.
-    pub history_retention_days: u32,
-    /// Seconds between prunes of the analytics store (history retention, and time-series
-    /// rows the primary's retention dropped).
-    pub prune_interval_s: u64,
-}
-
-impl Default for Cdc {
-    fn default() -> Self {
-        Self {
-            analytics_database: "atlas_analytics".into(),
-            slot_name: "atlas_cdc".into(),
-            batch_events: 10_000,
-            batch_interval_ms: 30_000,
-            heartbeat_interval_ms: 10_000,
-            ndjson_dir: String::new(),
-            lag_budget_ms: 300_000,
-            history_retention_days: 0,
-            prune_interval_s: 300,
-        }
-    }
-}
-
-/// Read routing (`[replication]` in `atlas.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Replication {
-    /// Consistency of reads that do not name one: `strong`, `eventual` or `analytics`.
-    pub default_read_consistency: String,
-    /// A replica's circuit opens at this heartbeat lag (ms)…
-    pub breaker_open_ms: i64,
-    /// …and closes again only below this one (ms): the eventual-read budget.
-    pub breaker_close_ms: i64,
-    /// How often replica lag is measured (ms).
-    pub lag_check_interval_ms: u64,
-}
-
-impl Default for Replication {
-    fn default() -> Self {
-        Self {
-            default_read_consistency: "strong".into(),
-            breaker_open_ms: 5_000,
-            breaker_close_ms: 3_000,
-            lag_check_interval_ms: 1_000,
-        }
-    }
-}
-
-/// Time-series partition width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PartitionInterval {
-    /// One partition per month (the seed's default).
-    Month,
-    /// One partition per day (for high volume; applies from the newest existing partition on).
-    Day,
-}
-
-/// The maintainer (`[maintenance]` in `atlas.toml`): one leader across servers does the work
-/// the seed gives pg_partman and pg_cron, and raises the alerts.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Maintenance {
-    /// Run the maintainer (and heartbeat) inside `atlas serve`.
-    pub enabled: bool,
-    /// Seconds between maintenance rounds (partitions, retention, BRIN, alerts).
-    pub interval_s: u64,
-    /// Monthly or daily time-series partitions.
-    pub partition_interval: PartitionInterval,
-    /// Keep partitions premade this many days ahead (default 62: two months).
-    pub premake_days: u32,
-    /// Drop time-series partitions whose data is all older than this many days (0: keep all).
-    pub retention_days: u32,
-    /// Seconds between refreshes of the attribute statistics view.
-    pub stats_refresh_s: u64,
-    /// Longest wait for a partition's locks when detaching it.
-    pub lock_timeout_ms: u32,
-    /// Milliseconds between replication heartbeats (well under the 3 s lag budget).
-    pub heartbeat_interval_ms: u64,
-    /// Alert: staged rows waiting.
-    pub alert_backlog_rows: i64,
-    /// Alert: seconds the oldest staged row has waited.
-    pub alert_staged_age_s: f64,
-    /// Alert: replica lag in seconds.
-    pub alert_replica_lag_s: f64,
-    /// Alert: WAL bytes a replication slot retains.
-    pub alert_slot_retained_bytes: i64,
-    /// Alert: seconds a replication slot may stay without its consumer (an inactive slot
-    /// holds back vacuum and retains WAL until it is lost).
-    pub alert_slot_inactive_s: f64,
-    /// Alert: transaction-id age of the database.
-    pub alert_xid_age: i64,
-    /// Alert: Redis hit rate below this fraction.
-    pub alert_cache_hit_rate: f64,
-}
-
-impl Default for Maintenance {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval_s: 30,
-            partition_interval: PartitionInterval::Month,
-            premake_days: 62,
-            retention_days: 0,
-            stats_refresh_s: 3_600,
-            lock_timeout_ms: 2_000,
-            heartbeat_interval_ms: 1_000,
-            alert_backlog_rows: 1_000_000,
-            alert_staged_age_s: 60.0,
-            alert_replica_lag_s: 5.0,
-            alert_slot_retained_bytes: 1 << 30,
-            alert_slot_inactive_s: 300.0,
-            alert_xid_age: 500_000_000,
-            alert_cache_hit_rate: 0.9,
-        }
-    }
-}
-
-/// The ingest pipeline (`[ingest]` in `atlas.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Ingest {
-    /// A batch is written when it holds this many values…
-    pub batch_rows: usize,
-    /// …or this many milliseconds after its first request arrived (the seed's 100 ms).
-    pub batch_interval_ms: u64,
-    /// Values that may wait in memory; beyond that requests get 503.
-    pub queue_rows: usize,
-    /// Batches written concurrently, each on its own connection.
-    pub writers: usize,
-}
-
-impl Default for Ingest {
-    fn default() -> Self {
-        Self {
-            batch_rows: 5_000,
-            batch_interval_ms: 100,
-            queue_rows: 200_000,
-            writers: 3,
-        }
-    }
-}
-
-/// Request limits of the HTTP API (`[limits]` in `atlas.toml`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Largest request body in bytes (413 above).
-    pub max_body_bytes: usize,
-    /// Most values in one telemetry request.
-    pub max_values_per_request: usize,
-    /// Most entities registered by one request.
-    pub max_entities_per_request: usize,
-    /// Largest page a list or search may ask for.
-    pub max_page_size: i64,
-    /// Page size when none is asked for.
-    pub default_page_size: i64,
-    /// Longest time range of a series or aggregate query, in days.
-    pub max_time_range_days: i64,
-    /// How far in the future a telemetry `ts` may be, in seconds (clock skew allowance).
-    pub max_future_skew_s: i64,
-    /// Sustained requests per second per tenant (token bucket refill rate; 429 above).
-    pub rate_per_second: f64,
-    /// Burst size of the per-tenant token bucket.
-    pub rate_burst: f64,
-    /// Sustained telemetry values per second per tenant (a telemetry request is charged per
-    /// value, besides its one request; 429 above). Per server.
-    pub telemetry_values_per_second: f64,
-    /// Burst of telemetry values per tenant (at least `max_values_per_request`).
-    pub telemetry_values_burst: f64,
-    /// How long a looked-up API key is trusted before it is read again, in milliseconds
-    /// (a revocation made on another server takes effect within this time).
-    pub key_cache_ttl_ms: u64,
-    /// How long an entity confirmed as one of a tenant's live entities is trusted by the
-    /// telemetry route, in milliseconds (0: ask the database on every request). An entity
-    /// deleted on another server meanwhile gets 409 (values refused, dead-lettered) instead of
-    /// 404; deleted on the same server, 404 at once.
-    pub entity_cache_ttl_ms: u64,
-    /// Longest a request may take before it is answered 503 with `Retry-After`, in
-    /// milliseconds (its database work is cancelled with it).
-    pub request_timeout_ms: u64,
-    /// Browser origins allowed by CORS (e.g. `https://dashboard.example.com`, or `*`); empty
-    /// (the default) answers no preflight and adds no CORS header.
-    pub cors_allowed_origins: Vec<String>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            max_values_per_request: 10_000,
-            max_entities_per_request: 1_000,
-            max_page_size: 1_000,
-            default_page_size: 100,
-            max_time_range_days: 31,
-            max_future_skew_s: 300,
-            rate_per_second: 500.0,
-            rate_burst: 1_000.0,
-            telemetry_values_per_second: 100_000.0,
-            telemetry_values_burst: 200_000.0,
-            key_cache_ttl_ms: 5_000,
-            entity_cache_ttl_ms: 60_000,
-            request_timeout_ms: 30_000,
-            cors_allowed_origins: Vec::new(),
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -303,11 +89,6 @@ impl Default for Config {
             cdc: Cdc::default(),
         }
     }
-}
-
-/// Whether `s` may stand in an HTTP header (visible ASCII).
-fn header_safe(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// Why a configuration could not be loaded.
@@ -338,6 +119,26 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// An `ATLAS_<SECTION>__<KEY>` variable names no setting or holds a value of the wrong type.
+    #[error("environment variable {variable}: {message}")]
+    Env {
+        /// The variable.
+        variable: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// `Ok` when `ok`, else [`ConfigError::Invalid`] saying the value must be `allowed`.
+pub(crate) fn require(field: &'static str, ok: bool, allowed: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            message: format!("must be {allowed}"),
+        })
+    }
 }
 
 /// The environment and flag layer: each field is a flag that falls back to its `ATLAS_*` variable.
@@ -402,24 +203,41 @@ pub struct ConfigArgs {
 impl Config {
     /// Parses a TOML document (the `atlas.toml` layer) over the defaults.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
+        Self::from_layers(text, path, std::iter::empty())
+    }
+
+    /// Parses a TOML document with `ATLAS_<SECTION>__<KEY>` variables from `env` over it.
+    pub fn from_layers(
+        text: &str,
+        path: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse = |source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse)?;
+        if !overlay_env(&mut table, env)? {
+            // From the text itself, so that errors show the offending line.
+            return toml::from_str(text).map_err(parse);
+        }
+        Self::deserialize(toml::Value::Table(table)).map_err(parse)
     }
 
     /// Loads all layers: defaults, the config file (the named one must exist; the default
-    /// `atlas.toml` is optional), then environment and flags from `args`.
+    /// `atlas.toml` is optional), `ATLAS_<SECTION>__<KEY>` variables, then the top-level
+    /// environment and flags from `args`.
     pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
         let (path, required) = match &args.config {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
         };
-        let mut config = match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_toml(&text, &path)?,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
+        let mut config = Self::from_layers(&text, &path, std::env::vars())?;
         config.apply(args)?;
         config.validate()?;
         Ok(config)
@@ -470,185 +288,139 @@ impl Config {
         Ok(())
     }
 
-    /// Checks values that every command relies on.
+    /// Checks every setting against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.pool_size == 0 || self.pool_size > 1000 {
-            return Err(ConfigError::Invalid {
-                field: "pool_size",
-                message: format!("must be between 1 and 1000, got {}", self.pool_size),
-            });
+        require(
+            "pool_size",
+            (1..=1000).contains(&self.pool_size),
+            &format!("between 1 and 1000, got {}", self.pool_size),
+        )?;
+        if let Some(token) = &self.admin_token {
+            require("admin_token", token.len() >= 16, "at least 16 characters")?;
         }
-        let l = &self.limits;
-        let checks: [(&'static str, bool); 9] = [
-            (
-                "limits.telemetry_values_per_second",
-                l.telemetry_values_per_second > 0.0
-                    && l.telemetry_values_burst.is_finite()
-                    && l.telemetry_values_burst >= l.max_values_per_request as f64,
-            ),
-            ("limits.max_body_bytes", l.max_body_bytes >= 1024),
-            (
-                "limits.request_timeout_ms",
-                (100..=3_600_000).contains(&l.request_timeout_ms),
-            ),
-            (
-                "limits.cors_allowed_origins",
-                l.cors_allowed_origins.iter().all(|o| {
-                    o == "*"
-                        || ((o.starts_with("http://") || o.starts_with("https://"))
-                            && !o.ends_with('/')
-                            && header_safe(o))
-                }),
-            ),
-            (
-                "limits.max_values_per_request",
-                l.max_values_per_request >= 1,
-            ),
-            (
-                "limits.max_entities_per_request",
-                l.max_entities_per_request >= 1,
-            ),
-            (
-                "limits.max_page_size",
-                l.max_page_size >= 1
-                    && l.default_page_size >= 1
-                    && l.default_page_size <= l.max_page_size,
-            ),
-            ("limits.max_time_range_days", l.max_time_range_days >= 1),
-            (
-                "limits.rate_per_second",
-                l.rate_per_second > 0.0 && l.rate_burst >= 1.0,
-            ),
-        ];
-        let i = &self.ingest;
-        let ingest_checks: [(&'static str, bool); 4] = [
-            ("ingest.batch_rows", i.batch_rows >= 1),
-            (
-                "ingest.batch_interval_ms",
-                (1..=10_000).contains(&i.batch_interval_ms),
-            ),
-            ("ingest.queue_rows", i.queue_rows >= i.batch_rows),
-            ("ingest.writers", (1..=64).contains(&i.writers)),
-        ];
-        let r = &self.replication;
-        if !["strong", "eventual", "analytics"].contains(&r.default_read_consistency.as_str()) {
-            return Err(ConfigError::Invalid {
-                field: "replication.default_read_consistency",
-                message: "must be strong, eventual or analytics".into(),
-            });
+        self.limits.validate()?;
+        self.ingest.validate()?;
+        self.maintenance.validate()?;
+        self.replication.validate()?;
+        self.cdc.validate()
+    }
+}
+
+/// The sections a `ATLAS_<SECTION>__<KEY>` variable may name.
+const SECTIONS: [&str; 5] = ["limits", "ingest", "maintenance", "replication", "cdc"];
+
+/// Sets `[section] key` in `table` from every `ATLAS_<SECTION>__<KEY>` variable, typed like the
+/// key's default value: text as is, numbers and booleans parsed, lists comma-separated.
+/// Returns whether any variable was set.
+fn overlay_env(
+    table: &mut toml::Table,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<bool, ConfigError> {
+    let mut any = false;
+    let defaults = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Env {
+        variable: "ATLAS_*".into(),
+        message: e.to_string(),
+    })?;
+    for (variable, raw) in env {
+        let Some((section, key)) = variable
+            .strip_prefix("ATLAS_")
+            .and_then(|rest| rest.split_once("__"))
+        else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let fail = |message: String| ConfigError::Env {
+            variable: variable.clone(),
+            message,
+        };
+        if !SECTIONS.contains(&section.as_str()) {
+            return Err(fail(format!(
+                "no section `{section}` (sections: {})",
+                SECTIONS.join(", ")
+            )));
         }
-        if r.breaker_close_ms <= 0 || r.breaker_close_ms > r.breaker_open_ms {
-            return Err(ConfigError::Invalid {
-                field: "replication.breaker_close_ms",
-                message: "must be above 0 and at most breaker_open_ms".into(),
-            });
+        let default = defaults
+            .get(&section)
+            .and_then(|s| s.get(&key))
+            .ok_or_else(|| fail(format!("no setting `{key}` in [{section}]")))?;
+        let value = typed_like(default, &raw).map_err(fail)?;
+        let slot = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match slot.as_table_mut() {
+            Some(t) => {
+                t.insert(key, value);
+                any = true;
+            }
+            None => {
+                return Err(fail(format!(
+                    "`{section}` in the config file is not a table"
+                )));
+            }
         }
-        if !(50..=60_000).contains(&r.lag_check_interval_ms) {
-            return Err(ConfigError::Invalid {
-                field: "replication.lag_check_interval_ms",
-                message: "must be between 50 and 60000".into(),
-            });
-        }
-        let c = &self.cdc;
-        let slot_ok = !c.slot_name.is_empty()
-            && c.slot_name.len() <= 63
-            && c.slot_name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        let cdc_checks: [(&'static str, bool); 8] = [
-            ("cdc.slot_name", slot_ok),
-            ("cdc.analytics_database", c.analytics_database.len() <= 63),
-            (
-                "cdc.batch_events",
-                (1..=1_000_000).contains(&c.batch_events),
-            ),
-            (
-                "cdc.batch_interval_ms",
-                (10..=600_000).contains(&c.batch_interval_ms),
-            ),
-            (
-                "cdc.heartbeat_interval_ms",
-                (100..=600_000).contains(&c.heartbeat_interval_ms),
-            ),
-            ("cdc.lag_budget_ms", c.lag_budget_ms >= 1),
-            (
-                "cdc.prune_interval_s",
-                (1..=86_400).contains(&c.prune_interval_s),
-            ),
-            (
-                "cdc.history_retention_days",
-                c.history_retention_days <= 36_500,
-            ),
-        ];
-        if let Some((field, _)) = cdc_checks.iter().find(|(_, ok)| !ok) {
-            return Err(ConfigError::Invalid {
-                field,
-                message: "out of range (see README: CDC; slot names are [a-z0-9_], at most 63)"
-                    .into(),
-            });
-        }
-        let m = &self.maintenance;
-        let maintenance_checks: [(&'static str, bool); 7] = [
-            (
-                "maintenance.interval_s",
-                (1..=86_400).contains(&m.interval_s),
-            ),
-            (
-                "maintenance.premake_days",
-                (1..=3_650).contains(&m.premake_days),
-            ),
-            ("maintenance.stats_refresh_s", m.stats_refresh_s >= 1),
-            (
-                "maintenance.lock_timeout_ms",
-                (1..=60_000).contains(&m.lock_timeout_ms),
-            ),
-            (
-                "maintenance.heartbeat_interval_ms",
-                (50..=60_000).contains(&m.heartbeat_interval_ms),
-            ),
-            (
-                "maintenance.alert_cache_hit_rate",
-                (0.0..=1.0).contains(&m.alert_cache_hit_rate),
-            ),
-            (
-                "maintenance.alert_slot_inactive_s",
-                (0.0..=31_536_000.0).contains(&m.alert_slot_inactive_s),
-            ),
-        ];
-        if let Some((field, _)) = checks
-            .iter()
-            .chain(ingest_checks.iter())
-            .chain(maintenance_checks.iter())
-            .find(|(_, ok)| !ok)
-        {
-            return Err(ConfigError::Invalid {
-                field,
-                message: "out of range (see README: Limits)".into(),
-            });
-        }
-        if let Some(token) = &self.admin_token
-            && token.len() < 16
-        {
-            return Err(ConfigError::Invalid {
-                field: "admin_token",
-                message: "must be at least 16 characters".into(),
-            });
-        }
-        Ok(())
+    }
+    Ok(any)
+}
+
+/// `raw` as a TOML value of `default`'s type.
+fn typed_like(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    use toml::Value;
+    let trimmed = raw.trim();
+    match default {
+        Value::String(_) => Ok(Value::String(raw.to_owned())),
+        Value::Integer(_) => trimmed
+            .parse()
+            .map(Value::Integer)
+            .map_err(|_| format!("`{raw}` is not an integer")),
+        Value::Float(_) => trimmed
+            .parse()
+            .map(Value::Float)
+            .map_err(|_| format!("`{raw}` is not a number")),
+        Value::Boolean(_) => trimmed
+            .parse()
+            .map(Value::Boolean)
+            .map_err(|_| format!("`{raw}` is not true or false")),
+        Value::Array(_) => Ok(Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        )),
+        Value::Datetime(_) | Value::Table(_) => Err("cannot be set from the environment".into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn parse(toml: &str) -> Config {
+        Config::from_toml(toml, Path::new("atlas.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The error a document gets, from parsing or from validation.
+    fn error_of(toml: &str) -> String {
+        Config::from_toml(toml, Path::new("atlas.toml"))
+            .and_then(|c| c.validate())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
 
     #[test]
     fn file_layer_overrides_defaults_and_args_override_file() {
-        let file = Config::from_toml(
+        let file = parse(
             "database_url = \"postgres://file\"\nreplica_urls = [\"postgres://r1\"]\nlisten = \"127.0.0.1:9000\"\n",
-            Path::new("atlas.toml"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        );
         assert_eq!(file.database_url.as_deref(), Some("postgres://file"));
         assert_eq!(file.pool_size, Config::default().pool_size);
 
@@ -670,11 +442,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_field() {
-        let err = Config::from_toml("databse_url = \"x\"\n", Path::new("atlas.toml"))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("databse_url"), "{err}");
+        assert!(error_of("databse_url = \"x\"\n").contains("databse_url"));
 
         let mut config = Config::default();
         let args = ConfigArgs {
@@ -688,63 +456,130 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("`listen`"), "{err}");
 
-        let config = Config {
-            pool_size: 0,
-            ..Config::default()
-        };
-        let err = config
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("pool_size"), "{err}");
+        let err = error_of("pool_size = 0\n");
+        assert!(
+            err.contains("pool_size") && err.contains("between 1 and 1000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_section_key_is_settable_from_the_environment_with_its_type() {
+        let config = Config::from_layers(
+            "[ingest]\nwriters = 2\n",
+            Path::new("atlas.toml"),
+            env(&[
+                ("ATLAS_INGEST__WRITERS", "5"),
+                ("ATLAS_INGEST__BATCH_INTERVAL_MS", "25"),
+                ("ATLAS_LIMITS__RATE_PER_SECOND", "12.5"),
+                (
+                    "ATLAS_LIMITS__CORS_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("ATLAS_MAINTENANCE__ENABLED", "false"),
+                ("ATLAS_MAINTENANCE__PARTITION_INTERVAL", "day"),
+                ("ATLAS_REPLICATION__DEFAULT_READ_CONSISTENCY", "eventual"),
+                ("ATLAS_CDC__SLOT_NAME", "123"),
+                ("ATLAS_CDC__ANALYTICS_DATABASE", ""),
+                // Not ours to read: no section separator.
+                ("ATLAS_DATABASE_URL", "postgres://x"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The environment wins over the file.
+        assert_eq!(config.ingest.writers.get(), 5);
+        assert_eq!(config.ingest.batch_interval, Duration::from_millis(25));
+        assert!((config.limits.rate_per_second - 12.5).abs() < f64::EPSILON);
+        assert_eq!(
+            config.limits.cors_allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert!(!config.maintenance.enabled);
+        assert_eq!(
+            config.maintenance.partition_interval,
+            PartitionInterval::Day
+        );
+        assert_eq!(
+            config.replication.default_read_consistency,
+            ReadConsistency::Eventual
+        );
+        // A text setting keeps digits as text.
+        assert_eq!(config.cdc.slot_name, "123");
+        assert_eq!(config.cdc.analytics_database, "");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.database_url, None, "top-level keys are clap's");
+
+        for (vars, says) in [
+            (
+                &[("ATLAS_INGEST__WRITERZ", "1")][..],
+                "ATLAS_INGEST__WRITERZ",
+            ),
+            (&[("ATLAS_INGST__WRITERS", "1")][..], "no section `ingst`"),
+            (
+                &[("ATLAS_INGEST__WRITERS", "many")][..],
+                "`many` is not an integer",
+            ),
+            (&[("ATLAS_INGEST__WRITERS", "0")][..], "writers"),
+            (
+                &[("ATLAS_MAINTENANCE__ENABLED", "yes")][..],
+                "not true or false",
+            ),
+            (
+                &[("ATLAS_REPLICATION__DEFAULT_READ_CONSISTENCY", "sometimes")][..],
+                "sometimes",
+            ),
+        ] {
+            let err = Config::from_layers("", Path::new("atlas.toml"), env(vars))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(says), "{vars:?}: {err}");
+        }
     }
 
     #[test]
     fn ingest_settings_are_read_and_checked() {
-        let config = Config::from_toml(
-            "[ingest]\nbatch_interval_ms = 25\nwriters = 2\n",
-            Path::new("atlas.toml"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let config = parse("[ingest]\nbatch_interval_ms = 25\nwriters = 2\n");
         assert_eq!(
             (
-                config.ingest.batch_interval_ms,
-                config.ingest.writers,
-                config.ingest.batch_rows
+                config.ingest.batch_interval,
+                config.ingest.writers.get(),
+                config.ingest.batch_rows.get()
             ),
-            (25, 2, 5_000)
+            (Duration::from_millis(25), 2, 5_000)
         );
         assert!(config.validate().is_ok());
-        let bad = Config::from_toml("[ingest]\nwriters = 0\n", Path::new("atlas.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let err = bad
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("ingest.writers"), "{err}");
-        let err = Config::from_toml("[ingest]\nwritter = 1\n", Path::new("atlas.toml"))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("writter"), "{err}");
+        for (toml, says) in [
+            ("[ingest]\nwriters = 0\n", "writers"),
+            ("[ingest]\nwriters = 65\n", "between 1 and 64"),
+            ("[ingest]\nbatch_interval_ms = 0\n", "between 1 and 10000"),
+            ("[ingest]\nwritter = 1\n", "writter"),
+        ] {
+            let err = error_of(toml);
+            assert!(err.contains(says), "{toml}: {err}");
+        }
     }
 
     #[test]
     fn maintenance_and_replication_settings_are_read_and_checked() {
-        let config = Config::from_toml(
-            "[maintenance]\npartition_interval = \"day\"\nretention_days = 90\n\
+        let config = parse(
+            "[maintenance]\npartition_interval = \"day\"\nretention_days = 90\nalert_staged_age_s = 1.5\n\
              [replication]\ndefault_read_consistency = \"eventual\"\n",
-            Path::new("atlas.toml"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        );
         assert_eq!(
             config.maintenance.partition_interval,
             PartitionInterval::Day
         );
         assert_eq!(config.maintenance.retention_days, 90);
-        assert_eq!(config.replication.default_read_consistency, "eventual");
+        assert_eq!(
+            config.maintenance.alert_staged_age,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            config.replication.default_read_consistency,
+            ReadConsistency::Eventual
+        );
         assert!(config.validate().is_ok());
         for (toml, field) in [
             ("[maintenance]\ninterval_s = 0\n", "maintenance.interval_s"),
@@ -758,11 +593,11 @@ mod tests {
             ),
             (
                 "[maintenance]\nalert_slot_inactive_s = -1.0\n",
-                "maintenance.alert_slot_inactive_s",
+                "alert_slot_inactive_s",
             ),
             (
                 "[replication]\ndefault_read_consistency = \"sometimes\"\n",
-                "replication.default_read_consistency",
+                "default_read_consistency",
             ),
             (
                 "[replication]\nbreaker_close_ms = 6000\n",
@@ -772,41 +607,30 @@ mod tests {
                 "[replication]\nlag_check_interval_ms = 1\n",
                 "replication.lag_check_interval_ms",
             ),
+            (
+                "[maintenance]\npartition_interval = \"week\"\n",
+                "partition_interval",
+            ),
         ] {
-            let err = Config::from_toml(toml, Path::new("atlas.toml"))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .validate()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = error_of(toml);
             assert!(err.contains(field), "{toml}: {err}");
         }
-        let err = Config::from_toml(
-            "[maintenance]\npartition_interval = \"week\"\n",
-            Path::new("atlas.toml"),
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-        assert!(err.contains("partition_interval"), "{err}");
     }
 
     #[test]
     fn cdc_settings_are_read_and_checked() {
-        let config = Config::from_toml(
+        let config = parse(
             "[cdc]\nslot_name = \"fleet_cdc\"\nbatch_events = 500\nndjson_dir = \"/tmp/cdc\"\n",
-            Path::new("atlas.toml"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        );
         assert_eq!(config.cdc.slot_name, "fleet_cdc");
-        assert_eq!(config.cdc.batch_events, 500);
+        assert_eq!(config.cdc.batch_events.get(), 500);
         assert_eq!(config.cdc.ndjson_dir, "/tmp/cdc");
-        assert_eq!(config.cdc.batch_interval_ms, 30_000);
+        assert_eq!(config.cdc.batch_interval, Duration::from_secs(30));
         assert!(config.validate().is_ok());
         for (toml, field) in [
             ("[cdc]\nslot_name = \"Bad-Slot\"\n", "cdc.slot_name"),
             ("[cdc]\nslot_name = \"\"\n", "cdc.slot_name"),
-            ("[cdc]\nbatch_events = 0\n", "cdc.batch_events"),
+            ("[cdc]\nbatch_events = 0\n", "batch_events"),
             ("[cdc]\nbatch_interval_ms = 1\n", "cdc.batch_interval_ms"),
             (
                 "[cdc]\nheartbeat_interval_ms = 5\n",
@@ -819,13 +643,120 @@ mod tests {
                 "cdc.history_retention_days",
             ),
         ] {
-            let err = Config::from_toml(toml, Path::new("atlas.toml"))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .validate()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = error_of(toml);
             assert!(err.contains(field), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_say_their_allowed_range() {
+        for (toml, says) in [
+            ("[limits]\nmax_body_bytes = 10\n", "limits.max_body_bytes"),
+            (
+                "[limits]\nrequest_timeout_ms = 5\n",
+                "between 100 and 3600000",
+            ),
+            (
+                "[limits]\ndefault_page_size = 5000\n",
+                "between 1 and max_page_size",
+            ),
+            (
+                "[limits]\ncors_allowed_origins = [\"https://a.example/\"]\n",
+                "no trailing slash",
+            ),
+        ] {
+            let err = error_of(toml);
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+    }
+
+    /// A default as README's tables write it: numbers plain, text quoted, lists `[]`.
+    fn shown(value: &toml::Value) -> String {
+        match value {
+            toml::Value::String(s) => format!("\"{s}\""),
+            toml::Value::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.0}"),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(a) if a.is_empty() => "[]".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_setting_with_its_default() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap_or_else(|e| panic!("README.md: {e}"));
+        let defaults = toml::Value::try_from(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let table = |value: &toml::Value| value.as_table().cloned().unwrap_or_default();
+        // Top level: the settings table names every key.
+        let config_section = readme
+            .split("\n## Configuration")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .unwrap_or_else(|| panic!("README has no Configuration section"));
+        // Unset options serialize to nothing: name them.
+        let mut keys: Vec<String> = Vec::new();
+        keys.extend(
+            [
+                "admin_database_url",
+                "database_url",
+                "redis_url",
+                "admin_token",
+            ]
+            .iter()
+            .map(|k| (*k).to_owned()),
+        );
+        keys.extend(
+            table(&defaults)
+                .iter()
+                .filter(|(k, v)| !v.is_table() && !SECTIONS.contains(&k.as_str()))
+                .map(|(k, _)| k.clone()),
+        );
+        for key in keys {
+            assert!(
+                config_section.contains(&format!("| `{key}` |")),
+                "README's settings table lacks `{key}`"
+            );
+        }
+        // Sections: each `[section]` table lists every key with its default.
+        for section in SECTIONS {
+            let marker = format!("`[{section}]` in `atlas.toml` (defaults shown)");
+            let text = readme
+                .split(&marker)
+                .nth(1)
+                .and_then(|rest| rest.split("\n#").next())
+                .unwrap_or_else(|| panic!("README lacks {marker}"));
+            let mut listed: Vec<(String, String)> = Vec::new();
+            for row in text.lines().filter(|l| l.starts_with("| `")) {
+                let cells: Vec<&str> = row.split(" | ").collect();
+                let names: Vec<String> = cells[0]
+                    .trim_start_matches("| ")
+                    .split(" / ")
+                    .map(|k| k.trim_matches('`').to_owned())
+                    .collect();
+                let values: Vec<&str> = cells.get(1).map_or(vec![], |v| v.split(" / ").collect());
+                assert_eq!(names.len(), values.len(), "README [{section}]: {row}");
+                for (name, value) in names.into_iter().zip(values) {
+                    listed.push((name, value.trim_matches('`').to_owned()));
+                }
+            }
+            let section_defaults = table(&defaults[section]);
+            for (key, value) in &section_defaults {
+                let row = listed.iter().find(|(k, _)| k == key);
+                assert_eq!(
+                    row.map(|(_, v)| v.as_str()),
+                    Some(shown(value).as_str()),
+                    "README [{section}] `{key}`: default"
+                );
+            }
+            for (key, _) in &listed {
+                assert!(
+                    section_defaults.contains_key(key),
+                    "README [{section}] lists `{key}`, which is no setting"
+                );
+            }
         }
     }
 

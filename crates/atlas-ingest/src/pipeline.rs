@@ -53,10 +53,10 @@ impl IngestConfig {
     /// The pipeline as configured in `[ingest]`.
     pub fn from_settings(s: &atlas_config::Ingest) -> Self {
         Self {
-            batch_rows: s.batch_rows,
-            batch_interval: Duration::from_millis(s.batch_interval_ms),
+            batch_rows: s.batch_rows.get(),
+            batch_interval: s.batch_interval,
             queue_rows: s.queue_rows,
-            writers: s.writers,
+            writers: s.writers.get(),
             ..Self::default()
         }
     }
@@ -338,12 +338,12 @@ struct Written {
     wal_lsn: Option<u64>,
 }
 
-/// The WAL position as a byte offset (`pg_lsn` has no binary mapping in tokio-postgres).
-const WAL_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
-
 /// Reads the WAL position after a commit; a failure only costs the answer its `X-Atlas-Lsn`.
 async fn wal_lsn(client: &atlas_store::deadpool_postgres::Client) -> Option<u64> {
-    let stmt = client.prepare_cached(WAL_LSN).await.ok()?;
+    let stmt = client
+        .prepare_cached(atlas_store::cluster::WAL_POSITION)
+        .await
+        .ok()?;
     let lsn: i64 = client.query_one(&stmt, &[]).await.ok()?.try_get(0).ok()?;
     u64::try_from(lsn).ok()
 }

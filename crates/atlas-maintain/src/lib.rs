@@ -96,12 +96,11 @@ impl Settings {
             premake: chrono::Duration::days(i64::from(m.premake_days)),
             retention: (m.retention_days > 0)
                 .then(|| chrono::Duration::days(i64::from(m.retention_days))),
-            stats_refresh: chrono::Duration::seconds(
-                i64::try_from(m.stats_refresh_s).unwrap_or(i64::MAX / 2),
-            ),
-            lock_timeout_ms: i32::try_from(m.lock_timeout_ms).unwrap_or(60_000),
-            interval: Duration::from_secs(m.interval_s),
-            heartbeat: Duration::from_millis(m.heartbeat_interval_ms),
+            stats_refresh: chrono::Duration::from_std(m.stats_refresh)
+                .unwrap_or(chrono::Duration::MAX),
+            lock_timeout_ms: i32::try_from(m.lock_timeout.as_millis()).unwrap_or(60_000),
+            interval: m.interval,
+            heartbeat: m.heartbeat_interval,
             thresholds: monitor::Thresholds::from_config(m),
         }
     }

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use atlas_cache::{Cache, KeyspaceStats};
 use atlas_store::Store;
+use atlas_store::cluster::{Slot, WalStatus};
 
 use crate::MaintainError;
 
@@ -50,10 +51,10 @@ impl Thresholds {
     pub fn from_config(m: &atlas_config::Maintenance) -> Self {
         Self {
             backlog_rows: m.alert_backlog_rows,
-            staged_age_s: m.alert_staged_age_s,
-            replica_lag_s: m.alert_replica_lag_s,
+            staged_age_s: m.alert_staged_age.as_secs_f64(),
+            replica_lag_s: m.alert_replica_lag.as_secs_f64(),
             slot_retained_bytes: m.alert_slot_retained_bytes,
-            slot_inactive_s: m.alert_slot_inactive_s,
+            slot_inactive_s: m.alert_slot_inactive.as_secs_f64(),
             xid_age: m.alert_xid_age,
             cache_hit_rate: m.alert_cache_hit_rate,
         }
@@ -87,26 +88,11 @@ fn alert(name: &str, value: Option<f64>, threshold: f64, firing: bool, message: 
 
 pub use atlas_replication::ReplicaLag;
 
-/// One replication slot as `pg_replication_slots` shows it.
-struct SlotState {
-    name: String,
-    active: bool,
-    wal_status: String,
-    /// The larger age of its `xmin` and `catalog_xmin` (what it holds vacuum back by).
-    xmin_age: Option<i32>,
-    /// WAL it retains (None: it reserves none, e.g. created without reserving or lost).
-    retained_bytes: Option<f64>,
-    /// How far its consumer has confirmed (a logical slot's `confirmed_flush_lsn`, else its
-    /// `restart_lsn`), as a byte offset: a consumer that peeks and then advances the slot is
-    /// never `active` between calls, but moves this.
-    position: Option<f64>,
-}
-
 /// What the monitor remembers of a slot between checks.
 #[derive(Debug, Clone, Copy, Default)]
 struct SlotSeen {
     idle_since: Option<DateTime<Utc>>,
-    position: Option<f64>,
+    position: Option<u64>,
 }
 
 /// Checks the alerts; remembers Redis counters between checks for the interval hit rate.
@@ -145,7 +131,7 @@ impl Monitor {
     /// a consumer holds it (`active`) or when its position moved since the previous check (a
     /// consumer that peeks and advances, as `atlas cdc` does); a slot dropped since the
     /// previous check gets one last quiet alert, so its gauge does not stay at 1.
-    fn slot_alerts(&self, slots: &[SlotState], now: DateTime<Utc>) -> Vec<Alert> {
+    fn slot_alerts(&self, slots: &[Slot], now: DateTime<Utc>) -> Vec<Alert> {
         let threshold = self.thresholds.slot_inactive_s;
         let Ok(mut seen) = self.slots_seen.lock() else {
             return Vec::new();
@@ -154,7 +140,7 @@ impl Monitor {
         let mut alerts = Vec::new();
         for s in slots {
             let before = previous.remove(&s.name);
-            let moved = before.is_some_and(|b| b.position.is_some() && b.position != s.position);
+            let moved = before.is_some_and(|b| b.position.is_some() && b.position != s.confirmed);
             let since = if s.active || moved {
                 None
             } else {
@@ -164,11 +150,11 @@ impl Monitor {
                 s.name.clone(),
                 SlotSeen {
                     idle_since: since,
-                    position: s.position,
+                    position: s.confirmed,
                 },
             );
             let inactive_s = since.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
-            let lost = s.wal_status == "lost";
+            let lost = s.wal_status == Some(WalStatus::Lost);
             let holds = s
                 .xmin_age
                 .map(|a| format!(", holding vacuum back by {a} transactions"))
@@ -183,7 +169,8 @@ impl Monitor {
             } else if since.is_some() {
                 format!(
                     "slot {} has had no consumer for {inactive_s:.0} s (wal_status {}){holds}",
-                    s.name, s.wal_status
+                    s.name,
+                    s.wal_status.map_or("none", WalStatus::as_str)
                 )
             } else {
                 format!("slot {} is in use", s.name)
@@ -297,28 +284,10 @@ impl Monitor {
         }
 
         // One read of the slots for both slot alerts.
-        let slots: Vec<SlotState> = client
-            .query(
-                "SELECT slot_name::text, active, coalesce(wal_status, ''), age(xmin), age(catalog_xmin), \
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8, \
-                        pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::float8 \
-                 FROM pg_catalog.pg_replication_slots ORDER BY 1",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| SlotState {
-                name: r.get(0),
-                active: r.get(1),
-                wal_status: r.get(2),
-                xmin_age: r.get::<_, Option<i32>>(3).max(r.get::<_, Option<i32>>(4)),
-                retained_bytes: r.get(5),
-                position: r.get(6),
-            })
-            .collect();
+        let slots = atlas_store::cluster::slots(&client).await?;
         let retaining = slots
             .iter()
-            .filter_map(|s| s.retained_bytes.map(|b| (s.name.as_str(), b)));
+            .filter_map(|s| s.retained_bytes.map(|b| (s.name.as_str(), b as f64)));
         let (worst_slot, worst) =
             retaining.clone().fold(
                 ("", 0.0_f64),

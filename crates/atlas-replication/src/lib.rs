@@ -417,11 +417,7 @@ impl Router {
 /// The primary's current WAL position (after a commit: a position at or past it).
 pub async fn primary_lsn(store: &Store) -> Option<Lsn> {
     let c = store.primary().get().await.ok()?;
-    let row = c
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .ok()?;
-    row.get::<_, String>(0).parse().ok()
+    atlas_store::cluster::wal_position(&c).await.ok().map(Lsn)
 }
 
 #[cfg(test)]

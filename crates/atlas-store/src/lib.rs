@@ -7,6 +7,7 @@
 //! it into the next checkout), runs the caller's closure and commits.
 
 pub mod admin;
+pub mod cluster;
 pub mod entities;
 mod error;
 pub mod reads;

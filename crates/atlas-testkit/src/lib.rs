@@ -261,13 +261,7 @@ impl Drop for TestDb {
                             )
                             .await;
                         for _ in 0..50 {
-                            let _ = admin
-                                .execute(
-                                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                                     WHERE database = $1 AND NOT active",
-                                    &[&name],
-                                )
-                                .await;
+                            let _ = atlas_store::cluster::drop_idle_slots_of(&admin, &name).await;
                             let left = admin
                                 .query_one(
                                     "SELECT count(*) FROM pg_replication_slots WHERE database = $1",

@@ -1,7 +1,7 @@
 //! A real server per test: its own database, an ephemeral port, an HTTP client.
 
 use atlas_api::AppState;
-use atlas_config::Limits;
+use atlas_config::{Config, Limits};
 use atlas_testkit::TestDb;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -19,63 +19,54 @@ pub struct Server {
     pub db: TestDb,
 }
 
+/// A test server's configuration over `db`: its database, replica and Redis, a cache namespace
+/// of its own, the admin token, and no maintenance worker (tests drive maintenance).
+pub fn config_for(db: &TestDb) -> Config {
+    Config {
+        database_url: Some(db.urls.database_url.clone()),
+        replica_urls: db.urls.replica_urls.clone(),
+        redis_url: Some(db.urls.redis_url.clone()),
+        cache_prefix: cache_prefix(db),
+        admin_token: Some(ADMIN.into()),
+        pool_size: 8,
+        maintenance: atlas_config::Maintenance {
+            enabled: false,
+            ..atlas_config::Maintenance::default()
+        },
+        cdc: atlas_config::Cdc {
+            analytics_database: String::new(),
+            ..atlas_config::Cdc::default()
+        },
+        ..Config::default()
+    }
+}
+
 impl Server {
     pub async fn start() -> Self {
         Self::start_with(Limits::default()).await
     }
 
     pub async fn start_with(limits: Limits) -> Self {
-        let db = TestDb::new().await;
-        let store = db.store(8);
-        Self::over(db, store, limits).await
+        Self::configured(TestDb::new().await, |c| c.limits = limits).await
     }
 
-    /// A server over any store (e.g. one whose database is unreachable), with the ingest
-    /// pipeline running.
-    pub async fn over(db: TestDb, store: atlas_store::Store, limits: Limits) -> Self {
-        Self::over_with(db, store, limits, atlas_ingest::IngestConfig::default()).await
-    }
-
-    pub async fn over_with(
-        db: TestDb,
-        store: atlas_store::Store,
-        limits: Limits,
-        ingest: atlas_ingest::IngestConfig,
-    ) -> Self {
-        let cache = cache_for(&db, &db.urls.redis_url);
-        Self::with_cache(db, store, limits, ingest, cache).await
-    }
-
-    /// A server whose cache is `cache` (e.g. on a Redis of the test's own).
-    pub async fn with_cache(
-        db: TestDb,
-        store: atlas_store::Store,
-        limits: Limits,
-        ingest: atlas_ingest::IngestConfig,
-        cache: atlas_cache::Cache,
-    ) -> Self {
-        let (ingestor, pipeline) =
-            atlas_ingest::Ingestor::start(store.clone(), cache.clone(), ingest);
-        let state = AppState::new(
-            store,
-            Some(ADMIN),
-            cache,
-            limits,
-            &atlas_config::Replication::default(),
-            Some(ingestor),
-        );
+    /// A server as `atlas serve` builds it from [`config_for`] `db`, changed by `change`.
+    pub async fn configured(db: TestDb, change: impl FnOnce(&mut Config)) -> Self {
+        let mut config = config_for(&db);
+        change(&mut config);
+        let server = atlas_server::Server::build(&config).unwrap_or_else(|e| panic!("server: {e}"));
+        let state = server.state().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let s = state.clone();
         let task = tokio::spawn(async move {
-            let _ = atlas_api::serve(listener, s, async {
-                let _ = stopped.await;
-            })
-            .await;
-            pipeline.shutdown().await;
+            let _ = server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
         });
         Self {
             base: format!("http://{addr}"),
@@ -186,12 +177,6 @@ impl Server {
             let _ = task.await;
         }
     }
-}
-
-/// A cache on `redis_url` whose keys are namespaced by the test's database (parallel test
-/// databases reuse tenant and entity ids).
-pub fn cache_for(db: &TestDb, redis_url: &str) -> atlas_cache::Cache {
-    atlas_cache::Cache::new(redis_url, &cache_prefix(db)).unwrap_or_else(|e| panic!("redis: {e}"))
 }
 
 /// The key prefix of a test database's cache.

@@ -11,7 +11,7 @@ use atlas_stack::{Stack, StackSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::bench::{BENCH_ANALYTICS_DB, fresh_db};
+use super::harness::{BENCH_ANALYTICS_DB, fresh_db};
 
 /// `atlas bench cdc` options.
 #[derive(Debug, clap::Args)]
@@ -93,10 +93,9 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
         )
         .await?;
     let settings = Settings {
-        batch_interval: Duration::from_millis(
-            args.batch_interval_ms
-                .unwrap_or(config.cdc.batch_interval_ms),
-        ),
+        batch_interval: args
+            .batch_interval_ms
+            .map_or(config.cdc.batch_interval, Duration::from_millis),
         ..crate::cdc::settings(&config.cdc)
     };
     atlas_cdc::prepare_analytics(&urls.admin_database_url, BENCH_ANALYTICS_DB).await?;
@@ -134,7 +133,11 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
         bar.set_position(u64::try_from(seq)?);
     }
     bar.finish_and_clear();
-    let retained = c.export_slot_state().await?.map_or(0, |s| s.retained_bytes);
+    let retained = c
+        .export_slot_state()
+        .await?
+        .and_then(|s| s.retained_bytes)
+        .unwrap_or(0);
     say("delivering the backlog…");
     let started = Instant::now();
     let drained = c.drain().await?;
@@ -175,10 +178,7 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
         seq += per_tick;
         written += per_tick;
     }
-    let target: i64 = admin
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
-        .await?
-        .get(0);
+    let target = atlas_store::cluster::wal_position(&admin).await?;
     let deadline = Instant::now() + settings.batch_interval * 3 + Duration::from_secs(60);
     loop {
         let done: i64 = an
@@ -188,7 +188,7 @@ pub async fn run(config: &Config, args: &CdcArgs) -> Result<()> {
             )
             .await?
             .get(0);
-        if done >= target || Instant::now() > deadline {
+        if u64::try_from(done).is_ok_and(|d| d >= target) || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -13,7 +13,7 @@ use atlas_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::bench::{fresh_db, percentile, start_server};
+use super::harness::{fresh_db, percentile, start_server};
 
 /// `atlas bench read` options.
 #[derive(Debug, clap::Args)]

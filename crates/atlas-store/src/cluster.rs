@@ -1,0 +1,161 @@
+//! What the cluster reports about itself, read in one place: replication slots and the
+//! primary's WAL position, typed. Status, the monitor, CDC, the benches and the tests read
+//! them through here.
+
+use tokio_postgres::Client;
+
+/// How much WAL a replication slot still has (`pg_replication_slots.wal_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalStatus {
+    /// Within `max_wal_size`.
+    Reserved,
+    /// Beyond `max_wal_size`, kept for the slot (or by `wal_keep_size`).
+    Extended,
+    /// No longer guaranteed: WAL may be removed at the next checkpoint.
+    Unreserved,
+    /// Some WAL it needs is gone: its consumer can never catch up.
+    Lost,
+}
+
+impl WalStatus {
+    /// Its name as PostgreSQL writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalStatus::Reserved => "reserved",
+            WalStatus::Extended => "extended",
+            WalStatus::Unreserved => "unreserved",
+            WalStatus::Lost => "lost",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reserved" => Some(WalStatus::Reserved),
+            "extended" => Some(WalStatus::Extended),
+            "unreserved" => Some(WalStatus::Unreserved),
+            "lost" => Some(WalStatus::Lost),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One replication slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Its name.
+    pub name: String,
+    /// The output plugin of a logical slot (`None`: physical).
+    pub plugin: Option<String>,
+    /// The database of a logical slot.
+    pub database: Option<String>,
+    /// Whether a session consumes it right now.
+    pub active: bool,
+    /// How much WAL it still has (`None`: it reserves none, e.g. created without reserving).
+    pub wal_status: Option<WalStatus>,
+    /// The larger age of its `xmin` and `catalog_xmin`: how far it holds vacuum back.
+    pub xmin_age: Option<i32>,
+    /// WAL it retains in bytes: the primary's position minus its `restart_lsn`.
+    pub retained_bytes: Option<i64>,
+    /// How far its consumer has confirmed, as a byte offset (a logical slot's
+    /// `confirmed_flush_lsn`, else its `restart_lsn`): a consumer that peeks and then
+    /// advances the slot is never `active` between calls, but moves this.
+    pub confirmed: Option<u64>,
+}
+
+/// Every column [`Slot`] reads, in its order.
+macro_rules! slot_columns {
+    () => {
+        "SELECT slot_name::text, plugin::text, database::text, active, wal_status, \
+                greatest(age(xmin), age(catalog_xmin)), \
+                (pg_current_wal_lsn() - restart_lsn)::bigint, \
+                (coalesce(confirmed_flush_lsn, restart_lsn) - '0/0'::pg_lsn)::bigint \
+         FROM pg_catalog.pg_replication_slots"
+    };
+}
+
+fn slot(row: &tokio_postgres::Row) -> Slot {
+    Slot {
+        name: row.get(0),
+        plugin: row.get(1),
+        database: row.get(2),
+        active: row.get(3),
+        wal_status: row
+            .get::<_, Option<String>>(4)
+            .as_deref()
+            .and_then(WalStatus::parse),
+        xmin_age: row.get(5),
+        retained_bytes: row.get(6),
+        confirmed: row
+            .get::<_, Option<i64>>(7)
+            .and_then(|p| u64::try_from(p).ok()),
+    }
+}
+
+/// Every replication slot of the cluster, by name (read on the primary).
+pub async fn slots(client: &Client) -> Result<Vec<Slot>, tokio_postgres::Error> {
+    Ok(client
+        .query(concat!(slot_columns!(), " ORDER BY 1"), &[])
+        .await?
+        .iter()
+        .map(slot)
+        .collect())
+}
+
+/// The slot named `name`, if there is one (read on the primary).
+pub async fn find_slot(client: &Client, name: &str) -> Result<Option<Slot>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(concat!(slot_columns!(), " WHERE slot_name = $1"), &[&name])
+        .await?
+        .as_ref()
+        .map(slot))
+}
+
+/// Drops the logical slots of `database` that no session consumes (they keep a database from
+/// being dropped); returns how many it dropped.
+pub async fn drop_idle_slots_of(
+    client: &Client,
+    database: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots \
+             WHERE database = $1 AND NOT active",
+            &[&database],
+        )
+        .await
+}
+
+/// The primary's WAL position as a byte offset (`pg_lsn` has no binary mapping in
+/// tokio-postgres). For a prepared statement on a hot path.
+pub const WAL_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// The primary's current WAL position as a byte offset: after a commit, at or past it.
+pub async fn wal_position(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let position: i64 = client.query_one(WAL_POSITION, &[]).await?.get(0);
+    Ok(u64::try_from(position).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_status_round_trips_and_refuses_the_unknown() {
+        for s in [
+            WalStatus::Reserved,
+            WalStatus::Extended,
+            WalStatus::Unreserved,
+            WalStatus::Lost,
+        ] {
+            assert_eq!(WalStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(WalStatus::parse(""), None);
+    }
+}
