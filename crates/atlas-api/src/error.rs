@@ -12,7 +12,7 @@ use atlas_store::StoreError;
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// The error.
+    /// Its code, message and the field at fault.
     pub error: ErrorDetail,
 }
 
@@ -36,7 +36,7 @@ pub enum ApiError {
     /// 400: the request cannot be read (malformed JSON, wrong type, bad parameter).
     #[error("{message}")]
     BadRequest {
-        /// Error code.
+        /// Stable machine-readable code (`invalid_field`, `trailing_input`, …).
         code: &'static str,
         /// What is wrong with the input and, where there is one, how to fix it.
         message: String,
@@ -86,7 +86,7 @@ pub enum ApiError {
     /// 422: readable but semantically invalid.
     #[error("{message}")]
     Unprocessable {
-        /// Error code.
+        /// Stable machine-readable code (`invalid_value`, …).
         code: &'static str,
         /// Why the value cannot be used and, where there is one, how to fix it.
         message: String,
@@ -126,7 +126,7 @@ impl ApiError {
         }
     }
 
-    /// The HTTP status.
+    /// The HTTP status it is answered with (the one place errors map to statuses).
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,

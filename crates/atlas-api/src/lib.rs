@@ -101,9 +101,9 @@ pub enum ServeError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
+        /// The address that could not be bound.
         addr: SocketAddr,
-        /// The OS error.
+        /// Why the OS refused it (in use, not permitted, …).
         source: std::io::Error,
     },
     /// The server stopped with an I/O error.
@@ -172,7 +172,7 @@ impl AppState {
         self
     }
 
-    /// The store.
+    /// The database pools (primary and replicas) every handler reads and writes through.
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -182,7 +182,7 @@ impl AppState {
         &self.inner.router
     }
 
-    /// The cache.
+    /// The Redis cache in front of the reads (disabled when no Redis is configured).
     pub fn cache(&self) -> &atlas_cache::Cache {
         &self.inner.cache
     }
@@ -424,7 +424,7 @@ pub async fn serve(
         .map_err(ServeError::Io)
 }
 
-/// Binds `addr`.
+/// Binds `addr`, naming it in the error when it is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await

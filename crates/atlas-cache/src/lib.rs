@@ -90,7 +90,7 @@ pub enum Kind {
     Entity,
     /// The ids of an entity type.
     List,
-    /// An aggregate.
+    /// An aggregate answer (`agg:{tenant}:{generation}:{query}`).
     Agg,
     /// The attribute catalogue.
     Meta,
@@ -122,7 +122,7 @@ pub struct Lease {
 pub struct KeyspaceStats {
     /// Lookups that found a key.
     pub hits: u64,
-    /// Lookups that did not.
+    /// Lookups that found no entry (or an entry of another epoch).
     pub misses: u64,
 }
 

@@ -54,7 +54,7 @@ pub enum CdcError {
          position {confirmed_lsn} are gone"
     )]
     SlotLost {
-        /// The slot.
+        /// The slot that lost WAL.
         slot: String,
         /// Up to where its consumer had confirmed.
         confirmed_lsn: u64,
@@ -122,7 +122,7 @@ impl Consumer {
         }
     }
 
-    /// The source connection.
+    /// The slot this consumer reads (for its state and position).
     pub fn source(&self) -> &Source {
         &self.source
     }

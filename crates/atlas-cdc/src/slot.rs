@@ -69,7 +69,7 @@ impl Source {
         &self.database
     }
 
-    /// The slot's name.
+    /// The name of the slot this source reads.
     pub fn slot(&self) -> &str {
         &self.slot
     }

@@ -1,7 +1,7 @@
 //! CDC against the real PostgreSQL of the test stack: every published table's inserts,
 //! updates, deletes and truncates reach both sinks with the right envelope; replays apply
 //! nothing twice; the analytics store is tenant-isolated like the primary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::panic, reason = "a failed expectation fails the test")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,31 +40,36 @@ async fn consumer_with(db: &TestDb, dir: &Path, settings: Settings) -> Consumer 
     let admin = &db.urls.admin_database_url;
     prepare_analytics(admin, &db.analytics_name())
         .await
-        .unwrap();
-    let source = Source::connect(admin, &db.slot_name()).await.unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    let source = Source::connect(admin, &db.slot_name())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let analytics = AnalyticsSink::connect(
-        &with_database(admin, &db.analytics_name()).unwrap(),
+        &with_database(admin, &db.analytics_name()).unwrap_or_else(|e| panic!("{e}")),
         &db.slot_name(),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut c = Consumer::new(
         source,
         vec![Box::new(NdjsonSink::new(dir)), Box::new(analytics)],
         settings,
     );
-    c.start(admin).await.unwrap();
+    c.start(admin).await.unwrap_or_else(|e| panic!("{e}"));
     c
 }
 
 fn read_ndjson(dir: &Path) -> Vec<Value> {
     let mut out = Vec::new();
-    for table in std::fs::read_dir(dir).unwrap() {
-        for file in std::fs::read_dir(table.unwrap().path()).unwrap() {
-            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+    for table in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{e}")) {
+        for file in std::fs::read_dir(table.unwrap_or_else(|e| panic!("{e}")).path())
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            let text = std::fs::read_to_string(file.unwrap_or_else(|e| panic!("{e}")).path())
+                .unwrap_or_else(|e| panic!("{e}"));
             out.extend(
                 text.lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}"))),
             );
         }
     }
@@ -76,7 +81,7 @@ fn read_ndjson(dir: &Path) -> Vec<Value> {
 fn assert_published_projection_columns(event: &Value) {
     let mut keys: Vec<&str> = event["after"]
         .as_object()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no an event has an after image"))
         .keys()
         .map(String::as_str)
         .collect();
@@ -96,7 +101,10 @@ fn assert_published_projection_columns(event: &Value) {
 }
 
 async fn scalar_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +121,7 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
             &[],
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let (t, a): (i64, i64) = (ids.get(0), ids.get(1));
     admin
         .batch_execute(&format!(
@@ -134,9 +142,9 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
              TRUNCATE entity_jsonb;"
         ))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
 
-    let report = cdc.drain().await.unwrap();
+    let report = cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(report.events >= 17, "{report:?}");
 
     // NDJSON: Debezium envelopes under the partition root's name.
@@ -144,12 +152,37 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     let mut ops: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for e in &events {
         assert_eq!(e["source"]["schema"], "public");
-        assert!(e["source"]["lsn"].as_u64().unwrap() > 0);
-        assert!(e["source"]["txId"].as_u64().unwrap() > 0);
-        assert!(e["source"]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
-        ops.entry(e["source"]["table"].as_str().unwrap().to_owned())
-            .or_default()
-            .insert(e["op"].as_str().unwrap().to_owned());
+        assert!(
+            e["source"]["lsn"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no lsn"))
+                > 0
+        );
+        assert!(
+            e["source"]["txId"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no txId"))
+                > 0
+        );
+        assert!(
+            e["source"]["ts_ms"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no ts_ms"))
+                > 1_700_000_000_000
+        );
+        ops.entry(
+            e["source"]["table"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no source.table"))
+                .to_owned(),
+        )
+        .or_default()
+        .insert(
+            e["op"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no op"))
+                .to_owned(),
+        );
     }
     let want = |list: &[&str]| {
         list.iter()
@@ -179,7 +212,9 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
         "exact decimal"
     );
     assert_eq!(created["after"]["value_int"], Value::Null);
-    let at = created["after"]["ingested_at"].as_str().unwrap();
+    let at = created["after"]["ingested_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ingested_at"));
     assert!(
         chrono::DateTime::parse_from_rfc3339(at).is_ok() && at.ends_with('Z'),
         "{at}"
@@ -202,23 +237,29 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     let entity = find("entities", "u", 101);
     assert_eq!(entity["after"]["entity_type"], "meter");
     assert_eq!(entity["after"]["is_deleted"], false);
-    let truncate = events.iter().find(|e| e["op"] == "t").unwrap();
+    let truncate = events
+        .iter()
+        .find(|e| e["op"] == "t")
+        .unwrap_or_else(|| panic!("no a truncate event"));
     assert_eq!(
         (&truncate["before"], &truncate["after"]),
         (&Value::Null, &Value::Null)
     );
 
     // The analytics store: the history with op, before and after…
-    let an = connect(&with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap())
-        .await
-        .unwrap();
+    let an = connect(
+        &with_database(&db.urls.admin_database_url, &db.analytics_name())
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let history: Vec<(String, String, i64)> = an
         .query(
             "SELECT table_name, op::text, count(*) FROM cdc.change_events GROUP BY 1, 2 ORDER BY 1, 2",
             &[],
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
@@ -226,8 +267,14 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     for e in &events {
         *from_ndjson
             .entry((
-                e["source"]["table"].as_str().unwrap().to_owned(),
-                e["op"].as_str().unwrap().to_owned(),
+                e["source"]["table"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no source.table"))
+                    .to_owned(),
+                e["op"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no op"))
+                    .to_owned(),
             ))
             .or_default() += 1;
     }
@@ -241,7 +288,7 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
         )
         .await
         .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(before_after.0["entity_id"], 102);
     assert_eq!(before_after.1, None);
 
@@ -256,7 +303,7 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
             &[],
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -280,7 +327,7 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
             &[],
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -289,23 +336,26 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
         "tenant tables without forced RLS: {unforced:?}"
     );
     // …and the app role sees nothing without a tenant, only its tenant's rows with one.
-    let app = connect(&with_database(&db.urls.database_url, &db.analytics_name()).unwrap())
-        .await
-        .unwrap();
+    let app = connect(
+        &with_database(&db.urls.database_url, &db.analytics_name())
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         scalar_i64(&app, "SELECT count(*) FROM public.entity_values_ts").await,
         0
     );
     app.batch_execute(&format!("SET app.current_tenant_id = '{}'", t + 1))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         scalar_i64(&app, "SELECT count(*) FROM public.entities").await,
         0
     );
     app.batch_execute(&format!("SET app.current_tenant_id = '{t}'"))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         scalar_i64(&app, "SELECT count(*) FROM public.entities").await,
         1
@@ -318,7 +368,10 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     );
 
     // Consumed means advanced: nothing is delivered again.
-    assert_eq!(cdc.drain().await.unwrap().events, 0);
+    assert_eq!(
+        cdc.drain().await.unwrap_or_else(|e| panic!("{e}")).events,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,17 +391,22 @@ async fn a_replayed_batch_changes_nothing_in_the_analytics_store() {
                  SELECT 1, 7, 70, -g, now() - g * interval '1 second' FROM generate_series(1, 50) g;",
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // Peek and write to the sink as a consumer that dies before advancing would, twice.
     let source = Source::connect(&db.urls.admin_database_url, &db.slot_name())
         .await
-        .unwrap();
-    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name())
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut decoder = Decoder::default();
     let mut transactions = Vec::new();
-    for p in source.peek(100_000).await.unwrap() {
-        transactions.extend(decoder.feed(p.lsn, &p.data).unwrap());
+    for p in source.peek(100_000).await.unwrap_or_else(|e| panic!("{e}")) {
+        transactions.extend(
+            decoder
+                .feed(p.lsn, &p.data)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
     }
     let batch = Batch {
         transactions,
@@ -360,14 +418,17 @@ async fn a_replayed_batch_changes_nothing_in_the_analytics_store() {
     for _ in 0..2 {
         let mut sink = AnalyticsSink::connect(&an_url, &db.slot_name())
             .await
-            .unwrap();
-        sink.write(&batch).await.unwrap();
+            .unwrap_or_else(|e| panic!("{e}"));
+        sink.write(&batch).await.unwrap_or_else(|e| panic!("{e}"));
     }
     // The consumer proper then sees the same changes again (never advanced) and replays them.
     let mut cdc = consumer(&db, &dir).await;
-    assert_eq!(cdc.drain().await.unwrap().events, batch.events());
+    assert_eq!(
+        cdc.drain().await.unwrap_or_else(|e| panic!("{e}")).events,
+        batch.events()
+    );
 
-    let an = connect(&an_url).await.unwrap();
+    let an = connect(&an_url).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         scalar_i64(&an, "SELECT count(*) FROM cdc.change_events").await,
         651
@@ -394,7 +455,7 @@ async fn a_replayed_batch_changes_nothing_in_the_analytics_store() {
     let primary: i64 = admin
         .query_one("SELECT sum(value_int)::bigint FROM entity_values_ts", &[])
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert_eq!(
         scalar_i64(
@@ -417,7 +478,11 @@ async fn heartbeats_advance_the_slot_on_an_idle_system() {
     let dir = ndjson_dir(&db);
     let mut cdc = consumer(&db, &dir).await;
     async fn state(c: &Consumer) -> atlas_cdc::Slot {
-        c.source().state().await.unwrap().unwrap()
+        c.source()
+            .state()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the slot exists"))
     }
     let before = state(&cdc).await.confirmed;
     // Unpublished writes only (the replica heartbeat table): nothing to deliver…
@@ -427,29 +492,40 @@ async fn heartbeats_advance_the_slot_on_an_idle_system() {
             "INSERT INTO replication_heartbeat (source) SELECT 'x' FROM generate_series(1, 1000)",
         )
         .await
-        .unwrap();
-    assert_eq!(cdc.drain().await.unwrap().transactions, 0);
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cdc.drain()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .transactions,
+        0
+    );
     assert_eq!(
         state(&cdc).await.confirmed,
         before,
         "no commit to advance to"
     );
     // …until a heartbeat gives the slot a transaction to confirm.
-    cdc.heartbeat_if_due().await.unwrap();
-    let r = cdc.drain().await.unwrap();
+    cdc.heartbeat_if_due()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((r.transactions, r.events), (1, 0));
     let after = state(&cdc).await.confirmed;
     assert!(after > before, "{after:?} > {before:?}");
-    let an = connect(&with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap())
-        .await
-        .unwrap();
+    let an = connect(
+        &with_database(&db.urls.admin_database_url, &db.analytics_name())
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let lag_ms: f64 = an
         .query_one(
             "SELECT extract(epoch FROM now() - commit_ts)::float8 * 1000 FROM cdc.sink_progress",
             &[],
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert!(
         lag_ms < 60_000.0,
@@ -473,10 +549,11 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
                  VALUES (1, 5, '{\"snap_cdc\": 0.125}', '{\"snap_cdc\": 7}', 7);",
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let first = consumer(&db, &dir).await;
-    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap();
-    let an = connect(&an_url).await.unwrap();
+    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let an = connect(&an_url).await.unwrap_or_else(|e| panic!("{e}"));
     let reads = "SELECT count(*) FROM cdc.change_events WHERE op = 'r'";
     assert_eq!(
         scalar_i64(&an, reads).await,
@@ -487,7 +564,7 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
     // at the same slot position: it lands once.
     an.batch_execute("DELETE FROM cdc.sink_progress")
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     drop(first);
     let mut cdc = consumer(&db, &dir).await;
     assert_eq!(scalar_i64(&an, reads).await, 602);
@@ -501,8 +578,8 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
                  VALUES (1, 5, 50, 0.00001, now());",
         )
         .await
-        .unwrap();
-    cdc.drain().await.unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
 
     let compare = "SELECT count(*), sum(value_decimal)::text, sum(entity_id)::bigint FROM public.entity_values_ts";
     let row = |r: tokio_postgres::Row| {
@@ -512,8 +589,16 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
             r.get::<_, i64>(2),
         )
     };
-    let on_primary = admin.query_one(compare, &[]).await.map(row).unwrap();
-    let in_store = an.query_one(compare, &[]).await.map(row).unwrap();
+    let on_primary = admin
+        .query_one(compare, &[])
+        .await
+        .map(row)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let in_store = an
+        .query_one(compare, &[])
+        .await
+        .map(row)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(in_store, on_primary);
     assert_eq!(on_primary.0, 291);
     assert_eq!(
@@ -540,7 +625,7 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
     assert_published_projection_columns(
         snap.iter()
             .find(|e| e["source"]["table"] == "entity_jsonb")
-            .unwrap(),
+            .unwrap_or_else(|| panic!("no entity_jsonb snapshot row")),
     );
     assert!(snap.iter().all(|e| e["source"]["snapshot"] == "true"));
     assert!(
@@ -575,11 +660,14 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
                  VALUES (1, 6, 60, 1, now() - interval '65 days'), (1, 6, 60, 2, now());",
         )
         .await
-        .unwrap();
-    cdc.drain().await.unwrap();
-    let an = connect(&with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap())
-        .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
+    let an = connect(
+        &with_database(&db.urls.admin_database_url, &db.analytics_name())
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let values = "SELECT count(*) FROM public.entity_values_ts";
     let history = "SELECT count(*) FROM cdc.change_events";
     assert_eq!(scalar_i64(&an, values).await, 2);
@@ -588,7 +676,7 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
 
     // No value has aged out yet: the old one is inside the primary's oldest partition. (The
     // history may already have, on a slow machine: counted together with the next prune.)
-    let first = cdc.prune().await.unwrap();
+    let first = cdc.prune().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first.values, 0, "{first:?}");
 
     // The primary's retention drops the partitions ending 30 days ago or earlier: no delete
@@ -600,7 +688,7 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
                 &[],
             )
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))
             .get(0);
         if dropped.is_none() {
             break;
@@ -613,8 +701,8 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
                  VALUES (1, 6, 60, 3, now());",
         )
         .await
-        .unwrap();
-    cdc.drain().await.unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
     // The NDJSON sink's history is its hour files: one that ended five hours ago goes, a file
     // not of its naming stays, and so does the file holding the newest events.
     let table_dir = dir.join("entity_values_ts");
@@ -622,38 +710,50 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
         "{}.ndjson",
         (chrono::Utc::now() - chrono::Duration::hours(5)).format("%Y-%m-%dT%H")
     ));
-    std::fs::write(&old_hour, "{}\n").unwrap();
+    std::fs::write(&old_hour, "{}\n").unwrap_or_else(|e| panic!("{e}"));
     let stray = table_dir.join("notes.txt");
-    std::fs::write(&stray, "kept").unwrap();
-    let pruned = cdc.prune().await.unwrap();
+    std::fs::write(&stray, "kept").unwrap_or_else(|e| panic!("{e}"));
+    let pruned = cdc.prune().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pruned.values, 1, "{pruned:?}");
     // (At least: right after an hour turns, the previous hour's real file may go too.)
     assert!(pruned.files >= 1, "{pruned:?}");
     assert!(!old_hour.exists() && stray.exists());
     assert!(
-        std::fs::read_dir(&table_dir).unwrap().any(|f| f
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .ends_with(".ndjson")),
+        std::fs::read_dir(&table_dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .any(|f| f
+                .unwrap_or_else(|e| panic!("{e}"))
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".ndjson")),
         "the current hour's file stays"
     );
     let compare = "SELECT count(*), sum(value_decimal)::text FROM public.entity_values_ts";
     let row = |r: tokio_postgres::Row| (r.get::<_, i64>(0), r.get::<_, String>(1));
     assert_eq!(
-        an.query_one(compare, &[]).await.map(row).unwrap(),
-        admin.query_one(compare, &[]).await.map(row).unwrap(),
+        an.query_one(compare, &[])
+            .await
+            .map(row)
+            .unwrap_or_else(|e| panic!("{e}")),
+        admin
+            .query_one(compare, &[])
+            .await
+            .map(row)
+            .unwrap_or_else(|e| panic!("{e}")),
         "the store's time series is the primary's again"
     );
     // History older than 3 s went; the last insert's event stays.
     assert_eq!(
         first.history + pruned.history,
-        u64::try_from(events).unwrap(),
+        u64::try_from(events).unwrap_or_else(|e| panic!("{e}")),
         "{first:?} {pruned:?}"
     );
     assert_eq!(scalar_i64(&an, history).await, 1);
     // Pruning again finds nothing.
-    assert_eq!(cdc.prune().await.unwrap(), atlas_cdc::Pruned::default());
+    assert_eq!(
+        cdc.prune().await.unwrap_or_else(|e| panic!("{e}")),
+        atlas_cdc::Pruned::default()
+    );
 }
 
 /// `public.<table>` of the store equals the source row for row, on every column the
@@ -668,7 +768,7 @@ async fn assert_store_equals_source(source: &tokio_postgres::Client, an: &tokio_
                 &[&table],
             )
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))
             .get(0);
         let mut published: Vec<String> = source
             .query_one(
@@ -676,7 +776,7 @@ async fn assert_store_equals_source(source: &tokio_postgres::Client, an: &tokio_
                 &[&table],
             )
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))
             .get(0);
         let sql = format!(
             "SELECT to_jsonb(t)::text FROM (SELECT {} FROM public.{table}) t ORDER BY 1",
@@ -688,14 +788,14 @@ async fn assert_store_equals_source(source: &tokio_postgres::Client, an: &tokio_
         let on_source: Vec<String> = source
             .query(&sql, &[])
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))
             .iter()
             .map(|r| r.get(0))
             .collect();
         let in_store: Vec<String> = an
             .query(&sql, &[])
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -732,7 +832,7 @@ async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
                  VALUES (4, 9, '{\"temp\": 1}', '{\"label\": \"sensor-0\"}');",
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut cdc = consumer(&db, &dir).await;
     let blob = |n| format!("jsonb_build_object('blob', {})", big(n));
     // One batch: every TOASTable published column set large, then its row changed elsewhere
@@ -767,10 +867,11 @@ async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
             v2 = big(300),
         ))
         .await
-        .unwrap();
-    cdc.drain().await.unwrap();
-    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name()).unwrap();
-    let an = connect(&an_url).await.unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
+    let an_url = with_database(&db.urls.admin_database_url, &db.analytics_name())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let an = connect(&an_url).await.unwrap_or_else(|e| panic!("{e}"));
     assert_store_equals_source(&admin, &an).await;
 
     // Later batches: a row whose large columns the store already holds is updated again
@@ -791,8 +892,8 @@ async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
             b7 = blob(300),
         ))
         .await
-        .unwrap();
-    cdc.drain().await.unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
     assert_store_equals_source(&admin, &an).await;
     admin
         .batch_execute(&format!(
@@ -805,8 +906,8 @@ async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
             b9 = blob(300),
         ))
         .await
-        .unwrap();
-    cdc.drain().await.unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
+    cdc.drain().await.unwrap_or_else(|e| panic!("{e}"));
     assert_store_equals_source(&admin, &an).await;
 
     // The path under test was taken: every table's history has updates that left a large
@@ -818,7 +919,7 @@ async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
             &[],
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .iter()
         .map(|r| r.get(0))
         .collect();

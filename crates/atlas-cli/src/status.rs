@@ -243,7 +243,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// The human table.
+/// The status as the table `atlas status` prints (the JSON form is `s` itself).
 pub fn render(s: &Value) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));

@@ -9,13 +9,7 @@ use serde_json::json;
 
 pub const ADMIN: &str = "fault-test-admin-token-0123";
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+pub use atlas_testkit::free_port;
 
 /// `atlas` against a test database: every URL from the environment, no stack directory.
 pub fn atlas_for(db: &atlas_testkit::TestDb) -> Command {
@@ -92,48 +86,11 @@ impl Drop for Serve {
 
 /// Defines `priority`, creates a tenant with a key and `n` entities (through the API).
 pub async fn fleet(base: &str, n: usize) -> (String, Vec<i64>) {
-    let http = reqwest::Client::new();
-    let post = |path: &str, body: serde_json::Value, auth: &str| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth(auth)
-            .json(&body)
-            .send()
-    };
-    let r = post(
-        "/v1/admin/attributes",
-        json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}),
-        ADMIN,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status(), 201);
-    let t: serde_json::Value = post("/v1/admin/tenants", json!({"tenant_name": "faulty"}), ADMIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let id = t["tenant_id"].as_i64().unwrap_or_default();
-    let k: serde_json::Value = post(&format!("/v1/admin/tenants/{id}/keys"), json!({}), ADMIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let key = k["secret"].as_str().unwrap_or_default().to_owned();
-    let body: Vec<_> = (0..n).map(|_| json!({"entity_type": "sensor"})).collect();
-    let page: serde_json::Value = post("/v1/entities", json!(body), &key)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let ids = page["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{page}"))
-        .iter()
-        .filter_map(|e| e["entity_id"].as_i64())
-        .collect();
+    let api = atlas_testkit::api::Api::new(base, ADMIN);
+    api.define(json!({"attribute_name": "priority", "data_type": "integer", "is_hot": true}))
+        .await;
+    let (_, key) = api.tenant("faulty").await;
+    let ids = api.entities(&key, n).await;
     (key, ids)
 }
 

@@ -9,6 +9,8 @@
     reason = "a failed setup fails the test that asked for it"
 )]
 
+pub mod api;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -297,4 +299,12 @@ pub async fn create_idle_slot(admin: &Client, name: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("slot {name}: {e}"));
     name.to_owned()
+}
+
+/// A free loopback port (for a server or Redis of a test's own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
 }

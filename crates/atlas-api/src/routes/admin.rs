@@ -32,7 +32,7 @@ pub struct NewTenant {
 /// A page of tenants.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantPage {
-    /// The tenants.
+    /// The tenants of this page, in id order.
     pub items: Vec<Tenant>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]

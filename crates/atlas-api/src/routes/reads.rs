@@ -123,7 +123,7 @@ pub struct SearchBody {
     pub cursor: Option<String>,
 }
 
-/// Search results.
+/// One page of entities whose hot attributes matched, with the cursor of the next.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchPage {
     /// Matching entities, by id.
@@ -558,15 +558,15 @@ pub struct AggregateParams {
     pub consistency: Option<ConsistencyParam>,
 }
 
-/// An aggregate.
+/// An aggregate: one value of `fn` per non-empty bucket of the range.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Aggregate {
     /// The attribute's name.
     pub attribute: String,
-    /// The function.
+    /// The aggregate function applied to each bucket.
     #[serde(rename = "fn")]
     pub func: AggFn,
-    /// Bucket width.
+    /// Bucket width (`1m` … `1d`), buckets aligned in UTC.
     #[schema(value_type = String)]
     pub bucket: BucketWidth,
     /// Non-empty buckets, oldest first.

@@ -59,7 +59,7 @@ impl ToSchema for TelemetryBody {
     }
 }
 
-/// When to answer.
+/// When the server answers a telemetry request.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -81,7 +81,7 @@ pub enum DurabilityParam {
     Staged,
 }
 
-/// An acknowledgement.
+/// What the server stored (or staged) of a telemetry request.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TelemetryAck {
     /// Values accepted (stored, or already stored: a replay is a no-op).

@@ -21,12 +21,12 @@ use crate::extract::{JsonBody, JsonValue, PathId, QueryParams, from_json_value};
 use crate::routes::admin::{AttributeList, PageParams, next_cursor, page};
 use axum::response::{IntoResponse, Response};
 
-/// The calling tenant.
+/// The tenant the presented API key belongs to.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Me {
-    /// Its id.
+    /// Its id (what the admin API names it by).
     pub tenant_id: i64,
-    /// Its name.
+    /// Its unique name.
     pub tenant_name: String,
 }
 
@@ -86,7 +86,7 @@ pub struct EntityPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntityChanges {
-    /// New type.
+    /// The new entity type (same rules as at registration).
     #[serde(default)]
     #[schema(
         pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$",
@@ -103,7 +103,7 @@ pub struct EntityChanges {
     pub version: Option<i32>,
 }
 
-/// Listing filters.
+/// Which entities a list returns, and which page of them.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

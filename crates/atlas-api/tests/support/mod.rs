@@ -117,56 +117,28 @@ impl Server {
         self.req(method, path).bearer_auth(key)
     }
 
+    /// The API as the test kit drives it (fleet set-up).
+    pub fn api(&self) -> atlas_testkit::api::Api {
+        atlas_testkit::api::Api {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            admin_token: ADMIN.into(),
+        }
+    }
+
     /// A tenant and one key for it, through the admin API.
     pub async fn tenant(&self, name: &str) -> (i64, String) {
-        let (status, body) = call(
-            self.admin(Method::POST, "/v1/admin/tenants")
-                .json(&serde_json::json!({"tenant_name": name})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        let id = body["tenant_id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{body}"));
-        let (status, key) = call(
-            self.admin(Method::POST, &format!("/v1/admin/tenants/{id}/keys"))
-                .json(&serde_json::json!({})),
-        )
-        .await;
-        assert_eq!(status, 201, "{key}");
-        (
-            id,
-            key["secret"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{key}"))
-                .to_owned(),
-        )
+        self.api().tenant(name).await
     }
 
     /// Defines an attribute through the admin API; returns its id.
     pub async fn define(&self, body: Value) -> i64 {
-        let (status, b) = call(self.admin(Method::POST, "/v1/admin/attributes").json(&body)).await;
-        assert_eq!(status, 201, "{b}");
-        b["attribute_id"].as_i64().unwrap_or_default()
+        self.api().define(body).await
     }
 
     /// Registers `n` sensors for a tenant; returns their ids.
     pub async fn entities(&self, key: &str, n: usize) -> Vec<i64> {
-        let body: Vec<Value> = (0..n)
-            .map(|i| serde_json::json!({"entity_type": "sensor", "cold_attrs": {"serial": i}}))
-            .collect();
-        let (status, page) = call(
-            self.as_tenant(key, Method::POST, "/v1/entities")
-                .json(&body),
-        )
-        .await;
-        assert_eq!(status, 201, "{page}");
-        page["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{page}"))
-            .iter()
-            .map(|e| e["entity_id"].as_i64().unwrap_or_default())
-            .collect()
+        self.api().entities(key, n).await
     }
 
     pub async fn stop(mut self) {
@@ -234,13 +206,7 @@ pub fn assert_error(status: u16, body: &Value, expected: u16) -> Option<String> 
     err["field"].as_str().map(str::to_owned)
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+pub use atlas_testkit::free_port;
 
 /// The flags of a test's own throw-away Redis on `port` (loopback, no persistence).
 pub fn redis_flags(port: u16) -> Vec<String> {
