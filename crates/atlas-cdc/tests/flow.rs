@@ -100,13 +100,6 @@ fn assert_published_projection_columns(event: &Value) {
     );
 }
 
-async fn scalar_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     let db = TestDb::new().await;
@@ -343,21 +336,21 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM public.entity_values_ts").await,
+        atlas_testkit::scalar(&app, "SELECT count(*) FROM public.entity_values_ts", &[]).await,
         0
     );
     app.batch_execute(&format!("SET app.current_tenant_id = '{}'", t + 1))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM public.entities").await,
+        atlas_testkit::scalar(&app, "SELECT count(*) FROM public.entities", &[]).await,
         0
     );
     app.batch_execute(&format!("SET app.current_tenant_id = '{t}'"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM public.entities").await,
+        atlas_testkit::scalar(&app, "SELECT count(*) FROM public.entities", &[]).await,
         1
     );
     assert!(
@@ -430,23 +423,21 @@ async fn a_replayed_batch_changes_nothing_in_the_analytics_store() {
 
     let an = connect(&an_url).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        scalar_i64(&an, "SELECT count(*) FROM cdc.change_events").await,
+        atlas_testkit::scalar(&an, "SELECT count(*) FROM cdc.change_events", &[]).await,
         651
     );
-    let dupes = scalar_i64(
-        &an,
-        "SELECT count(*) FROM (SELECT 1 FROM cdc.change_events GROUP BY table_name, key, lsn HAVING count(*) > 1) d",
-    )
+    let dupes = atlas_testkit::scalar(&an, "SELECT count(*) FROM (SELECT 1 FROM cdc.change_events GROUP BY table_name, key, lsn HAVING count(*) > 1) d", &[])
     .await;
     assert_eq!(dupes, 0);
     assert_eq!(
-        scalar_i64(&an, "SELECT count(*) FROM public.entity_values_ts").await,
+        atlas_testkit::scalar(&an, "SELECT count(*) FROM public.entity_values_ts", &[]).await,
         450
     );
     assert_eq!(
-        scalar_i64(
+        atlas_testkit::scalar(
             &an,
-            "SELECT count(*) FROM public.entity_values_ts WHERE value_int BETWEEN 1 AND 100"
+            "SELECT count(*) FROM public.entity_values_ts WHERE value_int BETWEEN 1 AND 100",
+            &[]
         )
         .await,
         0,
@@ -458,15 +449,16 @@ async fn a_replayed_batch_changes_nothing_in_the_analytics_store() {
         .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert_eq!(
-        scalar_i64(
+        atlas_testkit::scalar(
             &an,
-            "SELECT sum(value_int)::bigint FROM public.entity_values_ts"
+            "SELECT sum(value_int)::bigint FROM public.entity_values_ts",
+            &[]
         )
         .await,
         primary
     );
     assert_eq!(
-        scalar_i64(&an, "SELECT events FROM cdc.sink_progress").await,
+        atlas_testkit::scalar(&an, "SELECT events FROM cdc.sink_progress", &[]).await,
         651,
         "the replays applied nothing"
     );
@@ -556,7 +548,7 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
     let an = connect(&an_url).await.unwrap_or_else(|e| panic!("{e}"));
     let reads = "SELECT count(*) FROM cdc.change_events WHERE op = 'r'";
     assert_eq!(
-        scalar_i64(&an, reads).await,
+        atlas_testkit::scalar(&an, reads, &[]).await,
         1 + 300 + 300 + 1,
         "the attribute, entities, values and projection"
     );
@@ -567,7 +559,7 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
         .unwrap_or_else(|e| panic!("{e}"));
     drop(first);
     let mut cdc = consumer(&db, &dir).await;
-    assert_eq!(scalar_i64(&an, reads).await, 602);
+    assert_eq!(atlas_testkit::scalar(&an, reads, &[]).await, 602);
 
     // Changes after the slot's start, including to snapshotted rows.
     admin
@@ -602,15 +594,16 @@ async fn rows_from_before_the_slot_arrive_as_a_snapshot_then_the_stream_continue
     assert_eq!(in_store, on_primary);
     assert_eq!(on_primary.0, 291);
     assert_eq!(
-        scalar_i64(
+        atlas_testkit::scalar(
             &an,
-            "SELECT count(*) FROM public.entities WHERE entity_type = 'valve'"
+            "SELECT count(*) FROM public.entities WHERE entity_type = 'valve'",
+            &[]
         )
         .await,
         10
     );
     assert_eq!(
-        scalar_i64(&an, "SELECT count(*) FROM public.entities").await,
+        atlas_testkit::scalar(&an, "SELECT count(*) FROM public.entities", &[]).await,
         300
     );
     let snap = read_ndjson(&dir)
@@ -670,8 +663,8 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
     .unwrap_or_else(|e| panic!("{e}"));
     let values = "SELECT count(*) FROM public.entity_values_ts";
     let history = "SELECT count(*) FROM cdc.change_events";
-    assert_eq!(scalar_i64(&an, values).await, 2);
-    let events = scalar_i64(&an, history).await;
+    assert_eq!(atlas_testkit::scalar(&an, values, &[]).await, 2);
+    let events = atlas_testkit::scalar(&an, history, &[]).await;
     assert_eq!(events, 4, "the attribute, the entity and two values");
 
     // No value has aged out yet: the old one is inside the primary's oldest partition. (The
@@ -748,7 +741,7 @@ async fn history_retention_and_the_primarys_retention_prune_the_store() {
         u64::try_from(events).unwrap_or_else(|e| panic!("{e}")),
         "{first:?} {pruned:?}"
     );
-    assert_eq!(scalar_i64(&an, history).await, 1);
+    assert_eq!(atlas_testkit::scalar(&an, history, &[]).await, 1);
     // Pruning again finds nothing.
     assert_eq!(
         cdc.prune().await.unwrap_or_else(|e| panic!("{e}")),

@@ -170,13 +170,8 @@ pub(crate) async fn readings(url: &str, table: &str) -> Vec<Reading> {
 }
 
 pub(crate) async fn scalar(url: &str, sql: &str) -> i64 {
-    connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
+    let client = connect(url).await.unwrap_or_else(|e| panic!("{e}"));
+    atlas_testkit::scalar(&client, sql, &[]).await
 }
 
 pub(crate) fn analytics_url(db: &Target) -> String {

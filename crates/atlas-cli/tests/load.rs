@@ -59,12 +59,8 @@ fn atlas(db: &TestDb, args: &[&str]) -> std::process::Output {
 }
 
 async fn count(db: &TestDb) -> i64 {
-    db.admin()
+    db.scalar("SELECT count(*) FROM entity_values_ts", &[])
         .await
-        .query_one("SELECT count(*) FROM entity_values_ts", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
 }
 
 #[tokio::test]

@@ -108,12 +108,8 @@ async fn must_ingest(app: &mut Client, rows: &[In<'_>]) -> Out {
 }
 
 async fn stored_values(db: &TestDb) -> i64 {
-    db.admin()
+    db.scalar("SELECT count(*) FROM entity_values_ts", &[])
         .await
-        .query_one("SELECT count(*) FROM entity_values_ts", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0)
 }
 
 #[tokio::test]
@@ -651,11 +647,7 @@ async fn the_newest_time_test_agrees_with_the_key_by_key_merge() {
 }
 
 async fn count(admin: &Client, sql: &str) -> i64 {
-    admin
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
+    atlas_testkit::scalar(admin, sql, &[]).await
 }
 
 /// 400 entities' random projections and deltas over four keys with times 1..5 (ties and mixes

@@ -203,6 +203,15 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("admin connection: {e}"))
     }
 
+    /// [`scalar`] as the superuser on this database.
+    pub async fn scalar(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> i64 {
+        scalar(&self.admin().await, sql, params).await
+    }
+
     /// An `atlas_app` connection to the primary.
     pub async fn app(&self) -> Client {
         connect(&self.urls.database_url)
@@ -307,4 +316,17 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The one `bigint` a query answers (a count, an id); a failure panics naming the query.
+pub async fn scalar(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    client
+        .query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }

@@ -104,13 +104,7 @@ impl Server {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> i64 {
-        self.db
-            .admin()
-            .await
-            .query_one(sql, params)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
+        self.db.scalar(sql, params).await
     }
 
     pub fn as_tenant(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
