@@ -188,8 +188,9 @@ fn replica_gone(e: &StoreError) -> bool {
 
 impl AppState {
     /// Runs a tenant read where `from` routes it. A replica that fails as unreachable is
-    /// skipped for the primary (the breaker opens at its next measurement), so a stopped
-    /// replica never fails a request. Returns the result and where it was served.
+    /// skipped for the next best one, then the primary (the breaker opens at its next
+    /// measurement), so a stopped replica never fails a request — nor, during a failover,
+    /// does the old primary that was also the least-lagging "replica". Returns the result and where it was served.
     pub(crate) async fn read<T, F>(
         &self,
         from: ReadFrom,
@@ -201,15 +202,24 @@ impl AppState {
         F: for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<T, StoreError>> + Send + Sync,
     {
         let store = &self.inner.store;
-        let target = self.inner.router.route(from.consistency, from.min_lsn);
-        if let Target::Replica { index, .. } = target
-            && let Some(pool) = store.replicas().get(index)
-        {
+        let mut failed = Vec::new();
+        loop {
+            let target = self
+                .inner
+                .router
+                .route_excluding(from.consistency, from.min_lsn, &failed);
+            let Target::Replica { index, .. } = target else {
+                break;
+            };
+            let Some(pool) = store.replicas().get(index) else {
+                break;
+            };
             match atlas_store::in_tenant_tx(pool, tenant, &f).await {
                 Ok(v) => return Ok((v, target)),
                 Err(e) if replica_gone(&e) => {
                     metrics::counter!("atlas_replica_fallbacks_total").increment(1);
-                    tracing::debug!(error = %e, replica = index + 1, "replica read failed; reading the primary");
+                    tracing::debug!(error = %e, replica = index + 1, "replica read failed; trying the next one, then the primary");
+                    failed.push(index);
                 }
                 Err(e) => return Err(e.into()),
             }

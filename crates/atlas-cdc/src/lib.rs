@@ -412,12 +412,30 @@ impl Consumer {
     }
 }
 
-/// `url` with its database name replaced by `database`.
+/// `url` with its database name replaced by `database`. Works on multi-host URLs
+/// (`postgres://u:p@h1:5432,h2:5432/db?…`, which the `url` crate rejects) by replacing the
+/// path between the authority and the query.
 pub fn with_database(url: &str, database: &str) -> Result<String, CdcError> {
-    let mut u = url::Url::parse(url)
-        .map_err(|e| CdcError::Config(format!("database URL is not a URL ({e})")))?;
-    u.set_path(&format!("/{database}"));
-    Ok(u.to_string())
+    let invalid = |why: &str| CdcError::Config(format!("database URL is not a URL ({why})"));
+    let scheme_end = url.find("://").ok_or_else(|| invalid("no scheme"))? + 3;
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let after = &rest[authority_end..];
+    let query = after.find('?').map_or("", |q| &after[q..]);
+    // Path-encode the name: unreserved characters stay, every other byte is %XX.
+    let mut name = String::with_capacity(database.len());
+    for b in database.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(format!(
+        "{}{}/{name}{query}",
+        &url[..scheme_end],
+        &rest[..authority_end]
+    ))
 }
 
 /// Creates the analytics database when missing (owned by atlas_owner) and migrates it.
@@ -503,4 +521,27 @@ pub struct SinkProgress {
     pub synced_at: chrono::DateTime<chrono::Utc>,
     /// Events applied in total.
     pub events: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_replaces_the_path_of_single_and_multi_host_urls() {
+        let ok = |u: &str, d: &str| with_database(u, d).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ok("postgres://u:p@h:5432/atlas", "an"),
+            "postgres://u:p@h:5432/an"
+        );
+        assert_eq!(
+            ok(
+                "postgres://u:p@h1:1,h2:2/atlas?target_session_attrs=read-write",
+                "an x"
+            ),
+            "postgres://u:p@h1:1,h2:2/an%20x?target_session_attrs=read-write"
+        );
+        assert_eq!(ok("postgres://h?x=1", "d"), "postgres://h/d?x=1");
+        assert!(with_database("h:5432/atlas", "d").is_err());
+    }
 }

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use atlas_config::Config;
 use atlas_schema::{AppLogin, migrate as run_migrations, migration_status};
-use atlas_stack::{Stack, StackSpec};
+use atlas_stack::{HaSpec, HaStack, Stack, StackSpec, StackUrls};
 use atlas_store::Store;
 use clap::Subcommand;
 
@@ -11,7 +11,11 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum StackAction {
     /// Install the Debian packages the stack needs (apt as root; otherwise print the command).
-    Install,
+    Install {
+        /// Also Patroni and etcd, for `stack up --ha`.
+        #[arg(long)]
+        ha: bool,
+    },
     /// Install what is missing, start PostgreSQL primary + replica and Redis, print the URLs.
     Up {
         /// Print the URLs as `export ATLAS_…=…` lines only.
@@ -20,6 +24,15 @@ pub enum StackAction {
         /// Use the test suite's ports (the stack the tests share).
         #[arg(long)]
         test: bool,
+        /// The high-availability stack instead: etcd and two PostgreSQL nodes run by
+        /// Patroni with a synchronous standby (in `<stack dir>/ha`, on its own ports).
+        #[arg(long)]
+        ha: bool,
+        /// With --ha: `synchronous_mode_strict` (never acknowledge a commit held on one
+        /// node only; writes block while no standby is there). Takes effect when the
+        /// cluster is first created.
+        #[arg(long, requires = "ha")]
+        strict: bool,
     },
     /// Stop every service.
     Down {
@@ -29,16 +42,105 @@ pub enum StackAction {
         /// Use the test suite's ports.
         #[arg(long)]
         test: bool,
+        /// The high-availability stack.
+        #[arg(long)]
+        ha: bool,
     },
-    /// Show which services answer.
+    /// Show which services answer (with --ha: each node's role, timeline and lag).
     Status {
         /// Use the test suite's ports.
         #[arg(long)]
         test: bool,
+        /// The high-availability stack.
+        #[arg(long)]
+        ha: bool,
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// A planned switchover of the HA stack's primary (for maintenance): Patroni stops
+    /// writes, lets the standby catch up and promotes it; the old primary follows it.
+    Switchover {
+        /// The member to promote (default: the synchronous standby).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Use the test suite's ports.
+        #[arg(long)]
+        test: bool,
+    },
+}
+
+fn ha_spec(config: &Config, test: bool) -> HaSpec {
+    let dir = config.stack_dir.join("ha");
+    if test {
+        HaSpec::test(dir)
+    } else {
+        HaSpec::local(dir)
+    }
+}
+
+fn print_urls(urls: &StackUrls) {
+    println!(
+        "export ATLAS_ADMIN_DATABASE_URL='{}'",
+        urls.admin_database_url
+    );
+    println!("export ATLAS_DATABASE_URL='{}'", urls.database_url);
+    println!(
+        "export ATLAS_REPLICA_URLS='{}'",
+        urls.replica_urls.join(",")
+    );
+    println!("export ATLAS_REDIS_URL='{}'", urls.redis_url);
+    println!(
+        "export ATLAS_REDIS_SENTINEL_URLS='{}'",
+        urls.redis_sentinel_urls.join(",")
+    );
+}
+
+fn ha_status(config: &Config, test: bool, json: bool) -> Result<()> {
+    let spec = ha_spec(config, test);
+    let Some(stack) = HaStack::open(&spec)? else {
+        bail!(
+            "no HA stack in {}: run `atlas stack up --ha`",
+            spec.dir.display()
+        );
+    };
+    let s = stack.status();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        crate::admin::print_list(
+            false,
+            &s.members,
+            &["MEMBER", "ADDRESS", "ROLE", "STATE", "TIMELINE", "LAG MB"],
+            |m| {
+                vec![
+                    m.name.clone(),
+                    m.host.clone(),
+                    m.role.clone(),
+                    m.state.clone(),
+                    m.timeline.map_or_else(String::new, |t| t.to_string()),
+                    m.lag_mb
+                        .as_ref()
+                        .map_or_else(String::new, ToString::to_string),
+                ]
+            },
+        )?;
+        let up = |b: bool| if b { "up" } else { "DOWN" };
+        println!(
+            "etcd 127.0.0.1:{}: {}; redis: {}; sentinel: {}",
+            spec.etcd_port,
+            up(s.etcd),
+            up(s.redis),
+            up(s.sentinel)
+        );
+    }
+    if !(s.healthy(spec.nodes.len()) && s.redis && s.sentinel) {
+        bail!(
+            "the HA stack is not healthy: run `atlas stack up --ha` (logs in {})",
+            spec.dir.join("logs").display()
+        );
+    }
+    Ok(())
 }
 
 fn spec(config: &Config) -> StackSpec {
@@ -56,41 +158,78 @@ fn spec_for(config: &Config, test: bool) -> StackSpec {
 /// Runs a stack action.
 pub fn run(config: &Config, action: StackAction) -> Result<()> {
     match action {
-        StackAction::Install => {
+        StackAction::Install { ha } => {
             atlas_stack::ensure_packages()?;
             println!("postgresql-15, postgresql-15-wal2json and redis-server are installed");
+            if ha {
+                atlas_stack::ensure_ha_packages()?;
+                println!("patroni, etcd-server and etcd-client are installed");
+            }
             Ok(())
         }
-        StackAction::Up { env, test } => {
+        StackAction::Up {
+            env,
+            test,
+            ha: true,
+            strict,
+        } => {
+            let spec = HaSpec {
+                strict,
+                ..ha_spec(config, test)
+            };
+            let stack = HaStack::up(&spec)?;
+            if !env {
+                println!("Atlas HA stack is up in {}:", spec.dir.display());
+            }
+            print_urls(&stack.urls());
+            Ok(())
+        }
+        StackAction::Up { env, test, .. } => {
             let spec = spec_for(config, test);
             let stack = Stack::up(&spec)?;
-            let urls = stack.urls();
             if !env {
                 println!("Atlas local stack is up in {}:", spec.dir.display());
             }
+            print_urls(&stack.urls());
+            Ok(())
+        }
+        StackAction::Down {
+            purge,
+            test,
+            ha: true,
+        } => {
+            let spec = ha_spec(config, test);
+            HaStack::down(&spec, purge)?;
+            println!("Atlas HA stack in {} is down", spec.dir.display());
+            Ok(())
+        }
+        StackAction::Switchover { candidate, test } => {
+            let spec = ha_spec(config, test);
+            let Some(stack) = HaStack::open(&spec)? else {
+                bail!(
+                    "no HA stack in {}: run `atlas stack up --ha`",
+                    spec.dir.display()
+                );
+            };
+            let leader = stack.switchover(candidate.as_deref())?;
             println!(
-                "export ATLAS_ADMIN_DATABASE_URL='{}'",
-                urls.admin_database_url
-            );
-            println!("export ATLAS_DATABASE_URL='{}'", urls.database_url);
-            println!(
-                "export ATLAS_REPLICA_URLS='{}'",
-                urls.replica_urls.join(",")
-            );
-            println!("export ATLAS_REDIS_URL='{}'", urls.redis_url);
-            println!(
-                "export ATLAS_REDIS_SENTINEL_URLS='{}'",
-                urls.redis_sentinel_urls.join(",")
+                "switched over: {} is the primary ({})",
+                leader.name, leader.host
             );
             Ok(())
         }
-        StackAction::Down { purge, test } => {
+        StackAction::Status {
+            test,
+            ha: true,
+            json,
+        } => ha_status(config, test, json),
+        StackAction::Down { purge, test, .. } => {
             let spec = spec_for(config, test);
             Stack::down(&spec, purge)?;
             println!("Atlas local stack in {} is down", spec.dir.display());
             Ok(())
         }
-        StackAction::Status { test, json } => {
+        StackAction::Status { test, json, .. } => {
             let spec = spec_for(config, test);
             let Some(stack) = Stack::open(&spec)? else {
                 bail!("no stack in {}: run `atlas stack up`", spec.dir.display());
@@ -133,8 +272,12 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
 /// Settings left unset are taken from the local stack, when one was brought up.
 fn with_stack_defaults(config: &Config) -> Result<Config> {
     let mut config = config.clone();
-    if let Some(stack) = Stack::open(&spec(&config))? {
-        let urls = stack.urls();
+    // The plain stack's URLs, else the HA stack's (`stack up --ha` alone).
+    let urls = match Stack::open(&spec(&config))? {
+        Some(stack) => Some(stack.urls()),
+        None => HaStack::open(&ha_spec(&config, false))?.map(|s| s.urls()),
+    };
+    if let Some(urls) = urls {
         config
             .admin_database_url
             .get_or_insert(urls.admin_database_url);

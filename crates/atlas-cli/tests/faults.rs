@@ -13,11 +13,11 @@ use crate::support::{Serve, fleet, private_stack};
 #[derive(Default)]
 pub(crate) struct Outcome {
     pub(crate) acked: HashSet<(i64, i64)>,
-    unavailable: usize,
-    errors: usize,
+    pub(crate) unavailable: usize,
+    pub(crate) errors: usize,
     /// Responses other than 200/503, by status (a 500 here is a bug: down means 503).
-    other_statuses: std::collections::BTreeMap<u16, usize>,
-    acked_after_outage: usize,
+    pub(crate) other_statuses: std::collections::BTreeMap<u16, usize>,
+    pub(crate) acked_after_outage: usize,
 }
 
 /// Clients sending one reading per request with unique times, until `until`; records what
@@ -93,7 +93,7 @@ pub(crate) async fn drive(
         .unwrap_or_default()
 }
 
-async fn stored(admin_url: &str) -> Vec<(i64, i64)> {
+pub(crate) async fn stored(admin_url: &str) -> Vec<(i64, i64)> {
     let admin = connect(admin_url).await.unwrap_or_else(|e| panic!("{e}"));
     admin
         .query(
@@ -107,7 +107,7 @@ async fn stored(admin_url: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
-fn assert_every_ack_stored_once(acked: &HashSet<(i64, i64)>, stored: &[(i64, i64)]) {
+pub(crate) fn assert_every_ack_stored_once(acked: &HashSet<(i64, i64)>, stored: &[(i64, i64)]) {
     eprintln!(
         "acknowledged {} values, {} stored",
         acked.len(),

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cdc;
+mod failover;
 mod faults;
 mod load;
 mod metrics;

@@ -20,6 +20,15 @@ pub struct Ingest {
     pub queue_rows: usize,
     /// Batches written concurrently, each on its own connection.
     pub writers: NonZeroUsize,
+    /// A durable batch that finds no primary (failover, restart) is retried this long
+    /// before its requests get 503; 0 answers 503 at once.
+    #[serde(rename = "retry_unavailable_ms", with = "crate::duration::ms")]
+    pub retry_unavailable: Duration,
+    /// A batch's commit that takes longer is abandoned as of unknown outcome (its
+    /// connection is dropped) and retried: a primary cut off from its synchronous standby
+    /// never confirms it.
+    #[serde(rename = "commit_timeout_ms", with = "crate::duration::ms")]
+    pub commit_timeout: Duration,
 }
 
 impl Default for Ingest {
@@ -29,6 +38,8 @@ impl Default for Ingest {
             batch_interval: Duration::from_millis(100),
             queue_rows: 200_000,
             writers: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+            retry_unavailable: Duration::from_secs(15),
+            commit_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -50,6 +61,16 @@ impl Ingest {
             "ingest.writers",
             self.writers.get() <= 64,
             "between 1 and 64",
+        )?;
+        require(
+            "ingest.retry_unavailable_ms",
+            self.retry_unavailable <= Duration::from_secs(120),
+            "between 0 and 120000",
+        )?;
+        require(
+            "ingest.commit_timeout_ms",
+            (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.commit_timeout),
+            "between 100 and 600000",
         )
     }
 }

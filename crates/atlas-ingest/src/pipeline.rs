@@ -47,6 +47,10 @@ pub struct IngestConfig {
     pub drain_interval: Duration,
     /// Rows per background `stage_flush` call.
     pub drain_batch: i32,
+    /// How long a durable batch that finds no primary is retried before 503.
+    pub retry_unavailable: Duration,
+    /// A write that takes longer is abandoned as of unknown outcome and retried.
+    pub commit_timeout: Duration,
 }
 
 impl IngestConfig {
@@ -57,6 +61,8 @@ impl IngestConfig {
             batch_interval: s.batch_interval,
             queue_rows: s.queue_rows,
             writers: s.writers.get(),
+            retry_unavailable: s.retry_unavailable,
+            commit_timeout: s.commit_timeout,
             ..Self::default()
         }
     }
@@ -71,6 +77,8 @@ impl Default for IngestConfig {
             writers: 3,
             drain_interval: Duration::from_millis(100),
             drain_batch: 50_000,
+            retry_unavailable: Duration::from_secs(15),
+            commit_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -271,11 +279,15 @@ async fn run_batcher(
     let mut writers = Vec::new();
     for _ in 0..config.writers.max(1) {
         let (rx, pool, cache) = (Arc::clone(&batch_rx), pool.clone(), cache.clone());
+        let limits = Limits {
+            retry_unavailable: config.retry_unavailable,
+            commit_timeout: config.commit_timeout,
+        };
         writers.push(tokio::spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((jobs, flush)) = next else { return };
-                write_batch(&pool, &cache, jobs, flush).await;
+                write_batch(&pool, &cache, jobs, flush, limits).await;
             }
         }));
     }
@@ -348,23 +360,66 @@ async fn wal_lsn(client: &atlas_store::deadpool_postgres::Client) -> Option<u64>
     u64::try_from(lsn).ok()
 }
 
+/// How long a batch may take, and how long one that finds no primary is retried.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    retry_unavailable: Duration,
+    commit_timeout: Duration,
+}
+
 /// Writes one batch in one transaction and answers every job of it.
-async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool) {
+///
+/// A durable batch whose write fails because there is no primary — none reachable, the
+/// connection lost mid-commit, a timeout — is retried until `retry_unavailable` has passed:
+/// during a failover the new primary takes over within seconds, and a replay of values an
+/// earlier attempt did commit stores nothing (the primary key). Requests are acknowledged
+/// only after the attempt that commits. Staged batches are not retried: their rows live in
+/// an UNLOGGED table that a failover empties anyway, so the client's retry is the remedy.
+async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool, limits: Limits) {
     let started = Instant::now();
     let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
     let mode = if flush { "durable" } else { "staged" };
     #[allow(clippy::cast_precision_loss)]
     metrics::histogram!("atlas_ingest_batch_rows", "durability" => mode).record(total as f64);
-    let result = write_rows(pool, &jobs, flush).await;
+    let mut attempt: u32 = 0;
+    let result = loop {
+        attempt += 1;
+        let result = write_rows(pool, &jobs, flush, limits.commit_timeout).await;
+        match result {
+            Err(e)
+                if flush
+                    && e.is_unavailable()
+                    && started.elapsed() + RETRY_PAUSE_MAX <= limits.retry_unavailable =>
+            {
+                metrics::counter!("atlas_ingest_batch_retries_total").increment(1);
+                tracing::warn!(error = %e, attempt, rows = total, "durable batch found no primary; retrying");
+                // 50 ms, 100 ms, … up to 500 ms: a promotion is noticed within a pause.
+                let pause = RETRY_PAUSE_MAX
+                    .min(Duration::from_millis(50) * 2u32.saturating_pow(attempt - 1));
+                tokio::time::sleep(pause).await;
+            }
+            other => break other,
+        }
+    };
     metrics::histogram!("atlas_ingest_flush_seconds", "durability" => mode)
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(Written {
-            changed,
+            mut changed,
             dead,
             stored,
             wal_lsn,
         }) => {
+            if attempt > 1 {
+                // An earlier attempt may have committed and changed projections it could not
+                // report: every entity of the batch leaves the cache.
+                changed.extend(
+                    jobs.iter()
+                        .flat_map(|j| j.rows.iter().map(|r| (r.tenant, r.entity_id))),
+                );
+                changed.sort_unstable_by_key(|(t, e)| (t.0, *e));
+                changed.dedup_by_key(|(t, e)| (t.0, *e));
+            }
             count_outcomes(total, stored.as_ref().map(|m| m.values().sum()), dead.len());
             let mut stored = stored;
             let mut tenants: Vec<i64> = jobs
@@ -456,9 +511,41 @@ fn count_outcomes(total: usize, stored: Option<usize>, dead: usize) {
     count("dead_lettered", dead);
 }
 
-/// Writes a batch: durable rows through `ingest_rows`, staged rows by COPY into staging.
-async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, StoreError> {
+/// The longest pause between two attempts of a batch that found no primary.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Writes a batch within `timeout`. A connection that timed out (its commit may still be
+/// waiting, e.g. for a synchronous standby that is gone) or that reached a standby (a
+/// demoted primary) is closed rather than returned to the pool.
+async fn write_rows(
+    pool: &Pool,
+    jobs: &[Job],
+    flush: bool,
+    timeout: Duration,
+) -> Result<Written, StoreError> {
     let mut client = pool.get().await?;
+    match tokio::time::timeout(timeout, write_rows_on(&mut client, jobs, flush)).await {
+        Ok(Err(e)) if e.is_read_only() => {
+            drop(atlas_store::deadpool_postgres::Object::take(client));
+            Err(e)
+        }
+        Ok(result) => result,
+        Err(_) => {
+            drop(atlas_store::deadpool_postgres::Object::take(client));
+            Err(StoreError::TimedOut {
+                what: "writing an ingest batch",
+                after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
+    }
+}
+
+/// Writes a batch: durable rows through `ingest_rows`, staged rows by COPY into staging.
+async fn write_rows_on(
+    client: &mut atlas_store::deadpool_postgres::Client,
+    jobs: &[Job],
+    flush: bool,
+) -> Result<Written, StoreError> {
     let mut changed = Vec::new();
     let mut dead = HashMap::new();
     if !flush {
@@ -477,7 +564,7 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
             changed,
             dead,
             stored: None,
-            wal_lsn: wal_lsn(&client).await,
+            wal_lsn: wal_lsn(client).await,
         });
     }
     // Durable: the rows go as one binary array of staging rows straight into ingest_rows
@@ -522,7 +609,7 @@ async fn write_rows(pool: &Pool, jobs: &[Job], flush: bool) -> Result<Written, S
         changed,
         dead,
         stored: Some(stored),
-        wal_lsn: wal_lsn(&client).await,
+        wal_lsn: wal_lsn(client).await,
     })
 }
 

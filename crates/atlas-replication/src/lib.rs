@@ -90,6 +90,10 @@ pub struct ReplicaLag {
     /// Neither the replica nor the primary has a heartbeat yet (a new database, before the
     /// maintainer's first beat): nothing to measure, and nothing wrong with the replica.
     pub awaiting_first_heartbeat: bool,
+    /// The replica answered but the primary did not (it died, or a failover is under way):
+    /// its lag cannot be measured, and no commit is being made that it could miss.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub primary_unreachable: bool,
 }
 
 async fn probe<T>(
@@ -147,6 +151,7 @@ pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
             replay_lsn,
             error: Some(error),
             awaiting_first_heartbeat: false,
+            primary_unreachable: false,
         };
         let lag = match (&primary_now, seen) {
             // The replica has replayed the primary's newest heartbeat, and that is old: nothing
@@ -181,7 +186,10 @@ pub async fn measure(store: &Store) -> Vec<ReplicaLag> {
                 "no heartbeat replayed yet".into(),
             ),
             (_, Err(e)) => unmeasured(None, e),
-            (Err(e), Ok(_)) => unmeasured(None, format!("primary: {e}")),
+            (Err(e), Ok((_, lsn))) => ReplicaLag {
+                primary_unreachable: true,
+                ..unmeasured(lsn.and_then(|l| l.parse().ok()), format!("primary: {e}"))
+            },
         };
         if let Some(l) = lag.lag_s {
             metrics::gauge!("atlas_replica_lag_seconds", "replica" => (i + 1).to_string()).set(l);
@@ -338,6 +346,14 @@ impl Router {
             else {
                 continue;
             };
+            if lag.primary_unreachable {
+                // No primary to measure against (a failover is under way): a replica that was
+                // serving keeps serving at its last measured lag. Nothing can commit meanwhile,
+                // and the synchronous standby holds every acknowledged commit, so its answers
+                // are no staler than they were; opening the circuit would send eventual reads
+                // to a primary that is not there.
+                continue;
+            }
             let ms = lag.lag_s.map(|s| (s * 1000.0).round() as i64);
             state.lag_ms.store(ms.unwrap_or(-1), Ordering::Relaxed);
             if let Some(l) = lag.replay_lsn {
@@ -367,6 +383,18 @@ impl Router {
     /// Where a read of `consistency` goes; with `min_lsn`, only to a replica that has replayed
     /// at least that far.
     pub fn route(&self, consistency: Consistency, min_lsn: Option<Lsn>) -> Target {
+        self.route_excluding(consistency, min_lsn, &[])
+    }
+
+    /// [`Router::route`] among the replicas not in `failed` (0-based indexes of replicas a
+    /// read just failed on: the next best one is tried before the primary, which may be the
+    /// very node that died).
+    pub fn route_excluding(
+        &self,
+        consistency: Consistency,
+        min_lsn: Option<Lsn>,
+        failed: &[usize],
+    ) -> Target {
         if consistency == Consistency::Strong {
             return Target::Primary;
         }
@@ -374,6 +402,7 @@ impl Router {
         self.replicas
             .iter()
             .enumerate()
+            .filter(|(i, _)| !failed.contains(i))
             .filter(|(_, r)| r.closed.load(Ordering::Relaxed))
             .filter(|(_, r)| min_lsn.is_none_or(|m| r.replay_lsn.load(Ordering::Relaxed) >= m.0))
             .map(|(i, r)| (i, r.lag_ms.load(Ordering::Relaxed)))
@@ -431,7 +460,42 @@ mod tests {
             replay_lsn: Some(Lsn(100)),
             error: None,
             awaiting_first_heartbeat: false,
+            primary_unreachable: false,
         }
+    }
+
+    #[test]
+    fn an_unreachable_primary_leaves_a_serving_replica_serving_and_a_dead_one_out() {
+        let r = Router::new(2, Budgets::default());
+        r.observe(&[lag(1, Some(100)), lag(2, Some(50))]);
+        assert_eq!(
+            r.route(Consistency::Eventual, None),
+            Target::Replica {
+                index: 1,
+                lag_ms: 50
+            }
+        );
+        // The primary is gone; replica 2 (say, the old primary's node) is gone with it.
+        let gone = ReplicaLag {
+            lag_s: None,
+            error: Some("connection refused".into()),
+            ..lag(2, None)
+        };
+        let alone = ReplicaLag {
+            lag_s: None,
+            error: Some("primary: connection refused".into()),
+            primary_unreachable: true,
+            ..lag(1, None)
+        };
+        r.observe(&[alone, gone]);
+        assert_eq!(
+            r.route(Consistency::Eventual, None),
+            Target::Replica {
+                index: 0,
+                lag_ms: 100
+            }
+        );
+        assert_eq!(r.route(Consistency::Strong, None), Target::Primary);
     }
 
     #[test]

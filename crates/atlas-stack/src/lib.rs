@@ -9,6 +9,7 @@
 //! services), otherwise the exact command is reported.
 
 mod error;
+mod ha;
 mod packages;
 mod process;
 
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use error::StackError;
-pub use packages::{ensure_packages, missing_packages};
+pub use ha::{HaMember, HaNode, HaSpec, HaStack, HaStatus};
+pub use packages::{ensure_ha_packages, ensure_packages, missing_packages};
 use process::{Cmd, is_root};
 
 /// Where PostgreSQL 15's server programs live on Debian.
@@ -80,7 +82,7 @@ impl StackSpec {
 
 /// Stops the Redis process named by `<dir>/<name>/<name>.pid`, if it still runs and is a
 /// Redis (a stale pidfile may name a reused pid), and removes the pidfile.
-fn stop_redis_by_pidfile(dir: &Path, name: &str) {
+pub(crate) fn stop_redis_by_pidfile(dir: &Path, name: &str) {
     let pidfile = dir.join(name).join(format!("{name}.pid"));
     let Ok(pid) = fs::read_to_string(&pidfile) else {
         return;
@@ -112,6 +114,9 @@ struct StackState {
     /// The ports the stack was created with (they win over a later spec's).
     #[serde(default)]
     ports: Option<(u16, u16, u16)>,
+    /// The replication login of an HA stack's nodes (Patroni creates it).
+    #[serde(default = "random_secret")]
+    replication_password: String,
 }
 
 /// A stack that is (or was) brought up: how to reach each service.
@@ -158,7 +163,7 @@ impl StackStatus {
     }
 }
 
-fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
     rand::rng()
@@ -168,7 +173,7 @@ fn random_secret() -> String {
         .collect()
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StackError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StackError + '_ {
     move |source| StackError::Io {
         path: path.to_path_buf(),
         source,
@@ -200,8 +205,18 @@ impl Stack {
 
     /// Brings every service up; idempotent (a running service is left as it is).
     pub fn up(spec: &StackSpec) -> Result<Self, StackError> {
-        let spec = &spec.absolute()?;
         ensure_packages()?;
+        let stack = Self::prepare(spec)?;
+        stack.up_primary()?;
+        stack.up_replica()?;
+        stack.up_redis()?;
+        Ok(stack)
+    }
+
+    /// The stack recorded in `spec.dir`, or a new one (secrets chosen, state saved) with
+    /// nothing started yet.
+    pub(crate) fn prepare(spec: &StackSpec) -> Result<Self, StackError> {
+        let spec = &spec.absolute()?;
         fs::create_dir_all(spec.dir.join("logs")).map_err(io(&spec.dir))?;
         let stack = match Self::open(spec)? {
             Some(s) => s,
@@ -211,6 +226,7 @@ impl Stack {
                     admin_password: random_secret(),
                     app_password: random_secret(),
                     redis_password: random_secret(),
+                    replication_password: random_secret(),
                     ports: Some((spec.pg_port, spec.replica_port, spec.redis_port)),
                 };
                 let s = Self {
@@ -221,9 +237,6 @@ impl Stack {
                 s
             }
         };
-        stack.up_primary()?;
-        stack.up_replica()?;
-        stack.up_redis()?;
         Ok(stack)
     }
 
@@ -383,12 +396,12 @@ impl Stack {
     }
 
     /// A command that runs as the postgres OS user when we are root (initdb refuses root).
-    fn pg(&self, program: &str) -> Cmd {
+    pub(crate) fn pg(&self, program: &str) -> Cmd {
         let passfile = self.state.pg_root.join("pgpass");
         Cmd::pg(program).env("PGPASSFILE", passfile.to_string_lossy().as_ref())
     }
 
-    fn pg_ready(&self, port: u16) -> bool {
+    pub(crate) fn pg_ready(&self, port: u16) -> bool {
         self.pg(&format!("{PG_BIN}/pg_isready"))
             .args([
                 "-q",
@@ -403,7 +416,7 @@ impl Stack {
             .is_ok_and(|o| o.status.success())
     }
 
-    fn psql(&self, port: u16, db: &str, sql: &str) -> Result<String, StackError> {
+    pub(crate) fn psql(&self, port: u16, db: &str, sql: &str) -> Result<String, StackError> {
         let out = self
             .pg(&format!("{PG_BIN}/psql"))
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
@@ -633,7 +646,7 @@ impl Stack {
     }
 
     /// Redis as the seed runs it: a primary, a replica and a Sentinel watching them.
-    fn up_redis(&self) -> Result<(), StackError> {
+    pub(crate) fn up_redis(&self) -> Result<(), StackError> {
         self.up_redis_primary()?;
         self.up_redis_replica()?;
         self.up_sentinel()
@@ -770,7 +783,9 @@ impl Stack {
     }
 }
 
-fn ignore_missing(path: &Path) -> impl FnOnce(std::io::Error) -> Result<(), StackError> + '_ {
+pub(crate) fn ignore_missing(
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> Result<(), StackError> + '_ {
     move |e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(())
@@ -780,7 +795,7 @@ fn ignore_missing(path: &Path) -> impl FnOnce(std::io::Error) -> Result<(), Stac
     }
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
@@ -795,7 +810,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
 
 /// PostgreSQL's data must be writable by the postgres OS user. As root, a directory under an
 /// unreadable parent (e.g. /root) cannot be; then the data goes under /var/lib/atlas-stack.
-fn choose_pg_root(dir: &Path) -> Result<PathBuf, StackError> {
+pub(crate) fn choose_pg_root(dir: &Path) -> Result<PathBuf, StackError> {
     let preferred = dir.join("pg");
     if !is_root() {
         return Ok(preferred);
@@ -819,7 +834,7 @@ fn choose_pg_root(dir: &Path) -> Result<PathBuf, StackError> {
     Ok(PathBuf::from("/var/lib/atlas-stack").join(tag).join("pg"))
 }
 
-fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+pub(crate) fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if ready() {

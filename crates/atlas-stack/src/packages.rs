@@ -19,9 +19,20 @@ const REQUIRED: &[(&str, &str)] = &[
 const POLICY_RC: &str = "/usr/sbin/policy-rc.d";
 const NO_MAIN_CLUSTER: &str = "/etc/postgresql-common/createcluster.d/atlas-no-main-cluster.conf";
 
+/// What the HA stack needs on top: Patroni, etcd's server and its `etcdctl`.
+const HA: &[(&str, &str)] = &[
+    ("patroni", "/usr/bin/patroni"),
+    ("etcd-server", "/usr/bin/etcd"),
+    ("etcd-client", "/usr/bin/etcdctl"),
+];
+
 /// The required packages that are not installed.
 pub fn missing_packages() -> Vec<&'static str> {
-    REQUIRED
+    missing(REQUIRED)
+}
+
+fn missing(required: &[(&'static str, &str)]) -> Vec<&'static str> {
+    required
         .iter()
         .filter(|(_, file)| !Path::new(file).exists())
         .map(|(pkg, _)| *pkg)
@@ -35,7 +46,16 @@ pub fn missing_packages() -> Vec<&'static str> {
 /// from starting and a `createcluster.d` drop-in keeps the main cluster from being created;
 /// both are removed afterwards (only if we created them).
 pub fn ensure_packages() -> Result<(), StackError> {
-    let missing = missing_packages();
+    ensure(REQUIRED)
+}
+
+/// [`ensure_packages`] for the HA stack's Patroni and etcd.
+pub fn ensure_ha_packages() -> Result<(), StackError> {
+    ensure(HA)
+}
+
+fn ensure(required: &[(&'static str, &str)]) -> Result<(), StackError> {
+    let missing = missing(required);
     if missing.is_empty() {
         return Ok(());
     }

@@ -113,3 +113,75 @@ impl Cmd {
         })
     }
 }
+
+/// The postgres OS user's (uid, gid), from /etc/passwd.
+fn postgres_ids() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == "postgres").then_some(())?;
+        let (uid, gid) = (f.nth(1)?, f.next()?);
+        Some((uid.parse().ok()?, gid.parse().ok()?))
+    })
+}
+
+/// Starts a long-running service in the background, in its own process group (a Ctrl-C of
+/// the `atlas` that started it does not reach it), with stdout and stderr appended to `log`;
+/// as the postgres OS user when `as_postgres` and we are root. Returns its pid.
+pub(crate) fn spawn_daemon(
+    program: &str,
+    args: &[&str],
+    log: &Path,
+    as_postgres: bool,
+) -> Result<u32, StackError> {
+    use std::os::unix::process::CommandExt;
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| StackError::Io {
+                path: log.to_path_buf(),
+                source,
+            })
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(open_log()?)
+        .stderr(open_log()?)
+        .process_group(0);
+    if as_postgres && is_root() {
+        let (uid, gid) = postgres_ids().ok_or_else(|| StackError::Spawn {
+            program: program.to_owned(),
+            source: std::io::Error::other("no postgres user in /etc/passwd"),
+        })?;
+        cmd.uid(uid).gid(gid).env("HOME", "/var/lib/postgresql");
+    }
+    let child = cmd.spawn().map_err(|source| StackError::Spawn {
+        program: program.to_owned(),
+        source,
+    })?;
+    Ok(child.id())
+}
+
+/// Whether `pid` is a live (not zombie) process whose command line contains `needle`.
+pub(crate) fn pid_runs(pid: u32, needle: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true);
+    !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL", "STOP", "CONT") to `pid`.
+pub(crate) fn signal(pid: u32, signal: &str) -> Result<(), StackError> {
+    Cmd::new("kill")
+        .args([format!("-{signal}").as_str(), pid.to_string().as_str()])
+        .run(&format!("kill -{signal} {pid}"))
+        .map(|_| ())
+}

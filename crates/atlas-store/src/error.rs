@@ -41,6 +41,15 @@ pub enum StoreError {
     /// Stored data violates an invariant of this code.
     #[error("inconsistent stored data: {0}")]
     Corrupt(String),
+    /// A statement did not finish in time; its connection was dropped, so whether it
+    /// committed is unknown (a primary cut off from its synchronous standby never confirms).
+    #[error("{what} did not finish within {after_ms} ms; its outcome is unknown")]
+    TimedOut {
+        /// What was running.
+        what: &'static str,
+        /// The limit.
+        after_ms: u64,
+    },
 }
 
 impl StoreError {
@@ -65,12 +74,33 @@ impl StoreError {
         }
     }
 
-    /// True when the error means the database could not be reached (retryable: 503).
+    /// True when the error means the database could not be reached (retryable: 503): no
+    /// connection, a lost one, a timeout of unknown outcome, or a server that is not (or no
+    /// longer) a writable primary — shutting down, starting, or demoted during a failover.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) => true,
-            StoreError::Db(e) => e.is_closed() || e.code().is_none(),
+            StoreError::Unavailable(_) | StoreError::TimedOut { .. } => true,
+            StoreError::Db(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|code| {
+                        let code = code.code();
+                        code.starts_with("08") // connection exception
+                            || matches!(
+                                code,
+                                "25006" // read_only_sql_transaction: a standby now
+                                | "57P01" // admin_shutdown
+                                | "57P02" // crash_shutdown
+                                | "57P03" // cannot_connect_now: starting or promoting
+                            )
+                    })
+            }
             _ => false,
         }
+    }
+
+    /// True when the server is a standby (a demoted primary): a pooled connection to it
+    /// must not be reused for writes.
+    pub fn is_read_only(&self) -> bool {
+        self.sqlstate() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
     }
 }

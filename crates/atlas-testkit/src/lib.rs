@@ -10,6 +10,7 @@
 )]
 
 pub mod api;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use atlas_schema::{AppLogin, migrate, schema_fingerprint};
-pub use atlas_stack::{Stack, StackSpec, StackUrls};
+pub use atlas_stack::{HaNode, HaSpec, HaStack, Stack, StackSpec, StackUrls};
 use atlas_store::Store;
 use tokio_postgres::Client;
 
