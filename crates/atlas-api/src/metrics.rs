@@ -64,6 +64,10 @@ fn describe() {
             "Ingest batches that failed as a whole (nothing of them acknowledged).",
         ),
         (
+            "atlas_ingest_batch_retries_total",
+            "Durable ingest batches written again because no primary answered (a failover or restart).",
+        ),
+        (
             "atlas_staging_drained_values_total",
             "Values the background drain moved from staging into the time series.",
         ),
@@ -244,6 +248,7 @@ fn describe() {
     for name in [
         "atlas_ingest_queue_full_total",
         "atlas_ingest_batches_failed_total",
+        "atlas_ingest_batch_retries_total",
         "atlas_replica_fallbacks_total",
         "atlas_staging_drained_values_total",
     ] {

@@ -275,7 +275,15 @@ fn with_stack_defaults(config: &Config) -> Result<Config> {
     // The plain stack's URLs, else the HA stack's (`stack up --ha` alone).
     let urls = match Stack::open(&spec(&config))? {
         Some(stack) => Some(stack.urls()),
-        None => HaStack::open(&ha_spec(&config, false))?.map(|s| s.urls()),
+        None => match HaStack::open(&ha_spec(&config, false))? {
+            Some(ha) => {
+                if config.replication.patroni_urls.is_empty() {
+                    config.replication.patroni_urls = ha.patroni_urls();
+                }
+                Some(ha.urls())
+            }
+            None => None,
+        },
     };
     if let Some(urls) = urls {
         config

@@ -161,8 +161,10 @@ pub async fn collect(config: &Config) -> Result<Value> {
     } else {
         Value::Null
     };
+    let cluster = cluster_status(&resolved.replication.patroni_urls).await;
     Ok(json!({
         "primary": primary,
+        "cluster": cluster,
         "cdc": cdc,
         "replicas": replicas,
         "wal_senders": wal_senders,
@@ -172,6 +174,80 @@ pub async fn collect(config: &Config) -> Result<Value> {
         "maintenance": maintenance,
         "alerts": alerts,
     }))
+}
+
+/// The Patroni cluster as its REST API reports it (the first of `urls` that answers): every
+/// member's role, state, timeline and lag, the synchronous standby, and the last failover
+/// or switchover (the newest entry of the timeline history).
+async fn cluster_status(urls: &[String]) -> Value {
+    if urls.is_empty() {
+        return json!({"state": "unconfigured"});
+    }
+    let Ok(http) = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() else {
+        return json!({"state": "down", "error": "no HTTP client"});
+    };
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(&url).send().await.map_err(|e| chain(&e))?;
+            r.error_for_status()
+                .map_err(|e| chain(&e))?
+                .json::<Value>()
+                .await
+                .map_err(|e| chain(&e))
+        }
+    };
+    let mut errors = Vec::new();
+    for base in urls {
+        let base = base.trim_end_matches('/');
+        let cluster = match get(format!("{base}/cluster")).await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("{base}: {e}"));
+                continue;
+            }
+        };
+        let members: Vec<Value> = cluster["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m["name"],
+                    "role": m["role"],
+                    "state": m["state"],
+                    "address": format!("{}:{}", text(&m["host"]), text(&m["port"])),
+                    "timeline": m["timeline"],
+                    "lag_bytes": m["lag"],
+                })
+            })
+            .collect();
+        let sync = members
+            .iter()
+            .find(|m| m["role"] == "sync_standby")
+            .map(|m| m["name"].clone());
+        // [timeline, lsn, reason, timestamp, new leader]: the newest is the last change of
+        // primary (failover or switchover); none on a cluster that never changed.
+        let last = get(format!("{base}/history")).await.ok().and_then(|h| {
+            h.as_array().and_then(|a| a.last().cloned()).map(|e| {
+                json!({
+                    "timeline": e[0].as_i64().map(|t| t + 1),
+                    "at": e.get(3),
+                    "new_primary": e.get(4),
+                    "reason": e[2],
+                })
+            })
+        });
+        return json!({
+            "state": "up",
+            "source": base,
+            "members": members,
+            "synchronous_standby": sync,
+            "last_failover": last,
+        });
+    }
+    json!({"state": "down", "error": errors.join("; ")})
 }
 
 /// The CDC slot (what it retains) and the analytics store (how far behind it is).
@@ -255,6 +331,41 @@ pub fn render(s: &Value) -> String {
         t
     };
     line("primary", db(&s["primary"]));
+    let cl = &s["cluster"];
+    if cl["state"] == "up" {
+        for m in cl["members"].as_array().cloned().unwrap_or_default() {
+            line(
+                "cluster member",
+                format!(
+                    "{} {} {} {}, timeline {}, lag {} bytes",
+                    text(&m["name"]),
+                    text(&m["address"]),
+                    text(&m["role"]),
+                    text(&m["state"]),
+                    text(&m["timeline"]),
+                    text(&m["lag_bytes"]),
+                ),
+            );
+        }
+        line("synchronous standby", text(&cl["synchronous_standby"]));
+        let f = &cl["last_failover"];
+        line(
+            "last failover",
+            if f.is_null() {
+                "none".into()
+            } else {
+                format!(
+                    "{} to {} (timeline {}): {}",
+                    text(&f["at"]),
+                    text(&f["new_primary"]),
+                    text(&f["timeline"]),
+                    text(&f["reason"])
+                )
+            },
+        );
+    } else if cl["state"] == "down" {
+        line("cluster", db(cl));
+    }
     let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
     if replicas.is_empty() {
         line("replicas", "none configured".into());

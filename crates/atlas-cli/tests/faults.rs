@@ -176,7 +176,15 @@ async fn acked_values_survive_an_immediate_postgres_stop_and_the_server_recovers
     // A cluster of its own: stopping the shared test cluster would disturb other tests.
     let (stack, urls, spec) =
         private_stack("atlas-fault-stack", (61539, 61540, 63900), "fault").await;
-    let serve = Serve::start(&urls.database_url, &[], &urls.redis_url).await;
+    // Batches are not retried here, so the outage shows as 503s (the failover test covers
+    // the retry that rides one out).
+    let serve = Serve::start_with(
+        &urls.database_url,
+        &[],
+        &urls.redis_url,
+        &[("ATLAS_INGEST__RETRY_UNAVAILABLE_MS", "0")],
+    )
+    .await;
     let (key, entities) = fleet(&serve.base, 40).await;
     // `atlas cdc` streams throughout and must ride out the outage by itself too.
     let target = cdc::Target::of(&urls);

@@ -202,6 +202,7 @@ async fn every_metric_readme_names_is_emitted_with_help_and_passes_promtool() {
     // Failure counters are there from the start, at 0.
     for counter in [
         "atlas_ingest_batches_failed_total 0",
+        "atlas_ingest_batch_retries_total 0",
         "atlas_ingest_queue_full_total 0",
         "atlas_cache_errors_total{op=\"invalidate\"} 0",
         "atlas_analytics_fallbacks_total{reason=\"error\"} 0",

@@ -33,6 +33,9 @@ pub struct Replication {
     /// How often replica lag is measured.
     #[serde(rename = "lag_check_interval_ms", with = "crate::duration::ms")]
     pub lag_check_interval: Duration,
+    /// Patroni REST API URLs of the cluster's members (any one that answers is asked), for
+    /// `atlas status`'s view of the cluster: members, synchronous standby, last failover.
+    pub patroni_urls: Vec<String>,
 }
 
 impl Default for Replication {
@@ -42,6 +45,7 @@ impl Default for Replication {
             breaker_open: Duration::from_secs(5),
             breaker_close: Duration::from_secs(3),
             lag_check_interval: Duration::from_secs(1),
+            patroni_urls: Vec::new(),
         }
     }
 }
@@ -59,6 +63,14 @@ impl Replication {
             (Duration::from_millis(50)..=Duration::from_secs(60))
                 .contains(&self.lag_check_interval),
             "between 50 and 60000",
-        )
+        )?;
+        for url in &self.patroni_urls {
+            require(
+                "replication.patroni_urls",
+                url.starts_with("http://") || url.starts_with("https://"),
+                "a list of http(s):// URLs",
+            )?;
+        }
+        Ok(())
     }
 }

@@ -392,7 +392,11 @@ async fn write_batch(pool: &Pool, cache: &Cache, jobs: Vec<Job>, flush: bool, li
                     && started.elapsed() + RETRY_PAUSE_MAX <= limits.retry_unavailable =>
             {
                 metrics::counter!("atlas_ingest_batch_retries_total").increment(1);
-                tracing::warn!(error = %e, attempt, rows = total, "durable batch found no primary; retrying");
+                if attempt == 1 {
+                    tracing::warn!(error = %e, rows = total, "durable batch found no primary; retrying");
+                } else {
+                    tracing::debug!(error = %e, attempt, rows = total, "durable batch found no primary; retrying");
+                }
                 // 50 ms, 100 ms, … up to 500 ms: a promotion is noticed within a pause.
                 let pause = RETRY_PAUSE_MAX
                     .min(Duration::from_millis(50) * 2u32.saturating_pow(attempt - 1));
@@ -766,6 +770,9 @@ async fn measure_staging(store: &Store) {
 pub async fn drain_once(store: &Store, cache: &Cache, batch: i32) -> usize {
     match store.drain_staging(batch, usize::MAX, |_| {}).await {
         Ok(flushed) => {
+            if DRAIN_FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("background stage_flush works again");
+            }
             let hot: Vec<(i64, i64)> = flushed
                 .iter()
                 .filter(|f| f.hot_changed)
@@ -785,11 +792,20 @@ pub async fn drain_once(store: &Store, cache: &Cache, batch: i32) -> usize {
                 .sum()
         }
         Err(e) => {
-            tracing::warn!(error = %e, "background stage_flush failed; retrying next tick");
+            // Once per outage at warn (it is retried every tick: during a failover that would
+            // be ten lines a second).
+            if DRAIN_FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(error = %e, "background stage_flush failed; retrying next tick");
+            } else {
+                tracing::warn!(error = %e, "background stage_flush failed; retrying every tick");
+            }
             0
         }
     }
 }
+
+/// Whether the last background drain failed (so that an outage is logged once).
+static DRAIN_FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[cfg(test)]
 mod tests {

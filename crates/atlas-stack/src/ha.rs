@@ -305,6 +305,15 @@ impl HaStack {
         }
     }
 
+    /// The Patroni REST API of every node (`[replication] patroni_urls`).
+    pub fn patroni_urls(&self) -> Vec<String> {
+        self.spec
+            .nodes
+            .iter()
+            .map(|n| format!("http://127.0.0.1:{}", n.rest_port))
+            .collect()
+    }
+
     /// A superuser URL of one node (whatever its role).
     pub fn node_admin_url(&self, node: &HaNode, database: &str) -> String {
         format!(
@@ -412,6 +421,37 @@ impl HaStack {
         let s = self.wait_healthy(Duration::from_secs(120))?;
         s.leader().cloned().ok_or_else(|| StackError::Timeout {
             what: "the new leader".into(),
+        })
+    }
+
+    /// Turns Patroni's `synchronous_mode` on or off (through its dynamic configuration in
+    /// etcd) and waits until the leader's `synchronous_standby_names` says so: for measuring
+    /// what synchronous replication costs. The stack starts with it on.
+    pub fn set_synchronous(&self, on: bool) -> Result<(), StackError> {
+        self.patronictl(&[
+            "edit-config",
+            "--quiet",
+            "--force",
+            "--set",
+            &format!("synchronous_mode={on}"),
+        ])?;
+        let mut last = String::new();
+        wait_for(Duration::from_secs(60), || {
+            let port = self.status().leader().and_then(HaMember::pg_port);
+            last = port
+                .and_then(|p| {
+                    self.base
+                        .psql(p, "postgres", "SHOW synchronous_standby_names")
+                        .ok()
+                })
+                .unwrap_or_default();
+            on != last.is_empty()
+        })
+        .map_err(|()| StackError::Timeout {
+            what: format!(
+                "synchronous_standby_names to be {} (it is '{last}')",
+                if on { "set" } else { "empty" }
+            ),
         })
     }
 

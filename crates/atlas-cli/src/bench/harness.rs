@@ -199,7 +199,22 @@ pub(crate) async fn wal_stats(admin: &tokio_postgres::Client) -> Result<WalStats
 
 /// Drops and recreates the `atlas_bench` database on the local stack and migrates it.
 pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres::Client)> {
-    let admin = crate::connect(&stack.urls_for("postgres").admin_database_url).await?;
+    fresh_db_at(
+        &stack.urls_for("postgres").admin_database_url,
+        stack.urls_for(BENCH_DB),
+        stack.app_password(),
+    )
+    .await
+}
+
+/// [`fresh_db`] on any cluster: `admin_url` is a superuser URL of its `postgres` database,
+/// `urls` the cluster's URLs for [`BENCH_DB`].
+pub(crate) async fn fresh_db_at(
+    admin_url: &str,
+    urls: StackUrls,
+    app_password: &str,
+) -> Result<(StackUrls, tokio_postgres::Client)> {
+    let admin = crate::connect(admin_url).await?;
     // A logical slot (left by `atlas bench cdc`) keeps its database from being dropped.
     atlas_store::cluster::drop_idle_slots_of(&admin, BENCH_DB).await?;
     for (generator, db) in [
@@ -216,11 +231,10 @@ pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres
         let stmt: String = admin.query_one(generator, &[&db]).await?.get(0);
         admin.batch_execute(&stmt).await?;
     }
-    let urls = stack.urls_for(BENCH_DB);
     let mut bench_admin = crate::connect(&urls.admin_database_url).await?;
     let login = atlas_schema::AppLogin {
         user: "atlas_app".into(),
-        password: stack.app_password().to_owned(),
+        password: app_password.to_owned(),
     };
     atlas_schema::migrate(&mut bench_admin, Some(&login)).await?;
     // The benches write readings up to a few hours old (the baselines' ranges lie before the

@@ -61,18 +61,32 @@ pub struct IngestArgs {
     json: bool,
 }
 
-const VALUES_PER_READING: u64 = 5;
+pub(super) const VALUES_PER_READING: u64 = 5;
+
+/// The (entity, time in ms) of reading number `n` of a run: readings go round the fleet, one
+/// millisecond later each round, so every reading is unique.
+pub(super) fn reading_key(n: u64, entities: &[i64], base_ms: i64) -> (i64, i64) {
+    let entity = entities[usize::try_from(n).unwrap_or(0) % entities.len()];
+    let round = n / entities.len() as u64;
+    (entity, base_ms + i64::try_from(round).unwrap_or(0))
+}
 
 /// One request's body: `batch` readings with unique times. Written straight into a string:
 /// the load generator shares the two cores with what it measures, and building a
 /// `serde_json::Value` tree per request and serializing it cost ~2 % of the machine.
-fn request_body(req: u64, batch: usize, entities: &[i64], base_ms: i64, hot_every: u64) -> String {
+pub(super) fn request_body(
+    req: u64,
+    batch: usize,
+    entities: &[i64],
+    base_ms: i64,
+    hot_every: u64,
+) -> String {
     use std::fmt::Write as _;
     let mut body = String::with_capacity(batch * 150 + 2);
     body.push('[');
     for k in 0..batch as u64 {
         let n = req * batch as u64 + k;
-        let entity = entities[usize::try_from(n).unwrap_or(0) % entities.len()];
+        let (entity, _) = reading_key(n, entities, base_ms);
         let round = n / entities.len() as u64;
         let step = round / hot_every.max(1);
         let status = ["online", "degraded", "offline"][usize::try_from(step % 3).unwrap_or(0)];
@@ -83,7 +97,7 @@ fn request_body(req: u64, batch: usize, entities: &[i64], base_ms: i64, hot_ever
         let _ = write!(
             body,
             r#"{{"entity_id":{entity},"ts":{ts},"values":{{"temperature":{temp:.1},"humidity":{hum},"status":"{status}","priority":{prio},"online":{online}}}}}"#,
-            ts = base_ms + i64::try_from(round).unwrap_or(0),
+            ts = reading_key(n, entities, base_ms).1,
             temp = 20.0 + (n % 100) as f64 / 10.0,
             hum = 40 + (n % 30),
             prio = step % 10,
@@ -207,14 +221,14 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
 }
 
 /// The bench tenant, its key and its entities (attributes of every type, 5 of 10 hot).
-struct Fleet {
-    key: String,
-    tenant: TenantId,
-    ids: Arc<Vec<i64>>,
+pub(super) struct Fleet {
+    pub(super) key: String,
+    pub(super) tenant: TenantId,
+    pub(super) ids: Arc<Vec<i64>>,
 }
 
 impl Fleet {
-    async fn create(urls: &StackUrls, entities: usize) -> Result<Self> {
+    pub(super) async fn create(urls: &StackUrls, entities: usize) -> Result<Self> {
         let store = Store::connect(&urls.database_url, &[], 4)?;
         for (name, t, hot) in [
             ("temperature", DataType::Decimal, false),

@@ -3,6 +3,7 @@
 //! and WAL accounting, percentiles) is in `harness`; each verb is a module.
 
 mod cdc;
+mod failover;
 mod harness;
 mod ingest;
 mod read;
@@ -20,6 +21,10 @@ pub enum BenchCmd {
     /// CDC: events/s from the slot to the analytics store, and commit-to-store lag at a
     /// steady ingest rate.
     Cdc(cdc::CdcArgs),
+    /// Failover on the HA stack: SIGKILL of the primary during durable ingest at half of
+    /// full speed (values acknowledged, lost, duplicated; write outage), and synchronous vs
+    /// asynchronous replication throughput.
+    Failover(failover::FailoverArgs),
 }
 
 /// Runs a bench verb.
@@ -28,5 +33,6 @@ pub async fn run(config: &Config, cmd: BenchCmd) -> Result<()> {
         BenchCmd::Ingest(args) => ingest::run(config, &args).await,
         BenchCmd::Read(args) => read::run(config, &args).await,
         BenchCmd::Cdc(args) => cdc::run(config, &args).await,
+        BenchCmd::Failover(args) => failover::run(config, &args).await,
     }
 }
