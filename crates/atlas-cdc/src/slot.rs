@@ -144,13 +144,22 @@ impl Source {
 
     /// The next changes after the confirmed position, whole transactions only, stopping after
     /// the transaction that reaches `max_messages`.
+    ///
+    /// With synchronous replication on, only transactions the synchronous standby has
+    /// flushed: logical decoding reads the primary's local WAL, where a commit appears before
+    /// the standby confirms it, and a failover at that moment would leave the analytics store
+    /// with a change the new primary never had — and with a recorded position ahead of the
+    /// new timeline's first commits, which it would then skip.
     pub async fn peek(&self, max_messages: usize) -> Result<Vec<Peeked>, CdcError> {
         let n = i32::try_from(max_messages).unwrap_or(i32::MAX);
         let rows = self
             .client
             .query(
-                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3, 'messages', 'true')",
+                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes($1, \
+                   CASE WHEN current_setting('synchronous_standby_names') = '' THEN NULL \
+                        ELSE coalesce((SELECT min(flush_lsn) FROM pg_stat_replication \
+                                       WHERE sync_state IN ('sync', 'quorum')), '0/0') END, \
+                   $2, 'proto_version', '1', 'publication_names', $3, 'messages', 'true')",
                 &[&self.slot, &n, &PUBLICATION],
             )
             .await

@@ -101,7 +101,44 @@ async fn consumer(config: &Config, args: &CdcArgs) -> Result<Consumer> {
     if rows > 0 {
         tracing::info!(slot = %c.slot_name, rows, "initial snapshot delivered");
     }
+    if !config.replication.patroni_urls.is_empty() {
+        let database = consumer.source().database().to_owned();
+        if let Err(e) =
+            register_permanent_slot(&config.replication.patroni_urls, &c.slot_name, &database).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), slot = %c.slot_name,
+                "could not make the slot a Patroni permanent slot: after a failover the new \
+                 primary will not have it, and atlas cdc will start again from a new snapshot");
+        }
+    }
     Ok(consumer)
+}
+
+/// Declares the slot a Patroni permanent slot (PATCH of the cluster's dynamic configuration,
+/// idempotent): Patroni then keeps a copy on every standby and advances it as the primary's
+/// confirmed position moves, so after a failover `atlas cdc` finds its slot on the new
+/// primary (at most one Patroni loop behind: those changes are replayed and the sinks skip
+/// what they already hold) instead of starting again from a snapshot.
+async fn register_permanent_slot(urls: &[String], slot: &str, database: &str) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let body = serde_json::json!({
+        "slots": {slot: {"type": "logical", "database": database, "plugin": "pgoutput"}}
+    });
+    let mut errors = Vec::new();
+    for url in urls {
+        let url = format!("{}/config", url.trim_end_matches('/'));
+        match http.patch(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(slot, %url, "slot is a Patroni permanent slot");
+                return Ok(());
+            }
+            Ok(r) => errors.push(format!("{url}: {}", r.status())),
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    bail!("no Patroni member accepted the slot: {}", errors.join("; "))
 }
 
 /// Runs `atlas cdc`.

@@ -175,9 +175,8 @@ pub(crate) async fn scalar(url: &str, sql: &str) -> i64 {
 }
 
 pub(crate) fn analytics_url(db: &Target) -> String {
-    let mut u = url::Url::parse(&db.urls.admin_database_url).unwrap_or_else(|e| panic!("{e}"));
-    u.set_path(&format!("/{}", db.analytics_name()));
-    u.to_string()
+    atlas_cdc::with_database(&db.urls.admin_database_url, &db.analytics_name())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every row of the primary is in the analytics store once, and the history holds each

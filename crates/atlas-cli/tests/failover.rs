@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use atlas_testkit::proxy::Proxy;
 use atlas_testkit::{HaSpec, HaStack, connect};
 
+use crate::cdc;
 use crate::faults::{Outcome, assert_every_ack_stored_once, drive, stored};
-use crate::support::{Serve, fleet};
+use crate::support::{Serve, fleet, migrated_database};
 
 /// Ports of the proxies between each node's Patroni and etcd (cut to partition a node).
 const ETCD_PROXIES: [u16; 2] = [61483, 61484];
@@ -162,6 +163,87 @@ async fn in_recovery(stack: &HaStack, node: &str, database: &str) -> Option<bool
         .map(|r| r.get(0))
 }
 
+/// Waits until the standby holds a copy of the CDC slot that Patroni would consider safe
+/// after a promotion: the primary's physical slot for that standby reports a catalog_xmin,
+/// and the copy's is not older (Patroni copies the slot, restarting the standby, then
+/// advances it every loop).
+async fn slot_ready_on_standby(stack: &HaStack, slot: &str) {
+    let xmin = "SELECT catalog_xmin::text::bigint FROM pg_replication_slots WHERE slot_name = $1";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let members = stack.members().unwrap_or_default();
+        let primary = members
+            .iter()
+            .find(|m| m.is_leader())
+            .map(|m| m.name.clone());
+        let standby = members
+            .iter()
+            .find(|m| !m.is_leader())
+            .map(|m| m.name.clone());
+        if let (Some(primary), Some(standby)) = (primary, standby) {
+            let on = |node: &str| {
+                let url = stack
+                    .node(node)
+                    .map(|n| stack.node_admin_url(n, "postgres"))
+                    .unwrap_or_default();
+                async move { connect(&url).await.ok() }
+            };
+            if let (Some(p), Some(s)) = (on(&primary).await, on(&standby).await) {
+                let physical: Option<i64> = p
+                    .query_opt(xmin, &[&standby])
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.get(0));
+                let copy: Option<i64> = s
+                    .query_opt(xmin, &[&slot])
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.get(0));
+                if let (Some(physical), Some(copy)) = (physical, copy)
+                    && physical <= copy
+                {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Patroni did not copy the CDC slot {slot} to the standby"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the analytics store has as many readings as the primary, then checks it holds
+/// exactly them, each change once in its history.
+async fn analytics_caught_up(target: &cdc::Target) {
+    let primary = cdc::readings(&target.urls.admin_database_url, "entity_values_ts")
+        .await
+        .len();
+    let an = cdc::analytics_url(target);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while cdc::scalar(&an, "SELECT count(*) FROM public.entity_values_ts").await
+        < i64::try_from(primary).unwrap_or(i64::MAX)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cdc::assert_store_matches_primary(target).await;
+    // Resumed from the slot's copy, never from a new snapshot: readings (all written after
+    // the consumer started) arrived as inserts only, none as snapshot reads.
+    assert_eq!(
+        cdc::scalar(
+            &an,
+            "SELECT count(*) FROM cdc.change_events WHERE table_name = 'entity_values_ts' AND op = 'r'",
+        )
+        .await,
+        0,
+        "atlas cdc took a new snapshot after the failover"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_switched_or_partitioned_primary_loses_no_acknowledged_value() {
     let proxies = [
@@ -186,36 +268,39 @@ async fn a_killed_switched_or_partitioned_primary_loses_no_acknowledged_value() 
     .unwrap_or_else(|e| panic!("HA stack: {e}"));
 
     let name = format!("atlas_ha_{}", std::process::id());
-    let admin = connect(&stack.urls_for("postgres").admin_database_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let create: String = admin
-        .query_one("SELECT format('CREATE DATABASE %I', $1::text)", &[&name])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .get(0);
-    admin
-        .batch_execute(&create)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    migrated_database(
+        &stack.urls_for("postgres").admin_database_url,
+        &name,
+        stack.app_password(),
+    )
+    .await;
     let urls = stack.urls_for(&name);
-    let mut db_admin = connect(&urls.admin_database_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let login = atlas_schema::AppLogin {
-        user: "atlas_app".into(),
-        password: stack.app_password().to_owned(),
-    };
-    atlas_schema::migrate(&mut db_admin, Some(&login))
-        .await
-        .unwrap_or_else(|e| panic!("migrate: {e}"));
-    drop(db_admin);
 
     let serve = Serve::start(&urls.database_url, &urls.replica_urls, &urls.redis_url).await;
     let (key, entities) = fleet(&serve.base, 40).await;
 
     // 1. SIGKILL of the primary's postmaster: the synchronous standby is promoted, writes
     //    resume by themselves, the old primary comes back as a standby with every value.
+    // `atlas cdc` streams throughout, its slot a Patroni permanent slot.
+    let target = cdc::Target {
+        name: name.clone(),
+        urls: urls.clone(),
+    };
+    let (config, _) = cdc::config_file(&target, "");
+    let _consumer = cdc::Killed(
+        cdc::atlas(&target, &config)
+            .arg("cdc")
+            .env(
+                "ATLAS_REPLICATION__PATRONI_URLS",
+                stack.patroni_urls().join(","),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    slot_ready_on_standby(&stack, &target.slot_name()).await;
+
     let first = leader(&stack).await;
     let (outcome, reads) = under_load(&serve, &key, &entities, || {
         let (stack, first) = (stack.clone(), first.clone());
@@ -273,7 +358,11 @@ async fn a_killed_switched_or_partitioned_primary_loses_no_acknowledged_value() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // CDC resumed on the new primary from its slot's copy: every change, once.
+    analytics_caught_up(&target).await;
+
     // 2. A planned switchover under load: no value lost, nothing but 503.
+    slot_ready_on_standby(&stack, &target.slot_name()).await;
     let (outcome, _) = under_load(&serve, &key, &entities, || {
         let stack = stack.clone();
         async move {
@@ -290,6 +379,7 @@ async fn a_killed_switched_or_partitioned_primary_loses_no_acknowledged_value() 
     // 3. The primary's Patroni cut off from etcd: it demotes itself, the standby takes the
     //    leader lock, and nothing acknowledged is lost (an acknowledgement from the old
     //    primary after it lost the lock would be missing on the new one).
+    slot_ready_on_standby(&stack, &target.slot_name()).await;
     let cut_at = Instant::now();
     let index = stack
         .spec()
@@ -326,6 +416,35 @@ async fn a_killed_switched_or_partitioned_primary_loses_no_acknowledged_value() 
     cut.heal();
     let fourth = leader(&stack).await;
     assert_ne!(fourth, third, "the other node leads after the partition");
+
+    analytics_caught_up(&target).await;
+
+    // `atlas status` shows the cluster: both members, the synchronous standby, and the last
+    // change of primary (the partition's) to the node that leads now.
+    let out = cdc::atlas(&target, &config)
+        .args(["status", "--json"])
+        .env(
+            "ATLAS_REPLICATION__PATRONI_URLS",
+            stack.patroni_urls().join(","),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let cluster = &status["cluster"];
+    assert_eq!(cluster["state"], "up", "{cluster}");
+    assert_eq!(
+        cluster["members"].as_array().map(Vec::len),
+        Some(2),
+        "{cluster}"
+    );
+    assert_eq!(
+        cluster["last_failover"]["new_primary"],
+        fourth.as_str(),
+        "{cluster}"
+    );
+    let standby = if fourth == "node1" { "node2" } else { "node1" };
+    assert_eq!(cluster["synchronous_standby"], standby, "{cluster}");
 
     drop(serve);
     let down = spec.clone();

@@ -115,9 +115,21 @@ pub async fn private_stack(
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("private stack: {e}"));
     let name = format!("{prefix}_{}", std::process::id());
-    let admin = connect(&stack.urls_for("postgres").admin_database_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    migrated_database(
+        &stack.urls_for("postgres").admin_database_url,
+        &name,
+        stack.app_password(),
+    )
+    .await;
+    let urls = stack.urls_for(&name);
+    (stack, urls, spec)
+}
+
+/// Creates the database `name` afresh (dropping a left-over one) through `admin_url` (a
+/// superuser URL of the cluster's `postgres` database) and migrates it, the app login's
+/// password set to `app_password`.
+pub async fn migrated_database(admin_url: &str, name: &str, app_password: &str) {
+    let admin = connect(admin_url).await.unwrap_or_else(|e| panic!("{e}"));
     for generator in [
         "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
         "SELECT format('CREATE DATABASE %I', $1::text)",
@@ -132,16 +144,13 @@ pub async fn private_stack(
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let urls = stack.urls_for(&name);
-    let mut db_admin = connect(&urls.admin_database_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let url = atlas_cdc::with_database(admin_url, name).unwrap_or_else(|e| panic!("{e}"));
+    let mut db_admin = connect(&url).await.unwrap_or_else(|e| panic!("{e}"));
     let login = atlas_schema::AppLogin {
         user: "atlas_app".into(),
-        password: stack.app_password().to_owned(),
+        password: app_password.to_owned(),
     };
     atlas_schema::migrate(&mut db_admin, Some(&login))
         .await
         .unwrap_or_else(|e| panic!("migrate: {e}"));
-    (stack, urls, spec)
 }

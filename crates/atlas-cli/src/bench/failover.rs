@@ -15,7 +15,7 @@ use atlas_stack::{HaSpec, HaStack};
 use serde_json::json;
 
 use super::harness::{BENCH_DB, fresh_db_at, percentile, start_server};
-use super::ingest::{Fleet, VALUES_PER_READING, reading_key, request_body};
+use super::ingest::{Fleet, VALUES_PER_READING, post_telemetry, reading_key, request_body};
 
 /// `atlas bench failover` options.
 #[derive(Debug, clap::Args)]
@@ -78,13 +78,7 @@ impl Sender {
     async fn send(&self) -> (u64, u16) {
         let req = self.next.fetch_add(1, Ordering::Relaxed);
         let body = request_body(req, self.batch, &self.ids, self.base_ms, 10);
-        let status = self
-            .http
-            .post(format!("{}/v1/telemetry", self.base))
-            .bearer_auth(&self.key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
+        let status = post_telemetry(&self.http, &self.base, &self.key, body)
             .await
             .map_or(0, |r| r.status().as_u16());
         (req, status)

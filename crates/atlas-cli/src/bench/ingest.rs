@@ -305,14 +305,7 @@ impl Load {
     async fn send(&self, req: u64) -> Result<f64> {
         let body = request_body(req, self.batch, &self.ids, self.base_ms, self.hot_every);
         let t0 = Instant::now();
-        let resp = self
-            .http
-            .post(format!("{}/v1/telemetry", self.base))
-            .bearer_auth(&self.key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
+        let resp = post_telemetry(&self.http, &self.base, &self.key, body).await?;
         let status = resp.status();
         if !status.is_success() {
             bail!(
@@ -322,6 +315,21 @@ impl Load {
         }
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
+}
+
+/// POSTs a JSON body of readings to `/v1/telemetry` (durable).
+pub(super) async fn post_telemetry(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{base}/v1/telemetry"))
+        .bearer_auth(key)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
 }
 
 /// Phase 1's figures.
