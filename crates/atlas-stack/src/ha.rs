@@ -428,13 +428,7 @@ impl HaStack {
     /// etcd) and waits until the leader's `synchronous_standby_names` says so: for measuring
     /// what synchronous replication costs. The stack starts with it on.
     pub fn set_synchronous(&self, on: bool) -> Result<(), StackError> {
-        self.patronictl(&[
-            "edit-config",
-            "--quiet",
-            "--force",
-            "--set",
-            &format!("synchronous_mode={on}"),
-        ])?;
+        self.edit_config("synchronous_mode", on)?;
         let mut last = String::new();
         wait_for(Duration::from_secs(60), || {
             let port = self.status().leader().and_then(HaMember::pg_port);
@@ -453,6 +447,24 @@ impl HaStack {
                 if on { "set" } else { "empty" }
             ),
         })
+    }
+
+    /// Turns `synchronous_mode_strict` on or off: with it, no commit is acknowledged while
+    /// no synchronous standby confirms it (writes block instead). Takes effect at Patroni's
+    /// next loop.
+    pub fn set_strict(&self, on: bool) -> Result<(), StackError> {
+        self.edit_config("synchronous_mode_strict", on)
+    }
+
+    fn edit_config(&self, key: &str, value: bool) -> Result<(), StackError> {
+        self.patronictl(&[
+            "edit-config",
+            "--quiet",
+            "--force",
+            "--set",
+            &format!("{key}={value}"),
+        ])
+        .map(|_| ())
     }
 
     /// The node named `name`.

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use error::StackError;
-pub use ha::{HaMember, HaNode, HaSpec, HaStack, HaStatus};
+pub use ha::{
+    HaMember, HaNode, HaSpec, HaStack, HaStatus, LOOP_WAIT_S, RETRY_TIMEOUT_S, SCOPE, TTL_S,
+};
 pub use packages::{ensure_ha_packages, ensure_packages, missing_packages};
 use process::{Cmd, is_root};
 

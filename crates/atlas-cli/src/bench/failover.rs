@@ -43,6 +43,11 @@ pub struct FailoverArgs {
     /// Entities in the fleet.
     #[arg(long, default_value_t = 2_000)]
     entities: usize,
+    /// Run the failover phase with `synchronous_mode_strict` (set through Patroni for the
+    /// phase, off again afterwards): no commit acknowledged on one node only, so writes wait
+    /// until the old primary is back as a synchronous standby.
+    #[arg(long)]
+    strict: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -251,8 +256,17 @@ pub(crate) async fn run(config: &Config, args: &FailoverArgs) -> Result<()> {
         "failover: {req_per_s:.1} requests/s (half of full speed) for {} s, SIGKILL of the primary's postmaster half-way…",
         args.seconds
     ));
-    let (samples, kill_s, killed) =
-        paced_with_kill(&sender, &stack, args.clients, req_per_s, args.seconds).await?;
+    let s = stack.clone();
+    let strict = args.strict;
+    tokio::task::spawn_blocking(move || s.set_strict(strict)).await??;
+    // Patroni applies it at its next loop.
+    tokio::time::sleep(Duration::from_secs(2 * atlas_stack::LOOP_WAIT_S)).await;
+    let run = paced_with_kill(&sender, &stack, args.clients, req_per_s, args.seconds).await;
+    if strict {
+        let s = stack.clone();
+        tokio::task::spawn_blocking(move || s.set_strict(false)).await??;
+    }
+    let (samples, kill_s, killed) = run?;
     drop(server);
     let s = stack.clone();
     let healthy =
@@ -314,6 +328,7 @@ pub(crate) async fn run(config: &Config, args: &FailoverArgs) -> Result<()> {
 
     let result = json!({
         "seconds": args.seconds,
+        "strict": args.strict,
         "clients": args.clients,
         "values_per_request": sender.per_request(),
         "full_speed_clients": args.full_clients,
