@@ -358,6 +358,30 @@ async fn a_killed_switched_or_partitioned_primary_loses_no_acknowledged_value() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // The maintainer's leadership (an advisory lock) moved with the primary: heartbeats are
+    // written on the new one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let admin = connect(&urls.admin_database_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let age_ms = atlas_testkit::scalar(
+            &admin,
+            "SELECT (extract(epoch FROM now() - max(\"timestamp\")) * 1000)::bigint \
+             FROM public.replication_heartbeat",
+            &[],
+        )
+        .await;
+        if age_ms < 3_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat on the new primary ({age_ms} ms old)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // CDC resumed on the new primary from its slot's copy: every change, once.
     analytics_caught_up(&target).await;
 

@@ -325,9 +325,15 @@ impl HaStack {
     /// What every service says now.
     pub fn status(&self) -> HaStatus {
         let base = self.base.status();
+        let etcd = self.etcd_healthy();
         HaStatus {
-            etcd: self.etcd_healthy(),
-            members: self.members().unwrap_or_default(),
+            etcd,
+            // Without etcd there is nothing to list (and nothing to wait for).
+            members: if etcd {
+                self.members().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             redis: base.redis,
             sentinel: base.sentinel,
         }
@@ -504,7 +510,9 @@ impl HaStack {
     }
 
     fn patronictl(&self, args: &[&str]) -> Result<String, StackError> {
-        Cmd::new("patronictl")
+        // patronictl retries an unreachable etcd for ever: bounded by coreutils' timeout.
+        Cmd::new("timeout")
+            .args(["30", "patronictl"])
             .args(["-c", &self.ctl_config().to_string_lossy()])
             .args(args.iter().copied())
             .run(&format!("patronictl {}", args.join(" ")))
