@@ -190,7 +190,8 @@ impl AppState {
     /// Runs a tenant read where `from` routes it. A replica that fails as unreachable is
     /// skipped for the next best one, then the primary (the breaker opens at its next
     /// measurement), so a stopped replica never fails a request — nor, during a failover,
-    /// does the old primary that was also the least-lagging "replica". Returns the result and where it was served.
+    /// does the old primary that was also the least-lagging "replica". Returns the result
+    /// and where it was served.
     pub(crate) async fn read<T, F>(
         &self,
         from: ReadFrom,

@@ -310,20 +310,12 @@ async fn every_published_table_reaches_both_sinks_with_the_right_envelope() {
     );
 
     // Tenant isolation holds in the analytics store too: forced RLS on every tenant table…
-    let unforced: Vec<String> = an
-        .query(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    let unforced: Vec<String> = atlas_testkit::column(&an, "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' \
              WHERE c.relkind = 'r' AND n.nspname IN ('public', 'cdc') \
                AND NOT (c.relrowsecurity AND c.relforcerowsecurity AND \
                         EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+            &[]).await;
     assert!(
         unforced.is_empty(),
         "tenant tables without forced RLS: {unforced:?}"
@@ -778,20 +770,8 @@ async fn assert_store_equals_source(source: &tokio_postgres::Client, an: &tokio_
         columns.sort();
         published.sort();
         assert_eq!(columns, published, "{table}: the store's columns");
-        let on_source: Vec<String> = source
-            .query(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let in_store: Vec<String> = an
-            .query(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let on_source: Vec<String> = atlas_testkit::column(source, &sql, &[]).await;
+        let in_store: Vec<String> = atlas_testkit::column(an, &sql, &[]).await;
         assert_eq!(in_store.len(), on_source.len(), "{table}: row count");
         for (s, d) in on_source.iter().zip(&in_store) {
             let short = |v: &str| v.chars().take(300).collect::<String>();
@@ -905,17 +885,13 @@ async fn large_out_of_line_values_survive_later_updates_of_their_rows() {
 
     // The path under test was taken: every table's history has updates that left a large
     // column out.
-    let unavailable: Vec<String> = an
-        .query(
-            "SELECT DISTINCT table_name FROM cdc.change_events \
+    let unavailable: Vec<String> = atlas_testkit::column(
+        &an,
+        "SELECT DISTINCT table_name FROM cdc.change_events \
              WHERE op = 'u' AND after::text LIKE '%__debezium_unavailable_value%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[],
+    )
+    .await;
     assert_eq!(
         unavailable,
         ["attributes", "entity_jsonb", "entity_values_ts"],

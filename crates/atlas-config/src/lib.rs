@@ -670,6 +670,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn failover_settings_say_their_allowed_range() {
+        let config = parse(
+            "[ingest]\nretry_unavailable_ms = 0\ncommit_timeout_ms = 2500\n\
+             [replication]\npatroni_urls = [\"http://10.0.0.1:8008\"]\n",
+        );
+        assert_eq!(config.ingest.retry_unavailable, Duration::ZERO);
+        assert_eq!(config.ingest.commit_timeout, Duration::from_millis(2500));
+        assert!(config.validate().is_ok());
+        for (toml, says) in [
+            (
+                "[ingest]\nretry_unavailable_ms = 120001\n",
+                "ingest.retry_unavailable_ms",
+            ),
+            (
+                "[ingest]\ncommit_timeout_ms = 99\n",
+                "between 100 and 600000",
+            ),
+            (
+                "[replication]\npatroni_urls = [\"10.0.0.1:8008\"]\n",
+                "replication.patroni_urls",
+            ),
+        ] {
+            let err = error_of(toml);
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+    }
+
     /// A default as README's tables write it: numbers plain, text quoted, lists `[]`.
     fn shown(value: &toml::Value) -> String {
         match value {

@@ -171,13 +171,8 @@ async fn replays_and_in_batch_duplicates_store_nothing_twice() {
         .unwrap_or_else(|e| panic!("{e}"))
         .get(0);
     assert_eq!(n, 2);
-    let changed: Vec<bool> = app
-        .query("SELECT hot_changed FROM stage_flush(10)", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let changed: Vec<bool> =
+        atlas_testkit::column(&app, "SELECT hot_changed FROM stage_flush(10)", &[]).await;
     assert!(changed.is_empty());
 }
 
@@ -216,16 +211,12 @@ async fn poison_rows_are_dead_lettered_and_the_flush_goes_on() {
 
     assert_eq!(flush(&app).await, 2);
     let admin = db.admin().await;
-    let reasons: Vec<String> = admin
-        .query(
-            "SELECT reason FROM entity_values_dead_letter ORDER BY dead_letter_id",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let reasons: Vec<String> = atlas_testkit::column(
+        &admin,
+        "SELECT reason FROM entity_values_dead_letter ORDER BY dead_letter_id",
+        &[],
+    )
+    .await;
     assert_eq!(reasons.len(), 6, "{reasons:?}");
     for expected in [
         "entity does not exist for this tenant",

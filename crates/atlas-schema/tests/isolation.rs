@@ -481,13 +481,8 @@ async fn a_temp_table_cannot_shadow_staging_for_the_flush() {
     let stored = flush(&app).await;
     assert_eq!(stored, 1);
     let admin = db.admin().await;
-    let values: Vec<i64> = admin
-        .query("SELECT value_int FROM entity_values_ts", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let values: Vec<i64> =
+        atlas_testkit::column(&admin, "SELECT value_int FROM entity_values_ts", &[]).await;
     assert_eq!(values, vec![7]);
 }
 
@@ -561,16 +556,12 @@ async fn entities_known(
     tenant: i64,
     ids: &[i64],
 ) -> Vec<i64> {
-    let mut known: Vec<i64> = c
-        .query(
-            "SELECT e FROM public.entities_known($1, $2) AS e",
-            &[&tenant, &ids],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let mut known: Vec<i64> = atlas_testkit::column(
+        c,
+        "SELECT e FROM public.entities_known($1, $2) AS e",
+        &[&tenant, &ids],
+    )
+    .await;
     known.sort_unstable();
     known
 }
@@ -613,13 +604,8 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
     let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
     set_tenant(&tx, f.tenant_b).await;
     assert_eq!(entities_known(&tx, f.tenant_b, &ids).await, [f.b1]);
-    let seen: Vec<i64> = tx
-        .query("SELECT entity_id FROM entities ORDER BY 1", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let seen: Vec<i64> =
+        atlas_testkit::column(&tx, "SELECT entity_id FROM entities ORDER BY 1", &[]).await;
     assert_eq!(seen, [f.b1], "tenant B's context was not restored");
     // …and refuses to say which of tenant A's ids exist.
     let err = tx

@@ -251,16 +251,12 @@ async fn a_changed_signature_needs_a_versioned_drop() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let left: Vec<String> = client
-        .query(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname = 'probe'",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<String> = atlas_testkit::column(
+        &client,
+        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname = 'probe'",
+        &[],
+    )
+    .await;
     assert_eq!(left, vec!["probe(integer,integer)"]);
 }
 

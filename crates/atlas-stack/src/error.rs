@@ -58,6 +58,14 @@ pub enum StackError {
         /// The service that needs it.
         what: String,
     },
+    /// A switchover candidate that is not a standby of the HA stack.
+    #[error("cannot switch over to `{name}`: {reason}")]
+    BadCandidate {
+        /// The name given.
+        name: String,
+        /// Why not, and which members could be.
+        reason: String,
+    },
     /// A service did not become ready in time.
     #[error("timed out waiting for {what}")]
     Timeout {

@@ -405,6 +405,23 @@ impl HaStack {
             });
         };
         let candidate = match candidate {
+            Some(c) if c == leader.name || self.node(c).is_none() => {
+                let standbys: Vec<&str> = status
+                    .members
+                    .iter()
+                    .filter(|m| !m.is_leader())
+                    .map(|m| m.name.as_str())
+                    .collect();
+                let why = if c == leader.name {
+                    "it is the primary"
+                } else {
+                    "no such member"
+                };
+                return Err(StackError::BadCandidate {
+                    name: c.to_owned(),
+                    reason: format!("{why} (standbys: {})", standbys.join(", ")),
+                });
+            }
             Some(c) => c.to_owned(),
             None => status
                 .members
