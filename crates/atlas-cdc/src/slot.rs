@@ -57,6 +57,26 @@ impl Source {
             .await
             .map_err(db("reading the database name"))?
             .get(0);
+        // On a Citus coordinator the tenant tables' rows are written on the workers: a slot
+        // here would see none of them, and a slot per worker needs a merge in commit order
+        // that this consumer does not do. Refuse rather than stream an empty history.
+        let citus = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus'",
+                &[],
+            )
+            .await
+            .map_err(db("checking for Citus"))?
+            .is_some();
+        if citus {
+            return Err(CdcError::Config(format!(
+                "atlas cdc does not run on a Citus cluster (database {database} has the citus \
+                 extension): the rows are written on the workers, which would each need a slot \
+                 (citus.enable_change_data_capture) and a merge of their streams in commit order \
+                 per tenant, which atlas cdc does not do yet; use a single-node or HA deployment \
+                 for CDC"
+            )));
+        }
         Ok(Self {
             client,
             slot: slot.to_owned(),

@@ -32,6 +32,11 @@ pub enum TenantCmd {
         /// Tenant name or id.
         tenant: String,
     },
+    /// On Citus: put a big tenant on a shard of its own (`isolate_tenant_to_new_shard`).
+    Isolate {
+        /// Tenant id.
+        tenant: i64,
+    },
 }
 
 /// `atlas key …`
@@ -216,6 +221,7 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
         }
         TenantCmd::Deactivate { tenant } => set_active(&store, &tenant, false).await,
         TenantCmd::Activate { tenant } => set_active(&store, &tenant, true).await,
+        TenantCmd::Isolate { tenant } => crate::cluster::isolate_tenant(config, tenant).await,
     }
 }
 

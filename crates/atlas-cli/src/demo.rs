@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use atlas_config::Config;
+use atlas_store::entities::NewEntity;
 use atlas_store::{FlushedEntity, Store, StoreError, TenantId};
 use futures_util::FutureExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,8 +42,6 @@ const ADD_ATTRIBUTE: &str = "INSERT INTO public.attributes (attribute_name, data
      ON CONFLICT (attribute_name) DO NOTHING";
 const COUNT_ENTITIES: &str =
     "SELECT count(*) FROM public.entities WHERE entity_type = 'sensor' AND NOT is_deleted";
-const ADD_ENTITIES: &str = "INSERT INTO public.entities (tenant_id, entity_type) \
-     SELECT $1, 'sensor' FROM generate_series(1, $2::bigint)";
 const ENTITY_IDS: &str = "SELECT entity_id FROM public.entities WHERE entity_type = 'sensor' AND NOT is_deleted \
      ORDER BY entity_id";
 
@@ -127,8 +126,15 @@ pub async fn run(config: &Config, args: &DemoArgs) -> Result<()> {
                 async move {
                     let have: i64 = tx.query_one(COUNT_ENTITIES, &[]).await?.get(0);
                     if have < want {
-                        tx.execute(ADD_ENTITIES, &[&tenant.0, &(want - have)])
-                            .await?;
+                        // Through the API's own registration (the same statements on a
+                        // single node and on Citus).
+                        let new: Vec<NewEntity> = (have..want)
+                            .map(|_| NewEntity {
+                                entity_type: "sensor".into(),
+                                cold_attrs: serde_json::json!({}),
+                            })
+                            .collect();
+                        atlas_store::entities::register(tx, tenant, &new).await?;
                     }
                     let rows = tx.query(ENTITY_IDS, &[]).await?;
                     Ok::<_, StoreError>(rows.iter().map(|r| r.get(0)).collect())

@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod cdc;
+mod cluster;
 mod demo;
 mod load;
 mod stack;
@@ -79,6 +80,11 @@ enum Command {
     /// Logical CDC: stream the publication eav_cdc as Debezium-shaped events to the NDJSON
     /// files and the analytics store (at-least-once; the store applies each change once).
     Cdc(cdc::CdcArgs),
+    /// A Citus cluster: its nodes, adding a worker, rebalancing shards.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// Move staged rows into the time series until staging is empty.
     Flush {
         /// Rows per stage_flush call.
@@ -136,6 +142,7 @@ async fn run() -> Result<()> {
         Command::Load(args) => load::run(&config, &args).await,
         Command::Bench { cmd } => bench::run(&config, cmd).await,
         Command::Tenant { cmd } => admin::tenant(&config, cmd).await,
+        Command::Cluster { cmd } => cluster::run(&config, cmd).await,
         Command::Key { cmd } => admin::key(&config, cmd).await,
         Command::Attribute { cmd } => admin::attribute(&config, cmd).await,
         Command::Status { json } => status::run(&config, json).await,

@@ -15,6 +15,14 @@ pub enum StackAction {
         /// Also Patroni and etcd, for `stack up --ha`.
         #[arg(long)]
         ha: bool,
+        /// Also Citus, for `stack up --citus`: Citus's Debian package when apt knows it,
+        /// else the build script of --citus-build.
+        #[arg(long)]
+        citus: bool,
+        /// A script that builds and installs Citus into PostgreSQL 15, used when apt has no
+        /// Citus package.
+        #[arg(long, env = "ATLAS_CITUS_BUILD", requires = "citus")]
+        citus_build: Option<std::path::PathBuf>,
     },
     /// Install what is missing, start PostgreSQL primary + replica and Redis, print the URLs.
     Up {
@@ -33,6 +41,10 @@ pub enum StackAction {
         /// cluster is first created.
         #[arg(long, requires = "ha")]
         strict: bool,
+        /// The Citus stack instead: a coordinator (with a streaming replica) and two workers
+        /// (in `<stack dir>/citus`, on its own ports).
+        #[arg(long, conflicts_with = "ha")]
+        citus: bool,
     },
     /// Stop every service.
     Down {
@@ -45,6 +57,9 @@ pub enum StackAction {
         /// The high-availability stack.
         #[arg(long)]
         ha: bool,
+        /// The Citus stack.
+        #[arg(long, conflicts_with = "ha")]
+        citus: bool,
     },
     /// Show which services answer (with --ha: each node's role, timeline and lag).
     Status {
@@ -54,6 +69,9 @@ pub enum StackAction {
         /// The high-availability stack.
         #[arg(long)]
         ha: bool,
+        /// The Citus stack.
+        #[arg(long, conflicts_with = "ha")]
+        citus: bool,
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -155,15 +173,48 @@ fn spec_for(config: &Config, test: bool) -> StackSpec {
     }
 }
 
+/// The Citus stack's spec: in `<stack dir>/citus`.
+pub fn citus_spec(config: &Config, test: bool) -> StackSpec {
+    let dir = config.stack_dir.join("citus");
+    if test {
+        StackSpec::citus_test(dir)
+    } else {
+        StackSpec::citus_local(dir)
+    }
+}
+
+fn plain_or_citus(config: &Config, test: bool, citus: bool) -> StackSpec {
+    if citus {
+        citus_spec(config, test)
+    } else {
+        spec_for(config, test)
+    }
+}
+
 /// Runs a stack action.
 pub fn run(config: &Config, action: StackAction) -> Result<()> {
     match action {
-        StackAction::Install { ha } => {
+        StackAction::Install {
+            ha,
+            citus,
+            citus_build,
+        } => {
             atlas_stack::ensure_packages()?;
             println!("postgresql-15, postgresql-15-wal2json and redis-server are installed");
             if ha {
                 atlas_stack::ensure_ha_packages()?;
                 println!("patroni, etcd-server and etcd-client are installed");
+            }
+            if citus {
+                match atlas_stack::install_citus(citus_build.as_deref())? {
+                    atlas_stack::CitusInstall::Present => println!("citus is installed"),
+                    atlas_stack::CitusInstall::Package => {
+                        println!("citus is installed (Debian package)");
+                    }
+                    atlas_stack::CitusInstall::Built(script) => {
+                        println!("citus is installed (built by {})", script.display());
+                    }
+                }
             }
             Ok(())
         }
@@ -172,6 +223,7 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
             test,
             ha: true,
             strict,
+            ..
         } => {
             let spec = HaSpec {
                 strict,
@@ -184,11 +236,14 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
             print_urls(&stack.urls());
             Ok(())
         }
-        StackAction::Up { env, test, .. } => {
-            let spec = spec_for(config, test);
+        StackAction::Up {
+            env, test, citus, ..
+        } => {
+            let spec = plain_or_citus(config, test, citus);
             let stack = Stack::up(&spec)?;
             if !env {
-                println!("Atlas local stack is up in {}:", spec.dir.display());
+                let what = if citus { "Citus" } else { "local" };
+                println!("Atlas {what} stack is up in {}:", spec.dir.display());
             }
             print_urls(&stack.urls());
             Ok(())
@@ -197,6 +252,7 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
             purge,
             test,
             ha: true,
+            ..
         } => {
             let spec = ha_spec(config, test);
             HaStack::down(&spec, purge)?;
@@ -222,15 +278,21 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
             test,
             ha: true,
             json,
+            ..
         } => ha_status(config, test, json),
-        StackAction::Down { purge, test, .. } => {
-            let spec = spec_for(config, test);
+        StackAction::Down {
+            purge, test, citus, ..
+        } => {
+            let spec = plain_or_citus(config, test, citus);
             Stack::down(&spec, purge)?;
-            println!("Atlas local stack in {} is down", spec.dir.display());
+            let what = if citus { "Citus" } else { "local" };
+            println!("Atlas {what} stack in {} is down", spec.dir.display());
             Ok(())
         }
-        StackAction::Status { test, json, .. } => {
-            let spec = spec_for(config, test);
+        StackAction::Status {
+            test, json, citus, ..
+        } => {
+            let spec = plain_or_citus(config, test, citus);
             let Some(stack) = Stack::open(&spec)? else {
                 bail!("no stack in {}: run `atlas stack up`", spec.dir.display());
             };
@@ -247,13 +309,18 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
                 address: format!("127.0.0.1:{port}"),
                 up,
             };
-            let services = [
-                service("primary", spec.pg_port, s.primary),
+            let primary = if citus { "coordinator" } else { "primary" };
+            let workers = stack.spec().workers.iter().zip(&s.workers);
+            let services: Vec<Service> = [
+                service(primary, spec.pg_port, s.primary),
                 service("replica", spec.replica_port, s.replica),
                 service("redis", spec.redis_port, s.redis),
                 service("redis replica", stack.redis_replica_port(), s.redis_replica),
                 service("sentinel", stack.sentinel_port(), s.sentinel),
-            ];
+            ]
+            .into_iter()
+            .chain(workers.map(|(port, up)| service("citus worker", *port, *up)))
+            .collect();
             crate::admin::print_list(json, &services, &["SERVICE", "ADDRESS", "STATE"], |s| {
                 vec![
                     s.service.to_owned(),
@@ -272,19 +339,41 @@ pub fn run(config: &Config, action: StackAction) -> Result<()> {
 /// Settings left unset are taken from the local stack, when one was brought up.
 fn with_stack_defaults(config: &Config) -> Result<Config> {
     let mut config = config.clone();
-    // The plain stack's URLs, else the HA stack's (`stack up --ha` alone).
-    let urls = match Stack::open(&spec(&config))? {
-        Some(stack) => Some(stack.urls()),
-        None => match HaStack::open(&ha_spec(&config, false))? {
-            Some(ha) => {
-                if config.replication.patroni_urls.is_empty() {
-                    config.replication.patroni_urls = ha.patroni_urls();
-                }
-                Some(ha.urls())
-            }
-            None => None,
-        },
+    // The local stacks that were brought up here, in this order: the plain one, the Citus
+    // one, the HA one. The first whose PostgreSQL answers wins, else the first that exists.
+    let answers = |port: u16| {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            std::time::Duration::from_millis(200),
+        )
+        .is_ok()
     };
+    let mut found: Vec<(bool, StackUrls, Vec<String>)> = Vec::new();
+    for s in [
+        Stack::open(&spec(&config))?,
+        Stack::open(&citus_spec(&config, false))?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        found.push((answers(s.spec().pg_port), s.urls(), Vec::new()));
+    }
+    let ha_spec = ha_spec(&config, false);
+    if let Some(ha) = HaStack::open(&ha_spec)? {
+        let up = ha_spec.nodes.iter().any(|n| answers(n.pg_port));
+        found.push((up, ha.urls(), ha.patroni_urls()));
+    }
+    let chosen = match found.iter().position(|f| f.0) {
+        Some(i) => Some(found.swap_remove(i)),
+        None if !found.is_empty() => Some(found.swap_remove(0)),
+        None => None,
+    };
+    let urls = chosen.map(|(_, urls, patroni)| {
+        if config.replication.patroni_urls.is_empty() {
+            config.replication.patroni_urls = patroni;
+        }
+        urls
+    });
     if let Some(urls) = urls {
         config
             .admin_database_url

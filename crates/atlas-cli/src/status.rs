@@ -162,9 +162,15 @@ pub async fn collect(config: &Config) -> Result<Value> {
         Value::Null
     };
     let cluster = cluster_status(&resolved.replication.patroni_urls).await;
+    let citus = if up {
+        citus_status(&store).await
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "primary": primary,
         "cluster": cluster,
+        "citus": citus,
         "cdc": cdc,
         "replicas": replicas,
         "wal_senders": wal_senders,
@@ -251,6 +257,22 @@ async fn cluster_status(urls: &[String]) -> Value {
 }
 
 /// The CDC slot (what it retains) and the analytics store (how far behind it is).
+/// On a Citus coordinator, its nodes with shard counts and bytes (null on a single node).
+async fn citus_status(store: &atlas_store::Store) -> Value {
+    let client = match store.primary().get().await {
+        Ok(c) => c,
+        Err(e) => return json!({"error": chain(&e)}),
+    };
+    match atlas_store::cluster::is_citus(&client).await {
+        Ok(false) => Value::Null,
+        Ok(true) => match atlas_store::cluster::citus_nodes(&client).await {
+            Ok(nodes) => json!({"nodes": nodes}),
+            Err(e) => json!({"error": chain(&e)}),
+        },
+        Err(e) => json!({"error": chain(&e)}),
+    }
+}
+
 async fn cdc_status(store: &atlas_store::Store, config: &Config) -> Value {
     let slot_name = &config.cdc.slot_name;
     let slot = match store.primary().get().await {
@@ -365,6 +387,31 @@ pub fn render(s: &Value) -> String {
         );
     } else if cl["state"] == "down" {
         line("cluster", db(cl));
+    }
+    let ci = &s["citus"];
+    if let Some(e) = ci["error"].as_str() {
+        line("citus", format!("unknown ({e})"));
+    }
+    for n in ci["nodes"].as_array().cloned().unwrap_or_default() {
+        line(
+            if n["coordinator"] == true {
+                "citus coordinator"
+            } else {
+                "citus worker"
+            },
+            format!(
+                "{}:{} {}, {} shards, {:.1} MB",
+                text(&n["host"]),
+                text(&n["port"]),
+                if n["active"] == true {
+                    "active"
+                } else {
+                    "INACTIVE"
+                },
+                text(&n["shards"]),
+                n["bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0
+            ),
+        );
     }
     let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
     if replicas.is_empty() {

@@ -61,6 +61,28 @@ REVOKE EXECUTE ON FUNCTION public.staging_stats(integer) FROM PUBLIC;
 ALTER FUNCTION public.staging_stats(integer) OWNER TO atlas_definer;
 GRANT EXECUTE ON FUNCTION public.staging_stats(integer) TO atlas_app;
 
+-- Stores dead letters (rows built by the flush; their id and failed_at come from the
+-- table's defaults). A no-op for NULL.
+CREATE OR REPLACE FUNCTION public.dead_letter_store(p_dead public.entity_values_dead_letter[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF p_dead IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO public.entity_values_dead_letter (
+        entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,
+        value_date, value_timestamp, ingested_at, staged_at, reason)
+    SELECT d.entity_id, d.tenant_id, d.attribute_id, d.value, d.value_int, d.value_decimal, d.value_bool,
+           d.value_date, d.value_timestamp, d.ingested_at, d.staged_at, d.reason
+    FROM unnest(p_dead) d;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.dead_letter_store(entity_values_dead_letter[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.dead_letter_store(entity_values_dead_letter[]) TO atlas_definer;
+
 -- The general flush path: validates every row (dead-lettering the bad ones with a reason),
 -- stores the rest with ON CONFLICT DO NOTHING and projects the hot attributes. One (entity,
 -- attribute, time) is one stored value: a row meeting a stored one is a replay (a retried
@@ -84,22 +106,25 @@ DECLARE
     v_row    public.entity_values_ingest;
     v_hit    integer;
     v_dead   public.entity_values_dead_letter[];
-    v_dl     public.entity_values_dead_letter;
     v_conflicts public.entity_values_dead_letter[];
 BEGIN
     IF p_rows IS NULL OR cardinality(p_rows) = 0 THEN
         RETURN;
     END IF;
 
+    -- Each step is its own statement over arrays (no data-modifying CTE feeding a query):
+    -- the form a Citus coordinator plans as well as a single node. Dead letters are built as
+    -- typed rows here (their id and failed_at are left to the table's defaults).
+
     -- Validate: attribute, value column for its type, entity of the row's tenant.
     WITH r AS (
         SELECT * FROM unnest(p_rows)
     ), owned AS (
-        SELECT x.tenant_id, x.entity_id
+        -- A join rather than EXISTS (Citus: no correlated subquery over a CTE).
+        SELECT e.tenant_id, e.entity_id
         FROM (SELECT DISTINCT r.tenant_id, r.entity_id FROM r) x
-        WHERE EXISTS (
-            SELECT 1 FROM public.entities e
-            WHERE e.entity_id = x.entity_id AND e.tenant_id = x.tenant_id AND NOT e.is_deleted)
+        JOIN public.entities e
+          ON e.entity_id = x.entity_id AND e.tenant_id = x.tenant_id AND NOT e.is_deleted
     ), classified AS (
         SELECT r.*,
                CASE
@@ -113,22 +138,19 @@ BEGIN
         FROM r
         LEFT JOIN public.attributes a ON a.attribute_id = r.attribute_id
         LEFT JOIN owned o ON o.tenant_id = r.tenant_id AND o.entity_id = r.entity_id
-    ), dead AS (
-        INSERT INTO public.entity_values_dead_letter (
-            entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,
-            value_date, value_timestamp, ingested_at, staged_at, reason)
-        SELECT c.entity_id, c.tenant_id, c.attribute_id, c.value, c.value_int, c.value_decimal, c.value_bool,
-               c.value_date, c.value_timestamp, c.ingested_at, c.staged_at, c.reason
-        FROM classified c WHERE c.reason IS NOT NULL
-        RETURNING *
-    ), good AS (
-        SELECT array_agg(ROW(c.entity_id, c.tenant_id, c.attribute_id, c.value, c.value_int, c.value_decimal,
-                             c.value_bool, c.value_date, c.value_timestamp, c.ingested_at, c.staged_at
-                         )::public.entity_values_ingest
-                         ORDER BY c.tenant_id, c.entity_id, c.attribute_id, c.ingested_at) AS rows
-        FROM classified c WHERE c.reason IS NULL
     )
-    SELECT good.rows, (SELECT array_agg(d) FROM dead d) INTO v_good, v_dead FROM good;
+    SELECT array_agg(ROW(c.entity_id, c.tenant_id, c.attribute_id, c.value, c.value_int, c.value_decimal,
+                         c.value_bool, c.value_date, c.value_timestamp, c.ingested_at, c.staged_at
+                     )::public.entity_values_ingest
+                     ORDER BY c.tenant_id, c.entity_id, c.attribute_id, c.ingested_at)
+               FILTER (WHERE c.reason IS NULL),
+           array_agg(ROW(NULL, c.entity_id, c.tenant_id, c.attribute_id, c.value, c.value_int, c.value_decimal,
+                         c.value_bool, c.value_date, c.value_timestamp, c.ingested_at, c.staged_at,
+                         c.reason, NULL)::public.entity_values_dead_letter)
+               FILTER (WHERE c.reason IS NOT NULL)
+    INTO v_good, v_dead
+    FROM classified c;
+    PERFORM public.dead_letter_store(v_dead);
 
     -- Store in primary-key order; a failing set insert falls back to row by row.
     IF v_good IS NOT NULL THEN
@@ -165,14 +187,12 @@ BEGIN
                         v_stored := v_stored || v_row;
                     END IF;
                 EXCEPTION WHEN OTHERS THEN
-                    INSERT INTO public.entity_values_dead_letter (
-                        entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,
-                        value_date, value_timestamp, ingested_at, staged_at, reason)
-                    VALUES (v_row.entity_id, v_row.tenant_id, v_row.attribute_id, v_row.value, v_row.value_int,
-                            v_row.value_decimal, v_row.value_bool, v_row.value_date, v_row.value_timestamp,
-                            v_row.ingested_at, v_row.staged_at, SQLERRM)
-                    RETURNING * INTO v_dl;
-                    v_dead := v_dead || v_dl;
+                    v_conflicts := ARRAY[ROW(NULL, v_row.entity_id, v_row.tenant_id, v_row.attribute_id,
+                            v_row.value, v_row.value_int, v_row.value_decimal, v_row.value_bool, v_row.value_date,
+                            v_row.value_timestamp, v_row.ingested_at, v_row.staged_at, SQLERRM, NULL
+                        )::public.entity_values_dead_letter];
+                    PERFORM public.dead_letter_store(v_conflicts);
+                    v_dead := v_dead || v_conflicts;
                 END;
             END LOOP;
         END;
@@ -184,32 +204,28 @@ BEGIN
     -- rows this call stored compare equal to themselves. ON CONFLICT waited for any
     -- concurrent inserter of a key to finish, so its row is visible to this new statement.
     IF v_good IS NOT NULL THEN
-        WITH conflicting AS (
-            SELECT g.*
-            FROM unnest(v_good) g
-            JOIN public.attributes a ON a.attribute_id = g.attribute_id
-            JOIN public.entity_values_ts s
-              ON s.tenant_id = g.tenant_id AND s.entity_id = g.entity_id
-             AND s.attribute_id = g.attribute_id AND s.ingested_at = g.ingested_at
-            WHERE (CASE WHEN a.data_type = 'json' THEN s.value::jsonb IS DISTINCT FROM g.value::jsonb
-                        ELSE s.value IS DISTINCT FROM g.value END)
-               OR s.value_int IS DISTINCT FROM g.value_int
-               OR s.value_decimal IS DISTINCT FROM g.value_decimal
-               OR s.value_bool IS DISTINCT FROM g.value_bool
-               OR s.value_date IS DISTINCT FROM g.value_date
-               OR s.value_timestamp IS DISTINCT FROM g.value_timestamp
-        ), dead AS (
-            INSERT INTO public.entity_values_dead_letter (
-                entity_id, tenant_id, attribute_id, value, value_int, value_decimal, value_bool,
-                value_date, value_timestamp, ingested_at, staged_at, reason)
-            SELECT c.entity_id, c.tenant_id, c.attribute_id, c.value, c.value_int, c.value_decimal,
-                   c.value_bool, c.value_date, c.value_timestamp, c.ingested_at, c.staged_at,
-                   'a different value is already stored for this entity, attribute and time'
-            FROM conflicting c
-            RETURNING *
-        )
-        SELECT array_agg(d) INTO v_conflicts FROM dead d;
+        SELECT array_agg(ROW(NULL, g.entity_id, g.tenant_id, g.attribute_id, g.value, g.value_int,
+                             g.value_decimal, g.value_bool, g.value_date, g.value_timestamp, g.ingested_at,
+                             g.staged_at, 'a different value is already stored for this entity, attribute and time',
+                             NULL)::public.entity_values_dead_letter)
+        INTO v_conflicts
+        -- MATERIALIZED: on a Citus coordinator the batch becomes an intermediate result of
+        -- plain columns; pushed to the workers as an array it would name the staging row
+        -- type, which exists on the coordinator only.
+        FROM (WITH b AS MATERIALIZED (SELECT u.* FROM unnest(v_good) u) SELECT * FROM b) g
+        JOIN public.attributes a ON a.attribute_id = g.attribute_id
+        JOIN public.entity_values_ts s
+          ON s.tenant_id = g.tenant_id AND s.entity_id = g.entity_id
+         AND s.attribute_id = g.attribute_id AND s.ingested_at = g.ingested_at
+        WHERE (CASE WHEN a.data_type = 'json' THEN s.value::jsonb IS DISTINCT FROM g.value::jsonb
+                    ELSE s.value IS DISTINCT FROM g.value END)
+           OR s.value_int IS DISTINCT FROM g.value_int
+           OR s.value_decimal IS DISTINCT FROM g.value_decimal
+           OR s.value_bool IS DISTINCT FROM g.value_bool
+           OR s.value_date IS DISTINCT FROM g.value_date
+           OR s.value_timestamp IS DISTINCT FROM g.value_timestamp;
         IF v_conflicts IS NOT NULL THEN
+            PERFORM public.dead_letter_store(v_conflicts);
             v_dead := coalesce(v_dead, '{}') || v_conflicts;
         END IF;
     END IF;
@@ -332,12 +348,14 @@ BEGIN
     FROM unnest(p_rows) r
     LEFT JOIN public.attributes a ON a.attribute_id = r.attribute_id;
     IF v_fast THEN
-        SELECT NOT EXISTS (
-            SELECT 1
-            FROM (SELECT DISTINCT x.tenant_id, x.entity_id FROM unnest(p_rows) x) x
-            WHERE NOT EXISTS (
-                SELECT 1 FROM public.entities en
-                WHERE en.entity_id = x.entity_id AND en.tenant_id = x.tenant_id AND NOT en.is_deleted))
+        -- As a join, not a correlated NOT EXISTS: Citus plans no correlated subquery over a
+        -- set-returning function (the batch becomes an intermediate result joined on the
+        -- shards). The primary key makes each live entity match once.
+        WITH x AS (SELECT DISTINCT x.tenant_id, x.entity_id FROM unnest(p_rows) x)
+        SELECT (SELECT count(*) FROM x) = (
+            SELECT count(*) FROM x
+            JOIN public.entities en ON en.entity_id = x.entity_id AND en.tenant_id = x.tenant_id
+            WHERE NOT en.is_deleted)
         INTO v_fast;
     END IF;
 

@@ -6,6 +6,10 @@ GRANT CREATE ON SCHEMA public TO atlas_definer;
 -- atlas_owner so the server's maintainer, logged in as atlas_app, can premake partitions
 -- without owning anything. They take no identifiers from the caller: names are derived from
 -- dates and integers.
+-- On a Citus coordinator a new partition of a distributed table is distributed at once; the
+-- partition functions make its shards over one connection per worker (the block at the end of
+-- this file): entities has a foreign key to a reference table, and parallel connections then
+-- deadlock with each other.
 
 -- Creates the monthly partitions of entity_values_ts covering the month of p_at and the
 -- p_months_ahead months after it. Bounds are UTC midnights on the first of the month.
@@ -275,3 +279,18 @@ REVOKE EXECUTE ON FUNCTION public.ensure_ts_partitions_from(timestamp with time 
 GRANT EXECUTE ON FUNCTION public.ensure_ts_partitions_from(timestamp with time zone,boolean) TO atlas_app;
 
 REVOKE CREATE ON SCHEMA public FROM atlas_definer;
+
+-- On a Citus coordinator only: the partition functions make shards over one connection per
+-- worker (see the top of this file). A function-level setting, so it ends with the call; set
+-- here because a single node has no such parameter (and only a superuser may set an unknown one).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        ALTER FUNCTION public.ensure_ts_partitions(timestamptz, integer) SET citus.multi_shard_modify_mode = 'sequential';
+        ALTER FUNCTION public.ensure_entity_partitions(integer) SET citus.multi_shard_modify_mode = 'sequential';
+        ALTER FUNCTION public.ensure_ts_partitions_until(timestamptz, boolean) SET citus.multi_shard_modify_mode = 'sequential';
+        ALTER FUNCTION public.ensure_ts_partitions_from(timestamptz, boolean) SET citus.multi_shard_modify_mode = 'sequential';
+        ALTER FUNCTION public.drop_oldest_ts_partition_before(timestamptz, integer) SET citus.multi_shard_modify_mode = 'sequential';
+    END IF;
+END
+$$;

@@ -40,10 +40,12 @@ GRANT EXECUTE ON FUNCTION public.hot_attrs_newer(jsonb,jsonb) TO atlas_definer;
 CREATE OR REPLACE FUNCTION public.hot_attrs_apply(
     p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[])
 RETURNS TABLE (tenant_id bigint, entity_id bigint)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-    SELECT * FROM public.hot_attrs_apply(p_tenants, p_entities, p_vals, p_ats, NULL::bigint[])
+BEGIN
+    RETURN QUERY SELECT * FROM public.hot_attrs_apply(p_tenants, p_entities, p_vals, p_ats, NULL::bigint[]);
+END
 $$;
 REVOKE EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[]) TO atlas_definer;
@@ -185,14 +187,16 @@ GRANT EXECUTE ON FUNCTION public.hot_attr_clear(bigint) TO atlas_app;
 
 -- True when the delta has values and each of its times is newer than every time in the
 -- projection: the merge is then plain concatenation. A jsonpath comparison of two sequences is
--- existential, so the path finds a projection time >= some delta time. STABLE, not IMMUTABLE:
--- jsonb_build_object is STABLE, and an IMMUTABLE body with a STABLE call is never inlined.
+-- existential, so the path finds a projection time >= some delta time. IMMUTABLE (Citus
+-- accepts only IMMUTABLE functions in an ON CONFLICT clause), so the path's variables are
+-- built with jsonb_set, which is IMMUTABLE, rather than the STABLE jsonb_build_object (an
+-- IMMUTABLE body with a STABLE call would never be inlined).
 CREATE OR REPLACE FUNCTION public.hot_attrs_all_newer(p_cur_at jsonb, p_delta_at jsonb)
 RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT p_delta_at <> '{}'::jsonb
-       AND NOT jsonb_path_exists(p_cur_at, '$.* ? (@ >= $d.*)', jsonb_build_object('d', p_delta_at))
+       AND NOT jsonb_path_exists(p_cur_at, '$.* ? (@ >= $d.*)', jsonb_set('{"d": null}'::jsonb, '{d}', p_delta_at))
 $$;
 REVOKE EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb,jsonb) TO atlas_definer;
@@ -201,10 +205,13 @@ GRANT EXECUTE ON FUNCTION public.hot_attrs_all_newer(jsonb,jsonb) TO atlas_defin
 -- in the batch, passed on with the delta's one time when all its values share it.
 CREATE OR REPLACE FUNCTION public.hot_attrs_project(p_rows public.entity_values_ingest[])
 RETURNS TABLE (tenant_id bigint, entity_id bigint, stored integer, hot_changed boolean)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp
 SET TimeZone = 'UTC'
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH delta AS (
         SELECT n.t, n.e, jsonb_object_agg(n.name, n.v) AS vals, jsonb_object_agg(n.name, to_jsonb(n.at)) AS ats,
                CASE WHEN min(n.at) = max(n.at) THEN max(n.at) END AS newest
@@ -230,7 +237,8 @@ AS $$
     FROM (
         SELECT s.tenant_id AS t, s.entity_id AS e, count(*)::integer AS n FROM unnest(p_rows) s GROUP BY 1, 2
     ) c
-    LEFT JOIN changed x ON x.tenant_id = c.t AND x.entity_id = c.e
+    LEFT JOIN changed x ON x.tenant_id = c.t AND x.entity_id = c.e;
+END
 $$;
 REVOKE EXECUTE ON FUNCTION public.hot_attrs_project(entity_values_ingest[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.hot_attrs_project(entity_values_ingest[]) TO atlas_definer;
@@ -240,21 +248,27 @@ GRANT EXECUTE ON FUNCTION public.hot_attrs_project(entity_values_ingest[]) TO at
 CREATE OR REPLACE FUNCTION public.hot_attrs_merge_apply(
     p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[])
 RETURNS TABLE (tenant_id bigint, entity_id bigint)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    -- The merged map and times each come from one IMMUTABLE call (Citus accepts no
+    -- subquery, and nothing but IMMUTABLE functions, in DO UPDATE SET); updated_at is
+    -- the inserted row's default, i.e. now().
+    RETURN QUERY
     INSERT INTO public.entity_jsonb AS j (entity_id, tenant_id, hot_attrs, hot_attrs_at)
     SELECT d.entity_id, d.tenant_id, d.vals, d.ats
     FROM unnest(p_tenants, p_entities, p_vals, p_ats) AS d (tenant_id, entity_id, vals, ats)
     ORDER BY d.entity_id, d.tenant_id
     ON CONFLICT (entity_id, tenant_id) DO UPDATE
-        SET (hot_attrs, hot_attrs_at) = (
-                SELECT m.hot_attrs, m.hot_attrs_at
-                FROM public.hot_attrs_merge(j.hot_attrs, j.hot_attrs_at, EXCLUDED.hot_attrs, EXCLUDED.hot_attrs_at) m),
+        SET hot_attrs = (public.hot_attrs_merge(j.hot_attrs, j.hot_attrs_at, EXCLUDED.hot_attrs, EXCLUDED.hot_attrs_at)).hot_attrs,
+            hot_attrs_at = (public.hot_attrs_merge(j.hot_attrs, j.hot_attrs_at, EXCLUDED.hot_attrs, EXCLUDED.hot_attrs_at)).hot_attrs_at,
             hot_attrs_newest = NULL,
-            updated_at = CURRENT_TIMESTAMP
+            updated_at = EXCLUDED.updated_at
         WHERE public.hot_attrs_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at)
-    RETURNING j.tenant_id, j.entity_id
+    RETURNING j.tenant_id, j.entity_id;
+END
 $$;
 REVOKE EXECUTE ON FUNCTION public.hot_attrs_merge_apply(bigint[],bigint[],jsonb[],jsonb[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.hot_attrs_merge_apply(bigint[],bigint[],jsonb[],jsonb[]) TO atlas_definer;
@@ -267,15 +281,25 @@ GRANT EXECUTE ON FUNCTION public.hot_attrs_merge_apply(bigint[],bigint[],jsonb[]
 CREATE OR REPLACE FUNCTION public.hot_attrs_apply(
     p_tenants bigint[], p_entities bigint[], p_vals jsonb[], p_ats jsonb[], p_newest bigint[])
 RETURNS TABLE (tenant_id bigint, entity_id bigint)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-    WITH d AS (
-        SELECT * FROM unnest(p_tenants, p_entities, p_vals, p_ats, p_newest)
-            AS d (tenant_id, entity_id, vals, ats, newest)
-    ), newer AS (
+#variable_conflict use_column
+DECLARE
+    v_t bigint[];
+    v_e bigint[];
+    v_rest_t bigint[];
+    v_rest_e bigint[];
+    v_rest_vals jsonb[];
+    v_rest_ats jsonb[];
+BEGIN
+    -- Step 1. The WHERE is an OR of two guarded tests, not a CASE: Citus accepts no
+    -- non-IMMUTABLE function inside CASE in a modification. updated_at is the inserted
+    -- row's default, now() (Citus: only IMMUTABLE functions in DO UPDATE SET).
+    WITH newer AS (
         INSERT INTO public.entity_jsonb AS j (entity_id, tenant_id, hot_attrs, hot_attrs_at, hot_attrs_newest)
-        SELECT d.entity_id, d.tenant_id, d.vals, d.ats, d.newest FROM d
+        SELECT d.entity_id, d.tenant_id, d.vals, d.ats, d.newest
+        FROM unnest(p_tenants, p_entities, p_vals, p_ats, p_newest) AS d (tenant_id, entity_id, vals, ats, newest)
         ORDER BY d.entity_id, d.tenant_id
         ON CONFLICT (entity_id, tenant_id) DO UPDATE
             SET hot_attrs = j.hot_attrs || EXCLUDED.hot_attrs,
@@ -283,23 +307,29 @@ AS $$
                 -- Every delta time is newer than every stored one: the delta's time is the
                 -- newest now (or unknown, for a delta of several times).
                 hot_attrs_newest = EXCLUDED.hot_attrs_newest,
-                updated_at = CURRENT_TIMESTAMP
-            WHERE CASE WHEN j.hot_attrs_newest IS NOT NULL AND EXCLUDED.hot_attrs_newest IS NOT NULL
-                       THEN j.hot_attrs_newest < EXCLUDED.hot_attrs_newest
-                       ELSE public.hot_attrs_all_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at) END
+                updated_at = EXCLUDED.updated_at
+            WHERE (j.hot_attrs_newest IS NOT NULL AND EXCLUDED.hot_attrs_newest IS NOT NULL
+                   AND j.hot_attrs_newest < EXCLUDED.hot_attrs_newest)
+               OR ((j.hot_attrs_newest IS NULL OR EXCLUDED.hot_attrs_newest IS NULL)
+                   AND public.hot_attrs_all_newer(j.hot_attrs_at, EXCLUDED.hot_attrs_at))
         RETURNING j.tenant_id, j.entity_id
-    ), rest AS (
-        SELECT array_agg(d.tenant_id) AS t, array_agg(d.entity_id) AS e,
-               array_agg(d.vals) AS vals, array_agg(d.ats) AS ats
-        FROM d
-        WHERE NOT EXISTS (
-            SELECT 1 FROM newer n WHERE n.tenant_id = d.tenant_id AND n.entity_id = d.entity_id)
     )
-    SELECT n.tenant_id, n.entity_id FROM newer n
-    UNION ALL
-    SELECT m.tenant_id, m.entity_id
-    FROM rest, LATERAL public.hot_attrs_merge_apply(rest.t, rest.e, rest.vals, rest.ats) m
-    WHERE rest.t IS NOT NULL
+    SELECT array_agg(n.tenant_id), array_agg(n.entity_id) INTO v_t, v_e FROM newer n;
+    IF v_t IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM unnest(v_t, v_e);
+    END IF;
+
+    -- Step 2: the deltas step 1 did not take, merged key by key (arrays only: no table).
+    SELECT array_agg(d.tenant_id), array_agg(d.entity_id), array_agg(d.vals), array_agg(d.ats)
+    INTO v_rest_t, v_rest_e, v_rest_vals, v_rest_ats
+    FROM unnest(p_tenants, p_entities, p_vals, p_ats) AS d (tenant_id, entity_id, vals, ats)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM unnest(v_t, v_e) AS n (tenant_id, entity_id)
+        WHERE n.tenant_id = d.tenant_id AND n.entity_id = d.entity_id);
+    IF v_rest_t IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM public.hot_attrs_merge_apply(v_rest_t, v_rest_e, v_rest_vals, v_rest_ats);
+    END IF;
+END
 $$;
 REVOKE EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[],bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.hot_attrs_apply(bigint[],bigint[],jsonb[],jsonb[],bigint[]) TO atlas_definer;

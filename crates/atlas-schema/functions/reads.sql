@@ -105,16 +105,45 @@ $$;
 REVOKE EXECUTE ON FUNCTION public.search_entities_plan(jsonb,text,text[],text[],text,bigint,integer) FROM PUBLIC;
 ALTER FUNCTION public.search_entities_plan(jsonb,text,text[],text[],text,bigint,integer) OWNER TO atlas_definer;
 
+-- Sets the tenant of the current transaction: SET LOCAL app.current_tenant_id, which the
+-- server cannot send with a bind parameter (SET takes none) and will not format into a
+-- statement itself. SET LOCAL rather than set_config(): on a Citus coordinator (with
+-- citus.propagate_set_commands = 'local', set on the app login by the migrator) only SET LOCAL
+-- in a transaction block reaches the workers, whose shards' policies read it; set_config would
+-- leave every shard without a tenant (0 rows - closed, but nothing works). Outside a
+-- transaction block it does nothing (PostgreSQL warns), so no context can outlive a request.
+-- Confers nothing: any session may SET its own app.current_tenant_id.
+CREATE OR REPLACE FUNCTION public.set_tenant(p_tenant_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_tenant_id IS NULL THEN
+        RAISE EXCEPTION 'set_tenant: the tenant id is NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('SET LOCAL app.current_tenant_id = %L', p_tenant_id::text);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.set_tenant(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.set_tenant(bigint) TO atlas_app;
+
 -- Which of the given entity ids exist for the tenant. Bound to the session's tenant when one
--- is set: a caller whose session already names a tenant may ask only about that tenant (anything else is refused
--- with insufficient_privilege, like a policy violation); a caller with no tenant context —
--- the server, which passes the tenant of the authenticated key and calls it outside any
--- tenant transaction to save the round trips — may name the tenant, exactly as it may call
--- set_config('app.current_tenant_id', …) itself. The function confers nothing the app role
--- lacks: it runs with the caller's rights, so the tenant policy still filters its query.
+-- is set: a caller whose session already names a tenant may ask only about that tenant
+-- (anything else is refused with insufficient_privilege, like a policy violation); a caller
+-- with no tenant context - the server, which passes the tenant of the authenticated key and
+-- calls it outside any tenant transaction to save the round trips - may name the tenant,
+-- exactly as it may SET LOCAL app.current_tenant_id itself. So the function confers nothing
+-- the app role lacks.
+-- SECURITY DEFINER with the tenant written into the query, rather than setting the tenant
+-- context for an invoker's query: on a Citus coordinator a tenant set inside a function
+-- called outside a transaction block never reaches the shards (set_config is not propagated,
+-- and SET LOCAL only within a transaction block), so the shards' policies would hide every row.
 CREATE OR REPLACE FUNCTION public.entities_known(p_tenant_id bigint, p_entity_ids bigint[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
@@ -124,14 +153,13 @@ BEGIN
         RAISE EXCEPTION 'entities_known: the session''s tenant is %, not %', v_caller, p_tenant_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    PERFORM set_config('app.current_tenant_id', p_tenant_id::text, true);
     RETURN QUERY
     SELECT e.entity_id FROM public.entities e
     WHERE e.tenant_id = p_tenant_id AND e.entity_id = ANY (p_entity_ids) AND NOT e.is_deleted;
-    PERFORM set_config('app.current_tenant_id', coalesce(v_caller, ''), true);
 END
 $$;
 REVOKE EXECUTE ON FUNCTION public.entities_known(bigint,bigint[]) FROM PUBLIC;
+ALTER FUNCTION public.entities_known(bigint,bigint[]) OWNER TO atlas_definer;
 GRANT EXECUTE ON FUNCTION public.entities_known(bigint,bigint[]) TO atlas_app;
 
 REVOKE CREATE ON SCHEMA public FROM atlas_definer;

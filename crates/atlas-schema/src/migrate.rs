@@ -30,6 +30,56 @@ GRANT atlas_definer TO atlas_owner;
 GRANT pg_read_all_stats TO atlas_definer;
 ";
 
+/// On a Citus coordinator: the coordinator opens its connections to the workers as the
+/// *current* user, which inside migrations is atlas_owner and inside the SECURITY DEFINER
+/// functions atlas_definer. Both become LOGIN roles there, each with a new random password
+/// (from the server's strong random source) that only `pg_dist_authinfo` holds, readable by
+/// superusers alone: nobody can log in as them but the coordinator itself. Citus propagates
+/// the ALTER ROLE to every worker. Run by every migrate, so it also rotates the passwords.
+const CITUS_INTERNAL_LOGINS: &str = r"
+DO $$
+DECLARE
+    v_role text;
+    v_password text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    FOREACH v_role IN ARRAY ARRAY['atlas_owner', 'atlas_definer'] LOOP
+        v_password := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+        EXECUTE format('ALTER ROLE %I WITH LOGIN PASSWORD %L', v_role, v_password);
+        DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = v_role AND nodeid = 0;
+        INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo)
+        VALUES (0, v_role, 'password=' || v_password);
+    END LOOP;
+END
+$$;
+";
+
+/// On a Citus coordinator, for the app login:
+/// - its password for the coordinator's own connections to the workers (the server's queries
+///   reach the shards as that login), quoted for libpq;
+/// - `citus.propagate_set_commands = 'local'`, so the tenant set with `SET LOCAL` reaches the
+///   shards, whose RLS policies read it (`set_config()` is never propagated). On this role
+///   only: the migrator's own `SET LOCAL ROLE` must not follow Citus's superuser connections.
+const CITUS_APP_AUTHINFO: &str = r"
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    EXECUTE format('ALTER ROLE %I SET citus.propagate_set_commands = %L',
+                   current_setting('atlas.migrate_app_user'), 'local');
+    DELETE FROM pg_catalog.pg_dist_authinfo
+    WHERE rolename = current_setting('atlas.migrate_app_user') AND nodeid = 0;
+    INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo)
+    VALUES (0, current_setting('atlas.migrate_app_user'),
+            'password=''' || replace(replace(current_setting('atlas.migrate_app_password'), '', '\'), '''', '''')
+            || '''');
+END
+$$;
+";
+
 /// `ALTER ROLE … PASSWORD` cannot take a bind parameter: PostgreSQL quotes the values itself
 /// (%I, %L) and the migrator runs the statement it returns.
 const APP_PASSWORD_SQL: &str =
@@ -173,6 +223,10 @@ async fn migrate_locked(
         .batch_execute(BOOTSTRAP_ROLES)
         .await
         .map_err(db("creating roles"))?;
+    client
+        .batch_execute(CITUS_INTERNAL_LOGINS)
+        .await
+        .map_err(db("giving the Citus coordinator its logins"))?;
     if let Some(login) = app {
         if login.user != APP_ROLE {
             run_generated(
@@ -190,6 +244,20 @@ async fn migrate_locked(
             &[&login.user, &login.password],
         )
         .await?;
+        // The DO block reads them from session settings (a DO block takes no parameters).
+        client
+            .execute(
+                "SELECT set_config('atlas.migrate_app_user', $1, false), \
+                        set_config('atlas.migrate_app_password', $2, false)",
+                &[&login.user, &login.password],
+            )
+            .await
+            .map_err(db("giving the Citus coordinator its logins"))?;
+        let stored = client.batch_execute(CITUS_APP_AUTHINFO).await;
+        let _ = client
+            .batch_execute("RESET atlas.migrate_app_user; RESET atlas.migrate_app_password")
+            .await;
+        stored.map_err(db("giving the Citus coordinator its logins"))?;
     }
     run_generated(
         client,

@@ -544,6 +544,7 @@ async fn security_definer_functions_are_hardened() {
             "ensure_ts_partitions",
             "ensure_ts_partitions_from",
             "ensure_ts_partitions_until",
+            "entities_known",
             "hot_attr_backfill",
             "hot_attr_clear",
             "ingest_rows",

@@ -568,8 +568,8 @@ async fn entities_known(
 
 #[tokio::test]
 async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_context() {
-    // The telemetry route's one-statement entity check runs with the caller's rights:
-    // the tenant policy still filters it, and the context it sets ends with the call.
+    // The telemetry route's one-statement entity check answers for the named tenant only,
+    // and a session's own tenant binds it.
     let db = TestDb::new().await;
     let f = fleet(&db).await;
     db.admin()

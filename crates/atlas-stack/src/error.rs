@@ -66,6 +66,12 @@ pub enum StackError {
         /// Why not, and which members could be.
         reason: String,
     },
+    /// The Citus extension is not installed.
+    #[error("Citus is not installed into PostgreSQL 15: {how}")]
+    CitusMissing {
+        /// What to do about it.
+        how: String,
+    },
     /// A service did not become ready in time.
     #[error("timed out waiting for {what}")]
     Timeout {

@@ -102,6 +102,7 @@ impl HaSpec {
             replica_port: self.nodes.get(1).map_or(0, |n| n.pg_port),
             redis_port: self.redis_port,
             durable: self.durable,
+            workers: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! with apt when running as root (without creating Debian's default cluster or starting
 //! services), otherwise the exact command is reported.
 
+mod citus;
 mod error;
 mod ha;
 mod packages;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use citus::{CITUS_BUILD_ENV, CitusInstall, citus_installed, install as install_citus};
 pub use error::StackError;
 pub use ha::{
     HaMember, HaNode, HaSpec, HaStack, HaStatus, LOOP_WAIT_S, RETRY_TIMEOUT_S, SCOPE, TTL_S,
@@ -47,6 +49,9 @@ pub struct StackSpec {
     /// fsync on (developer/bench stacks) or off (test stacks: faster, still crash-safe for a
     /// process kill or an immediate PostgreSQL stop, only not for an OS crash).
     pub durable: bool,
+    /// Ports of Citus workers. Empty: a single-node stack. Otherwise every node loads Citus,
+    /// the primary is the coordinator and these workers are registered with it.
+    pub workers: Vec<u16>,
 }
 
 impl StackSpec {
@@ -58,7 +63,39 @@ impl StackSpec {
             replica_port: 54330,
             redis_port: 63790,
             durable: true,
+            workers: Vec::new(),
         }
+    }
+
+    /// The developer Citus stack (`atlas stack up --citus`): coordinator 54337 (its streaming
+    /// replica 54338), workers 54339 and 54340, Redis 63820.
+    pub fn citus_local(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            pg_port: 54337,
+            replica_port: 54338,
+            redis_port: 63820,
+            durable: true,
+            workers: vec![54339, 54340],
+        }
+    }
+
+    /// The test suite's Citus stack: coordinator 61443 (replica 61444), workers 61445 and
+    /// 61446, Redis 63830; 61447 is left free for a worker a test adds.
+    pub fn citus_test(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            pg_port: 61443,
+            replica_port: 61444,
+            redis_port: 63830,
+            durable: false,
+            workers: vec![61445, 61446],
+        }
+    }
+
+    /// Whether this is a Citus stack.
+    pub fn is_citus(&self) -> bool {
+        !self.workers.is_empty()
     }
 
     /// The same spec with an absolute directory (services chdir; paths must not depend on ours).
@@ -78,6 +115,7 @@ impl StackSpec {
             replica_port: 61440,
             redis_port: 63800,
             durable: false,
+            workers: Vec::new(),
         }
     }
 }
@@ -144,7 +182,7 @@ pub struct StackUrls {
 }
 
 /// Whether each service answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StackStatus {
     /// Primary accepts connections.
     pub primary: bool,
@@ -156,12 +194,19 @@ pub struct StackStatus {
     pub redis_replica: bool,
     /// The Sentinel answers PING.
     pub sentinel: bool,
+    /// Each Citus worker (in the spec's order) accepts connections.
+    pub workers: Vec<bool>,
 }
 
 impl StackStatus {
     /// True when every service answers.
     pub fn all_up(&self) -> bool {
-        self.primary && self.replica && self.redis && self.redis_replica && self.sentinel
+        self.primary
+            && self.replica
+            && self.redis
+            && self.redis_replica
+            && self.sentinel
+            && self.workers.iter().all(|w| *w)
     }
 }
 
@@ -208,8 +253,17 @@ impl Stack {
     /// Brings every service up; idempotent (a running service is left as it is).
     pub fn up(spec: &StackSpec) -> Result<Self, StackError> {
         ensure_packages()?;
+        if spec.is_citus() {
+            citus::ensure_installed()?;
+        }
         let stack = Self::prepare(spec)?;
         stack.up_primary()?;
+        for (i, port) in stack.spec.workers.iter().enumerate() {
+            stack.up_server(&stack.worker_dir(i), *port, &format!("worker{}", i + 1))?;
+        }
+        if stack.spec.is_citus() {
+            stack.citus_setup()?;
+        }
         stack.up_replica()?;
         stack.up_redis()?;
         Ok(stack)
@@ -266,7 +320,26 @@ impl Stack {
         for name in ["redis-replica", "redis"] {
             stop_redis_by_pidfile(&spec.dir, name);
         }
-        for data in [stack.replica_dir(), stack.primary_dir()] {
+        let workers = (0..spec.workers.len()).map(|i| stack.worker_dir(i));
+        // Extra workers a test or a user added (`worker-<port>`).
+        let extra: Vec<PathBuf> = fs::read_dir(&stack.state.pg_root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("worker-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let servers: Vec<PathBuf> = [stack.replica_dir(), stack.primary_dir()]
+            .into_iter()
+            .chain(workers)
+            .chain(extra)
+            .collect();
+        for data in servers {
             if data.join("postmaster.pid").exists() {
                 stack
                     .pg(&format!("{PG_BIN}/pg_ctl"))
@@ -301,6 +374,12 @@ impl Stack {
             redis: self.redis_ping(),
             redis_replica: self.ping_port(self.redis_replica_port(), true),
             sentinel: self.ping_port(self.sentinel_port(), false),
+            workers: self
+                .spec
+                .workers
+                .iter()
+                .map(|p| self.pg_ready(*p))
+                .collect(),
         }
     }
 
@@ -348,6 +427,50 @@ impl Stack {
     /// Data directory of the replica.
     pub fn replica_dir(&self) -> PathBuf {
         self.state.pg_root.join("replica")
+    }
+
+    /// Data directory of the `i`-th Citus worker (0-based).
+    pub fn worker_dir(&self, i: usize) -> PathBuf {
+        self.state.pg_root.join(format!("worker{}", i + 1))
+    }
+
+    /// Superuser URL of one database on one node of this stack (a Citus worker, say).
+    pub fn admin_url_at(&self, port: u16, database: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{port}/{database}",
+            self.state.admin_password
+        )
+    }
+
+    /// The app login's URL of one database on one node of this stack (a Citus worker, say).
+    pub fn app_url_at(&self, port: u16, database: &str) -> String {
+        format!(
+            "postgres://atlas_app:{}@127.0.0.1:{port}/{database}",
+            self.state.app_password
+        )
+    }
+
+    /// Stops the `i`-th Citus worker; `immediate` is a crash-like stop. For failure tests.
+    pub fn stop_worker(&self, i: usize, immediate: bool) -> Result<(), StackError> {
+        self.stop_pg(&self.worker_dir(i), immediate, "stopping a worker")
+    }
+
+    /// Starts the `i`-th Citus worker again.
+    pub fn start_worker(&self, i: usize) -> Result<(), StackError> {
+        let port = self.spec.workers.get(i).copied().unwrap_or_default();
+        self.start_pg(&self.worker_dir(i), port, &format!("worker{}", i + 1))
+    }
+
+    /// The postmaster pid of the `i`-th Citus worker (for a `kill -9` in failure tests).
+    pub fn worker_pid(&self, i: usize) -> Option<u32> {
+        let pidfile = self.worker_dir(i).join("postmaster.pid");
+        fs::read_to_string(pidfile)
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Stops the primary: `immediate` is a crash-like stop (no checkpoint; WAL replay at the
@@ -438,7 +561,13 @@ impl Stack {
     }
 
     fn up_primary(&self) -> Result<(), StackError> {
-        let data = self.primary_dir();
+        self.up_server(&self.primary_dir(), self.spec.pg_port, "primary")
+    }
+
+    /// Creates (initdb) and starts one PostgreSQL server that is not a replica, and its
+    /// `atlas` database: the primary, or a Citus worker.
+    fn up_server(&self, data: &Path, port: u16, name: &str) -> Result<(), StackError> {
+        let data = data.to_path_buf();
         fs::create_dir_all(&self.state.pg_root).map_err(io(&self.state.pg_root))?;
         process::chown_to_postgres(&self.state.pg_root)?;
         let passfile = self.state.pg_root.join("pgpass");
@@ -475,14 +604,14 @@ impl Stack {
         } else {
             self.write_atlas_conf(&data)?;
         }
-        self.start_pg(&data, self.spec.pg_port, "primary")?;
+        self.start_pg(&data, port, name)?;
         let exists = self.psql(
-            self.spec.pg_port,
+            port,
             "postgres",
             "SELECT 1 FROM pg_database WHERE datname = 'atlas'",
         )?;
         if exists != "1" {
-            self.psql(self.spec.pg_port, "postgres", "CREATE DATABASE atlas")?;
+            self.psql(port, "postgres", "CREATE DATABASE atlas")?;
         }
         Ok(())
     }
@@ -494,6 +623,11 @@ impl Stack {
             ""
         } else {
             "fsync = off\nfull_page_writes = off\n"
+        };
+        let citus = if self.spec.is_citus() {
+            citus::SERVER_SETTINGS
+        } else {
+            ""
         };
         let conf = format!(
             "# Written by atlas stack.\n\
@@ -514,7 +648,7 @@ impl Stack {
              timezone = 'UTC'\n\
              log_timezone = 'UTC'\n\
              log_line_prefix = '%m [%p] %q%u@%d '\n\
-             {durability}"
+             {durability}{citus}"
         );
         let path = data.join("atlas.conf");
         fs::write(&path, conf).map_err(io(&path))?;

@@ -54,7 +54,7 @@ pub fn ensure_ha_packages() -> Result<(), StackError> {
     ensure(HA)
 }
 
-fn ensure(required: &[(&'static str, &str)]) -> Result<(), StackError> {
+pub(crate) fn ensure(required: &[(&'static str, &str)]) -> Result<(), StackError> {
     let missing = missing(required);
     if missing.is_empty() {
         return Ok(());

@@ -442,11 +442,18 @@ impl Store {
         key_id: i64,
     ) -> Result<Option<ApiKeyInfo>, StoreError> {
         let client = self.primary.get().await?;
+        // Revokes once (the first revocation's time stays), then reads the key either way. Not
+        // `coalesce(revoked_at, now())`: Citus evaluates no volatile function inside COALESCE
+        // on a distributed table.
         let row = client
             .query_opt(
-                "UPDATE public.api_keys SET revoked_at = coalesce(revoked_at, now()) \
-                 WHERE tenant_id = $1 AND key_id = $2 \
-                 RETURNING key_id, tenant_id, prefix, name, created_at, revoked_at",
+                "WITH revoked AS (UPDATE public.api_keys SET revoked_at = now() \
+                     WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL \
+                     RETURNING key_id, tenant_id, prefix, name, created_at, revoked_at) \
+                 SELECT key_id, tenant_id, prefix, name, created_at, revoked_at FROM revoked \
+                 UNION ALL \
+                 SELECT key_id, tenant_id, prefix, name, created_at, revoked_at FROM public.api_keys \
+                 WHERE tenant_id = $1 AND key_id = $2 AND NOT EXISTS (SELECT 1 FROM revoked)",
                 &[&tenant_id, &key_id],
             )
             .await?;

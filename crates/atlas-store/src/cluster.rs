@@ -159,3 +159,151 @@ mod tests {
         assert_eq!(WalStatus::parse(""), None);
     }
 }
+
+/// Whether the connected database is a Citus database (the extension is created in it).
+pub async fn is_citus(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus'",
+            &[],
+        )
+        .await?
+        .is_some())
+}
+
+/// Makes a database a Citus database: the extension created on the coordinator and on each
+/// worker (superuser connections to that database on each node), the coordinator registered
+/// at `coordinator` and every worker added. Each step is skipped when done.
+pub async fn citus_prepare(
+    coordinator: &Client,
+    coordinator_addr: (&str, i32),
+    workers: &[(&Client, (&str, i32))],
+) -> Result<(), tokio_postgres::Error> {
+    for (worker, _) in workers {
+        worker
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS citus")
+            .await?;
+    }
+    coordinator
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS citus")
+        .await?;
+    coordinator
+        .execute(
+            "SELECT citus_set_coordinator_host($1::text, $2::integer) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE groupid = 0)",
+            &[&coordinator_addr.0, &coordinator_addr.1],
+        )
+        .await?;
+    for (_, (host, port)) in workers {
+        coordinator
+            .execute(
+                "SELECT citus_add_node($1::text, $2::integer) WHERE NOT EXISTS \
+                 (SELECT 1 FROM pg_dist_node WHERE nodename = $1::text AND nodeport = $2::integer)",
+                &[host, port],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// One node of a Citus cluster as the coordinator's metadata has it, with what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CitusNode {
+    /// Citus's node id.
+    pub node_id: i32,
+    /// Host name as registered.
+    pub host: String,
+    /// Port as registered.
+    pub port: i32,
+    /// The coordinator (group 0) rather than a worker.
+    pub coordinator: bool,
+    /// Whether Citus considers it active.
+    pub active: bool,
+    /// Placements of distributed-table shards on it (reference-table copies not counted).
+    pub shards: i64,
+    /// Bytes of every placement on it (reference copies included).
+    pub bytes: i64,
+}
+
+/// Every primary node of the Citus cluster with its shard count and bytes.
+pub async fn citus_nodes(client: &Client) -> Result<Vec<CitusNode>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT n.nodeid, n.nodename, n.nodeport, n.groupid = 0, n.isactive, \
+                    count(s.shardid) FILTER (WHERE s.citus_table_type = 'distributed'), \
+                    coalesce(sum(s.shard_size), 0)::bigint \
+             FROM pg_dist_node n \
+             LEFT JOIN citus_shards s ON s.nodename = n.nodename AND s.nodeport = n.nodeport \
+             WHERE n.noderole = 'primary' \
+             GROUP BY 1, 2, 3, 4, 5 ORDER BY 1",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CitusNode {
+                node_id: r.try_get(0)?,
+                host: r.try_get(1)?,
+                port: r.try_get(2)?,
+                coordinator: r.try_get(3)?,
+                active: r.try_get(4)?,
+                shards: r.try_get(5)?,
+                bytes: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// Registers a worker with the coordinator (`citus_add_node`; a no-op when it is registered);
+/// reference tables are copied to it. The worker must have the database with the citus
+/// extension created in it. Returns its node id.
+pub async fn citus_add_worker(
+    client: &Client,
+    host: &str,
+    port: i32,
+) -> Result<i32, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT citus_add_node($1::text, $2::integer)",
+            &[&host, &port],
+        )
+        .await?
+        .get(0))
+}
+
+/// Moves shards until every worker holds a fair share, online: shards move by logical
+/// replication (`force_logical`), so writes to a moving shard go on (they wait only for the
+/// final switch). Blocks until the moves are done; returns how many shard groups moved.
+pub async fn citus_rebalance(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    let planned: i64 = client
+        .query_one(
+            "SELECT count(*) FROM get_rebalance_table_shards_plan()",
+            &[],
+        )
+        .await?
+        .get(0);
+    client
+        .execute(
+            "SELECT rebalance_table_shards(shard_transfer_mode := 'force_logical')",
+            &[],
+        )
+        .await?;
+    Ok(planned)
+}
+
+/// Puts one tenant on a shard (group) of its own, split out of the shard it shares, online
+/// (`isolate_tenant_to_new_shard` with CASCADE for the co-located tables, by logical
+/// replication). Returns the new shard id of `entities`.
+pub async fn citus_isolate_tenant(
+    client: &Client,
+    tenant_id: i64,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT isolate_tenant_to_new_shard('public.entities', $1::bigint, 'CASCADE', \
+                 shard_transfer_mode := 'force_logical')",
+            &[&tenant_id],
+        )
+        .await?
+        .get(0))
+}

@@ -193,7 +193,7 @@ pub async fn update(
     if let Some(cold) = cold_attrs {
         tx.execute(
             "INSERT INTO public.entity_jsonb (entity_id, tenant_id, cold_attrs) VALUES ($2, $1, $3) \
-             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET cold_attrs = EXCLUDED.cold_attrs, updated_at = now()",
+             ON CONFLICT (entity_id, tenant_id) DO UPDATE SET cold_attrs = EXCLUDED.cold_attrs, updated_at = EXCLUDED.updated_at",
             &[&tenant.0, &entity_id, cold],
         )
         .await?;

@@ -77,8 +77,10 @@ impl std::fmt::Display for TenantId {
     }
 }
 
-/// Sets the tenant for the current transaction only (`SET LOCAL` cannot take a bind parameter).
-const SET_TENANT: &str = "SELECT set_config('app.current_tenant_id', $1, true)";
+/// Sets the tenant for the current transaction only: `public.set_tenant()` does `SET LOCAL`
+/// (which takes no bind parameter) from the bound id. Not `set_config(…, true)`: on a Citus
+/// coordinator only `SET LOCAL` reaches the workers, where the shards' policies read it.
+const SET_TENANT: &str = "SELECT public.set_tenant($1)";
 
 /// What one `stage_flush` call stored for one entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +177,8 @@ impl Store {
     }
 
     /// Which of `ids` are live entities of the tenant, in one statement on the primary:
-    /// `entities_known()` sets the tenant context for its own query (still filtered by the
-    /// tenant policy) and restores the caller's.
+    /// `entities_known()` answers for the tenant it is given (a definer function: a tenant set
+    /// inside a function never reaches Citus's shards).
     pub async fn live_entity_ids(
         &self,
         tenant: TenantId,
@@ -340,7 +342,11 @@ where
 {
     let mut client = pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    tx.execute(SET_TENANT, &[&tenant.0.to_string()])
+    let set = tx
+        .prepare_cached(SET_TENANT)
+        .await
+        .map_err(StoreError::from)?;
+    tx.execute(&set, &[&tenant.0])
         .await
         .map_err(StoreError::from)?;
     let out = f(&tx).await?;

@@ -41,15 +41,51 @@ const CREATE_EMPTY_DB: &str = "SELECT format('CREATE DATABASE %I', $1::text)";
 const DROP_DB: &str = "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)";
 const RENAME_DB: &str = "SELECT format('ALTER DATABASE %I RENAME TO %I', $1::text, $2::text)";
 
+/// Whether this test run targets the Citus stack (`ATLAS_TEST_CITUS=1`): a coordinator and two
+/// workers instead of a single primary, the same tests.
+pub fn citus() -> bool {
+    std::env::var("ATLAS_TEST_CITUS").is_ok_and(|v| v == "1")
+}
+
 fn stack_dir() -> PathBuf {
-    std::env::var_os("ATLAS_TEST_STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../target/atlas-test-stack"
-            ))
-        })
+    let (var, default) = if citus() {
+        ("ATLAS_TEST_CITUS_STACK_DIR", "atlas-citus-stack/citus")
+    } else {
+        ("ATLAS_TEST_STACK_DIR", "atlas-test-stack")
+    };
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).join(default)
+    })
+}
+
+/// The stack of this run's mode.
+fn test_spec(dir: &std::path::Path) -> StackSpec {
+    if citus() {
+        StackSpec::citus_test(dir)
+    } else {
+        StackSpec::test(dir)
+    }
+}
+
+/// Every PostgreSQL node a database of the stack lives on: the primary (the Citus coordinator)
+/// and the Citus workers.
+fn node_ports(stack: &Stack) -> Vec<u16> {
+    std::iter::once(stack.spec().pg_port)
+        .chain(stack.spec().workers.iter().copied())
+        .collect()
+}
+
+/// Superuser connection to the `postgres` database of each node.
+async fn node_admins(stack: &Stack) -> Result<Vec<Client>, String> {
+    let mut admins = Vec::new();
+    for port in node_ports(stack) {
+        admins.push(
+            connect(&stack.admin_url_at(port, "postgres"))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(admins)
 }
 
 /// The shared cluster, brought up (and the template built) on first use.
@@ -65,7 +101,7 @@ fn init() -> Result<Cluster, String> {
         std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
     lock.lock()
         .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    let stack = Stack::up(&StackSpec::test(&dir)).map_err(|e| e.to_string())?;
+    let stack = Stack::up(&test_spec(&dir)).map_err(|e| e.to_string())?;
     let template = format!("atlas_tpl_{}", schema_fingerprint());
     let (s, t) = (stack.clone(), template.clone());
     // Build on a thread with its own runtime: callers may be inside a tokio runtime already.
@@ -95,8 +131,17 @@ async fn build_template(stack: &Stack, template: &str) -> Result<(), String> {
         return Ok(());
     }
     let building = format!("{template}_build");
-    generated(&admin, DROP_DB, &[&building]).await?;
+    let admins = node_admins(stack).await?;
+    for node in &admins {
+        generated(node, DROP_DB, &[&building]).await?;
+    }
     generated(&admin, CREATE_EMPTY_DB, &[&building]).await?;
+    if stack.spec().is_citus() {
+        for node in admins.iter().skip(1) {
+            generated(node, CREATE_EMPTY_DB, &[&building]).await?;
+        }
+        citus_prepare(stack, &building).await?;
+    }
     {
         let mut db = connect(&stack.urls_for(&building).admin_database_url)
             .await
@@ -111,7 +156,69 @@ async fn build_template(stack: &Stack, template: &str) -> Result<(), String> {
     }
     // The migrating connection must be gone before the database can be renamed or cloned.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    generated(&admin, RENAME_DB, &[&building, &template]).await
+    for node in &admins {
+        seal_template(node, &building).await?;
+        generated(node, RENAME_DB, &[&building, &template]).await?;
+    }
+    Ok(())
+}
+
+/// Makes `database` (created on every node) a Citus database of the stack.
+async fn citus_prepare(stack: &Stack, database: &str) -> Result<(), String> {
+    let coordinator = connect(&stack.admin_url_at(stack.spec().pg_port, database))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut workers = Vec::new();
+    for port in &stack.spec().workers {
+        let client = connect(&stack.admin_url_at(*port, database))
+            .await
+            .map_err(|e| e.to_string())?;
+        workers.push((client, i32::from(*port)));
+    }
+    let refs: Vec<(&Client, (&str, i32))> = workers
+        .iter()
+        .map(|(c, p)| (c, ("127.0.0.1", *p)))
+        .collect();
+    atlas_store::cluster::citus_prepare(
+        &coordinator,
+        ("127.0.0.1", i32::from(stack.spec().pg_port)),
+        &refs,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Ends every session in `database` and lets no new one in, so it can be renamed and used as
+/// a template: Citus keeps a maintenance daemon connected to each of its databases, which
+/// starts again only when a session opens there.
+async fn seal_template(node: &Client, database: &str) -> Result<(), String> {
+    node.execute(
+        "UPDATE pg_database SET datallowconn = false WHERE datname = $1",
+        &[&database],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    node.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        &[&database],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    for _ in 0..100 {
+        let left: i64 = node
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("sessions in {database} did not end"))
 }
 
 async fn generated(
@@ -164,12 +271,16 @@ impl TestDb {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0)
         );
-        let admin = connect(&cluster.stack.urls_for("postgres").admin_database_url)
+        // On Citus, each node's database is cloned from that node's template: the coordinator's
+        // metadata names shards the workers' clones hold under the same names.
+        for node in node_admins(&cluster.stack)
             .await
-            .unwrap_or_else(|e| panic!("connecting as admin: {e}"));
-        generated(&admin, CREATE_DB, &[&name, &cluster.template])
-            .await
-            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+            .unwrap_or_else(|e| panic!("connecting as admin: {e}"))
+        {
+            generated(&node, CREATE_DB, &[&name, &cluster.template])
+                .await
+                .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        }
         let urls = cluster.stack.urls_for(&name);
         // The template's partitions start at the month it was migrated in (it is kept across
         // runs of one schema): cover yesterday's month and two after it, so readings a few
@@ -211,6 +322,25 @@ impl TestDb {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> i64 {
         scalar(&self.admin().await, sql, params).await
+    }
+
+    /// The ports of the Citus workers this database lives on (none on a single node).
+    pub fn worker_ports(&self) -> Vec<u16> {
+        cluster().stack.spec().workers.clone()
+    }
+
+    /// A superuser connection to this database on the node listening on `port`.
+    pub async fn admin_at(&self, port: u16) -> Client {
+        connect(&cluster().stack.admin_url_at(port, &self.name))
+            .await
+            .unwrap_or_else(|e| panic!("admin connection to port {port}: {e}"))
+    }
+
+    /// An `atlas_app` connection to this database on the node listening on `port`.
+    pub async fn app_at(&self, port: u16) -> Client {
+        connect(&cluster().stack.app_url_at(port, &self.name))
+            .await
+            .unwrap_or_else(|e| panic!("app connection to port {port}: {e}"))
     }
 
     /// An `atlas_app` connection to the primary.
@@ -255,6 +385,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let url = cluster().stack.urls_for("postgres").admin_database_url;
+        let stack = cluster().stack.clone();
         // Drop needs async I/O; do it on a thread with its own runtime and wait for it.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -288,7 +419,13 @@ impl Drop for TestDb {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         let _ = generated(&admin, DROP_DB, &[&analytics_name_for(&name)]).await;
+                        // The coordinator first: its sessions hold connections to the workers.
                         let _ = generated(&admin, DROP_DB, &[&name]).await;
+                        if let Ok(nodes) = node_admins(&stack).await {
+                            for node in nodes.iter().skip(1) {
+                                let _ = generated(node, DROP_DB, &[&name]).await;
+                            }
+                        }
                     }
                 });
             }
@@ -321,7 +458,7 @@ pub fn free_port() -> u16 {
 
 /// The one `bigint` a query answers (a count, an id); a failure panics naming the query.
 pub async fn scalar(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> i64 {
