@@ -1,7 +1,9 @@
-//! Atlas on Citus: the distributed schema, where each tenant's rows live, and tenant isolation
-//! on every node. These run only against the Citus stack (`ATLAS_TEST_CITUS=1`, the second
-//! phase of `scripts/test`, which also runs the isolation, ingest, read and search modules of
-//! this binary there); the single-node phase skips `citus::`.
+//! Atlas on Citus: the distributed schema, where each tenant's rows live, tenant isolation on
+//! every node, and the faults: a worker added and shards rebalanced under ingest, a worker
+//! killed. These run only against the Citus stack (`ATLAS_TEST_CITUS=1`, the second phase of
+//! `scripts/test`, which also runs the isolation, ingest, read and search modules of this
+//! binary there); the single-node phase skips `citus::`. The `citus_fault_` tests stop or add
+//! nodes of the shared stack: they run on their own, one at a time, after the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -417,4 +419,327 @@ async fn citus_app_role_sees_only_its_tenant_on_the_coordinator_and_on_each_work
         );
         tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// Acknowledged readings `(tenant, entity, ts ms)`.
+type Acked = Vec<(i64, i64, i64)>;
+
+/// Writes one durable reading per entity per round until `stop`, for every tenant; returns
+/// what was acknowledged and every status that was not 200.
+async fn write_until(
+    server: &Server,
+    fleet: &[(i64, String, Vec<i64>)],
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Acked, Vec<(i64, u16)>) {
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    let base = chrono::Utc::now().timestamp_millis() - 300_000;
+    let mut round = 0_i64;
+    while !*stop.borrow() {
+        for (tenant, key, ids) in fleet {
+            let body: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|e| json!({"entity_id": e, "ts": base + round, "values": {"temperature": 20.5}}))
+                .collect();
+            let (s, _) = call(
+                server
+                    .as_tenant(key, Method::POST, "/v1/telemetry")
+                    .json(&body),
+            )
+            .await;
+            if s == 200 {
+                acked.extend(ids.iter().map(|e| (*tenant, *e, base + round)));
+            } else {
+                refused.push((*tenant, s));
+            }
+        }
+        round += 1;
+    }
+    (acked, refused)
+}
+
+/// Every acknowledged reading is stored exactly once, and nothing else for these tenants.
+async fn assert_stored_once(server: &Server, acked: &Acked) {
+    let c = server.db.admin().await;
+    let tenants: Vec<i64> = acked.iter().map(|a| a.0).collect();
+    let entities: Vec<i64> = acked.iter().map(|a| a.1).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = acked
+        .iter()
+        .map(|a| chrono::DateTime::from_timestamp_millis(a.2).unwrap_or_default())
+        .collect();
+    // Keys are distinct and (with one attribute) the primary key holds at most one row per
+    // key: every key matched, and nothing else stored for these tenants, is "exactly once".
+    let matched = atlas_testkit::scalar(
+        &c,
+        "SELECT count(*) FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS k (t, e, at) \
+         JOIN public.entity_values_ts s \
+           ON s.tenant_id = k.t AND s.entity_id = k.e AND s.ingested_at = k.at",
+        &[&tenants, &entities, &times],
+    )
+    .await;
+    assert_eq!(
+        matched,
+        i64::try_from(acked.len()).unwrap_or(0),
+        "acknowledged readings missing"
+    );
+    let mut distinct = tenants.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let stored = atlas_testkit::scalar(
+        &c,
+        "SELECT count(*) FROM public.entity_values_ts WHERE tenant_id = ANY ($1)",
+        &[&distinct],
+    )
+    .await;
+    assert_eq!(
+        stored,
+        i64::try_from(acked.len()).unwrap_or(0),
+        "stored beyond the acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn citus_fault_adding_a_worker_and_rebalancing_under_ingest_loses_and_duplicates_nothing() {
+    require_citus();
+    const EXTRA: u16 = 61447;
+    let server = Server::start().await;
+    server
+        .define(json!({"attribute_name": "temperature", "data_type": "decimal", "is_hot": true}))
+        .await;
+    let mut fleet = Vec::new();
+    for i in 0..6 {
+        let (tenant, key) = server.tenant(&format!("t{i}")).await;
+        let ids = server.entities(&key, 2).await;
+        fleet.push((tenant, key, ids));
+    }
+
+    // A third worker with this database, Citus in it, not yet in the cluster.
+    let stack = atlas_testkit::cluster().stack.clone();
+    tokio::task::spawn_blocking(move || stack.up_extra_worker(EXTRA))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("extra worker: {e}"));
+    let node = atlas_testkit::connect(
+        &atlas_testkit::cluster()
+            .stack
+            .admin_url_at(EXTRA, "postgres"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let create = node
+        .query_one(
+            "SELECT format('CREATE DATABASE %I', $1::text)",
+            &[&server.db.name],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get::<_, String>(0);
+    node.batch_execute(&create)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    server
+        .db
+        .admin_at(EXTRA)
+        .await
+        .batch_execute("CREATE EXTENSION citus")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = {
+        let fleet: Vec<(i64, String, Vec<i64>)> = fleet.clone();
+        let server_ref = &server;
+        async move { write_until(server_ref, &fleet, stop_rx).await }
+    };
+    // Reads all along: each tenant's first entity's latest value.
+    let (read_stop_tx, read_stop_rx) = tokio::sync::watch::channel(false);
+    let reader = {
+        let fleet = fleet.clone();
+        let server_ref = &server;
+        async move {
+            let mut bad = Vec::new();
+            let mut n = 0;
+            while !*read_stop_rx.borrow() {
+                for (_, key, ids) in &fleet {
+                    let (s, b) = call(server_ref.as_tenant(
+                        key,
+                        Method::GET,
+                        &format!("/v1/entities/{}/latest?attribute=temperature", ids[0]),
+                    ))
+                    .await;
+                    n += 1;
+                    if s >= 500 {
+                        bad.push((s, b));
+                    }
+                }
+            }
+            (n, bad)
+        }
+    };
+    let grow = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let admin = server.db.admin().await;
+        atlas_store::cluster::citus_add_worker(&admin, "127.0.0.1", i32::from(EXTRA))
+            .await
+            .unwrap_or_else(|e| panic!("add worker: {e:?}"));
+        let moved = atlas_store::cluster::citus_rebalance(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("rebalance: {e:?}"));
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let _ = stop_tx.send(true);
+        let _ = read_stop_tx.send(true);
+        moved
+    };
+    let ((acked, refused), (reads, bad_reads), moved) = tokio::join!(writer, reader, grow);
+
+    assert!(moved > 0, "the rebalance planned no move");
+    let c = server.db.admin().await;
+    let on_new = atlas_testkit::scalar(
+        &c,
+        "SELECT count(*) FROM citus_shards WHERE nodeport = $1 AND citus_table_type = 'distributed'",
+        &[&i32::from(EXTRA)],
+    )
+    .await;
+    assert!(on_new > 0, "no shard moved to the new worker");
+    assert!(
+        reads > 0 && bad_reads.is_empty(),
+        "reads failed during the rebalance: {bad_reads:?}"
+    );
+    assert!(
+        refused.is_empty(),
+        "writes refused during the rebalance: {refused:?}"
+    );
+    assert!(acked.len() > 12, "too little ingest ran: {}", acked.len());
+    assert_stored_once(&server, &acked).await;
+
+    // The test's database on the extra worker goes with the test.
+    let name = server.db.name.clone();
+    server.stop().await;
+    let drop = node
+        .query_one(
+            "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+            &[&name],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get::<_, String>(0);
+    let _ = node.batch_execute(&drop).await;
+}
+
+#[tokio::test]
+async fn citus_fault_a_killed_worker_fails_only_its_tenants_and_loses_nothing() {
+    require_citus();
+    // Durable batches wait 1 s (not 15) for their worker before answering 503.
+    let server = Server::configured(atlas_testkit::TestDb::new().await, |c| {
+        c.ingest.retry_unavailable = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let tenants = two_tenants_on_two_workers(&server).await;
+    let (a, a_key, a_ids, a_port) = tenants[0].clone();
+    let (b, b_key, b_ids, _) = tenants[1].clone();
+    // What two_tenants_on_two_workers wrote (acknowledged) counts too.
+    let mut acked: Acked = Vec::new();
+    let before = server.db.admin().await;
+    for tenant in [a, b] {
+        let rows = before
+            .query(
+                "SELECT entity_id, (extract(epoch FROM ingested_at) * 1000)::bigint \
+                 FROM public.entity_values_ts WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        acked.extend(
+            rows.iter()
+                .map(|r| (tenant, r.get::<_, i64>(0), r.get::<_, i64>(1))),
+        );
+    }
+    assert_eq!(acked.len(), a_ids.len() + b_ids.len());
+    let stack = atlas_testkit::cluster().stack.clone();
+    let index = stack
+        .spec()
+        .workers
+        .iter()
+        .position(|p| i32::from(*p) == a_port)
+        .unwrap_or_else(|| panic!("worker {a_port} is not one of the stack's"));
+    let pid = stack
+        .worker_pid(index)
+        .unwrap_or_else(|| panic!("worker {a_port} has no postmaster.pid"));
+
+    // kill -9 of the worker's postmaster; its backends end when they notice.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(killed.success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let post = |key: &str, ids: &[i64], ts: i64| {
+        let body: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|e| json!({"entity_id": e, "ts": ts, "values": {"temperature": 21.5}}))
+            .collect();
+        server
+            .as_tenant(key, Method::POST, "/v1/telemetry")
+            .json(&body)
+    };
+    // Newer than what two_tenants_on_two_workers wrote (a minute ago).
+    let t = chrono::Utc::now().timestamp_millis() - 30_000;
+    // Tenant A (on the dead worker): a clear 503 with Retry-After, for writes and reads.
+    let resp = post(&a_key, &a_ids, t)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let (s, _) = call(server.as_tenant(
+        &a_key,
+        Method::GET,
+        &format!("/v1/entities/{}/latest?attribute=temperature", a_ids[0]),
+    ))
+    .await;
+    assert_eq!(s, 503, "tenant A's read while its worker is down");
+    // Tenant B (the other worker): unaffected.
+    for k in 0..5 {
+        let (s, body) = call(post(&b_key, &b_ids, t + k)).await;
+        assert_eq!(s, 200, "tenant B's write while A's worker is down: {body}");
+        acked.extend(b_ids.iter().map(|e| (b, *e, t + k)));
+    }
+    let (s, latest) = call(server.as_tenant(
+        &b_key,
+        Method::GET,
+        &format!("/v1/entities/{}/latest?attribute=temperature", b_ids[0]),
+    ))
+    .await;
+    assert_eq!((s, latest["latest"]["ts"].as_i64()), (200, Some(t + 4)));
+
+    // Back up: tenant A is served again and nothing acknowledged is missing.
+    let restart = stack.clone();
+    tokio::task::spawn_blocking(move || {
+        // The killed postmaster's backends may hold its shared memory for a moment.
+        for _ in 0..60 {
+            if restart.start_worker(index).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!("the killed worker did not start again");
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut served = false;
+    for k in 10..70 {
+        let (s, _) = call(post(&a_key, &a_ids, t + k)).await;
+        if s == 200 {
+            acked.extend(a_ids.iter().map(|e| (a, *e, t + k)));
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(served, "tenant A is not served after its worker restarted");
+    let (s, _) = call(post(&b_key, &b_ids, t + 100)).await;
+    assert_eq!(s, 200);
+    acked.extend(b_ids.iter().map(|e| (b, *e, t + 100)));
+    assert_stored_once(&server, &acked).await;
 }

@@ -23,8 +23,8 @@ pub enum ClusterCmd {
         /// The worker's address as the coordinator reaches it.
         address: String,
     },
-    /// Move shards so every worker holds a fair share, while Atlas keeps ingesting (shards
-    /// move by logical replication; writes to a moving shard wait only for its final switch).
+    /// Move shards so every worker holds a fair share, while Atlas keeps running (writes to
+    /// the shard group being copied wait for its copy; reads and other shards go on).
     Rebalance,
 }
 
@@ -102,7 +102,7 @@ pub async fn run(config: &Config, cmd: ClusterCmd) -> Result<()> {
             Ok(())
         }
         ClusterCmd::Rebalance => {
-            let bar = spinner("moving shards (logical replication; ingest goes on)…");
+            let bar = spinner("moving shards (writes to a moving shard wait for its copy)…");
             let moved = cluster::citus_rebalance(&client).await;
             bar.finish_and_clear();
             let moved = moved.context("rebalancing")?;
@@ -115,7 +115,7 @@ pub async fn run(config: &Config, cmd: ClusterCmd) -> Result<()> {
 /// `atlas tenant isolate`: the tenant's rows on a shard of their own.
 pub async fn isolate_tenant(config: &Config, tenant: i64) -> Result<()> {
     let client = coordinator(config).await?;
-    let bar = spinner("splitting the tenant's shards (logical replication; ingest goes on)…");
+    let bar = spinner("splitting the tenant's shards (their writes wait for the copy)…");
     let shard = cluster::citus_isolate_tenant(&client, tenant).await;
     bar.finish_and_clear();
     let shard = shard.with_context(|| format!("isolating tenant {tenant}"))?;

@@ -61,6 +61,58 @@ REVOKE EXECUTE ON FUNCTION public.staging_stats(integer) FROM PUBLIC;
 ALTER FUNCTION public.staging_stats(integer) OWNER TO atlas_definer;
 GRANT EXECUTE ON FUNCTION public.staging_stats(integer) TO atlas_app;
 
+-- The flush's questions to distributed tables take the batch as arrays of plain columns, and
+-- name its tenants: on a Citus coordinator a query that reaches one shard is sent to that
+-- worker whole, and an array of staging rows would name a type (the staging table's row)
+-- that exists on the coordinator only; naming the tenants lets the coordinator ask only
+-- their shards (a batch never waits for a worker holding none of them). Same plans on one node.
+
+-- Which of the (tenant, entity) pairs are live entities.
+CREATE OR REPLACE FUNCTION public.flush_live_entities(p_tenants bigint[], p_entities bigint[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, public, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT e.tenant_id, e.entity_id
+    FROM unnest(p_tenants, p_entities) AS x (tenant_id, entity_id)
+    JOIN public.entities e ON e.entity_id = x.entity_id AND e.tenant_id = x.tenant_id
+    WHERE NOT e.is_deleted AND e.tenant_id = ANY (p_tenants);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.flush_live_entities(bigint[],bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.flush_live_entities(bigint[],bigint[]) TO atlas_definer;
+
+-- The values stored at the given keys.
+CREATE OR REPLACE FUNCTION public.flush_stored_values(
+    p_tenants bigint[], p_entities bigint[], p_attributes bigint[], p_times timestamptz[])
+RETURNS TABLE (tenant_id bigint, entity_id bigint, attribute_id bigint, ingested_at timestamptz,
+               value text, value_int bigint, value_decimal numeric, value_bool boolean,
+               value_date date, value_timestamp timestamptz)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, public, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT s.tenant_id, s.entity_id, s.attribute_id, s.ingested_at, s.value, s.value_int,
+           s.value_decimal, s.value_bool, s.value_date, s.value_timestamp
+    FROM unnest(p_tenants, p_entities, p_attributes, p_times) AS k (tenant_id, entity_id, attribute_id, at)
+    JOIN public.entity_values_ts s
+      ON s.tenant_id = k.tenant_id AND s.entity_id = k.entity_id
+     AND s.attribute_id = k.attribute_id AND s.ingested_at = k.at
+    WHERE s.tenant_id = ANY (p_tenants);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.flush_stored_values(bigint[],bigint[],bigint[],timestamp with time zone[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.flush_stored_values(bigint[],bigint[],bigint[],timestamp with time zone[]) TO atlas_definer;
+
 -- Stores dead letters (rows built by the flush; their id and failed_at come from the
 -- table's defaults). A no-op for NULL.
 CREATE OR REPLACE FUNCTION public.dead_letter_store(p_dead public.entity_values_dead_letter[])
@@ -107,10 +159,18 @@ DECLARE
     v_hit    integer;
     v_dead   public.entity_values_dead_letter[];
     v_conflicts public.entity_values_dead_letter[];
+    v_pt     bigint[];
+    v_pe     bigint[];
+    v_kt     bigint[];
+    v_ke     bigint[];
+    v_ka     bigint[];
+    v_kat    timestamptz[];
 BEGIN
     IF p_rows IS NULL OR cardinality(p_rows) = 0 THEN
         RETURN;
     END IF;
+    SELECT array_agg(x.tenant_id), array_agg(x.entity_id) INTO v_pt, v_pe
+    FROM (SELECT DISTINCT r.tenant_id, r.entity_id FROM unnest(p_rows) r) x;
 
     -- Each step is its own statement over arrays (no data-modifying CTE feeding a query):
     -- the form a Citus coordinator plans as well as a single node. Dead letters are built as
@@ -120,11 +180,7 @@ BEGIN
     WITH r AS (
         SELECT * FROM unnest(p_rows)
     ), owned AS (
-        -- A join rather than EXISTS (Citus: no correlated subquery over a CTE).
-        SELECT e.tenant_id, e.entity_id
-        FROM (SELECT DISTINCT r.tenant_id, r.entity_id FROM r) x
-        JOIN public.entities e
-          ON e.entity_id = x.entity_id AND e.tenant_id = x.tenant_id AND NOT e.is_deleted
+        SELECT * FROM public.flush_live_entities(v_pt, v_pe)
     ), classified AS (
         SELECT r.*,
                CASE
@@ -204,17 +260,17 @@ BEGIN
     -- rows this call stored compare equal to themselves. ON CONFLICT waited for any
     -- concurrent inserter of a key to finish, so its row is visible to this new statement.
     IF v_good IS NOT NULL THEN
+        SELECT array_agg(g.tenant_id), array_agg(g.entity_id), array_agg(g.attribute_id), array_agg(g.ingested_at)
+        INTO v_kt, v_ke, v_ka, v_kat
+        FROM unnest(v_good) g;
         SELECT array_agg(ROW(NULL, g.entity_id, g.tenant_id, g.attribute_id, g.value, g.value_int,
                              g.value_decimal, g.value_bool, g.value_date, g.value_timestamp, g.ingested_at,
                              g.staged_at, 'a different value is already stored for this entity, attribute and time',
                              NULL)::public.entity_values_dead_letter)
         INTO v_conflicts
-        -- MATERIALIZED: on a Citus coordinator the batch becomes an intermediate result of
-        -- plain columns; pushed to the workers as an array it would name the staging row
-        -- type, which exists on the coordinator only.
-        FROM (WITH b AS MATERIALIZED (SELECT u.* FROM unnest(v_good) u) SELECT * FROM b) g
+        FROM unnest(v_good) g
         JOIN public.attributes a ON a.attribute_id = g.attribute_id
-        JOIN public.entity_values_ts s
+        JOIN public.flush_stored_values(v_kt, v_ke, v_ka, v_kat) s
           ON s.tenant_id = g.tenant_id AND s.entity_id = g.entity_id
          AND s.attribute_id = g.attribute_id AND s.ingested_at = g.ingested_at
         WHERE (CASE WHEN a.data_type = 'json' THEN s.value::jsonb IS DISTINCT FROM g.value::jsonb
@@ -331,6 +387,8 @@ AS $$
 DECLARE
     v_n    integer := coalesce(cardinality(p_rows), 0);
     v_fast boolean;
+    v_pt   bigint[];
+    v_pe   bigint[];
 BEGIN
     IF v_n = 0 THEN
         RETURN;
@@ -348,15 +406,10 @@ BEGIN
     FROM unnest(p_rows) r
     LEFT JOIN public.attributes a ON a.attribute_id = r.attribute_id;
     IF v_fast THEN
-        -- As a join, not a correlated NOT EXISTS: Citus plans no correlated subquery over a
-        -- set-returning function (the batch becomes an intermediate result joined on the
-        -- shards). The primary key makes each live entity match once.
-        WITH x AS (SELECT DISTINCT x.tenant_id, x.entity_id FROM unnest(p_rows) x)
-        SELECT (SELECT count(*) FROM x) = (
-            SELECT count(*) FROM x
-            JOIN public.entities en ON en.entity_id = x.entity_id AND en.tenant_id = x.tenant_id
-            WHERE NOT en.is_deleted)
-        INTO v_fast;
+        SELECT array_agg(x.tenant_id), array_agg(x.entity_id) INTO v_pt, v_pe
+        FROM (SELECT DISTINCT r.tenant_id, r.entity_id FROM unnest(p_rows) r) x;
+        SELECT count(*) = cardinality(v_pt) INTO v_fast
+        FROM public.flush_live_entities(v_pt, v_pe);
     END IF;
 
     -- 2. Store them with a plain INSERT in primary-key order (concurrent writers take keys in

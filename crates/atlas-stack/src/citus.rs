@@ -21,12 +21,15 @@ pub const CITUS_BUILD_ENV: &str = "ATLAS_CITUS_BUILD";
 /// Settings of every node of a Citus stack (coordinator, its replica, workers).
 /// - Citus must be preloaded.
 /// - Multi-shard writes commit with two-phase commit: prepared transactions are needed.
+/// - A node reaches itself (reference-table copies, shard moves) at `citus.local_hostname`:
+///   the address the nodes listen on and the passwords file names, not `localhost`.
 ///
 /// `citus.propagate_set_commands = 'local'` (so `SET LOCAL app.current_tenant_id` reaches the
 /// shards) is set by `atlas migrate` on the app login only, not here: server-wide it would
 /// also carry the migrator's `SET LOCAL ROLE` onto Citus's own superuser connections.
 pub(crate) const SERVER_SETTINGS: &str = "shared_preload_libraries = 'citus'\n\
-     max_prepared_transactions = 200\n";
+     max_prepared_transactions = 200\n\
+     citus.local_hostname = '127.0.0.1'\n";
 
 /// Whether the Citus extension is installed into PostgreSQL 15.
 pub fn citus_installed() -> bool {

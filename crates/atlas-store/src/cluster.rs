@@ -271,9 +271,12 @@ pub async fn citus_add_worker(
         .get(0))
 }
 
-/// Moves shards until every worker holds a fair share, online: shards move by logical
-/// replication (`force_logical`), so writes to a moving shard go on (they wait only for the
-/// final switch). Blocks until the moves are done; returns how many shard groups moved.
+/// Moves shards until every worker holds a fair share while Atlas keeps running. Shards are
+/// copied with writes to the moving shard group blocked for its copy (`block_writes`; reads
+/// and every other shard go on), not by logical replication: PostgreSQL 15's apply worker
+/// refuses tables with FORCE ROW LEVEL SECURITY unless its role bypasses RLS, and Citus's
+/// move subscription runs as a plain member of the tables' owner. Blocks until the moves are
+/// done; returns how many shard moves were planned.
 pub async fn citus_rebalance(client: &Client) -> Result<i64, tokio_postgres::Error> {
     let planned: i64 = client
         .query_one(
@@ -284,16 +287,17 @@ pub async fn citus_rebalance(client: &Client) -> Result<i64, tokio_postgres::Err
         .get(0);
     client
         .execute(
-            "SELECT rebalance_table_shards(shard_transfer_mode := 'force_logical')",
+            "SELECT rebalance_table_shards(shard_transfer_mode := 'block_writes')",
             &[],
         )
         .await?;
     Ok(planned)
 }
 
-/// Puts one tenant on a shard (group) of its own, split out of the shard it shares, online
-/// (`isolate_tenant_to_new_shard` with CASCADE for the co-located tables, by logical
-/// replication). Returns the new shard id of `entities`.
+/// Puts one tenant on a shard (group) of its own, split out of the shard it shares
+/// (`isolate_tenant_to_new_shard` with CASCADE for the co-located tables; writes to the split
+/// shard group wait for the copy, as in [`citus_rebalance`]). Returns the new shard id of
+/// `entities`.
 pub async fn citus_isolate_tenant(
     client: &Client,
     tenant_id: i64,
@@ -301,7 +305,7 @@ pub async fn citus_isolate_tenant(
     Ok(client
         .query_one(
             "SELECT isolate_tenant_to_new_shard('public.entities', $1::bigint, 'CASCADE', \
-                 shard_transfer_mode := 'force_logical')",
+                 shard_transfer_mode := 'block_writes')",
             &[&tenant_id],
         )
         .await?

@@ -282,6 +282,23 @@ impl TestDb {
                 .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
         }
         let urls = cluster.stack.urls_for(&name);
+        // Citus records the database itself as a distributed object (the migrator's ALTER
+        // DATABASE … OWNER): a clone's record still names the template, which a node added
+        // later would be asked to have. Point it at the clone, on every node.
+        if cluster.stack.spec().is_citus() {
+            for port in node_ports(&cluster.stack) {
+                connect(&cluster.stack.admin_url_at(port, &name))
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {name}: {e}"))
+                    .batch_execute(
+                        "UPDATE pg_catalog.pg_dist_object SET objid = \
+                         (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                         WHERE classid = 'pg_catalog.pg_database'::regclass",
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("the database object of {name}: {e}"));
+            }
+        }
         // The template's partitions start at the month it was migrated in (it is kept across
         // runs of one schema): cover yesterday's month and two after it, so readings a few
         // hours old are stored in a month's first hours too.
