@@ -743,3 +743,85 @@ async fn citus_fault_a_killed_worker_fails_only_its_tenants_and_loses_nothing() 
     acked.extend(b_ids.iter().map(|e| (b, *e, t + 100)));
     assert_stored_once(&server, &acked).await;
 }
+
+#[tokio::test]
+async fn citus_an_isolated_tenant_gets_a_shard_of_its_own_and_keeps_its_rows() {
+    require_citus();
+    let server = Server::start().await;
+    let tenants = two_tenants_on_two_workers(&server).await;
+    let (a, a_key, a_ids, _) = &tenants[0];
+    let c = server.db.admin().await;
+    let count = |tenant: i64| {
+        let c = &c;
+        async move {
+            atlas_testkit::scalar(
+                c,
+                "SELECT count(*) FROM public.entity_values_ts WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await
+        }
+    };
+    let before = (count(*a).await, count(tenants[1].0).await);
+    let old_shard = atlas_testkit::scalar(
+        &c,
+        "SELECT get_shard_id_for_distribution_column('public.entities', $1::bigint)",
+        &[a],
+    )
+    .await;
+
+    let new_shard = atlas_store::cluster::citus_isolate_tenant(&c, *a)
+        .await
+        .unwrap_or_else(|e| panic!("isolate: {e:?}"));
+    assert_ne!(new_shard, old_shard);
+    // The new shard's hash range is the tenant's hash alone: no other tenant can land there.
+    let span = atlas_testkit::scalar(
+        &c,
+        "SELECT (shardmaxvalue::bigint - shardminvalue::bigint) FROM pg_dist_shard WHERE shardid = $1",
+        &[&new_shard],
+    )
+    .await;
+    assert_eq!(span, 0);
+    assert_eq!(
+        atlas_testkit::scalar(
+            &c,
+            "SELECT get_shard_id_for_distribution_column('public.entities', $1::bigint)",
+            &[a],
+        )
+        .await,
+        new_shard
+    );
+    // Nothing lost or moved to the wrong tenant, and the API still serves the tenant.
+    assert_eq!((count(*a).await, count(tenants[1].0).await), before);
+    let (s, latest) = call(server.as_tenant(
+        a_key,
+        Method::GET,
+        &format!("/v1/entities/{}/latest?attribute=temperature", a_ids[0]),
+    ))
+    .await;
+    assert_eq!(s, 200, "{latest}");
+    assert!(latest["latest"]["ts"].is_i64(), "{latest}");
+}
+
+#[tokio::test]
+async fn citus_cdc_refuses_a_citus_database_naming_why() {
+    require_citus();
+    let server = Server::start().await;
+    let err = atlas_cdc::Source::connect(&server.db.urls.admin_database_url, "atlas_cdc_test")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("atlas cdc accepted a Citus database"));
+    let message = err.to_string();
+    assert!(
+        message.contains("Citus") && message.contains("worker"),
+        "{message}"
+    );
+    // And no slot was made.
+    let slots = server
+        .scalar(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'atlas_cdc_test'",
+            &[],
+        )
+        .await;
+    assert_eq!(slots, 0);
+}

@@ -105,29 +105,6 @@ $$;
 REVOKE EXECUTE ON FUNCTION public.search_entities_plan(jsonb,text,text[],text[],text,bigint,integer) FROM PUBLIC;
 ALTER FUNCTION public.search_entities_plan(jsonb,text,text[],text[],text,bigint,integer) OWNER TO atlas_definer;
 
--- Sets the tenant of the current transaction: SET LOCAL app.current_tenant_id, which the
--- server cannot send with a bind parameter (SET takes none) and will not format into a
--- statement itself. SET LOCAL rather than set_config(): on a Citus coordinator (with
--- citus.propagate_set_commands = 'local', set on the app login by the migrator) only SET LOCAL
--- in a transaction block reaches the workers, whose shards' policies read it; set_config would
--- leave every shard without a tenant (0 rows - closed, but nothing works). Outside a
--- transaction block it does nothing (PostgreSQL warns), so no context can outlive a request.
--- Confers nothing: any session may SET its own app.current_tenant_id.
-CREATE OR REPLACE FUNCTION public.set_tenant(p_tenant_id bigint)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF p_tenant_id IS NULL THEN
-        RAISE EXCEPTION 'set_tenant: the tenant id is NULL' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    EXECUTE format('SET LOCAL app.current_tenant_id = %L', p_tenant_id::text);
-END
-$$;
-REVOKE EXECUTE ON FUNCTION public.set_tenant(bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.set_tenant(bigint) TO atlas_app;
-
 -- Which of the given entity ids exist for the tenant. Bound to the session's tenant when one
 -- is set: a caller whose session already names a tenant may ask only about that tenant
 -- (anything else is refused with insufficient_privilege, like a policy violation); a caller

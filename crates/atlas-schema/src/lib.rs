@@ -194,10 +194,17 @@ pub const SCHEMA: Schema = Schema {
     squashed: SQUASHED_0020,
 };
 
+/// `functions/tenancy.sql`, which the analytics store shares with the main database: the
+/// server sets a transaction's tenant with `set_tenant()` on both.
+const TENANCY: Functions = Functions {
+    name: "tenancy.sql",
+    sql: include_str!("../functions/tenancy.sql"),
+};
+
 /// The analytics store's schema.
 pub const ANALYTICS_SCHEMA: Schema = Schema {
     migrations: ANALYTICS_MIGRATIONS,
-    functions: &[],
+    functions: std::slice::from_ref(&TENANCY),
     after_migrate: "",
     squashed: &[],
 };

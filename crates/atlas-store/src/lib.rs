@@ -313,13 +313,16 @@ impl Store {
     /// the schema's one parser of partition bounds).
     pub async fn ts_partitions(&self) -> Result<Vec<TsPartition>, StoreError> {
         let client = self.primary.get().await?;
-        let rows = client
-            .query(
-                "SELECT relname, lo, hi, pg_total_relation_size(relid) \
-                 FROM public.ts_partition_bounds() ORDER BY lo",
-                &[],
-            )
-            .await?;
+        // On Citus a partition's rows are in its shards on the workers: the coordinator's
+        // table is an empty shell.
+        let sql = if cluster::is_citus(&client).await? {
+            "SELECT relname, lo, hi, citus_total_relation_size(relid) \
+             FROM public.ts_partition_bounds() ORDER BY lo"
+        } else {
+            "SELECT relname, lo, hi, pg_total_relation_size(relid) \
+             FROM public.ts_partition_bounds() ORDER BY lo"
+        };
+        let rows = client.query(sql, &[]).await?;
         rows.iter()
             .map(|r| {
                 Ok(TsPartition {

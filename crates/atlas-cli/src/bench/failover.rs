@@ -208,6 +208,7 @@ pub(crate) async fn run(config: &Config, args: &FailoverArgs) -> Result<()> {
         &stack.urls_for("postgres").admin_database_url,
         stack.urls_for(BENCH_DB),
         stack.app_password(),
+        None,
     )
     .await?;
     let fleet = Fleet::create(&urls, args.entities).await?;

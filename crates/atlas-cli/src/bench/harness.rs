@@ -57,11 +57,13 @@ pub(crate) struct CpuSample {
     pub(crate) primary: f64,
     pub(crate) replica: f64,
     pub(crate) server: f64,
+    /// Citus workers, together (0 on a single node).
+    pub(crate) workers: f64,
 }
 
 impl CpuSample {
     pub(crate) fn total(&self) -> f64 {
-        self.primary + self.replica + self.server
+        self.primary + self.replica + self.server + self.workers
     }
 
     pub(crate) fn since(self, before: &Self) -> Self {
@@ -69,6 +71,7 @@ impl CpuSample {
             primary: self.primary - before.primary,
             replica: self.replica - before.replica,
             server: self.server - before.server,
+            workers: self.workers - before.workers,
         }
     }
 
@@ -79,6 +82,7 @@ impl CpuSample {
             primary: per(self.primary),
             replica: per(self.replica),
             server: per(self.server),
+            workers: per(self.workers),
         }
     }
 }
@@ -114,6 +118,9 @@ pub(crate) fn cpu_sample(stack: &Stack, server: Option<u32>) -> Option<CpuSample
             Some(pid) => process_cpu_secs(pid)?,
             None => 0.0,
         },
+        workers: (0..stack.spec().workers.len())
+            .map(|i| cluster(stack.worker_dir(i)))
+            .sum::<Option<f64>>()?,
     })
 }
 
@@ -197,14 +204,59 @@ pub(crate) async fn wal_stats(admin: &tokio_postgres::Client) -> Result<WalStats
     })
 }
 
+/// [`wal_stats`] summed over the stack's nodes: the primary (`admin`) and, on Citus, every
+/// worker, where the shards' WAL is written.
+pub(crate) async fn stack_wal_stats(
+    stack: &Stack,
+    admin: &tokio_postgres::Client,
+) -> Result<WalStats> {
+    let mut total = wal_stats(admin).await?;
+    for port in &stack.spec().workers {
+        let worker = crate::connect(&stack.admin_url_at(*port, "postgres")).await?;
+        let w = wal_stats(&worker).await?;
+        total.bytes += w.bytes;
+        total.checkpoints += w.checkpoints;
+    }
+    Ok(total)
+}
+
 /// Drops and recreates the `atlas_bench` database on the local stack and migrates it.
 pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres::Client)> {
+    let citus = if stack.spec().is_citus() {
+        // The database is made on every worker too; the coordinator's is set up with them
+        // before it is migrated (the migration distributes the schema).
+        let mut workers = Vec::new();
+        for port in &stack.spec().workers {
+            let admin = crate::connect(&stack.admin_url_at(*port, "postgres")).await?;
+            for generator in [
+                "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
+                "SELECT format('CREATE DATABASE %I', $1::text)",
+            ] {
+                let stmt: String = admin.query_one(generator, &[&BENCH_DB]).await?.get(0);
+                admin.batch_execute(&stmt).await?;
+            }
+            workers.push((stack.admin_url_at(*port, BENCH_DB), i32::from(*port)));
+        }
+        Some(CitusNodes {
+            coordinator_port: i32::from(stack.spec().pg_port),
+            workers,
+        })
+    } else {
+        None
+    };
     fresh_db_at(
         &stack.urls_for("postgres").admin_database_url,
         stack.urls_for(BENCH_DB),
         stack.app_password(),
+        citus.as_ref(),
     )
     .await
+}
+
+/// The workers of a Citus bench database: `(superuser URL of the database there, port)`.
+pub(crate) struct CitusNodes {
+    pub(crate) coordinator_port: i32,
+    pub(crate) workers: Vec<(String, i32)>,
 }
 
 /// [`fresh_db`] on any cluster: `admin_url` is a superuser URL of its `postgres` database,
@@ -213,6 +265,7 @@ pub(crate) async fn fresh_db_at(
     admin_url: &str,
     urls: StackUrls,
     app_password: &str,
+    citus: Option<&CitusNodes>,
 ) -> Result<(StackUrls, tokio_postgres::Client)> {
     let admin = crate::connect(admin_url).await?;
     // A logical slot (left by `atlas bench cdc`) keeps its database from being dropped.
@@ -232,6 +285,22 @@ pub(crate) async fn fresh_db_at(
         admin.batch_execute(&stmt).await?;
     }
     let mut bench_admin = crate::connect(&urls.admin_database_url).await?;
+    if let Some(nodes) = citus {
+        let mut workers = Vec::new();
+        for (url, port) in &nodes.workers {
+            workers.push((crate::connect(url).await?, *port));
+        }
+        let refs: Vec<(&tokio_postgres::Client, (&str, i32))> = workers
+            .iter()
+            .map(|(c, p)| (c, ("127.0.0.1", *p)))
+            .collect();
+        atlas_store::cluster::citus_prepare(
+            &bench_admin,
+            ("127.0.0.1", nodes.coordinator_port),
+            &refs,
+        )
+        .await?;
+    }
     let login = atlas_schema::AppLogin {
         user: "atlas_app".into(),
         password: app_password.to_owned(),

@@ -19,7 +19,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::harness::{
     CpuSample, WalStats, cpu_sample, fresh_db, idle_slots, percentile, rss_mb, settle,
-    start_server, wal_stats,
+    stack_wal_stats, start_server,
 };
 
 /// `atlas bench ingest` options.
@@ -59,6 +59,10 @@ pub struct IngestArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Run on the Citus stack (`atlas stack up --citus`: a coordinator and two workers), then
+    /// the same full-speed phase on the single-node stack for the ratio.
+    #[arg(long)]
+    citus: bool,
 }
 
 pub(super) const VALUES_PER_READING: u64 = 5;
@@ -112,14 +116,23 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
     if args.clients == 0 || args.batch == 0 || args.entities == 0 {
         bail!("--clients, --batch and --entities must be at least 1");
     }
-    let spec = StackSpec::local(config.stack_dir.clone());
+    let spec = if args.citus {
+        StackSpec::citus_local(config.stack_dir.join("citus"))
+    } else {
+        StackSpec::local(config.stack_dir.clone())
+    };
+    let workers = spec.workers.len();
     let stack = tokio::task::spawn_blocking(move || Stack::up(&spec)).await??;
     let log = |m: &str| {
         if !args.json {
             eprintln!("{m}");
         }
     };
-    log("preparing a fresh atlas_bench database on the local stack (fsync on)…");
+    log(if args.citus {
+        "preparing a fresh atlas_bench database on the Citus stack (fsync on)…"
+    } else {
+        "preparing a fresh atlas_bench database on the local stack (fsync on)…"
+    });
     let (urls, bench_admin) = fresh_db(&stack).await?;
     let idle_slots = idle_slots(&bench_admin).await?;
     // Printed even with --json (to stderr): a figure measured like this must not pass unnoticed.
@@ -133,27 +146,9 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
     let fleet = Fleet::create(&urls, args.entities).await?;
 
     // The server, as users run it, with limits out of the benchmark's way.
-    let (server, base) = start_server(
-        &urls,
-        &format!(
-            "[ingest]\nbatch_interval_ms = {}\nbatch_rows = {}\nwriters = {}\n",
-            args.batch_interval_ms, args.batch_rows, args.writers
-        ),
-    )
-    .await?;
+    let (server, base) = start_server(&urls, &server_settings(args)).await?;
     let pid = server.0.id();
-    let load = Arc::new(Load {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(args.clients)
-            .build()?,
-        base,
-        key: fleet.key.clone(),
-        ids: Arc::clone(&fleet.ids),
-        batch: args.batch,
-        hot_every: args.hot_change_every,
-        per_request: args.batch as u64 * VALUES_PER_READING,
-        base_ms: chrono::Utc::now().timestamp_millis() - 6 * 3_600_000,
-    });
+    let load = Arc::new(Load::new(args, base, &fleet)?);
     let requests = args.values.div_ceil(load.per_request);
     log(&format!(
         "phase 1: {requests} requests × {} values, {} clients, {} entities, hot status changes every {} readings",
@@ -173,9 +168,19 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
 
     let copy_rows = requests * load.per_request;
     let baselines = baselines(&stack, &bench_admin, &urls, &fleet, copy_rows, args, log).await?;
+    // On Citus: the same full-speed phase on the single-node stack, for the ratio.
+    let single = if args.citus {
+        log("single node: the same full-speed phase on the local stack, for the ratio…");
+        Some(single_node_durable(config, args, requests).await?)
+    } else {
+        None
+    };
     #[allow(clippy::cast_precision_loss)]
     let result = json!({
         "values": copy_rows,
+        "workers": workers,
+        "single_node_durable_values_per_s": single.map(f64::round),
+        "ratio_vs_single_node": single.map(|v| (full.values_per_s / v * 100.0).round() / 100.0),
         "clients": args.clients,
         "batch_readings": args.batch,
         "values_per_request": load.per_request,
@@ -197,6 +202,7 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
         "durable_cpu_us_per_value": full.cpu.map(|c| (c.total() * 100.0).round() / 100.0),
         "primary_cpu_us_per_value": full.cpu.map(|c| (c.primary * 100.0).round() / 100.0),
         "replica_cpu_us_per_value": full.cpu.map(|c| (c.replica * 100.0).round() / 100.0),
+        "workers_cpu_us_per_value": full.cpu.map(|c| (c.workers * 100.0).round() / 100.0),
         "server_cpu_us_per_value": full.cpu.map(|c| (c.server * 100.0).round() / 100.0),
         "raw_copy_primary_cpu_us_per_value": baselines.copy_cpu.map(|c| (c.primary * 100.0).round() / 100.0),
         "raw_copy_replica_cpu_us_per_value": baselines.copy_cpu.map(|c| (c.replica * 100.0).round() / 100.0),
@@ -287,6 +293,29 @@ impl Fleet {
     }
 }
 
+/// The server's `[ingest]` settings for a run.
+fn server_settings(args: &IngestArgs) -> String {
+    format!(
+        "[ingest]\nbatch_interval_ms = {}\nbatch_rows = {}\nwriters = {}\n",
+        args.batch_interval_ms, args.batch_rows, args.writers
+    )
+}
+
+/// The full-speed durable phase alone on the single-node stack (`--citus`'s baseline):
+/// values per second.
+async fn single_node_durable(config: &Config, args: &IngestArgs, requests: u64) -> Result<f64> {
+    let spec = StackSpec::local(config.stack_dir.clone());
+    let stack = tokio::task::spawn_blocking(move || Stack::up(&spec)).await??;
+    let (urls, bench_admin) = fresh_db(&stack).await?;
+    let fleet = Fleet::create(&urls, args.entities).await?;
+    let (server, base) = start_server(&urls, &server_settings(args)).await?;
+    let pid = server.0.id();
+    let load = Arc::new(Load::new(args, base, &fleet)?);
+    let full = full_speed(&load, args, requests, &stack, &bench_admin, pid).await?;
+    drop(server);
+    Ok(full.values_per_s)
+}
+
 /// What the two HTTP phases send, and how.
 struct Load {
     http: reqwest::Client,
@@ -300,6 +329,21 @@ struct Load {
 }
 
 impl Load {
+    fn new(args: &IngestArgs, base: String, fleet: &Fleet) -> Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.clients)
+                .build()?,
+            base,
+            key: fleet.key.clone(),
+            ids: Arc::clone(&fleet.ids),
+            batch: args.batch,
+            hot_every: args.hot_change_every,
+            per_request: args.batch as u64 * VALUES_PER_READING,
+            base_ms: chrono::Utc::now().timestamp_millis() - 6 * 3_600_000,
+        })
+    }
+
     /// Sends request number `req` (its readings' times follow from it) and returns its
     /// latency in milliseconds; a refused request ends the bench.
     async fn send(&self, req: u64) -> Result<f64> {
@@ -367,7 +411,7 @@ async fn full_speed(
     let next = Arc::new(AtomicU64::new(0));
     settle(bench_admin).await?;
     let cpu_before = cpu_sample(stack, Some(pid));
-    let wal_before = wal_stats(bench_admin).await?;
+    let wal_before = stack_wal_stats(stack, bench_admin).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
@@ -390,7 +434,9 @@ async fn full_speed(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = cpu_sample(stack, Some(pid));
-    let wal = wal_stats(bench_admin).await?.since(&wal_before);
+    let wal = stack_wal_stats(stack, bench_admin)
+        .await?
+        .since(&wal_before);
     bar.finish_and_clear();
     #[allow(clippy::cast_precision_loss)]
     let sent = (requests * load.per_request) as f64;
@@ -470,7 +516,7 @@ async fn baselines(
     log("baseline: raw binary COPY into entity_values_ts…");
     settle(bench_admin).await?;
     let cpu_before = cpu_sample(stack, None);
-    let wal_before = wal_stats(bench_admin).await?;
+    let wal_before = stack_wal_stats(stack, bench_admin).await?;
     // Into the next month's partition, empty like the current one was when phase 1 began:
     // COPY into the partition phase 1 filled would pay for a larger primary key (measured: a
     // COPY's CPU per value grows with the partition) and flatter the durable path.
@@ -480,7 +526,9 @@ async fn baselines(
     let copy_cpu = cpu_before
         .zip(cpu_sample(stack, None))
         .map(|(a, b)| b.since(&a).per_value(copy_rows as f64));
-    let copy_wal = wal_stats(bench_admin).await?.since(&wal_before);
+    let copy_wal = stack_wal_stats(stack, bench_admin)
+        .await?
+        .since(&wal_before);
     log("baseline: per-row autocommit INSERT…");
     let naive_per_s = naive_insert(
         &urls.admin_database_url,
@@ -542,18 +590,26 @@ fn print_table(r: &serde_json::Value) {
 /// baselines' rows go there, each into a partition that is still empty — the state phase 1
 /// started from. The migrations make both partitions (the current month plus two).
 async fn empty_months(admin: &tokio_postgres::Client) -> Result<(i64, i64)> {
+    // Two statements, no correlated subquery (Citus plans none over a subquery).
     let row = admin
         .query_one(
             "SELECT (extract(epoch FROM m + interval '1 month 1 day') * 1000)::bigint, \
                     (extract(epoch FROM m + interval '2 months 1 day') * 1000)::bigint, \
-                    EXISTS (SELECT 1 FROM entity_values_ts \
-                            WHERE ingested_at >= m + interval '1 month' \
-                              AND ingested_at < m + interval '3 months') \
+                    m + interval '1 month', m + interval '3 months' \
              FROM (SELECT date_trunc('month', now(), 'UTC') AS m) x",
             &[],
         )
         .await?;
-    if row.get::<_, bool>(2) {
+    let (from, to): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        (row.get(2), row.get(3));
+    let taken = admin
+        .query_opt(
+            "SELECT 1 FROM entity_values_ts WHERE ingested_at >= $1 AND ingested_at < $2 LIMIT 1",
+            &[&from, &to],
+        )
+        .await?
+        .is_some();
+    if taken {
         bail!("the bench database already holds rows in the baselines' months");
     }
     Ok((row.get(0), row.get(1)))
