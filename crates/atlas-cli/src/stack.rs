@@ -19,9 +19,9 @@ pub enum StackAction {
         /// else the build script of --citus-build.
         #[arg(long)]
         citus: bool,
-        /// A script that builds and installs Citus into PostgreSQL 15, used when apt has no
-        /// Citus package.
-        #[arg(long, env = "ATLAS_CITUS_BUILD", requires = "citus")]
+        /// A script that builds and installs Citus into PostgreSQL 15, used with --citus when
+        /// apt has no Citus package (ignored without --citus).
+        #[arg(long, env = "ATLAS_CITUS_BUILD")]
         citus_build: Option<std::path::PathBuf>,
     },
     /// Install what is missing, start PostgreSQL primary + replica and Redis, print the URLs.

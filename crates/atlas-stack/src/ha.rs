@@ -498,14 +498,7 @@ impl HaStack {
 
     /// The pid of a node's postmaster, from its `postmaster.pid`.
     pub fn postmaster_pid(&self, node: &HaNode) -> Option<u32> {
-        let path = self.data_dir(node).join("postmaster.pid");
-        fs::read_to_string(path)
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        crate::process::postmaster_pid(&self.data_dir(node))
     }
 
     /// Kills a node's postmaster with SIGKILL: the crash the HA stack exists for. Patroni

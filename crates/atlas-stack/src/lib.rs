@@ -463,14 +463,7 @@ impl Stack {
 
     /// The postmaster pid of the `i`-th Citus worker (for a `kill -9` in failure tests).
     pub fn worker_pid(&self, i: usize) -> Option<u32> {
-        let pidfile = self.worker_dir(i).join("postmaster.pid");
-        fs::read_to_string(pidfile)
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        process::postmaster_pid(&self.worker_dir(i))
     }
 
     /// Stops the primary: `immediate` is a crash-like stop (no checkpoint; WAL replay at the

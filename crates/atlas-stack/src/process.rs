@@ -185,3 +185,14 @@ pub(crate) fn signal(pid: u32, signal: &str) -> Result<(), StackError> {
         .run(&format!("kill -{signal} {pid}"))
         .map(|_| ())
 }
+
+/// The postmaster's pid from a data directory's `postmaster.pid` (its first line).
+pub(crate) fn postmaster_pid(data: &Path) -> Option<u32> {
+    std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
