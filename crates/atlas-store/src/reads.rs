@@ -259,13 +259,18 @@ pub const HOT_SQL: &str = "SELECT coalesce(j.hot_attrs, '{}'::jsonb), coalesce(j
      LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
      WHERE e.tenant_id = $1 AND e.entity_id = $2 AND NOT e.is_deleted";
 
-/// The newest-value statement ($1 tenant, $2 entity, $3 attribute). Ordered by the primary
-/// key (tenant, entity, attribute, ingested_at) backwards: the newest partition is read first
-/// and the scan stops at the first row.
+/// The newest-value statement ($1 tenant, $2 entity, $3 attribute): one row when the tenant
+/// has the live entity (its value columns NULL when it has no value yet), none otherwise. The
+/// value is read by the primary key (tenant, entity, attribute, ingested_at) backwards: the
+/// newest partition first, stopping at the first row.
 pub const LATEST_SQL: &str = concat!(
+    "SELECT l.value, l.value_int, l.value_decimal, l.value_bool, l.value_date, \
+            l.value_timestamp, l.ingested_at \
+     FROM public.entities e LEFT JOIN LATERAL (",
     value_columns!(),
     "WHERE ev.tenant_id = $1 AND ev.entity_id = $2 AND ev.attribute_id = $3 \
-     ORDER BY ev.ingested_at DESC LIMIT 1"
+     ORDER BY ev.ingested_at DESC LIMIT 1) l ON true \
+     WHERE e.tenant_id = $1 AND e.entity_id = $2 AND NOT e.is_deleted"
 );
 
 /// The series statement, oldest first ($1 tenant, $2 entity, $3 attribute, $4 from,
@@ -431,13 +436,19 @@ pub async fn latest(
     entity_id: i64,
     attr: AttrRef,
 ) -> Result<Option<Option<Point>>, StoreError> {
-    if !entity_exists(tx, tenant, entity_id).await? {
-        return Ok(None);
-    }
-    let row = tx
+    // One statement: the entity check and the value together (on Citus each statement is a
+    // round trip to the tenant's worker).
+    let Some(row) = tx
         .cached_query_opt(LATEST_SQL, &[&tenant.0, &entity_id, &attr.attribute_id])
-        .await?;
-    Ok(Some(row.map(|r| point(&r, attr.data_type)).transpose()?))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let stored: Option<DateTime<Utc>> = row.try_get(6)?;
+    Ok(Some(match stored {
+        Some(_) => Some(point(&row, attr.data_type)?),
+        None => None,
+    }))
 }
 
 /// Series query: an entity's values of one attribute in `[from, to)`.
