@@ -28,14 +28,6 @@ fn require_citus() {
     );
 }
 
-async fn strings(
-    c: &Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Vec<String> {
-    atlas_testkit::column(c, sql, params).await
-}
-
 /// The worker port each shard of `table` is placed on, by shard name.
 async fn shards(c: &Client, table: &str) -> Vec<(String, i32)> {
     c.query(
@@ -126,7 +118,7 @@ async fn citus_schema_is_distributed_by_tenant_and_colocated() {
         "monthly partitions not distributed"
     );
     assert_eq!(partitions.get::<_, i64>(1), 1);
-    let kind = strings(
+    let kind: Vec<String> = atlas_testkit::column(
         &c,
         "SELECT relkind::text FROM pg_class WHERE oid = 'public.entity_jsonb'::regclass",
         &[],
