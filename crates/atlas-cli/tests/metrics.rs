@@ -204,7 +204,6 @@ async fn every_metric_readme_names_is_emitted_with_help_and_passes_promtool() {
         "atlas_ingest_batches_failed_total 0",
         "atlas_ingest_batch_retries_total 0",
         "atlas_ingest_queue_full_total 0",
-        "atlas_cache_errors_total{op=\"invalidate\"} 0",
         "atlas_analytics_fallbacks_total{reason=\"error\"} 0",
     ] {
         assert!(
@@ -212,6 +211,15 @@ async fn every_metric_readme_names_is_emitted_with_help_and_passes_promtool() {
             "{counter} missing"
         );
     }
+    // The cache's failure counter is there from the start too; its value is not asserted: a
+    // Redis call beyond its 50 ms budget counts as a failure by design, and on this shared
+    // 2-core machine under the whole suite one sometimes is (seen: 1 of ~40 invalidations).
+    assert!(
+        from_serve
+            .lines()
+            .any(|l| l.starts_with("atlas_cache_errors_total{op=\"invalidate\"} ")),
+        "atlas_cache_errors_total{{op=\"invalidate\"}} missing"
+    );
     promtool_check(&from_serve, "atlas serve");
     promtool_check(&from_cdc, "atlas cdc");
 }

@@ -56,6 +56,15 @@ impl Server {
         change(&mut config);
         let server = atlas_server::Server::build(&config).unwrap_or_else(|e| panic!("server: {e}"));
         let state = server.state().clone();
+        // A server trusts Redis only once it has replaced the cache epoch (in the background,
+        // at start): tests that look at what the cache holds must not race that. Bounded: a
+        // test that starts with Redis unreachable goes on after it.
+        if config.redis_url.is_some() || !config.redis_sentinel_urls.is_empty() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !state.cache().is_trusted() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
