@@ -518,24 +518,14 @@ async fn citus_fault_adding_a_worker_and_rebalancing_under_ingest_loses_and_dupl
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let create = node
-        .query_one(
-            "SELECT format('CREATE DATABASE %I', $1::text)",
-            &[&server.db.name],
-        )
+    let (stack, name) = (
+        atlas_testkit::cluster().stack.clone(),
+        server.db.name.clone(),
+    );
+    tokio::task::spawn_blocking(move || stack.citus_worker_database(EXTRA, &name))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-        .get::<_, String>(0);
-    node.batch_execute(&create)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    server
-        .db
-        .admin_at(EXTRA)
-        .await
-        .batch_execute("CREATE EXTENSION citus")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("the database on the extra worker: {e}"));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writer = {

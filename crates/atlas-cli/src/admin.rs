@@ -34,8 +34,8 @@ pub enum TenantCmd {
     },
     /// On Citus: put a big tenant on a shard of its own (`isolate_tenant_to_new_shard`).
     Isolate {
-        /// Tenant id.
-        tenant: i64,
+        /// Tenant name or id.
+        tenant: String,
     },
 }
 
@@ -221,7 +221,10 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
         }
         TenantCmd::Deactivate { tenant } => set_active(&store, &tenant, false).await,
         TenantCmd::Activate { tenant } => set_active(&store, &tenant, true).await,
-        TenantCmd::Isolate { tenant } => crate::cluster::isolate_tenant(config, tenant).await,
+        TenantCmd::Isolate { tenant } => {
+            let id = resolve_tenant(&store, &tenant).await?.tenant_id;
+            crate::cluster::isolate_tenant(config, id).await
+        }
     }
 }
 

@@ -118,7 +118,11 @@ fn package_available() -> bool {
         })
 }
 
-/// Creates the extension in the stack's database on a node.
+/// Creates the database `:'db'` unless it exists (run in `postgres`; a psql variable, quoted
+/// by PostgreSQL's `format`).
+const CREATE_DATABASE: &str = "SELECT format('CREATE DATABASE %I', :'db') \
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec\n";
+/// Creates the extension in the database the script runs in.
 const CREATE_EXTENSION: &str = "CREATE EXTENSION IF NOT EXISTS citus;\n";
 /// On the coordinator: the extension, and the coordinator itself registered (group 0), so
 /// reference tables get a copy there. `:'port'` is the coordinator's port (a psql variable).
@@ -130,28 +134,41 @@ const ADD_WORKER: &str = "SELECT citus_add_node('127.0.0.1', :'port'::integer) \
 WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE nodename = '127.0.0.1' AND nodeport = :'port'::integer);\n";
 
 impl Stack {
-    /// Makes the stack's `atlas` database a Citus database: the extension on every node, the
-    /// coordinator and the workers registered (each step skipped when done). Other databases
-    /// (the tests') are set up by `atlas_store::cluster::citus_prepare`.
-    pub(crate) fn citus_setup(&self) -> Result<(), StackError> {
+    /// Makes `database` a Citus database of this stack: created on every worker, the
+    /// extension on every node, the coordinator and the workers registered (each step skipped
+    /// when done). The coordinator's database must exist. The one place a database becomes
+    /// distributed: `stack up` (for `atlas`), the test kit's templates, the benchmarks.
+    pub fn citus_setup(&self, database: &str) -> Result<(), StackError> {
         for port in &self.spec.workers {
-            self.psql_script(*port, CREATE_EXTENSION, None)?;
+            self.citus_worker_database(*port, database)?;
         }
-        let coordinator = self.spec.pg_port;
-        self.psql_script(coordinator, SETUP_COORDINATOR, Some(coordinator))?;
+        let coordinator = self.spec.pg_port.to_string();
+        self.psql_script(
+            self.spec.pg_port,
+            database,
+            SETUP_COORDINATOR,
+            &[("port", &coordinator)],
+        )?;
         for port in &self.spec.workers {
-            self.psql_script(coordinator, ADD_WORKER, Some(*port))?;
+            let port = port.to_string();
+            self.psql_script(self.spec.pg_port, database, ADD_WORKER, &[("port", &port)])?;
         }
         Ok(())
     }
 
-    /// Creates and starts one more Citus worker on `port` (data in `worker-<port>`), with the
-    /// `atlas` database and the extension; registering it with a database's coordinator is
-    /// the caller's (`atlas cluster add-worker`). Stopped by `down` like the others.
+    /// Creates `database` with the citus extension on the node listening on `port`, unless
+    /// there: what a worker needs before a coordinator registers it.
+    pub fn citus_worker_database(&self, port: u16, database: &str) -> Result<(), StackError> {
+        self.psql_script(port, "postgres", CREATE_DATABASE, &[("db", database)])?;
+        self.psql_script(port, database, CREATE_EXTENSION, &[])
+    }
+
+    /// Creates and starts one more Citus worker on `port` (data in `worker-<port>`);
+    /// registering it with a database's coordinator is the caller's (`atlas cluster
+    /// add-worker`). Stopped by `down` like the others.
     pub fn up_extra_worker(&self, port: u16) -> Result<PathBuf, StackError> {
         let data = self.extra_worker_dir(port);
         self.up_server(&data, port, &format!("worker-{port}"))?;
-        self.psql_script(port, CREATE_EXTENSION, None)?;
         Ok(data)
     }
 
@@ -160,9 +177,15 @@ impl Stack {
         self.state.pg_root.join(format!("worker-{port}"))
     }
 
-    /// Runs a constant SQL script in the `atlas` database on `port`, with `port_var` as the psql
-    /// variable `port` (psql interpolates variables in scripts, never in `-c`).
-    fn psql_script(&self, port: u16, sql: &str, port_var: Option<u16>) -> Result<(), StackError> {
+    /// Runs a constant SQL script in `database` on `port` with psql variables (psql
+    /// interpolates them in scripts, never in `-c`; the script's text never holds a value).
+    fn psql_script(
+        &self,
+        port: u16,
+        database: &str,
+        sql: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<(), StackError> {
         let file = self
             .spec
             .dir
@@ -173,9 +196,9 @@ impl Stack {
             .pg(&format!("{}/psql", crate::PG_BIN))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .args(["-d", crate::DATABASE]);
-        if let Some(v) = port_var {
-            cmd = cmd.args(["-v", &format!("port={v}")]);
+            .args(["-d", database]);
+        for (name, value) in vars {
+            cmd = cmd.args(["-v", &format!("{name}={value}")]);
         }
         let result = cmd
             .args(["-f", &file.to_string_lossy()])

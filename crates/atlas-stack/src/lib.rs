@@ -262,7 +262,7 @@ impl Stack {
             stack.up_server(&stack.worker_dir(i), *port, &format!("worker{}", i + 1))?;
         }
         if stack.spec.is_citus() {
-            stack.citus_setup()?;
+            stack.citus_setup(DATABASE)?;
         }
         stack.up_replica()?;
         stack.up_redis()?;

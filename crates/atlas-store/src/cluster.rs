@@ -171,41 +171,6 @@ pub async fn is_citus(client: &Client) -> Result<bool, tokio_postgres::Error> {
         .is_some())
 }
 
-/// Makes a database a Citus database: the extension created on the coordinator and on each
-/// worker (superuser connections to that database on each node), the coordinator registered
-/// at `coordinator` and every worker added. Each step is skipped when done.
-pub async fn citus_prepare(
-    coordinator: &Client,
-    coordinator_addr: (&str, i32),
-    workers: &[(&Client, (&str, i32))],
-) -> Result<(), tokio_postgres::Error> {
-    for (worker, _) in workers {
-        worker
-            .batch_execute("CREATE EXTENSION IF NOT EXISTS citus")
-            .await?;
-    }
-    coordinator
-        .batch_execute("CREATE EXTENSION IF NOT EXISTS citus")
-        .await?;
-    coordinator
-        .execute(
-            "SELECT citus_set_coordinator_host($1::text, $2::integer) \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE groupid = 0)",
-            &[&coordinator_addr.0, &coordinator_addr.1],
-        )
-        .await?;
-    for (_, (host, port)) in workers {
-        coordinator
-            .execute(
-                "SELECT citus_add_node($1::text, $2::integer) WHERE NOT EXISTS \
-                 (SELECT 1 FROM pg_dist_node WHERE nodename = $1::text AND nodeport = $2::integer)",
-                &[host, port],
-            )
-            .await?;
-    }
-    Ok(())
-}
-
 /// One node of a Citus cluster as the coordinator's metadata has it, with what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CitusNode {

@@ -137,10 +137,11 @@ async fn build_template(stack: &Stack, template: &str) -> Result<(), String> {
     }
     generated(&admin, CREATE_EMPTY_DB, &[&building]).await?;
     if stack.spec().is_citus() {
-        for node in admins.iter().skip(1) {
-            generated(node, CREATE_EMPTY_DB, &[&building]).await?;
-        }
-        citus_prepare(stack, &building).await?;
+        let (s, b) = (stack.clone(), building.clone());
+        tokio::task::spawn_blocking(move || s.citus_setup(&b))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     }
     {
         let mut db = connect(&stack.urls_for(&building).admin_database_url)
@@ -161,31 +162,6 @@ async fn build_template(stack: &Stack, template: &str) -> Result<(), String> {
         generated(node, RENAME_DB, &[&building, &template]).await?;
     }
     Ok(())
-}
-
-/// Makes `database` (created on every node) a Citus database of the stack.
-async fn citus_prepare(stack: &Stack, database: &str) -> Result<(), String> {
-    let coordinator = connect(&stack.admin_url_at(stack.spec().pg_port, database))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut workers = Vec::new();
-    for port in &stack.spec().workers {
-        let client = connect(&stack.admin_url_at(*port, database))
-            .await
-            .map_err(|e| e.to_string())?;
-        workers.push((client, i32::from(*port)));
-    }
-    let refs: Vec<(&Client, (&str, i32))> = workers
-        .iter()
-        .map(|(c, p)| (c, ("127.0.0.1", *p)))
-        .collect();
-    atlas_store::cluster::citus_prepare(
-        &coordinator,
-        ("127.0.0.1", i32::from(stack.spec().pg_port)),
-        &refs,
-    )
-    .await
-    .map_err(|e| e.to_string())
 }
 
 /// Ends every session in `database` and lets no new one in, so it can be renamed and used as

@@ -222,50 +222,35 @@ pub(crate) async fn stack_wal_stats(
 
 /// Drops and recreates the `atlas_bench` database on the local stack and migrates it.
 pub(crate) async fn fresh_db(stack: &Stack) -> Result<(StackUrls, tokio_postgres::Client)> {
-    let citus = if stack.spec().is_citus() {
-        // The database is made on every worker too; the coordinator's is set up with them
-        // before it is migrated (the migration distributes the schema).
-        let mut workers = Vec::new();
-        for port in &stack.spec().workers {
-            let admin = crate::connect(&stack.admin_url_at(*port, "postgres")).await?;
-            for generator in [
+    // On Citus the workers' copies of the database go too (set up again before migrating).
+    for port in &stack.spec().workers {
+        let admin = crate::connect(&stack.admin_url_at(*port, "postgres")).await?;
+        let stmt: String = admin
+            .query_one(
                 "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)",
-                "SELECT format('CREATE DATABASE %I', $1::text)",
-            ] {
-                let stmt: String = admin.query_one(generator, &[&BENCH_DB]).await?.get(0);
-                admin.batch_execute(&stmt).await?;
-            }
-            workers.push((stack.admin_url_at(*port, BENCH_DB), i32::from(*port)));
-        }
-        Some(CitusNodes {
-            coordinator_port: i32::from(stack.spec().pg_port),
-            workers,
-        })
-    } else {
-        None
-    };
+                &[&BENCH_DB],
+            )
+            .await?
+            .get(0);
+        admin.batch_execute(&stmt).await?;
+    }
     fresh_db_at(
         &stack.urls_for("postgres").admin_database_url,
         stack.urls_for(BENCH_DB),
         stack.app_password(),
-        citus.as_ref(),
+        stack.spec().is_citus().then_some(stack),
     )
     .await
 }
 
-/// The workers of a Citus bench database: `(superuser URL of the database there, port)`.
-pub(crate) struct CitusNodes {
-    pub(crate) coordinator_port: i32,
-    pub(crate) workers: Vec<(String, i32)>,
-}
-
 /// [`fresh_db`] on any cluster: `admin_url` is a superuser URL of its `postgres` database,
-/// `urls` the cluster's URLs for [`BENCH_DB`].
+/// `urls` the cluster's URLs for [`BENCH_DB`]; `citus`, the Citus stack whose coordinator
+/// that is (the database is made distributed before it is migrated).
 pub(crate) async fn fresh_db_at(
     admin_url: &str,
     urls: StackUrls,
     app_password: &str,
-    citus: Option<&CitusNodes>,
+    citus: Option<&Stack>,
 ) -> Result<(StackUrls, tokio_postgres::Client)> {
     let admin = crate::connect(admin_url).await?;
     // A logical slot (left by `atlas bench cdc`) keeps its database from being dropped.
@@ -285,21 +270,9 @@ pub(crate) async fn fresh_db_at(
         admin.batch_execute(&stmt).await?;
     }
     let mut bench_admin = crate::connect(&urls.admin_database_url).await?;
-    if let Some(nodes) = citus {
-        let mut workers = Vec::new();
-        for (url, port) in &nodes.workers {
-            workers.push((crate::connect(url).await?, *port));
-        }
-        let refs: Vec<(&tokio_postgres::Client, (&str, i32))> = workers
-            .iter()
-            .map(|(c, p)| (c, ("127.0.0.1", *p)))
-            .collect();
-        atlas_store::cluster::citus_prepare(
-            &bench_admin,
-            ("127.0.0.1", nodes.coordinator_port),
-            &refs,
-        )
-        .await?;
+    if let Some(stack) = citus {
+        let stack = stack.clone();
+        tokio::task::spawn_blocking(move || stack.citus_setup(BENCH_DB)).await??;
     }
     let login = atlas_schema::AppLogin {
         user: "atlas_app".into(),
