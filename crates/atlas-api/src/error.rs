@@ -99,6 +99,18 @@ pub enum ApiError {
         /// Seconds until a request will be accepted.
         retry_after_s: u64,
     },
+    /// 429 (a rate quota: values per day) or 409 (a capacity quota: entities, stored values):
+    /// the tenant's quota would be exceeded; nothing of the request was written.
+    #[error("{message}")]
+    Quota {
+        /// The quota, as named in the tenant's limits (`max_values_per_day`, …).
+        quota: String,
+        /// What would exceed it, and the limit.
+        message: String,
+        /// For a rate quota: seconds until it resets (429 with `Retry-After`); `None` for a
+        /// capacity quota (409).
+        retry_after_s: Option<u64>,
+    },
     /// 503: a dependency (the database) is unreachable; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -140,7 +152,12 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. }
+            | ApiError::Quota {
+                retry_after_s: Some(_),
+                ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Quota { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -157,6 +174,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Quota { .. } => "quota_exceeded",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -168,6 +186,7 @@ impl ApiError {
             | ApiError::Unprocessable { field, .. }
             | ApiError::Conflict { field, .. } => field.clone(),
             ApiError::UnknownReference { field, .. } => Some(field.clone()),
+            ApiError::Quota { quota, .. } => Some(quota.clone()),
             ApiError::PayloadTooLarge { .. } | ApiError::UnsupportedMediaType => {
                 Some("body".into())
             }
@@ -195,7 +214,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
-            ApiError::RateLimited { retry_after_s } => {
+            ApiError::RateLimited { retry_after_s }
+            | ApiError::Quota {
+                retry_after_s: Some(retry_after_s),
+                ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             ApiError::Unavailable(_) => {
@@ -229,6 +252,11 @@ impl From<StoreError> for ApiError {
                 field: Some(field),
             },
             StoreError::NotFound(what) => ApiError::NotFound(what.to_owned()),
+            StoreError::Quota { quota, message } => ApiError::Quota {
+                quota: quota.to_owned(),
+                message,
+                retry_after_s: None,
+            },
             // A data exception (class 22: out of range, bad encoding…) is the input's fault;
             // validation should have named the field, but it must never become a 500.
             StoreError::Db(db) if db.code().is_some_and(|c| c.code().starts_with("22")) => {

@@ -10,6 +10,7 @@ pub mod known;
 pub mod metrics;
 pub mod openapi;
 mod openapi_docs;
+mod quota;
 pub mod routes;
 mod ttl;
 
@@ -50,6 +51,7 @@ struct Inner {
     /// Receipt times of readings without `ts`, never the same microsecond twice.
     receipt: atlas_ingest::ReceiptClock,
     analytics: Option<AnalyticsStore>,
+    quotas: quota::Quotas,
 }
 
 /// The analytics store that `atlas cdc` fills: reads with consistency `analytics` of the time
@@ -160,6 +162,7 @@ impl AppState {
                 coverage: std::sync::Mutex::new(None),
                 receipt: atlas_ingest::ReceiptClock::default(),
                 analytics: None,
+                quotas: quota::Quotas::default(),
             }),
         }
     }
@@ -168,6 +171,15 @@ impl AppState {
     pub fn with_analytics(mut self, store: AnalyticsStore) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.analytics = Some(store);
+        }
+        self
+    }
+
+    /// Takes tenants' retention and quotas from these defaults where a tenant has no setting
+    /// of its own (call before cloning the state).
+    pub fn with_limit_defaults(mut self, defaults: atlas_store::limits::Values) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.quotas = quota::Quotas::new(defaults);
         }
         self
     }

@@ -119,6 +119,18 @@ fn describe() {
             "atlas_cdc_pruned_files_total",
             "NDJSON hour files deleted by history retention.",
         ),
+        (
+            "atlas_rollup_buckets_total",
+            "Rollup buckets (minutes, hours, days) the maintainer re-aggregated.",
+        ),
+        (
+            "atlas_retention_purged_rows_total",
+            "Rows retention deleted tenant by tenant (values, rollups, dead letters).",
+        ),
+        (
+            "atlas_quota_refusals_total",
+            "Requests refused for a tenant quota, by quota.",
+        ),
     ] {
         describe_counter!(name, Unit::Count, help);
     }
@@ -208,6 +220,26 @@ fn describe() {
             Unit::Seconds,
             "Duration of the last statistics refresh.",
         ),
+        (
+            "atlas_tenant_entities",
+            Unit::Count,
+            "Live entities of each tenant (set by the maintenance leader every round).",
+        ),
+        (
+            "atlas_tenant_stored_values",
+            Unit::Count,
+            "Values each tenant has stored, as of the last statistics refresh.",
+        ),
+        (
+            "atlas_tenant_quota",
+            Unit::Count,
+            "Each tenant's capacity and rate quotas (0: no limit).",
+        ),
+        (
+            "atlas_tenant_values_today",
+            Unit::Count,
+            "Values a tenant with a values-per-day quota wrote today (UTC), as this server last counted.",
+        ),
     ] {
         describe_gauge!(name, unit, help);
     }
@@ -251,8 +283,13 @@ fn describe() {
         "atlas_ingest_batch_retries_total",
         "atlas_replica_fallbacks_total",
         "atlas_staging_drained_values_total",
+        "atlas_rollup_buckets_total",
+        "atlas_retention_purged_rows_total",
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for quota in ["max_entities", "max_values_per_day", "max_stored_values"] {
+        metrics::counter!("atlas_quota_refusals_total", "quota" => quota).absolute(0);
     }
     // The cache's failures by operation: the ones that matter (invalidate, epoch) first.
     for op in ["invalidate", "epoch", "get", "lease", "fill"] {

@@ -46,9 +46,15 @@ fn reading() -> Value {
     json!({"entity_id": 1, "ts": 1_764_580_000_000_i64, "values": {"temperature": 21.5, "status": "online"}})
 }
 
+fn limit_values() -> Value {
+    json!({"raw_days": 90, "rollup_1m_days": 30, "rollup_1h_days": 400, "rollup_1d_days": 0,
+           "dead_letter_days": 30, "max_entities": 5000, "max_values_per_day": 0, "max_stored_values": 0})
+}
+
 /// Schema name → an example of it.
 fn example(schema: &str) -> Option<Value> {
     let bucket = json!({"ts": 1_764_579_600_000_i64, "value": 21.4, "count": 60});
+    let bucket = &bucket;
     Some(match schema {
         "AggFn" => json!("avg"),
         "Aggregate" => {
@@ -59,7 +65,7 @@ fn example(schema: &str) -> Option<Value> {
         "AttributeChanges" => json!({"is_hot": true}),
         "AttributeList" => json!({"items": [attribute()]}),
         "AttributeStats" => stats(),
-        "Bucket" => bucket,
+        "Bucket" => bucket.clone(),
         "DataType" => json!("decimal"),
         "Entity" => entity(),
         "EntityChanges" => json!({"cold_attrs": {"label": "boiler room"}, "version": 2}),
@@ -81,13 +87,30 @@ fn example(schema: &str) -> Option<Value> {
                               "name": "gateway-eu", "created_at": "2026-12-01T09:30:00Z"}),
         "KeyList" => json!({"items": [key_info()]}),
         "Latest" => json!({"entity_id": 1, "attribute": "temperature", "latest": point()}),
-        "Me" => json!({"tenant_id": 1, "tenant_name": "acme"}),
+        "Me" => json!({"tenant_id": 1, "tenant_name": "acme", "limits": limit_values(),
+                       "usage": {"entities": 1200, "values_today": 350_000, "stored_values": 41_000_000}}),
+        "Usage" => json!({"entities": 1200, "values_today": 350_000, "stored_values": 41_000_000}),
+        "LimitValues" => limit_values(),
+        "LimitOverrides" => json!({"raw_days": 90, "rollup_1m_days": null, "rollup_1h_days": null,
+                                   "rollup_1d_days": null, "dead_letter_days": null, "max_entities": 5000,
+                                   "max_values_per_day": null, "max_stored_values": null}),
+        "LimitsChange" => json!({"raw_days": 90, "max_entities": 5000, "max_values_per_day": null}),
+        "TenantLimits" => json!({"tenant_id": 1, "limits": limit_values(),
+                                 "overrides": {"raw_days": 90, "rollup_1m_days": null, "rollup_1h_days": null,
+                                               "rollup_1d_days": null, "dead_letter_days": null, "max_entities": 5000,
+                                               "max_values_per_day": null, "max_stored_values": null}}),
         "NewAttribute" => {
             json!({"attribute_name": "temperature", "data_type": "decimal", "is_hot": true})
         }
         "NewKey" => json!({"name": "gateway-eu"}),
         "NewTenant" => json!({"tenant_name": "acme"}),
         "Point" => point(),
+        "QueryRequest" => json!({"attributes": ["temperature", "humidity"], "entity_ids": [1, 2],
+                                 "from": 1_764_000_000_000_i64, "to": 1_764_604_800_000_i64,
+                                 "fn": "avg", "max_points": 500}),
+        "QueryResult" => json!({"fn": "avg", "bucket": "30m",
+                                "series": [{"entity_id": 1, "attribute": "temperature", "points": [bucket]}]}),
+        "QuerySeries" => json!({"entity_id": 1, "attribute": "temperature", "points": [bucket]}),
         "Readiness" => {
             json!({"status": "ready", "primary": "up", "migrations": "current", "replicas": ["up"], "redis": "up"})
         }

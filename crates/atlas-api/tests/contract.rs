@@ -710,11 +710,11 @@ async fn errors_point_to_the_fix() {
             ),
         )
     };
-    let (s, b) = call(agg("&bucket=2m")).await;
+    let (s, b) = call(agg("&bucket=2mo")).await;
     assert_eq!(assert_error(s, &b, 400).as_deref(), Some("bucket"), "{b}");
     let message = b["error"]["message"].as_str().unwrap_or("");
     assert!(
-        message.contains("`2m` is not a bucket width") && !message.contains("required"),
+        message.contains("`2mo` is not a bucket width") && !message.contains("required"),
         "{message}"
     );
     let (s, b) = call(agg("&bucket=1h&bucket=1d")).await;

@@ -9,6 +9,7 @@ mod auth;
 mod citus;
 mod contract;
 mod entities;
+mod lifecycle;
 mod maintenance;
 mod reads;
 mod replication;

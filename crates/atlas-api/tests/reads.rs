@@ -1039,7 +1039,7 @@ async fn bad_read_input_is_a_4xx_naming_the_field() {
         ),
         (
             format!(
-                "/v1/aggregates?attribute=temperature&from={}&to={now}&bucket=7m&fn=avg",
+                "/v1/aggregates?attribute=temperature&from={}&to={now}&bucket=7x&fn=avg",
                 now - day
             ),
             400,

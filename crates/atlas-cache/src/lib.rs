@@ -5,7 +5,9 @@
 //! - `entity:{tenant}:{entity}` — an entity's hot attributes (JSON), TTL 300 s;
 //! - `entity:list:{tenant}:{entity_type}` — a set of the ids of a type, TTL 60 s;
 //! - `agg:{tenant}:{generation}:{query}` — an aggregate result, TTL 60 s;
-//! - `attribute:name_to_id` and `attribute:meta` — hashes of the global catalogue, TTL 1 h.
+//! - `attribute:name_to_id` and `attribute:meta` — hashes of the global catalogue, TTL 1 h;
+//! - `quota:values:{tenant}:{day}` — not a cache: the tenant's count of values written that
+//!   UTC day, for its values-per-day quota, TTL 2 days.
 //!
 //! Rules that keep it correct:
 //! - **Redis is never required.** Every call has a short timeout; an error or a timeout is a
@@ -980,6 +982,43 @@ impl Cache {
             hot.len() + tenants.len(),
         )
         .await;
+    }
+
+    /// The key of a tenant's count of values written on `day` (`YYYY-MM-DD`, UTC).
+    pub fn day_count_key(&self, tenant: i64, day: &str) -> String {
+        format!("{}quota:values:{tenant}:{day}", self.prefix())
+    }
+
+    /// Adds `n` (negative to give back) to a tenant's count of values for `day` and returns
+    /// the new count; the count lives two days. Not a cached copy of anything, so it does not
+    /// wait for the cache epoch: `None` only when Redis is not configured or does not answer.
+    pub async fn day_count_add(&self, tenant: i64, day: &str, n: i64) -> Option<i64> {
+        let key = self.day_count_key(tenant, day);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("INCRBY")
+            .arg(&key)
+            .arg(n)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(2 * 86_400_000_u64)
+            .ignore();
+        self.run("quota", move |c| {
+            async move { pipe.query_async::<(i64,)>(c).await }.boxed()
+        })
+        .await
+        .map(|(v,)| v)
+    }
+
+    /// A tenant's count of values for `day` (0 when none); `None` when Redis does not answer.
+    pub async fn day_count(&self, tenant: i64, day: &str) -> Option<i64> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.day_count_key(tenant, day));
+        self.run("quota", move |c| {
+            async move { cmd.query_async::<Option<i64>>(c).await }.boxed()
+        })
+        .await
+        .map(|v| v.unwrap_or(0))
     }
 
     /// Whether Redis answers PING within the call timeout (`None` when not configured).

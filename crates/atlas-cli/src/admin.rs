@@ -32,6 +32,23 @@ pub enum TenantCmd {
         /// Tenant name or id.
         tenant: String,
     },
+    /// Show or change a tenant's retention and quotas (0: keep for ever / no limit). Servers
+    /// apply a change within a second.
+    Limits {
+        /// Tenant name or id.
+        tenant: String,
+        /// Set a limit for this tenant: `NAME=VALUE` (raw_days, rollup_1m_days,
+        /// rollup_1h_days, rollup_1d_days, dead_letter_days, max_entities,
+        /// max_values_per_day, max_stored_values); repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Return a limit to the server's default; repeatable.
+        #[arg(long = "reset", value_name = "NAME")]
+        reset: Vec<String>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// On Citus: put a big tenant on a shard of its own (`isolate_tenant_to_new_shard`).
     Isolate {
         /// Tenant name or id.
@@ -221,11 +238,101 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
         }
         TenantCmd::Deactivate { tenant } => set_active(&store, &tenant, false).await,
         TenantCmd::Activate { tenant } => set_active(&store, &tenant, true).await,
+        TenantCmd::Limits {
+            tenant,
+            set,
+            reset,
+            json,
+        } => limits(config, &store, &tenant, &set, &reset, json).await,
         TenantCmd::Isolate { tenant } => {
             let id = resolve_tenant(&store, &tenant).await?.tenant_id;
             crate::cluster::isolate_tenant(config, id).await
         }
     }
+}
+
+/// `atlas tenant limits`: applies `--set`/`--reset` (if any), then shows every limit, its
+/// value and whether the tenant set it.
+async fn limits(
+    config: &Config,
+    store: &atlas_store::Store,
+    tenant: &str,
+    set: &[String],
+    reset: &[String],
+    json: bool,
+) -> Result<()> {
+    use atlas_store::limits::{Change, Limit};
+    let id = resolve_tenant(store, tenant).await?.tenant_id;
+    let mut change = Change::default();
+    for s in set {
+        let (name, value) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected NAME=VALUE"))?;
+        let limit: Limit = name.trim().parse().map_err(anyhow::Error::msg)?;
+        let value: i64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| (0..=limit.largest()).contains(v))
+            .with_context(|| {
+                format!(
+                    "--set {s}: the value must be a whole number from 0 to {}",
+                    limit.largest()
+                )
+            })?;
+        change.0[limit as usize] = Some(Some(value));
+    }
+    for name in reset {
+        let limit: Limit = name.trim().parse().map_err(anyhow::Error::msg)?;
+        change.0[limit as usize] = Some(None);
+    }
+    let overrides = if set.is_empty() && reset.is_empty() {
+        store
+            .tenant_overrides(id)
+            .await?
+            .context("no such tenant")?
+    } else {
+        store.change_limits(id, &change).await?
+    };
+    let effective = overrides.effective(&atlas_maintain::limit_defaults(
+        &config.maintenance,
+        &config.lifecycle,
+    ));
+    if json {
+        let mut limits = serde_json::Map::new();
+        let mut own = serde_json::Map::new();
+        for l in Limit::ALL {
+            limits.insert(l.as_str().into(), effective.get(l).into());
+            own.insert(l.as_str().into(), overrides.0[l as usize].into());
+        }
+        return print_json(
+            &serde_json::json!({"tenant_id": id, "limits": limits, "overrides": own}),
+        );
+    }
+    print_table(
+        &["LIMIT", "VALUE", "SOURCE"],
+        &Limit::ALL
+            .iter()
+            .map(|l| {
+                let v = effective.get(*l);
+                vec![
+                    l.as_str().to_owned(),
+                    if v == 0 {
+                        if l.is_days() { "for ever" } else { "none" }.to_owned()
+                    } else {
+                        v.to_string()
+                    },
+                    if overrides.0[*l as usize].is_some() {
+                        "tenant"
+                    } else {
+                        "default"
+                    }
+                    .to_owned(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
 }
 
 async fn set_active(store: &atlas_store::Store, tenant: &str, active: bool) -> Result<()> {

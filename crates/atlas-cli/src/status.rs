@@ -156,6 +156,32 @@ pub async fn collect(config: &Config) -> Result<Value> {
     } else {
         (Value::Null, Value::Null)
     };
+    let (tenants, rollups) = if up {
+        let defaults = atlas_maintain::limit_defaults(&resolved.maintenance, &resolved.lifecycle);
+        let tenants = match atlas_maintain::tenant_usage(&store, &defaults).await {
+            Ok(list) => Value::Array(
+                list.iter()
+                    .map(|u| {
+                        use atlas_store::limits::Limit;
+                        json!({
+                            "tenant_id": u.tenant_id,
+                            "tenant_name": u.tenant_name,
+                            "entities": u.entities,
+                            "max_entities": u.limits.get(Limit::MaxEntities),
+                            "stored_values": u.stored_values,
+                            "max_stored_values": u.limits.get(Limit::MaxStoredValues),
+                            "max_values_per_day": u.limits.get(Limit::MaxValuesPerDay),
+                            "raw_days": u.limits.get(Limit::RawDays),
+                        })
+                    })
+                    .collect(),
+            ),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        (tenants, rollup_backlog(&store).await)
+    } else {
+        (Value::Null, Value::Null)
+    };
     let cdc = if up {
         cdc_status(&store, &resolved).await
     } else {
@@ -178,8 +204,45 @@ pub async fn collect(config: &Config) -> Result<Value> {
         "staging": staging,
         "partitions": partitions,
         "maintenance": maintenance,
+        "rollups": rollups,
+        "tenants": tenants,
         "alerts": alerts,
     }))
+}
+
+/// Open and claimed rollup marks per level, and the oldest open one.
+async fn rollup_backlog(store: &atlas_store::Store) -> Value {
+    let client = match store.primary().get().await {
+        Ok(c) => c,
+        Err(e) => return json!({"error": chain(&e)}),
+    };
+    match client
+        .query(
+            "SELECT level, open, claimed, oldest FROM public.rollup_backlog()",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => Value::Array(
+            rows.iter()
+                .map(|r| {
+                    let oldest: Option<chrono::DateTime<chrono::Utc>> = r.get(3);
+                    let level = match r.get::<_, i16>(0) {
+                        1 => "1m",
+                        2 => "1h",
+                        _ => "1d",
+                    };
+                    json!({
+                        "level": level,
+                        "open": r.get::<_, i64>(1),
+                        "claimed": r.get::<_, i64>(2),
+                        "oldest_open": oldest.map(|t| t.to_rfc3339()),
+                    })
+                })
+                .collect(),
+        ),
+        Err(e) => json!({"error": chain(&e)}),
+    }
 }
 
 /// The Patroni cluster as its REST API reports it (the first of `urls` that answers): every
@@ -485,6 +548,50 @@ pub fn render(s: &Value) -> String {
             )
         },
     );
+    for r in s["rollups"].as_array().cloned().unwrap_or_default() {
+        line(
+            &format!("rollups {}", text(&r["level"])),
+            format!(
+                "{} buckets dirty, {} claimed{}",
+                text(&r["open"]),
+                text(&r["claimed"]),
+                r["oldest_open"]
+                    .as_str()
+                    .map(|t| format!(", oldest {t}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(tenants) = s["tenants"].as_array() {
+        // The ten biggest by stored values (all of them in --json).
+        let mut by_size = tenants.clone();
+        by_size.sort_by_key(|t| std::cmp::Reverse(t["stored_values"].as_i64().unwrap_or(0)));
+        let quota = |v: &Value| match v.as_i64() {
+            Some(0) | None => "∞".to_owned(),
+            Some(n) => n.to_string(),
+        };
+        for t in by_size.iter().take(10) {
+            line(
+                "tenant usage",
+                format!(
+                    "{} (id {}): {}/{} entities, {}/{} values stored, {} values/day allowed",
+                    text(&t["tenant_name"]),
+                    text(&t["tenant_id"]),
+                    text(&t["entities"]),
+                    quota(&t["max_entities"]),
+                    text(&t["stored_values"]),
+                    quota(&t["max_stored_values"]),
+                    quota(&t["max_values_per_day"]),
+                ),
+            );
+        }
+        if tenants.len() > 10 {
+            line(
+                "tenant usage",
+                format!("… {} more (atlas status --json)", tenants.len() - 10),
+            );
+        }
+    }
     let c = &s["cdc"];
     if !c.is_null() {
         let slot = &c["slot"];

@@ -10,6 +10,7 @@
 mod cdc;
 pub mod duration;
 mod ingest;
+mod lifecycle;
 mod limits;
 mod maintenance;
 mod replication;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cdc::Cdc;
 pub use ingest::Ingest;
+pub use lifecycle::{Lifecycle, MAX_RETENTION_DAYS};
 pub use limits::Limits;
 pub use maintenance::{Maintenance, PartitionInterval};
 pub use replication::{ReadConsistency, Replication};
@@ -62,6 +64,8 @@ pub struct Config {
     pub ingest: Ingest,
     /// The maintainer and its alerts.
     pub maintenance: Maintenance,
+    /// Retention of rollups and dead letters, and default tenant quotas.
+    pub lifecycle: Lifecycle,
     /// Read routing to replicas.
     pub replication: Replication,
     /// Logical CDC (`atlas cdc`) and the analytics store.
@@ -85,6 +89,7 @@ impl Default for Config {
             limits: Limits::default(),
             ingest: Ingest::default(),
             maintenance: Maintenance::default(),
+            lifecycle: Lifecycle::default(),
             replication: Replication::default(),
             cdc: Cdc::default(),
         }
@@ -301,13 +306,21 @@ impl Config {
         self.limits.validate()?;
         self.ingest.validate()?;
         self.maintenance.validate()?;
+        self.lifecycle.validate()?;
         self.replication.validate()?;
         self.cdc.validate()
     }
 }
 
 /// The sections a `ATLAS_<SECTION>__<KEY>` variable may name.
-const SECTIONS: [&str; 5] = ["limits", "ingest", "maintenance", "replication", "cdc"];
+const SECTIONS: [&str; 6] = [
+    "limits",
+    "ingest",
+    "maintenance",
+    "lifecycle",
+    "replication",
+    "cdc",
+];
 
 /// Sets `[section] key` in `table` from every `ATLAS_<SECTION>__<KEY>` variable, typed like the
 /// key's default value: text as is, numbers and booleans parsed, lists comma-separated.

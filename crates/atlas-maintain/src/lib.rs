@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use atlas_store::limits::{Limit, Values};
 use atlas_store::{Store, StoreError};
 
 pub use monitor::{Alert, Monitor};
@@ -48,6 +49,41 @@ pub enum MaintainError {
         /// The requested start.
         since: DateTime<Utc>,
     },
+}
+
+/// A bucket is aggregated once it closed this long ago (values for the current minute keep
+/// coming; a late one marks its bucket again).
+pub const ROLLUP_SETTLE: chrono::Duration = chrono::Duration::seconds(10);
+/// Marks claimed, and claims aggregated, per statement.
+const ROLLUP_BATCH: i32 = 5_000;
+/// Longest the seal waits for running writers (ingest queues behind it meanwhile).
+const SEAL_WAIT_MS: i32 = 200;
+/// Longest a maintenance round spends on rollups; the rest waits for the next round.
+const ROLLUP_ROUND_LIMIT: Duration = Duration::from_secs(20);
+
+/// Rows one retention statement deletes.
+const PURGE_BATCH: i32 = 10_000;
+/// Longest a maintenance round spends deleting tenants' expired rows.
+const PURGE_ROUND_LIMIT: Duration = Duration::from_secs(20);
+
+/// What retention does in one round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPlan {
+    /// Drop whole time-series partitions whose data is all older than this.
+    pub drop_before: Option<DateTime<Utc>>,
+    /// Tenant-by-tenant deletes.
+    pub purges: Vec<Purge>,
+}
+
+/// One tenant's expired rows of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    /// The tenant.
+    pub tenant_id: i64,
+    /// 0 raw values, 1/2/3 rollups of 1 minute/hour/day, 4 dead letters.
+    pub kind: i16,
+    /// Rows older than this go.
+    pub before: DateTime<Utc>,
 }
 
 /// How far back `ensure_ts_partitions_from` makes partitions.
@@ -86,6 +122,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Alert thresholds.
     pub thresholds: monitor::Thresholds,
+    /// Retention of each kind of data, and quotas, where a tenant has no setting of its own
+    /// (raw values: [`Settings::retention`] instead).
+    pub defaults: Values,
 }
 
 impl Settings {
@@ -102,8 +141,34 @@ impl Settings {
             interval: m.interval,
             heartbeat: m.heartbeat_interval,
             thresholds: monitor::Thresholds::from_config(m),
+            defaults: limit_defaults(m, &atlas_config::Lifecycle::default()),
         }
     }
+
+    /// With the retention and quota defaults of `[lifecycle]` (raw values keep
+    /// [`Settings::retention`]).
+    pub fn with_lifecycle(self, l: &atlas_config::Lifecycle) -> Self {
+        Self {
+            defaults: limit_defaults(&atlas_config::Maintenance::default(), l),
+            ..self
+        }
+    }
+}
+
+/// The global defaults of every tenant limit, from the configuration: raw values keep
+/// `[maintenance] retention_days`, the rest is `[lifecycle]`.
+pub fn limit_defaults(m: &atlas_config::Maintenance, l: &atlas_config::Lifecycle) -> Values {
+    let q = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Values([
+        i64::from(m.retention_days),
+        i64::from(l.rollup_1m_days),
+        i64::from(l.rollup_1h_days),
+        i64::from(l.rollup_1d_days),
+        i64::from(l.dead_letter_days),
+        q(l.max_entities),
+        q(l.max_values_per_day),
+        q(l.max_stored_values),
+    ])
 }
 
 impl Default for Settings {
@@ -127,6 +192,10 @@ pub struct Report {
     pub heartbeats_deleted: u64,
     /// Rows of the statistics view, when it was refreshed this round.
     pub stats_rows: Option<i64>,
+    /// Rows retention deleted tenant by tenant (values, rollups, dead letters).
+    pub purged: i64,
+    /// Rollup buckets re-aggregated (minutes, hours and days).
+    pub rollups: i64,
     /// Tasks that failed, with their error (the others still ran).
     pub errors: Vec<String>,
 }
@@ -321,11 +390,11 @@ impl Maintainer {
         }
         report.entity_partitions = entity_parts;
 
-        if let Some(retention) = s.retention {
-            let before = now - retention;
-            let mut dropped = Vec::new();
-            let r = self
-                .task("retention", async {
+        let mut dropped = Vec::new();
+        let r = self
+            .task("retention", async {
+                let plan = self.retention_plan(now).await?;
+                if let Some(before) = plan.drop_before {
                     let client = store.primary().get().await?;
                     // One partition per statement keeps each lock short.
                     for _ in 0..1000 {
@@ -343,13 +412,25 @@ impl Maintainer {
                             None => break,
                         }
                     }
-                    Ok(i64::try_from(dropped.len()).unwrap_or(0))
-                })
-                .await;
-            if let Err(e) = r {
-                report.errors.push(format!("retention: {e}"));
-            }
-            report.dropped = dropped;
+                }
+                let purged = self.purge(&plan.purges).await?;
+                report.purged = purged;
+                Ok(purged + i64::try_from(dropped.len()).unwrap_or(0))
+            })
+            .await;
+        if let Err(e) = r {
+            report.errors.push(format!("retention: {e}"));
+        }
+        report.dropped = dropped;
+
+        match self.task("rollups", self.rollups(now)).await {
+            Ok(n) => report.rollups = n,
+            Err(e) => report.errors.push(format!("rollups: {e}")),
+        }
+
+        match self.task("usage", self.usage_metrics()).await {
+            Ok(_) => {}
+            Err(e) => report.errors.push(format!("usage: {e}")),
         }
 
         match self
@@ -412,6 +493,185 @@ impl Maintainer {
         report
     }
 
+    /// Brings the rollups up to date as of `now`: claims the marks of buckets that closed
+    /// [`ROLLUP_SETTLE`] before `now`, waits (briefly) for the writers that may have relied on
+    /// them, and re-aggregates minutes from raw values, then hours from minutes and days from
+    /// hours. Returns the buckets done; what is not ready yet is left for the next round
+    /// (readers take it from finer data meanwhile).
+    pub async fn rollups(&self, now: DateTime<Utc>) -> Result<i64, MaintainError> {
+        let client = self.store.primary().get().await?;
+        let settled = now - ROLLUP_SETTLE;
+        let claim = client
+            .prepare_cached("SELECT public.rollup_claim($1, $2)")
+            .await?;
+        let seal = client
+            .prepare_cached("SELECT public.rollup_seal($1)")
+            .await?;
+        let apply = client
+            .prepare_cached("SELECT public.rollup_apply($1, $2)")
+            .await?;
+        let pending = client
+            .prepare_cached("SELECT coalesce(sum(claimed), 0)::bigint FROM public.rollup_backlog()")
+            .await?;
+        let mut done = 0_i64;
+        let deadline = Instant::now() + ROLLUP_ROUND_LIMIT;
+        loop {
+            let claimed: i32 = client
+                .query_one(&claim, &[&settled, &ROLLUP_BATCH])
+                .await?
+                .get(0);
+            // Its own transaction, after the claim's commit (see rollup_seal). A writer that
+            // takes long keeps it from sealing: try again shortly, ingest is not held up.
+            if let Err(e) = client.query_one(&seal, &[&SEAL_WAIT_MS]).await {
+                if e.code() != Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    return Err(e.into());
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            let mut applied = 0;
+            for level in [1_i16, 2, 3] {
+                loop {
+                    let n: i32 = client
+                        .query_one(&apply, &[&level, &ROLLUP_BATCH])
+                        .await?
+                        .get(0);
+                    if n == 0 {
+                        break;
+                    }
+                    applied += i64::from(n);
+                }
+            }
+            done += applied;
+            let left: i64 = client.query_one(&pending, &[]).await?.get(0);
+            if (claimed == 0 && left == 0) || Instant::now() >= deadline {
+                break;
+            }
+        }
+        metrics::counter!("atlas_rollup_buckets_total").increment(u64::try_from(done).unwrap_or(0));
+        Ok(done)
+    }
+
+    /// What retention does as of `now`, from every tenant's limits: time-series partitions
+    /// are dropped whole only below the longest raw retention of all tenants (every tenant
+    /// allows it; none when any keeps its values for ever); each tenant whose retention is
+    /// shorter, and every rollup level and the dead letters, are deleted tenant by tenant.
+    pub async fn retention_plan(&self, now: DateTime<Utc>) -> Result<RetentionPlan, MaintainError> {
+        let client = self.store.primary().get().await?;
+        let tenants: Vec<i64> = client
+            .query(
+                "SELECT tenant_id FROM public.tenants ORDER BY tenant_id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let overrides: std::collections::HashMap<i64, atlas_store::limits::Overrides> =
+            self.store.all_overrides().await?.into_iter().collect();
+        // Raw values' default is `retention` (`[maintenance] retention_days`).
+        let mut defaults = self.settings.defaults;
+        defaults.0[Limit::RawDays as usize] = self.settings.retention.map_or(0, |r| r.num_days());
+        let effective = |t: i64| {
+            overrides
+                .get(&t)
+                .map_or(defaults, |o| o.effective(&defaults))
+        };
+        let raw: Vec<(i64, i64)> = tenants
+            .iter()
+            .map(|t| (*t, effective(*t).get(Limit::RawDays)))
+            .collect();
+        // The longest raw retention of the default and every tenant; none (0) when the
+        // default or some tenant keeps values for ever.
+        let default_raw = defaults.get(Limit::RawDays);
+        let longest = if default_raw == 0 || raw.iter().any(|(_, d)| *d == 0) {
+            0
+        } else {
+            raw.iter().map(|(_, d)| *d).fold(default_raw, i64::max)
+        };
+        let drop_before = (longest > 0).then(|| now - chrono::Duration::days(longest));
+        let mut purges = Vec::new();
+        for t in &tenants {
+            let v = effective(*t);
+            for (kind, limit) in [
+                (0_i16, Limit::RawDays),
+                (1, Limit::Rollup1mDays),
+                (2, Limit::Rollup1hDays),
+                (3, Limit::Rollup1dDays),
+                (4, Limit::DeadLetterDays),
+            ] {
+                let days = v.get(limit);
+                // Raw values at the longest retention go with their partitions.
+                if days == 0 || (kind == 0 && days >= longest && longest > 0) {
+                    continue;
+                }
+                purges.push(Purge {
+                    tenant_id: *t,
+                    kind,
+                    before: now - chrono::Duration::days(days),
+                });
+            }
+        }
+        Ok(RetentionPlan {
+            drop_before,
+            purges,
+        })
+    }
+
+    /// Deletes what `purges` name in bounded batches, each its own statement and transaction
+    /// (row locks on old rows only: ingest never waits). Stops after [`PURGE_ROUND_LIMIT`];
+    /// the rest follows next round. Returns rows deleted.
+    pub async fn purge(&self, purges: &[Purge]) -> Result<i64, MaintainError> {
+        let client = self.store.primary().get().await?;
+        let stmt = client
+            .prepare_cached("SELECT public.retention_purge($1, $2, $3, $4)")
+            .await?;
+        let deadline = Instant::now() + PURGE_ROUND_LIMIT;
+        let mut total = 0_i64;
+        for p in purges {
+            loop {
+                let n: i64 = client
+                    .query_one(&stmt, &[&p.tenant_id, &p.kind, &p.before, &PURGE_BATCH])
+                    .await?
+                    .get(0);
+                total += n;
+                if n < i64::from(PURGE_BATCH) || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        metrics::counter!("atlas_retention_purged_rows_total")
+            .increment(u64::try_from(total).unwrap_or(0));
+        Ok(total)
+    }
+
+    /// Exports each tenant's usage and capacity quotas as gauges (`atlas_tenant_entities`,
+    /// `atlas_tenant_stored_values`, `atlas_tenant_quota`). Returns the tenants.
+    pub async fn usage_metrics(&self) -> Result<i64, MaintainError> {
+        let usage = tenant_usage(&self.store, &self.settings.defaults).await?;
+        for u in &usage {
+            let t = u.tenant_id.to_string();
+            metrics::gauge!("atlas_tenant_entities", "tenant" => t.clone()).set(u.entities as f64);
+            metrics::gauge!("atlas_tenant_stored_values", "tenant" => t.clone())
+                .set(u.stored_values as f64);
+            for l in [
+                Limit::MaxEntities,
+                Limit::MaxValuesPerDay,
+                Limit::MaxStoredValues,
+            ] {
+                metrics::gauge!("atlas_tenant_quota", "tenant" => t.clone(), "quota" => l.as_str())
+                    .set(u.limits.get(l) as f64);
+            }
+        }
+        Ok(i64::try_from(usage.len()).unwrap_or(0))
+    }
+
     /// Refreshes `mv_entity_attribute_stats` CONCURRENTLY (readers keep reading the old
     /// contents meanwhile) and records its duration and rows. Returns the rows.
     pub async fn refresh_stats(&self) -> Result<i64, MaintainError> {
@@ -431,6 +691,56 @@ impl Maintainer {
         metrics::gauge!("atlas_stats_refresh_seconds").set(ms(t0.elapsed()));
         Ok(rows)
     }
+}
+
+/// A tenant's usage and the limits that apply to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// The tenant.
+    pub tenant_id: i64,
+    /// Its name.
+    pub tenant_name: String,
+    /// Live entities.
+    pub entities: i64,
+    /// Values stored, as of the last statistics refresh.
+    pub stored_values: i64,
+    /// Its limits as they apply.
+    pub limits: Values,
+}
+
+/// Every tenant's usage and limits (by id).
+pub async fn tenant_usage(
+    store: &Store,
+    defaults: &Values,
+) -> Result<Vec<TenantUsage>, MaintainError> {
+    let client = store.primary().get().await?;
+    let tenants: Vec<(i64, String)> = client
+        .query(
+            "SELECT tenant_id, tenant_name::text FROM public.tenants ORDER BY tenant_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let entities: std::collections::HashMap<i64, i64> =
+        store.entity_counts().await?.into_iter().collect();
+    let stored: std::collections::HashMap<i64, i64> =
+        store.stored_values().await?.into_iter().collect();
+    let overrides: std::collections::HashMap<i64, atlas_store::limits::Overrides> =
+        store.all_overrides().await?.into_iter().collect();
+    Ok(tenants
+        .into_iter()
+        .map(|(id, name)| TenantUsage {
+            tenant_id: id,
+            tenant_name: name,
+            entities: entities.get(&id).copied().unwrap_or(0),
+            stored_values: stored.get(&id).copied().unwrap_or(0),
+            limits: overrides
+                .get(&id)
+                .map_or(*defaults, |o| o.effective(defaults)),
+        })
+        .collect())
 }
 
 /// The newest run of each task, for `atlas status`: (task, finished, ok, rows, seconds, detail).

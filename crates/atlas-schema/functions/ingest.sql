@@ -286,8 +286,10 @@ BEGIN
         END IF;
     END IF;
 
-    -- Project the newest stored value of each hot attribute, one delta per entity.
+    -- Mark the stored values' rollup buckets; project the newest stored value of each hot
+    -- attribute, one delta per entity.
     IF v_stored IS NOT NULL THEN
+        PERFORM public.rollup_mark(v_stored);
         RETURN QUERY
         SELECT p.tenant_id, p.entity_id, p.stored, p.hot_changed, NULL::bigint, NULL::timestamptz, NULL::text
         FROM public.hot_attrs_project(v_stored) p;
@@ -439,7 +441,8 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 3. Every row is stored: project them.
+    -- 3. Every row is stored: mark their rollup buckets and project them.
+    PERFORM public.rollup_mark(p_rows);
     RETURN QUERY
     SELECT p.tenant_id, p.entity_id, p.stored, p.hot_changed, NULL::bigint, NULL::timestamptz, NULL::text
     FROM public.hot_attrs_project(p_rows) p;

@@ -551,12 +551,19 @@ async fn security_definer_functions_are_hardened() {
             "ingest_rows",
             "refresh_attribute_stats",
             "replication_replay_lag",
+            "retention_purge",
+            "rollup_apply",
+            "rollup_backlog",
+            "rollup_claim",
+            "rollup_seal",
             "search_entities",
             "search_entities_plan",
             "stage_flush",
             "stage_flush_own",
             "staging_stats",
             "summarize_closed_brin",
+            "tenant_entity_counts",
+            "tenant_stored_values",
             "upsert_hot_attrs"
         ]
     );

@@ -2,7 +2,8 @@
 //! to choose indexes for real: search uses the GIN index, latest/series the primary key,
 //! aggregates the (tenant, attribute, time) index, and entity lookups prune to one partition.
 
-use atlas_store::reads::{self, AggFn, Scope};
+use atlas_store::aggregate::{self, AggFn, Scope};
+use atlas_store::reads;
 use atlas_testkit::TestDb;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -254,26 +255,82 @@ async fn latest_and_series_read_the_primary_key_as_the_app_role() {
 }
 
 #[tokio::test]
-async fn tenant_wide_aggregates_use_the_tenant_attribute_time_index() {
+async fn tenant_wide_aggregates_use_the_tenant_attribute_time_indexes_of_rollups_and_values() {
     let f = fixture().await;
     let mut app = f.db.app().await;
     let now = chrono::Utc::now();
-    let from = now - chrono::Duration::days(31);
+    let day = chrono::Duration::days(1);
+    let hour = chrono::Duration::hours(1);
+    let minute = chrono::Duration::minutes(1);
+    // One range per level, as a 31-day aggregate with ragged edges is covered.
+    let d = (vec![now - day * 30], vec![now - day]);
+    let h = (vec![now - day], vec![now - hour]);
+    let m = (vec![now - hour], vec![now - minute]);
+    let r = (vec![now - minute], vec![now]);
+    let attrs = vec![f.temperature];
+    // Rollups of 500 entities reaching well beyond the ranges asked (a year of days, two
+    // weeks of hours, six hours of minutes), analyzed.
+    let admin = f.db.admin().await;
+    for (table, unit, count) in [
+        ("rollup_1d", "day", 365),
+        ("rollup_1h", "hour", 336),
+        ("rollup_1m", "minute", 360),
+    ] {
+        admin
+            .execute(
+                &[
+                    "INSERT INTO ", table, " (tenant_id, entity_id, attribute_id, bucket, n, sum, min, max, \
+                                              first_at, first_value, last_at, last_value) \
+                     SELECT e.tenant_id, e.entity_id, $1, date_trunc($2, now()) - k * ('1 ' || $2)::interval, \
+                            1, 1, 1, 1, now(), 1, now(), 1 \
+                     FROM (SELECT * FROM entities ORDER BY entity_id LIMIT 500) e \
+                     CROSS JOIN generate_series(1, $3::int) k",
+                ]
+                .concat(),
+                &[&f.temperature, &unit, &count],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+    admin
+        .batch_execute("ANALYZE rollup_1d, rollup_1h, rollup_1m")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let plan = explain_as_app(
         &mut app,
         f.tenant,
-        &reads::aggregate_sql(AggFn::Avg, &Scope::Tenant),
-        &[&f.tenant, &f.temperature, &from, &3600_i64, &now],
+        &aggregate::aggregate_sql(AggFn::Avg, &Scope::Tenant, false),
+        &[
+            &f.tenant,
+            &attrs,
+            &3_600_000_i64,
+            &d.0,
+            &d.1,
+            &h.0,
+            &h.1,
+            &m.0,
+            &m.1,
+            &r.0,
+            &r.1,
+        ],
     )
     .await;
+    for index in [
+        "idx_rollup_1d_attr_bucket",
+        "idx_rollup_1h_attr_bucket",
+        "idx_rollup_1m_attr_bucket",
+        "tenant_id_attribute_id_ingested_at_idx",
+    ] {
+        assert!(plan.contains(index), "{index}:\n{plan}");
+    }
+    // The month holding the values is read by the index (empty premade months may be
+    // scanned: nothing to read).
+    let month = now.format("entity_values_%Y_%m ").to_string();
     assert!(
-        plan.contains("tenant_id_attribute_id_ingested_at_idx"),
+        !plan.contains(&format!("Seq Scan on {month}")),
         "aggregate:\n{plan}"
     );
-    assert!(
-        !plan.contains("Seq Scan on entity_values_"),
-        "aggregate:\n{plan}"
-    );
+    assert!(!plan.contains("Seq Scan on rollup_"), "aggregate:\n{plan}");
 }
 
 #[tokio::test]

@@ -94,7 +94,8 @@ impl Server {
                 atlas_maintain::Worker {
                     store: store.clone(),
                     cache: cache.clone(),
-                    settings: atlas_maintain::Settings::from_config(&config.maintenance),
+                    settings: atlas_maintain::Settings::from_config(&config.maintenance)
+                        .with_lifecycle(&config.lifecycle),
                     database_url: url.clone(),
                     source: format!("atlas-{}-{}", hostname(), std::process::id()),
                 }
@@ -109,7 +110,11 @@ impl Server {
             config.limits.clone(),
             &config.replication,
             Some(ingestor),
-        );
+        )
+        .with_limit_defaults(atlas_maintain::limit_defaults(
+            &config.maintenance,
+            &config.lifecycle,
+        ));
         // Analytics reads go to the store `atlas cdc` fills (its own database on the primary's
         // cluster, read as atlas_app under RLS); until it exists they fall back to the router.
         let state = match (&config.database_url, config.cdc.analytics_database.as_str()) {

@@ -38,6 +38,14 @@ pub enum StoreError {
     /// The thing does not exist (for this tenant).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A tenant quota would be exceeded; nothing was written.
+    #[error("{message}")]
+    Quota {
+        /// The quota (`max_entities`, …).
+        quota: &'static str,
+        /// What would exceed it, and the limit.
+        message: String,
+    },
     /// Stored data violates an invariant of this code.
     #[error("inconsistent stored data: {0}")]
     Corrupt(String),

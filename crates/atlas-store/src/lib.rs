@@ -7,9 +7,11 @@
 //! it into the next checkout), runs the caller's closure and commits.
 
 pub mod admin;
+pub mod aggregate;
 pub mod cluster;
 pub mod entities;
 mod error;
+pub mod limits;
 pub mod reads;
 
 use std::str::FromStr;

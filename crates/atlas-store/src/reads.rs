@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::admin::DataType;
+pub use crate::aggregate::{AggFn, AggregateQuery, Bucket, BucketWidth, Scope};
 use crate::{Cached, StoreError, TenantId, Tx};
 
 /// An attribute a read is about (resolved from the catalogue by the caller).
@@ -70,161 +71,6 @@ pub struct Search {
     pub has_all: Option<Vec<String>>,
     /// Only entities of this type.
     pub entity_type: Option<String>,
-}
-
-/// An aggregate function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum AggFn {
-    /// Mean of numeric values.
-    Avg,
-    /// Smallest numeric value.
-    Min,
-    /// Largest numeric value.
-    Max,
-    /// Sum of numeric values.
-    Sum,
-    /// Number of values (any type).
-    Count,
-}
-
-impl AggFn {
-    /// The SQL aggregate over the numeric value (a fixed fragment, never user text).
-    fn sql(self) -> &'static str {
-        match self {
-            AggFn::Avg => {
-                "trim_scale(round(avg(coalesce(ev.value_int::numeric, ev.value_decimal)), 10))::text"
-            }
-            AggFn::Min => {
-                "trim_scale(min(coalesce(ev.value_int::numeric, ev.value_decimal)))::text"
-            }
-            AggFn::Max => {
-                "trim_scale(max(coalesce(ev.value_int::numeric, ev.value_decimal)))::text"
-            }
-            AggFn::Sum => {
-                "trim_scale(sum(coalesce(ev.value_int::numeric, ev.value_decimal)))::text"
-            }
-            AggFn::Count => "count(*)::text",
-        }
-    }
-
-    /// Whether it needs numeric values.
-    pub fn numeric(self) -> bool {
-        !matches!(self, AggFn::Count)
-    }
-}
-
-/// An aggregate's bucket width; buckets are aligned in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BucketWidth {
-    /// One minute.
-    M1,
-    /// Five minutes.
-    M5,
-    /// Fifteen minutes.
-    M15,
-    /// Thirty minutes.
-    M30,
-    /// One hour.
-    H1,
-    /// Six hours.
-    H6,
-    /// Twelve hours.
-    H12,
-    /// One day.
-    D1,
-}
-
-impl BucketWidth {
-    /// Every width, with its name and length in seconds.
-    const ALL: [(BucketWidth, &'static str, i64); 8] = [
-        (BucketWidth::M1, "1m", 60),
-        (BucketWidth::M5, "5m", 300),
-        (BucketWidth::M15, "15m", 900),
-        (BucketWidth::M30, "30m", 1800),
-        (BucketWidth::H1, "1h", 3600),
-        (BucketWidth::H6, "6h", 21_600),
-        (BucketWidth::H12, "12h", 43_200),
-        (BucketWidth::D1, "1d", 86_400),
-    ];
-
-    fn entry(self) -> (BucketWidth, &'static str, i64) {
-        Self::ALL
-            .into_iter()
-            .find(|(b, _, _)| *b == self)
-            .unwrap_or(Self::ALL[0])
-    }
-
-    /// Its length in seconds.
-    pub fn seconds(self) -> i64 {
-        self.entry().2
-    }
-
-    /// Its name in the API: `1m` … `1d`.
-    pub fn as_str(self) -> &'static str {
-        self.entry().1
-    }
-
-    /// The accepted names, for messages.
-    pub const CHOICES: &'static str = "one of 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d";
-}
-
-impl std::str::FromStr for BucketWidth {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|(_, name, _)| *name == s)
-            .map(|(b, _, _)| b)
-            .ok_or_else(|| format!("`{s}` is not a bucket width: {}", Self::CHOICES))
-    }
-}
-
-impl TryFrom<String> for BucketWidth {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for BucketWidth {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for BucketWidth {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-/// Which entities an aggregate covers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// Every live entity of the tenant.
-    Tenant,
-    /// One entity.
-    Entity(i64),
-    /// Live entities of one type.
-    Type(String),
-}
-
-/// One bucket of an aggregate.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Bucket {
-    /// Bucket start (UTC, aligned to the bucket width since 2000-01-01), epoch milliseconds.
-    pub ts: i64,
-    /// The aggregate of the values in `[ts, ts + bucket)`; exact decimal.
-    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
-    pub value: serde_json::Number,
-    /// How many values the bucket holds.
-    pub count: i64,
 }
 
 /// The tenant's usage of one attribute, from the statistics view (refreshed periodically).
@@ -505,85 +351,20 @@ pub async fn series(
     ))
 }
 
-/// Aggregate query.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AggregateQuery {
-    /// The attribute.
-    pub attribute_id: i64,
-    /// Inclusive start.
-    pub from: DateTime<Utc>,
-    /// Exclusive end.
-    pub to: DateTime<Utc>,
-    /// Bucket width.
-    pub bucket: BucketWidth,
-    /// The function.
-    pub func: AggFn,
-    /// Which entities.
-    pub scope: Scope,
-}
-
-/// The aggregate statement for a function and scope ($1 tenant, $2 attribute, $3 from,
-/// $4 bucket seconds, $5 to, $6 entity id or type); public so tests can EXPLAIN it. Values of
-/// deleted entities are excluded like the entities themselves.
-pub fn aggregate_sql(func: AggFn, scope: &Scope) -> String {
-    let scope_sql = match scope {
-        Scope::Entity(_) => " AND ev.entity_id = $6",
-        Scope::Type(_) => {
-            " AND ev.entity_id IN (SELECT e.entity_id FROM public.entities e \
-             WHERE e.tenant_id = $1 AND e.entity_type = $6 AND NOT e.is_deleted)"
-        }
-        Scope::Tenant => {
-            " AND ev.entity_id NOT IN (SELECT e.entity_id FROM public.entities e \
-             WHERE e.tenant_id = $1 AND e.is_deleted)"
-        }
-    };
-    // Only fixed fragments are joined; every value is a bind parameter.
-    [
-        "SELECT date_bin($4::bigint * interval '1 second', ev.ingested_at, timestamptz '2000-01-01 00:00:00+00') AS b, ",
-        func.sql(),
-        ", count(*) FROM public.entity_values_ts ev \
-         WHERE ev.tenant_id = $1 AND ev.attribute_id = $2 AND ev.ingested_at >= $3 AND ev.ingested_at < $5",
-        scope_sql,
-        " GROUP BY b ORDER BY b",
-    ]
-    .concat()
-}
-
-/// Buckets of `fn(value)` over an attribute's values; `None` when the scope names an entity
-/// the tenant does not have. Empty buckets are omitted.
+/// Buckets of `fn(value)` over the query's attributes and scope, from rollups and raw values
+/// (see [`crate::aggregate`]); `None` when the scope names an entity the tenant does not have.
 pub async fn aggregate(
     tx: &Tx<'_>,
     tenant: TenantId,
     q: &AggregateQuery,
 ) -> Result<Option<Vec<Bucket>>, StoreError> {
-    let scope_arg: Option<&(dyn tokio_postgres::types::ToSql + Sync)> = match &q.scope {
-        Scope::Entity(id) => {
-            if !entity_exists(tx, tenant, *id).await? {
-                return Ok(None);
-            }
-            Some(id)
+    if let Scope::Entity(id) = q.scope {
+        if !entity_exists(tx, tenant, id).await? {
+            return Ok(None);
         }
-        Scope::Type(t) => Some(t),
-        Scope::Tenant => None,
-    };
-    let sql = aggregate_sql(q.func, &q.scope);
-    let bucket_s = q.bucket.seconds();
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        vec![&tenant.0, &q.attribute_id, &q.from, &bucket_s, &q.to];
-    params.extend(scope_arg);
-    let rows = tx.cached_query(&sql, &params).await?;
-    rows.iter()
-        .map(|r| {
-            let b: DateTime<Utc> = r.try_get(0)?;
-            let v: Option<String> = r.try_get(1)?;
-            Ok(Bucket {
-                ts: b.timestamp_millis(),
-                value: number(v.as_deref().unwrap_or("0"))?,
-                count: r.try_get(2)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()
-        .map(Some)
+    }
+    let mut series = crate::aggregate::aggregate(tx, tenant, q).await?;
+    Ok(Some(series.remove(&(0, 0)).unwrap_or_default()))
 }
 
 /// The tenant's attribute statistics (through the tenant-fenced view of the MV).

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod limits;
 pub mod reads;
 pub mod telemetry;
 pub mod tenant;
@@ -25,6 +26,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::get_tenant))
         .routes(routes!(admin::deactivate_tenant))
         .routes(routes!(admin::activate_tenant))
+        .routes(routes!(limits::get_limits, limits::change_limits))
         .routes(routes!(admin::issue_key, admin::list_keys))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::define_attribute, admin::list_attributes))
@@ -43,5 +45,6 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(reads::latest))
         .routes(routes!(reads::series))
         .routes(routes!(reads::aggregates))
+        .routes(routes!(reads::query))
         .routes(routes!(reads::attribute_stats))
 }

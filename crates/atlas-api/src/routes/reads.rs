@@ -14,7 +14,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use atlas_cache::Kind;
 use atlas_replication::Target;
-use atlas_store::admin::DataType;
 use atlas_store::entities;
 use atlas_store::reads::{
     self, AggFn, AggregateQuery, AttrRef, AttributeStats, Bucket, BucketWidth, HotAttributes,
@@ -523,30 +522,84 @@ pub async fn series(
     ))
 }
 
-/// Most buckets one aggregate may return.
+/// Most buckets one aggregate (or one series of a query) may return.
 const MAX_BUCKETS: i64 = 10_000;
+
+/// Checks an aggregate's `[from, to)` and bucket: ordered; at most [`MAX_BUCKETS`] buckets;
+/// a width no rollup divides (under a minute, or not whole minutes) is computed from raw
+/// values, so its range keeps the raw series' limit.
+fn agg_range(
+    state: &AppState,
+    from: Option<&str>,
+    to: Option<&str>,
+    bucket: BucketWidth,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let from = time_param(from, "from")?;
+    let to = time_param(to, "to")?;
+    if to <= from {
+        return Err(ApiError::invalid_value("to", "must be later than `from`"));
+    }
+    let span = (to - from).num_milliseconds();
+    if span / bucket.millis() >= MAX_BUCKETS {
+        return Err(ApiError::invalid_value(
+            "bucket",
+            format!(
+                "the range holds more than {MAX_BUCKETS} buckets of {bucket}; use a wider bucket"
+            ),
+        ));
+    }
+    let max_days = state.inner.limits.max_time_range_days;
+    if bucket.millis() % BucketWidth::MINUTE.millis() != 0
+        && to - from > chrono::Duration::days(max_days)
+    {
+        return Err(ApiError::invalid_value(
+            "to",
+            format!(
+                "a bucket of {bucket} is computed from raw values, whose range may span at most {max_days} days; \
+                 use whole minutes for longer ranges"
+            ),
+        ));
+    }
+    Ok((from, to))
+}
+
+/// Checks that `func` applies to the attribute's type.
+fn check_fn(func: AggFn, name: &str, attr: AttrRef) -> Result<(), ApiError> {
+    if func.applies_to(attr.data_type) {
+        return Ok(());
+    }
+    Err(ApiError::invalid_value(
+        "fn",
+        format!(
+            "`{name}` holds {} values; only count applies",
+            attr.data_type
+        ),
+    ))
+}
 
 /// `aggregates` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AggregateParams {
-    /// Attribute name or id (integer or decimal for avg/min/max/sum; any type for count).
+    /// Attribute name or id (integer, decimal or boolean - as 0/1 - for avg/min/max/sum/first/
+    /// last; any type for count).
     #[param(required = true, min_length = 1)]
     pub attribute: Option<String>,
     /// Inclusive start: epoch milliseconds (an RFC 3339 time is accepted too).
     #[param(required = true, schema_with = time_schema)]
     pub from: Option<String>,
-    /// Exclusive end, after `from` and at most the configured maximum range after it.
+    /// Exclusive end, after `from`; years are fine for buckets of whole minutes (served by the
+    /// rollups), other widths keep the configured maximum range.
     #[param(required = true, schema_with = time_schema)]
     pub to: Option<String>,
-    /// Bucket width: 1m, 5m, 15m, 30m, 1h, 6h, 12h or 1d (buckets aligned in UTC; at most
-    /// 10 000 of them in the range).
-    #[param(value_type = String, required = true, pattern = "^(1m|5m|15m|30m|1h|6h|12h|1d)$")]
-    pub bucket: Option<BucketWidth>,
-    /// avg, min, max, sum or count.
+    /// Bucket width: a number with a unit (`30s`, `2m`, `90m`, `1h`, `1d`, `1w`; ms, s, m, h,
+    /// d, w) or whole milliseconds; buckets aligned in UTC; at most 10 000 in the range.
+    #[param(value_type = String, required = true, pattern = "^[0-9]{1,15}(ms|s|m|h|d|w)?$")]
+    pub bucket: Option<String>,
+    /// avg, min, max, sum, count, first or last.
     #[serde(rename = "fn")]
-    #[param(rename = "fn", value_type = String, required = true, pattern = "^(avg|min|max|sum|count)$")]
+    #[param(rename = "fn", value_type = String, required = true, pattern = "^(avg|min|max|sum|count|first|last)$")]
     pub func: Option<AggFn>,
     /// Only this entity.
     pub entity_id: Option<i64>,
@@ -566,21 +619,31 @@ pub struct Aggregate {
     /// The aggregate function applied to each bucket.
     #[serde(rename = "fn")]
     pub func: AggFn,
-    /// Bucket width (`1m` … `1d`), buckets aligned in UTC.
+    /// Bucket width (`30s`, `1h`, `90m`, …), buckets aligned in UTC.
     #[schema(value_type = String)]
     pub bucket: BucketWidth,
     /// Non-empty buckets, oldest first.
     pub items: Vec<Bucket>,
 }
 
-/// Buckets of avg/min/max/sum/count over an attribute's values, tenant-wide or for one
-/// entity or type; cached in Redis as `agg:{tenant}:{generation}:{query}` for 60 s, and a
-/// new generation after every write of the tenant makes older entries unreachable.
+/// Parses `bucket`.
+fn bucket_param(raw: Option<&str>) -> Result<BucketWidth, ApiError> {
+    let raw = raw.filter(|r| !r.is_empty()).ok_or_else(|| {
+        ApiError::bad_field("bucket", format!("required: {}", BucketWidth::CHOICES))
+    })?;
+    raw.parse()
+        .map_err(|e: String| ApiError::bad_field("bucket", e))
+}
+
+/// Buckets of avg/min/max/sum/count/first/last over an attribute's values, tenant-wide or
+/// for one entity or type; cached in Redis as `agg:{tenant}:{generation}:{query}` for 60 s,
+/// and a new generation after every write of the tenant makes older entries unreachable.
 ///
-/// avg, min, max, sum or count of a numeric attribute in UTC-aligned buckets, over the whole
-/// tenant, one entity (entity_id) or one type (entity_type). from and to are epoch milliseconds or
-/// RFC 3339 times; at most 10 000 buckets and the configured longest range. Cached per tenant until
-/// its next write.
+/// avg, min, max, sum, count, first or last of an attribute in UTC-aligned buckets of any
+/// width, over the whole tenant, one entity (entity_id) or one type (entity_type). Whole-minute
+/// buckets are served from the 1-minute, 1-hour and 1-day rollups (with raw values for what is
+/// not rolled up yet), so ranges of years answer quickly; at most 10 000 buckets. Cached per
+/// tenant until its next write.
 #[utoipa::path(get, path = "/v1/aggregates", tag = "reads", security(("tenant_key" = [])),
     params(AggregateParams, ReadFrom),
     responses((status = 200, body = Aggregate,
@@ -593,22 +656,11 @@ pub async fn aggregates(
     from_: ReadFrom,
     QueryParams(params): QueryParams<AggregateParams>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = time_range(&state, params.from.as_deref(), params.to.as_deref())?;
-    let bucket = params.bucket.ok_or_else(|| {
-        ApiError::bad_field("bucket", format!("required: {}", BucketWidth::CHOICES))
-    })?;
-    if (to - from).num_seconds() / bucket.seconds() >= MAX_BUCKETS {
-        return Err(ApiError::invalid_value(
-            "bucket",
-            format!(
-                "the range holds more than {MAX_BUCKETS} buckets of {}; use a wider bucket",
-                bucket.as_str()
-            ),
-        ));
-    }
+    let bucket = bucket_param(params.bucket.as_deref())?;
+    let (from, to) = agg_range(&state, params.from.as_deref(), params.to.as_deref(), bucket)?;
     let func = params
         .func
-        .ok_or_else(|| ApiError::bad_field("fn", "required: one of avg, min, max, sum, count"))?;
+        .ok_or_else(|| ApiError::bad_field("fn", format!("required: {}", AggFn::CHOICES)))?;
     let scope = match (params.entity_id, params.entity_type) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_value(
@@ -625,32 +677,27 @@ pub async fn aggregates(
         (None, None) => Scope::Tenant,
     };
     let (name, attr) = attribute(&state, params.attribute.as_deref()).await?;
-    if func.numeric() && !matches!(attr.data_type, DataType::Integer | DataType::Decimal) {
-        return Err(ApiError::invalid_value(
-            "fn",
-            format!(
-                "`{name}` holds {} values; only count applies",
-                attr.data_type
-            ),
-        ));
-    }
+    check_fn(func, &name, attr)?;
     let scope_key = match &scope {
         Scope::Tenant => "all".to_owned(),
         Scope::Entity(id) => format!("e{id}"),
         Scope::Type(t) => format!("t{t}"),
+        Scope::Entities(ids) => format!("l{ids:?}"),
     };
     let q = AggregateQuery {
-        attribute_id: attr.attribute_id,
+        attribute_ids: vec![attr.attribute_id],
         from,
         to,
         bucket,
         func,
         scope,
+        per_series: false,
     };
     let s = state.clone();
     let load = move || async move {
         let (items, target) = s
-            .read_series(from_, tenant, move |tx| {
+            // Not the analytics store: it holds no rollups.
+            .read(from_, tenant, move |tx| {
                 let q = q.clone();
                 async move { reads::aggregate(tx, tenant, &q).await }.boxed()
             })
@@ -680,7 +727,7 @@ pub async fn aggregates(
                     attr.attribute_id,
                     from.timestamp_micros(),
                     to.timestamp_micros(),
-                    bucket.seconds(),
+                    bucket.millis(),
                     func
                 ),
             );
@@ -702,6 +749,242 @@ pub async fn aggregates(
     };
     let doc = doc.ok_or_else(|| ApiError::NotFound("entity".into()))?;
     Ok(cached_answer(doc, target))
+}
+
+/// Most attributes one query may name.
+const MAX_QUERY_ATTRIBUTES: usize = 20;
+/// Most entities one query may cover.
+const MAX_QUERY_ENTITIES: usize = 100;
+
+/// A query for many series at once: what a dashboard panel asks.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// Attribute names or ids (1 to 20).
+    pub attributes: Vec<String>,
+    /// These entities (1 to 100)…
+    pub entity_ids: Option<Vec<i64>>,
+    /// …or the live entities of this type (at most 100 of them).
+    pub entity_type: Option<String>,
+    /// Inclusive start: epoch milliseconds or RFC 3339.
+    #[schema(value_type = String)]
+    pub from: serde_json::Value,
+    /// Exclusive end: epoch milliseconds or RFC 3339.
+    #[schema(value_type = String)]
+    pub to: serde_json::Value,
+    /// avg, min, max, sum, count, first or last.
+    #[serde(rename = "fn")]
+    pub func: AggFn,
+    /// Bucket width (`30s`, `90m`, `1h`, or milliseconds); not with `max_points`.
+    #[schema(value_type = Option<String>)]
+    pub bucket: Option<BucketWidth>,
+    /// At most this many buckets per series (1 to 10 000; default 1 000): the width is chosen
+    /// for the caller among 1 s, 2 s, 5 s … 1 h, 2 h … 1 d, 7 d, 30 d.
+    pub max_points: Option<i64>,
+}
+
+/// One series of a query.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QuerySeries {
+    /// The entity.
+    pub entity_id: i64,
+    /// The attribute's name.
+    pub attribute: String,
+    /// Non-empty buckets, oldest first.
+    pub points: Vec<Bucket>,
+}
+
+/// The answer to a query.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueryResult {
+    /// The function.
+    #[serde(rename = "fn")]
+    pub func: AggFn,
+    /// The bucket width used.
+    #[schema(value_type = String)]
+    pub bucket: BucketWidth,
+    /// One series per (entity, attribute), in the request's order (entities, then attributes);
+    /// a pair without values has no points.
+    pub series: Vec<QuerySeries>,
+}
+
+fn json_time(v: &serde_json::Value, field: &str) -> Result<String, ApiError> {
+    match v {
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::String(s) => Ok(s.clone()),
+        _ => Err(ApiError::bad_field(
+            field,
+            "expected epoch milliseconds or an RFC 3339 time",
+        )),
+    }
+}
+
+/// Many series in one request: `fn` of each (entity, attribute) pair in buckets, from the
+/// rollups and raw values like `/v1/aggregates`.
+///
+/// One series per (entity, attribute) for up to 20 attributes and 100 entities (named, or the
+/// live entities of a type), with avg/min/max/sum/count/first/last per bucket. Give `bucket`, or
+/// `max_points` and the width is chosen for you (the smallest common width giving at most that
+/// many buckets). Unknown or deleted entities are a 404 naming the field.
+#[utoipa::path(post, path = "/v1/query", tag = "reads", security(("tenant_key" = [])),
+    request_body = QueryRequest, params(ReadFrom),
+    responses((status = 200, body = QueryResult,
+               headers(("x-atlas-served-by" = inline(ServedBy)), ("x-atlas-lag-ms" = inline(LagMs)))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn query(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    from_: ReadFrom,
+    JsonBody(req): JsonBody<QueryRequest>,
+) -> Result<Response, ApiError> {
+    let from_raw = json_time(&req.from, "from")?;
+    let to_raw = json_time(&req.to, "to")?;
+    let bucket = match (req.bucket, req.max_points) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_value(
+                "max_points",
+                "give bucket or max_points, not both",
+            ));
+        }
+        (Some(b), None) => b,
+        (None, points) => {
+            let points = points.unwrap_or(1_000);
+            if !(1..=MAX_BUCKETS).contains(&points) {
+                return Err(ApiError::invalid_value(
+                    "max_points",
+                    format!("must be between 1 and {MAX_BUCKETS}"),
+                ));
+            }
+            let from = time_param(Some(&from_raw), "from")?;
+            let to = time_param(Some(&to_raw), "to")?;
+            BucketWidth::for_points((to - from).num_milliseconds(), points)
+        }
+    };
+    let (from, to) = agg_range(&state, Some(&from_raw), Some(&to_raw), bucket)?;
+    if req.attributes.is_empty() || req.attributes.len() > MAX_QUERY_ATTRIBUTES {
+        return Err(ApiError::invalid_value(
+            "attributes",
+            format!("name 1 to {MAX_QUERY_ATTRIBUTES} attributes"),
+        ));
+    }
+    let mut attrs: Vec<(String, AttrRef)> = Vec::with_capacity(req.attributes.len());
+    for (i, raw) in req.attributes.iter().enumerate() {
+        let field = format!("attributes[{i}]");
+        let (name, attr) = attribute(&state, Some(raw)).await.map_err(|e| match e {
+            ApiError::UnknownReference { message, .. } => ApiError::UnknownReference {
+                message,
+                field: field.clone(),
+            },
+            ApiError::BadRequest { message, .. } => ApiError::bad_field(field.clone(), message),
+            other => other,
+        })?;
+        if !req.func.applies_to(attr.data_type) {
+            return Err(ApiError::invalid_value(
+                field,
+                format!(
+                    "`{name}` holds {} values; only count applies",
+                    attr.data_type
+                ),
+            ));
+        }
+        if !attrs
+            .iter()
+            .any(|(_, a)| a.attribute_id == attr.attribute_id)
+        {
+            attrs.push((name, attr));
+        }
+    }
+    let entity_ids = match (req.entity_ids, req.entity_type) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_value(
+                "entity_type",
+                "give entity_ids or entity_type, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_field(
+                "entity_ids",
+                "required: entity_ids or entity_type",
+            ));
+        }
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > MAX_QUERY_ENTITIES {
+                return Err(ApiError::invalid_value(
+                    "entity_ids",
+                    format!("name 1 to {MAX_QUERY_ENTITIES} entities"),
+                ));
+            }
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let known = state.inner.store.live_entity_ids(tenant, &unique).await?;
+            if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !known.contains(id)) {
+                return Err(ApiError::UnknownReference {
+                    message: format!("entity {id} not found"),
+                    field: format!("entity_ids[{i}]"),
+                });
+            }
+            let mut seen = std::collections::HashSet::new();
+            ids.into_iter().filter(|id| seen.insert(*id)).collect()
+        }
+        (None, Some(t)) => {
+            entities::validate_entity_type(&t, "entity_type")
+                .map_err(|e| ApiError::bad_field("entity_type", e.to_string()))?;
+            let limit = i64::try_from(MAX_QUERY_ENTITIES).unwrap_or(100);
+            let (page, _) = state
+                .read(from_, tenant, move |tx| {
+                    let t = t.clone();
+                    async move { entities::ids_of_type(tx, tenant, &t, limit).await }.boxed()
+                })
+                .await?;
+            if page.len() > MAX_QUERY_ENTITIES {
+                return Err(ApiError::invalid_value(
+                    "entity_type",
+                    format!(
+                        "the type has more than {MAX_QUERY_ENTITIES} entities; name them with entity_ids"
+                    ),
+                ));
+            }
+            page
+        }
+    };
+    let q = AggregateQuery {
+        attribute_ids: attrs.iter().map(|(_, a)| a.attribute_id).collect(),
+        from,
+        to,
+        bucket,
+        func: req.func,
+        scope: Scope::Entities(entity_ids.clone()),
+        per_series: true,
+    };
+    let (mut found, target) = state
+        .read(from_, tenant, move |tx| {
+            let q = q.clone();
+            async move { atlas_store::aggregate::aggregate(tx, tenant, &q).await }.boxed()
+        })
+        .await?;
+    let mut series = Vec::with_capacity(entity_ids.len() * attrs.len());
+    for id in &entity_ids {
+        for (name, a) in &attrs {
+            series.push(QuerySeries {
+                entity_id: *id,
+                attribute: name.clone(),
+                points: found.remove(&(*id, a.attribute_id)).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(served(
+        axum::Json(QueryResult {
+            func: req.func,
+            bucket,
+            series,
+        })
+        .into_response(),
+        target,
+        None,
+    ))
 }
 
 /// The tenant's attribute statistics.

@@ -229,7 +229,18 @@ pub async fn ingest(
         Some(DurabilityParam::Staged) => Durability::Staged,
         _ => Durability::Durable,
     };
+    // Quotas last, after every check that could refuse the request for its content: what
+    // the day's count is charged is written, or given back.
+    let charge = state.admit_values(tenant, rows.len()).await?;
+    let n_rows = rows.len();
     let submitted = ingestor.submit(rows, durability).await;
+    if let Some(charge) = &charge {
+        match &submitted {
+            Ok(_) => {}
+            Err(IngestError::Refused { refused, .. }) => state.refund(charge, *refused).await,
+            Err(_) => state.refund(charge, n_rows).await,
+        }
+    }
     if let Err(IngestError::Refused { row, .. }) = &submitted {
         // Rows the database refused may have hit a partition dropped since coverage was last
         // read, or an entity deleted by another server since it was confirmed here: re-read

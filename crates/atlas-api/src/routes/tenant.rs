@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use atlas_store::entities::{self, Entity, NewEntity};
+use atlas_store::limits::{self, Limit};
 use atlas_store::{StoreError, TenantId};
 
 use crate::AppState;
@@ -28,6 +29,21 @@ pub struct Me {
     pub tenant_id: i64,
     /// Its unique name.
     pub tenant_name: String,
+    /// Its retention and quotas as they apply (0: keep for ever / no limit).
+    pub limits: crate::routes::limits::LimitValues,
+    /// What it uses of its quotas.
+    pub usage: Usage,
+}
+
+/// A tenant's usage of its quotas.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    /// Live entities.
+    pub entities: i64,
+    /// Values written today (UTC); null when the count cannot be read (Redis unavailable).
+    pub values_today: Option<i64>,
+    /// Values stored, as of the last statistics refresh.
+    pub stored_values: i64,
 }
 
 /// An entity to register.
@@ -124,7 +140,8 @@ pub struct EntityListParams {
 
 /// Who am I.
 ///
-/// The tenant the calling key belongs to: a cheap way to check a key.
+/// The tenant the calling key belongs to (a cheap way to check a key), with its retention and
+/// quotas and what it uses of them.
 #[utoipa::path(get, path = "/v1/me", tag = "tenant", security(("tenant_key" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -138,9 +155,23 @@ pub async fn me(
         .get_tenant(tenant.0)
         .await?
         .ok_or_else(|| ApiError::NotFound("tenant".into()))?;
+    let limits = state.limits_of(tenant).await?;
+    let entities = state
+        .inner
+        .store
+        .with_tenant(tenant, move |tx| {
+            async move { atlas_store::limits::live_entities(tx, tenant).await }.boxed()
+        })
+        .await?;
     Ok(Json(Me {
         tenant_id: t.tenant_id,
         tenant_name: t.tenant_name,
+        limits: limits.into(),
+        usage: Usage {
+            entities,
+            values_today: state.values_today(tenant).await,
+            stored_values: state.stored_usage(tenant).await?,
+        },
     }))
 }
 
@@ -200,11 +231,32 @@ pub async fn register_entities(
             cold_attrs: i.cold_attrs.unwrap_or_else(|| serde_json::json!({})),
         })
         .collect();
+    let max_entities = state.limits_of(tenant).await?.get(Limit::MaxEntities);
     let items = state
         .inner
         .store
         .with_tenant(tenant, move |tx| {
-            async move { entities::register(tx, tenant, &new).await }.boxed()
+            async move {
+                if max_entities > 0 {
+                    // Counted and inserted under the tenant's quota lock: two registrations
+                    // cannot both fit in the last places.
+                    limits::lock_entity_quota(tx, tenant).await?;
+                    let live = limits::live_entities(tx, tenant).await?;
+                    let n = i64::try_from(new.len()).unwrap_or(i64::MAX);
+                    if live + n > max_entities {
+                        metrics::counter!("atlas_quota_refusals_total", "quota" => "max_entities")
+                            .increment(1);
+                        return Err(StoreError::Quota {
+                            quota: Limit::MaxEntities.as_str(),
+                            message: format!(
+                                "the tenant has {live} entities; {n} more would exceed its quota max_entities of {max_entities}"
+                            ),
+                        });
+                    }
+                }
+                entities::register(tx, tenant, &new).await
+            }
+            .boxed()
         })
         .await
         .map_err(|e| prefix_single_entity_field(e, single))?;

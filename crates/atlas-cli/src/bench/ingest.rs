@@ -166,6 +166,7 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
     let peak_rss = rss_mb(pid, "VmHWM:");
     drop(server);
 
+    let rollup = rollup_maintenance(&stack, &bench_admin, &urls, log).await?;
     let copy_rows = requests * load.per_request;
     let baselines = baselines(&stack, &bench_admin, &urls, &fleet, copy_rows, args, log).await?;
     // On Citus: the same full-speed phase on the single-node stack, for the ratio.
@@ -175,6 +176,18 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
     } else {
         None
     };
+    // The same full-speed phase with rollup marks off (a database of its own), for what
+    // marking costs the write path.
+    let off = if args.citus {
+        None
+    } else {
+        log("rollups off: the same full-speed phase in a database without rollup marks…");
+        Some(durable_without_rollups(&stack, args, requests).await?)
+    };
+    let share = off.as_ref().and_then(|o| {
+        let (on, off, maint) = (full.cpu?.total(), o.cpu?.total(), rollup.cpu?.total());
+        Some(((on - off + maint) / (off).max(0.001) * 1000.0).round() / 1000.0)
+    });
     #[allow(clippy::cast_precision_loss)]
     let result = json!({
         "values": copy_rows,
@@ -218,6 +231,23 @@ pub(crate) async fn run(config: &Config, args: &IngestArgs) -> Result<()> {
         "server_rss_mb": full.rss.map(f64::round),
         "server_peak_rss_mb": peak_rss.map(f64::round),
     });
+    let mut result = result;
+    #[allow(clippy::cast_precision_loss)]
+    let rollups = json!({
+        "rollups_off_values_per_s": off.as_ref().map(|o| o.values_per_s.round()),
+        "ratio_rollups_on_vs_off": off.as_ref().map(|o| (full.values_per_s / o.values_per_s * 1000.0).round() / 1000.0),
+        "rollups_off_cpu_us_per_value": off.as_ref().and_then(|o| o.cpu).map(|c| (c.total() * 100.0).round() / 100.0),
+        "rollups_off_wal_bytes_per_value": off.as_ref().map(|o| o.wal.bytes_per_value(o.sent)),
+        "rollup_maintenance_values": rollup.values,
+        "rollup_maintenance_s": (rollup.seconds * 100.0).round() / 100.0,
+        "rollup_maintenance_buckets": rollup.buckets,
+        "rollup_maintenance_cpu_us_per_value": rollup.cpu.map(|c| (c.total() * 100.0).round() / 100.0),
+        "rollup_maintenance_wal_bytes_per_value": rollup.wal.bytes_per_value(rollup.values as f64),
+        "rollup_cpu_share_of_ingest": share,
+    });
+    if let (Some(r), Some(extra)) = (result.as_object_mut(), rollups.as_object()) {
+        r.extend(extra.clone());
+    }
     if args.json {
         println!("{result}");
     } else {
@@ -314,6 +344,85 @@ async fn single_node_durable(config: &Config, args: &IngestArgs, requests: u64) 
     let full = full_speed(&load, args, requests, &stack, &bench_admin, pid).await?;
     drop(server);
     Ok(full.values_per_s)
+}
+
+/// What bringing the rollups up to date cost after the HTTP phases.
+struct RollupCost {
+    /// Values the phases stored.
+    values: i64,
+    /// Buckets aggregated (minutes, hours, days).
+    buckets: i64,
+    seconds: f64,
+    /// CPU of the stack per stored value (µs).
+    cpu: Option<CpuSample>,
+    wal: WalStats,
+}
+
+/// Runs the maintainer's rollup step over everything the phases wrote (as of tomorrow, so
+/// every bucket is settled) and measures it per stored value.
+async fn rollup_maintenance(
+    stack: &Stack,
+    bench_admin: &tokio_postgres::Client,
+    urls: &atlas_stack::StackUrls,
+    log: impl Fn(&str),
+) -> Result<RollupCost> {
+    log("rollups: aggregating the marked minutes, hours and days…");
+    let values: i64 = bench_admin
+        .query_one("SELECT count(*) FROM entity_values_ts", &[])
+        .await?
+        .get(0);
+    settle(bench_admin).await?;
+    let store = atlas_store::Store::connect(&urls.database_url, &[], 2)?;
+    let maintainer = atlas_maintain::Maintainer::new(store, atlas_maintain::Settings::default());
+    let cpu_before = cpu_sample(stack, None);
+    let wal_before = stack_wal_stats(stack, bench_admin).await?;
+    let started = Instant::now();
+    let buckets = maintainer
+        .rollups(chrono::Utc::now() + chrono::Duration::days(1))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_sample(stack, None);
+    let wal = stack_wal_stats(stack, bench_admin)
+        .await?
+        .since(&wal_before);
+    #[allow(clippy::cast_precision_loss)]
+    let per = values.max(1) as f64;
+    Ok(RollupCost {
+        values,
+        buckets,
+        seconds,
+        cpu: cpu_before
+            .zip(cpu_after)
+            .map(|(a, b)| b.since(&a).per_value(per)),
+        wal,
+    })
+}
+
+/// The full-speed durable phase in a fresh database whose writes leave no rollup marks
+/// (`atlas.rollups = off`, set on the database before the server connects).
+async fn durable_without_rollups(
+    stack: &Stack,
+    args: &IngestArgs,
+    requests: u64,
+) -> Result<FullSpeed> {
+    let (urls, bench_admin) = fresh_db(stack).await?;
+    bench_admin
+        .batch_execute("ALTER DATABASE atlas_bench SET atlas.rollups = 'off'")
+        .await?;
+    let fleet = Fleet::create(&urls, args.entities).await?;
+    let (server, base) = start_server(&urls, &server_settings(args)).await?;
+    let pid = server.0.id();
+    let load = Arc::new(Load::new(args, base, &fleet)?);
+    let full = full_speed(&load, args, requests, stack, &bench_admin, pid).await?;
+    drop(server);
+    let marks: i64 = bench_admin
+        .query_one("SELECT count(*) FROM rollup_dirty", &[])
+        .await?
+        .get(0);
+    if marks != 0 {
+        bail!("the rollups-off database holds {marks} rollup marks: the setting did not apply");
+    }
+    Ok(full)
 }
 
 /// What the two HTTP phases send, and how.
@@ -579,6 +688,23 @@ fn print_table(r: &serde_json::Value) {
     println!(
         "WAL per value         {} B durable, {} B raw COPY",
         r["durable_wal_bytes_per_value"], r["raw_copy_wal_bytes_per_value"]
+    );
+    if !r["ratio_rollups_on_vs_off"].is_null() {
+        println!(
+            "rollups off           {:>10} values/s   → on/off ratio {} ({} µs CPU, {} B WAL per value off)",
+            r["rollups_off_values_per_s"],
+            r["ratio_rollups_on_vs_off"],
+            r["rollups_off_cpu_us_per_value"],
+            r["rollups_off_wal_bytes_per_value"]
+        );
+    }
+    println!(
+        "rollup maintenance    {} buckets in {} s: {} µs CPU, {} B WAL per value → rollups cost {} of ingest CPU",
+        r["rollup_maintenance_buckets"],
+        r["rollup_maintenance_s"],
+        r["rollup_maintenance_cpu_us_per_value"],
+        r["rollup_maintenance_wal_bytes_per_value"],
+        r["rollup_cpu_share_of_ingest"]
     );
     println!(
         "server RSS            {} MB after load, peak {} MB",

@@ -24,6 +24,13 @@ pub struct ReadArgs {
     /// Time-series values (temperature readings spread over the last 47 hours).
     #[arg(long, default_value_t = 200_000)]
     values: u64,
+    /// Entities with a year of readings (temperature, humidity, pressure) for the long-range
+    /// lines: the 30- and 365-day aggregates and the dashboard query.
+    #[arg(long, default_value_t = 20)]
+    year_entities: u64,
+    /// Minutes between two readings of the year-long series.
+    #[arg(long, default_value_t = 15)]
+    year_every_min: u64,
     /// Requests per measurement.
     #[arg(long, default_value_t = 1_000)]
     requests: usize,
@@ -109,7 +116,12 @@ async fn fetch(
 }
 
 /// Builds the fleet with set-based SQL as the superuser (the benchmark is about reads).
-async fn build(admin: &tokio_postgres::Client, args: &ReadArgs, log: &dyn Fn(&str)) -> Result<i64> {
+async fn build(
+    admin: &tokio_postgres::Client,
+    urls: &atlas_stack::StackUrls,
+    args: &ReadArgs,
+    log: &dyn Fn(&str),
+) -> Result<i64> {
     let tenant: i64 = admin
         .query_one(
             "INSERT INTO tenants (tenant_name) VALUES ('bench') RETURNING tenant_id",
@@ -129,8 +141,10 @@ async fn build(admin: &tokio_postgres::Client, args: &ReadArgs, log: &dyn Fn(&st
             "INSERT INTO attributes (attribute_name, data_type, is_hot) VALUES
                  ('status', 'string', true), ('priority', 'integer', true),
                  ('region', 'string', true), ('alarm', 'boolean', true),
-                 ('temperature', 'decimal', false);
-             SELECT ensure_ts_partitions(now() - interval '3 days', 3);",
+                 ('temperature', 'decimal', false), ('humidity', 'decimal', false),
+                 ('pressure', 'integer', false);
+             SELECT ensure_ts_partitions(now() - interval '3 days', 3);
+             SELECT ensure_ts_partitions_from(now() - interval '366 days', false);",
         )
         .await?;
     let temperature: i64 = admin
@@ -188,6 +202,55 @@ async fn build(admin: &tokio_postgres::Client, args: &ReadArgs, log: &dyn Fn(&st
         bar.inc(u64::try_from(n)?);
     }
     bar.finish_and_clear();
+    log(&format!(
+        "a year of temperature, humidity and pressure every {} minutes for {} entities…",
+        args.year_every_min, args.year_entities
+    ));
+    admin
+        .execute(
+            "INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_decimal, value_int, ingested_at)
+             SELECT e.entity_id, e.tenant_id, a.attribute_id,
+                    CASE WHEN a.data_type = 'decimal' THEN round((10 + random() * 30)::numeric, 2) END,
+                    CASE WHEN a.data_type = 'integer' THEN (950 + random() * 100)::bigint END,
+                    date_trunc('minute', now()) - interval '47 hours' - k * ($2::bigint * interval '1 minute')
+                        - (e.entity_id % 997) * interval '1 ms'
+             FROM (SELECT * FROM entities WHERE tenant_id = $1 ORDER BY entity_id LIMIT $3) e
+             CROSS JOIN (SELECT * FROM attributes WHERE attribute_name IN ('temperature', 'humidity', 'pressure')) a
+             CROSS JOIN generate_series(0, (365 * 1440) / $2::bigint) k",
+            &[&tenant, &i64::try_from(args.year_every_min.max(1))?, &i64::try_from(args.year_entities)?],
+        )
+        .await?;
+    // Values written straight into the table leave no rollup marks (writes through the API
+    // and staging do): mark every minute that holds values, as the flush would have, and let
+    // the maintainer aggregate them.
+    log("rolling up (the maintainer's step, to the end)…");
+    let rollup_started = Instant::now();
+    admin
+        .execute(
+            "INSERT INTO rollup_dirty (tenant_id, attribute_id, level, bucket)
+             SELECT DISTINCT tenant_id, attribute_id, 1::smallint, date_trunc('minute', ingested_at)
+             FROM entity_values_ts ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+    let maintainer = atlas_maintain::Maintainer::new(
+        Store::connect(urls.database_url.as_str(), &[], 2)?,
+        atlas_maintain::Settings::default(),
+    );
+    let mut buckets = 0;
+    loop {
+        let n = maintainer
+            .rollups(chrono::Utc::now() + chrono::Duration::days(1))
+            .await?;
+        buckets += n;
+        if n == 0 {
+            break;
+        }
+    }
+    log(&format!(
+        "{buckets} buckets rolled up in {:.1} s",
+        rollup_started.elapsed().as_secs_f64()
+    ));
     log("VACUUM ANALYZE (as autovacuum would before reads)…");
     admin.batch_execute("VACUUM ANALYZE").await?;
     Ok(tenant)
@@ -234,7 +297,7 @@ pub async fn run(config: &Config, args: &ReadArgs) -> Result<()> {
         args.entities, args.values
     ));
     let build_started = Instant::now();
-    let tenant = build(&admin, args, &log).await?;
+    let tenant = build(&admin, &urls, args, &log).await?;
     let build_s = build_started.elapsed().as_secs_f64();
     let store = Store::connect(&urls.database_url, &[], 2)?;
     let key = store.issue_api_key(tenant, "bench").await?.secret;
@@ -376,6 +439,56 @@ pub async fn run(config: &Config, args: &ReadArgs) -> Result<()> {
     )
     .await?;
 
+    // The long-range lines: entities with a year of values; a different `to` (1 ms apart) per
+    // request so no answer comes from the aggregate cache.
+    let year_ids = Arc::new(
+        admin
+            .query(
+                "SELECT entity_id FROM entities WHERE tenant_id = $1 ORDER BY entity_id LIMIT $2",
+                &[&tenant, &i64::try_from(args.year_entities.max(5))?],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect::<Vec<_>>(),
+    );
+    let long_agg = |days: i64, bucket: &'static str| -> Arc<dyn Fn(usize) -> String + Send + Sync> {
+        let ids = Arc::clone(&year_ids);
+        Arc::new(move |i| {
+            let to = now_ms - i64::try_from(i).unwrap_or(0);
+            format!(
+                "/v1/aggregates?attribute=temperature&from={}&to={to}&bucket={bucket}&fn=avg&entity_id={}",
+                to - days * 86_400_000,
+                ids[i % ids.len()]
+            )
+        })
+    };
+    let agg_30d = measure(n, args.rate, get(long_agg(30, "1h"), None)).await?;
+    let agg_365d = measure(n, args.rate, get(long_agg(365, "1d"), None)).await?;
+    let dashboard = measure(n, args.rate, {
+        let (http, base, key, ids) = (
+            Arc::clone(&http),
+            Arc::clone(&base),
+            Arc::clone(&key),
+            Arc::clone(&year_ids),
+        );
+        move |i: usize| {
+            let (http, url, key) = (
+                Arc::clone(&http),
+                format!("{base}/v1/query"),
+                Arc::clone(&key),
+            );
+            let to = now_ms - i64::try_from(i).unwrap_or(0);
+            let five: Vec<i64> = (0..5).map(|k| ids[(i + k) % ids.len()]).collect();
+            let body = json!({
+                "attributes": ["temperature", "humidity", "pressure"], "entity_ids": five,
+                "from": to - 30 * 86_400_000_i64, "to": to, "fn": "avg", "max_points": 500
+            });
+            async move { fetch(&http, url, &key, Some(body)).await.map(|_| ()) }
+        }
+    })
+    .await?;
+
     let search = |rare: bool| {
         let (http, base, key) = (Arc::clone(&http), Arc::clone(&base), Arc::clone(&key));
         move |i: usize| {
@@ -450,6 +563,10 @@ pub async fn run(config: &Config, args: &ReadArgs) -> Result<()> {
         "agg_miss_p50_ms": agg_miss.p50, "agg_miss_p99_ms": agg_miss.p99,
         "agg_hit_p50_ms": agg_hit.p50, "agg_hit_p99_ms": agg_hit.p99,
         "list_by_type_p50_ms": list.p50, "list_by_type_p99_ms": list.p99,
+        "year_entities": args.year_entities, "year_every_min": args.year_every_min,
+        "agg_30d_p50_ms": agg_30d.p50, "agg_30d_p99_ms": agg_30d.p99,
+        "agg_365d_p50_ms": agg_365d.p50, "agg_365d_p99_ms": agg_365d.p99,
+        "dashboard_p50_ms": dashboard.p50, "dashboard_p99_ms": dashboard.p99,
         "search_rls_direct_sql_p50_ms": round2(direct_p50),
         "search_definer_sql_p50_ms": round2(definer_p50),
         "search_definer_speedup": round2(direct_p50 / definer_p50.max(0.001)),
@@ -476,6 +593,9 @@ pub async fn run(config: &Config, args: &ReadArgs) -> Result<()> {
             ("aggregate, miss", "agg_miss"),
             ("aggregate, hit", "agg_hit"),
             ("list by type", "list_by_type"),
+            ("aggregate, 30 d (1 h)", "agg_30d"),
+            ("aggregate, 365 d (1 d)", "agg_365d"),
+            ("dashboard 5×3, 30 d", "dashboard"),
         ] {
             println!(
                 "{label:<24} p50 {:>8} ms   p99 {:>8} ms",
