@@ -657,7 +657,12 @@ async fn retention_per_tenant_removes_only_that_tenants_expired_data_without_blo
     let ea = server.entities(&key_a, 2).await;
     let eb = server.entities(&key_b, 2).await;
     let now = Utc::now();
-    let m = maintainer(&server);
+    // Raw values are kept 30 days unless a tenant says otherwise.
+    let settings = atlas_maintain::Settings {
+        retention: Some(Duration::days(30)),
+        ..atlas_maintain::Settings::default()
+    };
+    let m = atlas_maintain::Maintainer::new(server.db.store(2), settings.clone());
     m.backfill(now - Duration::days(21), now)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -688,12 +693,13 @@ async fn retention_per_tenant_removes_only_that_tenants_expired_data_without_blo
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // acme keeps raw values 7 days and minutes 5 days; globex keeps its dead letters for ever.
+    // acme keeps raw values 7 days and minutes 5 days; globex keeps its values and dead
+    // letters for ever.
     let doc = set_limits(&server, a, json!({"raw_days": 7, "rollup_1m_days": 5})).await;
     assert_eq!(doc["limits"]["raw_days"], 7);
     assert_eq!(doc["overrides"]["rollup_1h_days"], Value::Null);
     assert_eq!(doc["limits"]["rollup_1h_days"], 400);
-    set_limits(&server, b, json!({"dead_letter_days": 0})).await;
+    set_limits(&server, b, json!({"raw_days": 0, "dead_letter_days": 0})).await;
 
     // 200 000 expired values of acme (the purge takes a while), written straight in.
     let attr = server
@@ -799,8 +805,8 @@ async fn retention_per_tenant_removes_only_that_tenants_expired_data_without_blo
     );
 
     // When every tenant's values expire, partitions older than the longest retention go whole.
-    set_limits(&server, b, json!({"raw_days": 30})).await;
-    let plan = maintainer(&server)
+    set_limits(&server, b, json!({"raw_days": null})).await;
+    let plan = atlas_maintain::Maintainer::new(server.db.store(2), settings)
         .retention_plan(now)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

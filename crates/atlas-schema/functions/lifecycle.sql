@@ -116,6 +116,10 @@ GRANT EXECUTE ON FUNCTION public.rollup_seal(integer) TO atlas_app;
 -- rollup rows, marks the next level, and deletes the claims - one transaction, so a reader
 -- sees the old rows with the claim (and reads finer data) or the new rows without it.
 -- Returns the claims done (0: none ready at this level).
+-- Nested loops only: each claim is one index range of its (tenant, attribute, bucket); a hash
+-- join of the claims with every value of the tenant's attribute (what the planner picks for
+-- a few thousand claims) compared each value with every claim (measured: > 50 s for 5 000
+-- claims over 2.3 M values, against well under a second).
 CREATE OR REPLACE FUNCTION public.rollup_apply(p_level smallint, p_limit integer)
 RETURNS integer
 LANGUAGE plpgsql
@@ -123,6 +127,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 SET TimeZone = 'UTC'
 SET plan_cache_mode = force_custom_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 AS $$
 #variable_conflict use_column
 DECLARE

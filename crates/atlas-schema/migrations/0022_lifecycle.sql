@@ -118,7 +118,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
         RETURN;
     END IF;
-    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    -- No foreign keys to reference tables here: the default (parallel) mode distributes them,
+    -- after this migration's grants on distributed tables ran in parallel already.
     PERFORM create_distributed_table('public.rollup_1m', 'tenant_id', colocate_with => 'public.api_keys');
     PERFORM create_distributed_table('public.rollup_1h', 'tenant_id', colocate_with => 'public.api_keys');
     PERFORM create_distributed_table('public.rollup_1d', 'tenant_id', colocate_with => 'public.api_keys');

@@ -296,25 +296,44 @@ async fn tenant_wide_aggregates_use_the_tenant_attribute_time_indexes_of_rollups
         .batch_execute("ANALYZE rollup_1d, rollup_1h, rollup_1m")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let plan = explain_as_app(
-        &mut app,
-        f.tenant,
-        &aggregate::aggregate_sql(AggFn::Avg, &Scope::Tenant, false),
-        &[
-            &f.tenant,
-            &attrs,
-            &3_600_000_i64,
-            &d.0,
-            &d.1,
-            &h.0,
-            &h.1,
-            &m.0,
-            &m.1,
-            &r.0,
-            &r.1,
-        ],
-    )
-    .await;
+    // As the server sends it: typed parameters, planned for them.
+    use tokio_postgres::types::Type;
+    let tsa = Type::TIMESTAMPTZ_ARRAY;
+    let none: Vec<i64> = Vec::new();
+    let (raw_from, raw_to) = (now - minute, now);
+    let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    set_tenant(&tx, f.tenant).await;
+    let plan = tx
+        .query_typed(
+            &[
+                "EXPLAIN ",
+                &aggregate::aggregate_sql(AggFn::Avg, &Scope::Tenant, false, [true; 4]),
+            ]
+            .concat(),
+            &[
+                (&f.tenant, Type::INT8),
+                (&attrs, Type::INT8_ARRAY),
+                (&3_600_000_i64, Type::INT8),
+                (&d.0, tsa.clone()),
+                (&d.1, tsa.clone()),
+                (&h.0, tsa.clone()),
+                (&h.1, tsa.clone()),
+                (&m.0, tsa.clone()),
+                (&m.1, tsa.clone()),
+                (&r.0, tsa.clone()),
+                (&r.1, tsa),
+                (&none, Type::INT8_ARRAY),
+                (&raw_from, Type::TIMESTAMPTZ),
+                (&raw_to, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
     for index in [
         "idx_rollup_1d_attr_bucket",
         "idx_rollup_1h_attr_bucket",
