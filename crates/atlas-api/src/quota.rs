@@ -18,12 +18,15 @@ pub(crate) const LIMITS_TTL: Duration = Duration::from_secs(1);
 /// How long the stored-values usage (from the statistics view) is trusted.
 const USAGE_TTL: Duration = Duration::from_secs(30);
 
+/// Values stored per tenant, and when they were read.
+type StoredUsage = (Arc<HashMap<i64, i64>>, Instant);
+
 /// Cached limits and usage.
 #[derive(Default)]
 pub(crate) struct Quotas {
     defaults: Values,
     limits: std::sync::Mutex<HashMap<i64, (Values, Instant)>>,
-    stored: std::sync::Mutex<Option<(Arc<HashMap<i64, i64>>, Instant)>>,
+    stored: std::sync::Mutex<Option<StoredUsage>>,
 }
 
 impl Quotas {

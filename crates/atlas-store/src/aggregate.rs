@@ -401,7 +401,12 @@ pub fn aggregate_sql(func: AggFn, scope: &Scope, per_series: bool, parts: [bool;
         AggFn::Avg | AggFn::Sum => ("r.sum", "NULL::timestamptz", "v.x", "NULL::timestamptz"),
         AggFn::Min => ("r.min", "NULL::timestamptz", "v.x", "NULL::timestamptz"),
         AggFn::Max => ("r.max", "NULL::timestamptz", "v.x", "NULL::timestamptz"),
-        AggFn::Count => ("NULL::numeric", "NULL::timestamptz", "NULL::numeric", "NULL::timestamptz"),
+        AggFn::Count => (
+            "NULL::numeric",
+            "NULL::timestamptz",
+            "NULL::numeric",
+            "NULL::timestamptz",
+        ),
         AggFn::First => ("r.first_value", "r.first_at", "v.x", "ev.ingested_at"),
         AggFn::Last => ("r.last_value", "r.last_at", "v.x", "ev.ingested_at"),
     };

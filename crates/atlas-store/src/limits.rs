@@ -179,13 +179,13 @@ impl Store {
         change: &Change,
     ) -> Result<Overrides, StoreError> {
         for (l, c) in Limit::ALL.iter().zip(change.0.iter()) {
-            if let Some(Some(v)) = c {
-                if !(0..=l.largest()).contains(v) {
-                    return Err(StoreError::Invalid {
-                        field: l.as_str().into(),
-                        message: format!("must be between 0 and {}", l.largest()),
-                    });
-                }
+            if let Some(Some(v)) = c
+                && !(0..=l.largest()).contains(v)
+            {
+                return Err(StoreError::Invalid {
+                    field: l.as_str().into(),
+                    message: format!("must be between 0 and {}", l.largest()),
+                });
             }
         }
         let mut client = self.primary.get().await?;

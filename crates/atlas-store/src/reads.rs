@@ -358,10 +358,10 @@ pub async fn aggregate(
     tenant: TenantId,
     q: &AggregateQuery,
 ) -> Result<Option<Vec<Bucket>>, StoreError> {
-    if let Scope::Entity(id) = q.scope {
-        if !entity_exists(tx, tenant, id).await? {
-            return Ok(None);
-        }
+    if let Scope::Entity(id) = q.scope
+        && !entity_exists(tx, tenant, id).await?
+    {
+        return Ok(None);
     }
     let mut series = crate::aggregate::aggregate(tx, tenant, q).await?;
     Ok(Some(series.remove(&(0, 0)).unwrap_or_default()))

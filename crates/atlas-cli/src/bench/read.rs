@@ -452,7 +452,9 @@ pub async fn run(config: &Config, args: &ReadArgs) -> Result<()> {
             .map(|r| r.get::<_, i64>(0))
             .collect::<Vec<_>>(),
     );
-    let long_agg = |days: i64, bucket: &'static str| -> Arc<dyn Fn(usize) -> String + Send + Sync> {
+    let long_agg = |days: i64,
+                    bucket: &'static str|
+     -> Arc<dyn Fn(usize) -> String + Send + Sync> {
         let ids = Arc::clone(&year_ids);
         Arc::new(move |i| {
             let to = now_ms - i64::try_from(i).unwrap_or(0);
