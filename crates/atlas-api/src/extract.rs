@@ -258,6 +258,15 @@ where
         .transpose()
 }
 
+/// [`double_option`] of an integer that, like JSON Schema's `integer`, also accepts an
+/// integral number written with a fraction (`102.0`): absent, `null`, or the integer.
+pub fn double_option_integral<'de, D>(de: D) -> Result<Option<Option<i64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    atlas_ingest::typing::integral_i64_opt(de).map(Some)
+}
+
 /// A JSON field that distinguishes "absent" (`None`) from `null` (`Some(None)`).
 pub fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
 where

@@ -60,9 +60,10 @@ async fn citus_schema_is_distributed_by_tenant_and_colocated() {
     let server = Server::start().await;
     let c = server.db.admin().await;
 
-    // Distribution of every table (partitions aside): reference lookups, tenant tables by
-    // tenant_id in one co-location group; staging, the stats MV and the bookkeeping tables stay
-    // local to the coordinator (absent here).
+    // Distribution of every table (partitions aside): reference lookups, tenant tables (the
+    // rollups too) by tenant_id in one co-location group; staging, the stats MV, the rollup
+    // marks, tenant limits and the bookkeeping tables stay local to the coordinator (absent
+    // here).
     let rows = c
         .query(
             "SELECT p.logicalrelid::regclass::text, p.partmethod::text, \
@@ -88,6 +89,9 @@ async fn citus_schema_is_distributed_by_tenant_and_colocated() {
             want("entity_jsonb", "h", "tenant_id"),
             want("entity_values_dead_letter", "h", "tenant_id"),
             want("entity_values_ts", "h", "tenant_id"),
+            want("rollup_1d", "h", "tenant_id"),
+            want("rollup_1h", "h", "tenant_id"),
+            want("rollup_1m", "h", "tenant_id"),
             want("tenants", "n", ""),
         ]
     );

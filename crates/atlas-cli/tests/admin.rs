@@ -156,3 +156,67 @@ async fn tenants_keys_and_attributes_by_name_as_tables_or_json() {
     );
     assert!(!logs.contains('\u{1b}'), "{logs}");
 }
+
+#[tokio::test]
+async fn tenant_limits_are_shown_set_and_reset_by_name_and_bad_ones_refused_in_one_line() {
+    let db = TestDb::new().await;
+    let run = |args: &[&str]| atlas(&db, args, "warn");
+    assert!(run(&["tenant", "create", "acme"]).status.success());
+    let o = run(&[
+        "tenant",
+        "limits",
+        "acme",
+        "--set",
+        "raw_days=90",
+        "--set",
+        "max_entities=5000",
+    ]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["LIMIT", "VALUE", "SOURCE"], "{stdout}");
+    assert!(rows.contains(&vec!["raw_days", "90", "tenant"]), "{stdout}");
+    assert!(
+        rows.contains(&vec!["max_entities", "5000", "tenant"]),
+        "{stdout}"
+    );
+    assert!(
+        rows.contains(&vec!["rollup_1h_days", "400", "default"]),
+        "{stdout}"
+    );
+    assert!(
+        rows.contains(&vec!["max_values_per_day", "none", "default"]),
+        "{stdout}"
+    );
+    // Reset one; JSON shows what applies and what the tenant set.
+    let o = run(&["tenant", "limits", "acme", "--reset", "raw_days", "--json"]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(doc["overrides"]["raw_days"], Value::Null, "{doc}");
+    assert_eq!(doc["limits"]["raw_days"], 0, "{doc}");
+    assert_eq!(doc["limits"]["max_entities"], 5000, "{doc}");
+    // Bad input: one line naming what is wrong, nothing changed.
+    for (args, says) in [
+        (vec!["--set", "raw_days=-1"], "from 0 to 36500"),
+        (vec!["--set", "raw_days"], "NAME=VALUE"),
+        (vec!["--set", "speed=3"], "not a limit"),
+        (vec!["--reset", "speed"], "not a limit"),
+    ] {
+        let mut full = vec!["tenant", "limits", "acme"];
+        full.extend(args.iter().copied());
+        let o = run(&full);
+        let (_, stderr) = out(&o);
+        assert!(!o.status.success(), "{full:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{full:?}: {stderr}");
+    }
+    let o = run(&["tenant", "limits", "initech"]);
+    assert!(!o.status.success() && out(&o).1.contains("no tenant `initech`"));
+    let doc: Value = serde_json::from_str(&out(&run(&["tenant", "limits", "acme", "--json"])).0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(doc["limits"]["max_entities"], 5000, "{doc}");
+}

@@ -174,40 +174,29 @@ BEGIN
         SET n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max,
             first_at = excluded.first_at, first_value = excluded.first_value,
             last_at = excluded.last_at, last_value = excluded.last_value;
-    ELSIF p_level = 2 THEN
-        INSERT INTO public.rollup_1h AS r (tenant_id, entity_id, attribute_id, bucket, n, sum, min, max,
-                                           first_at, first_value, last_at, last_value)
-        SELECT m.tenant_id, m.entity_id, m.attribute_id, k.b, sum(m.n),
-               sum(m.sum), min(m.min), max(m.max),
-               min(m.first_at), (min(ARRAY[extract(epoch FROM m.first_at), m.first_value]))[2],
-               max(m.last_at), (max(ARRAY[extract(epoch FROM m.last_at), m.last_value]))[2]
-        FROM unnest(v_t, v_a, v_b) AS k (t, a, b)
-        JOIN public.rollup_1m m
-          ON m.tenant_id = k.t AND m.attribute_id = k.a
-         AND m.bucket >= k.b AND m.bucket < k.b + interval '1 hour'
-        WHERE m.tenant_id = ANY (v_tenants)
-        GROUP BY m.tenant_id, m.entity_id, m.attribute_id, k.b
-        ON CONFLICT (tenant_id, entity_id, attribute_id, bucket) DO UPDATE
-        SET n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max,
-            first_at = excluded.first_at, first_value = excluded.first_value,
-            last_at = excluded.last_at, last_value = excluded.last_value;
     ELSE
-        INSERT INTO public.rollup_1d AS r (tenant_id, entity_id, attribute_id, bucket, n, sum, min, max,
-                                           first_at, first_value, last_at, last_value)
-        SELECT h.tenant_id, h.entity_id, h.attribute_id, k.b, sum(h.n),
-               sum(h.sum), min(h.min), max(h.max),
-               min(h.first_at), (min(ARRAY[extract(epoch FROM h.first_at), h.first_value]))[2],
-               max(h.last_at), (max(ARRAY[extract(epoch FROM h.last_at), h.last_value]))[2]
-        FROM unnest(v_t, v_a, v_b) AS k (t, a, b)
-        JOIN public.rollup_1h h
-          ON h.tenant_id = k.t AND h.attribute_id = k.a
-         AND h.bucket >= k.b AND h.bucket < k.b + interval '1 day'
-        WHERE h.tenant_id = ANY (v_tenants)
-        GROUP BY h.tenant_id, h.entity_id, h.attribute_id, k.b
-        ON CONFLICT (tenant_id, entity_id, attribute_id, bucket) DO UPDATE
-        SET n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max,
-            first_at = excluded.first_at, first_value = excluded.first_value,
-            last_at = excluded.last_at, last_value = excluded.last_value;
+        -- Hours from minutes, days from hours: one statement, its two tables named by the
+        -- level (fixed names, never input), the claims' keys as parameters.
+        EXECUTE format(
+            'INSERT INTO public.%I (tenant_id, entity_id, attribute_id, bucket, n, sum, min, max,
+                                    first_at, first_value, last_at, last_value)
+             SELECT f.tenant_id, f.entity_id, f.attribute_id, k.b, sum(f.n),
+                    sum(f.sum), min(f.min), max(f.max),
+                    min(f.first_at), (min(ARRAY[extract(epoch FROM f.first_at), f.first_value]))[2],
+                    max(f.last_at), (max(ARRAY[extract(epoch FROM f.last_at), f.last_value]))[2]
+             FROM unnest($1, $2, $3) AS k (t, a, b)
+             JOIN public.%I f
+               ON f.tenant_id = k.t AND f.attribute_id = k.a
+              AND f.bucket >= k.b AND f.bucket < k.b + $5
+             WHERE f.tenant_id = ANY ($4)
+             GROUP BY f.tenant_id, f.entity_id, f.attribute_id, k.b
+             ON CONFLICT (tenant_id, entity_id, attribute_id, bucket) DO UPDATE
+             SET n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max,
+                 first_at = excluded.first_at, first_value = excluded.first_value,
+                 last_at = excluded.last_at, last_value = excluded.last_value',
+            CASE p_level WHEN 2 THEN 'rollup_1h' ELSE 'rollup_1d' END,
+            CASE p_level WHEN 2 THEN 'rollup_1m' ELSE 'rollup_1h' END)
+        USING v_t, v_a, v_b, v_tenants, public.rollup_width(p_level);
     END IF;
 
     IF p_level < 3 THEN

@@ -11,7 +11,7 @@ use atlas_store::limits::{Change, Limit, Overrides, Values};
 use crate::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, PathId, double_option};
+use crate::extract::{JsonBody, PathId, double_option_integral};
 
 /// Every limit of a tenant. Retention in days, quotas in entities or values; 0 is "keep for
 /// ever" / "no limit".
@@ -105,35 +105,35 @@ pub struct TenantLimits {
 #[serde(deny_unknown_fields)]
 pub struct LimitsChange {
     /// Days raw values are kept.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 36500)]
     pub raw_days: Option<Option<i64>>,
     /// Days 1-minute rollups are kept.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 36500)]
     pub rollup_1m_days: Option<Option<i64>>,
     /// Days 1-hour rollups are kept.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 36500)]
     pub rollup_1h_days: Option<Option<i64>>,
     /// Days 1-day rollups are kept.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 36500)]
     pub rollup_1d_days: Option<Option<i64>>,
     /// Days dead letters are kept.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 36500)]
     pub dead_letter_days: Option<Option<i64>>,
     /// Most live entities.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub max_entities: Option<Option<i64>>,
     /// Most values written per UTC day.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub max_values_per_day: Option<Option<i64>>,
     /// Most values stored.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "double_option_integral")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub max_stored_values: Option<Option<i64>>,
 }

@@ -595,7 +595,7 @@ pub struct AggregateParams {
     pub to: Option<String>,
     /// Bucket width: a number with a unit (`30s`, `2m`, `90m`, `1h`, `1d`, `1w`; ms, s, m, h,
     /// d, w) or whole milliseconds; buckets aligned in UTC; at most 10 000 in the range.
-    #[param(value_type = String, required = true, pattern = "^[0-9]{1,15}(ms|s|m|h|d|w)?$")]
+    #[param(value_type = String, required = true, pattern = "^0*[1-9][0-9]{0,14}(ms|s|m|h|d|w)?$")]
     pub bucket: Option<String>,
     /// avg, min, max, sum, count, first or last.
     #[serde(rename = "fn")]
@@ -626,13 +626,22 @@ pub struct Aggregate {
     pub items: Vec<Bucket>,
 }
 
-/// Parses `bucket`.
+/// Parses `bucket`: 400 when it is not written as a width, 422 when it is but is out of range
+/// (zero, or more than ten years).
 fn bucket_param(raw: Option<&str>) -> Result<BucketWidth, ApiError> {
     let raw = raw.filter(|r| !r.is_empty()).ok_or_else(|| {
         ApiError::bad_field("bucket", format!("required: {}", BucketWidth::CHOICES))
     })?;
-    raw.parse()
-        .map_err(|e: String| ApiError::bad_field("bucket", e))
+    raw.parse().map_err(|e: String| {
+        let digits = raw.bytes().take_while(u8::is_ascii_digit).count();
+        let well_formed =
+            digits > 0 && ["", "ms", "s", "m", "h", "d", "w"].contains(&&raw[digits..]);
+        if well_formed {
+            ApiError::invalid_value("bucket", e)
+        } else {
+            ApiError::bad_field("bucket", e)
+        }
+    })
 }
 
 /// Buckets of avg/min/max/sum/count/first/last over an attribute's values, tenant-wide or
@@ -767,19 +776,21 @@ pub struct QueryRequest {
     /// …or the live entities of this type (at most 100 of them).
     pub entity_type: Option<String>,
     /// Inclusive start: epoch milliseconds or RFC 3339.
-    #[schema(value_type = String)]
+    #[schema(schema_with = time_schema)]
     pub from: serde_json::Value,
     /// Exclusive end: epoch milliseconds or RFC 3339.
-    #[schema(value_type = String)]
+    #[schema(schema_with = time_schema)]
     pub to: serde_json::Value,
     /// avg, min, max, sum, count, first or last.
     #[serde(rename = "fn")]
     pub func: AggFn,
-    /// Bucket width (`30s`, `90m`, `1h`, or milliseconds); not with `max_points`.
-    #[schema(value_type = Option<String>)]
-    pub bucket: Option<BucketWidth>,
+    /// Bucket width (`30s`, `90m`, `1h`), or whole milliseconds as a number; not with
+    /// `max_points`.
+    #[schema(value_type = Option<String>, pattern = "^0*[1-9][0-9]{0,14}(ms|s|m|h|d|w)?$")]
+    pub bucket: Option<serde_json::Value>,
     /// At most this many buckets per series (1 to 10 000; default 1 000): the width is chosen
     /// for the caller among 1 s, 2 s, 5 s … 1 h, 2 h … 1 d, 7 d, 30 d.
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_points: Option<i64>,
 }
 
@@ -810,7 +821,13 @@ pub struct QueryResult {
 
 fn json_time(v: &serde_json::Value, field: &str) -> Result<String, ApiError> {
     match v {
-        serde_json::Value::Number(n) => Ok(n.to_string()),
+        // An integral number written with a fraction (1764000000000.0) is an integer too.
+        serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            Ok(n.as_i64().map_or_else(
+                || format!("{:.0}", n.as_f64().unwrap_or(-1.0)),
+                |i| i.to_string(),
+            ))
+        }
         serde_json::Value::String(s) => Ok(s.clone()),
         _ => Err(ApiError::bad_field(
             field,
@@ -841,7 +858,27 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     let from_raw = json_time(&req.from, "from")?;
     let to_raw = json_time(&req.to, "to")?;
-    let bucket = match (req.bucket, req.max_points) {
+    let bucket = match &req.bucket {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(raw)) => Some(bucket_param(Some(raw))?),
+        Some(serde_json::Value::Number(n)) => Some(
+            n.as_i64()
+                .and_then(BucketWidth::from_millis)
+                .ok_or_else(|| {
+                    ApiError::invalid_value(
+                        "bucket",
+                        format!("{n} is not a bucket width: {}", BucketWidth::CHOICES),
+                    )
+                })?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "bucket",
+                format!("expected a width: {}", BucketWidth::CHOICES),
+            ));
+        }
+    };
+    let bucket = match (bucket, req.max_points) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_value(
                 "max_points",
