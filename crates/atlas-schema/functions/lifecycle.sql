@@ -263,24 +263,16 @@ BEGIN
         WHERE e.tenant_id = p_tenant_id AND e.entity_id = d.entity_id
           AND e.attribute_id = d.attribute_id AND e.ingested_at = d.ingested_at
           AND e.ingested_at < p_before;
-    ELSIF p_kind = 1 THEN
-        DELETE FROM public.rollup_1m r
-        USING (SELECT x.entity_id, x.attribute_id, x.bucket FROM public.rollup_1m x
-               WHERE x.tenant_id = p_tenant_id AND x.bucket < p_before LIMIT p_limit) d
-        WHERE r.tenant_id = p_tenant_id AND r.entity_id = d.entity_id
-          AND r.attribute_id = d.attribute_id AND r.bucket = d.bucket;
-    ELSIF p_kind = 2 THEN
-        DELETE FROM public.rollup_1h r
-        USING (SELECT x.entity_id, x.attribute_id, x.bucket FROM public.rollup_1h x
-               WHERE x.tenant_id = p_tenant_id AND x.bucket < p_before LIMIT p_limit) d
-        WHERE r.tenant_id = p_tenant_id AND r.entity_id = d.entity_id
-          AND r.attribute_id = d.attribute_id AND r.bucket = d.bucket;
-    ELSIF p_kind = 3 THEN
-        DELETE FROM public.rollup_1d r
-        USING (SELECT x.entity_id, x.attribute_id, x.bucket FROM public.rollup_1d x
-               WHERE x.tenant_id = p_tenant_id AND x.bucket < p_before LIMIT p_limit) d
-        WHERE r.tenant_id = p_tenant_id AND r.entity_id = d.entity_id
-          AND r.attribute_id = d.attribute_id AND r.bucket = d.bucket;
+    ELSIF p_kind IN (1, 2, 3) THEN
+        -- A rollup level: its table named by the kind (fixed names, never input).
+        EXECUTE format(
+            'DELETE FROM public.%1$I r
+             USING (SELECT x.entity_id, x.attribute_id, x.bucket FROM public.%1$I x
+                    WHERE x.tenant_id = $1 AND x.bucket < $2 LIMIT $3) d
+             WHERE r.tenant_id = $1 AND r.entity_id = d.entity_id
+               AND r.attribute_id = d.attribute_id AND r.bucket = d.bucket',
+            (ARRAY['rollup_1m', 'rollup_1h', 'rollup_1d'])[p_kind])
+        USING p_tenant_id, p_before, p_limit;
     ELSIF p_kind = 4 THEN
         DELETE FROM public.entity_values_dead_letter l
         USING (SELECT x.dead_letter_id FROM public.entity_values_dead_letter x
