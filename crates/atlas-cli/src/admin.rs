@@ -299,15 +299,12 @@ async fn limits(
         &config.lifecycle,
     ));
     if json {
-        let mut limits = serde_json::Map::new();
-        let mut own = serde_json::Map::new();
-        for l in Limit::ALL {
-            limits.insert(l.as_str().into(), effective.get(l).into());
-            own.insert(l.as_str().into(), overrides.0[l as usize].into());
-        }
-        return print_json(
-            &serde_json::json!({"tenant_id": id, "limits": limits, "overrides": own}),
-        );
+        // The admin API's document, so both say a tenant's limits the same way.
+        return print_json(&atlas_api::routes::limits::TenantLimits {
+            tenant_id: id,
+            limits: effective.into(),
+            overrides: overrides.into(),
+        });
     }
     print_table(
         &["LIMIT", "VALUE", "SOURCE"],

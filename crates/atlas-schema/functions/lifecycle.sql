@@ -112,9 +112,9 @@ ALTER FUNCTION public.rollup_seal(integer) OWNER TO atlas_definer;
 GRANT EXECUTE ON FUNCTION public.rollup_seal(integer) TO atlas_app;
 
 -- Aggregates up to p_limit sealed claims of one level (their writers have all ended),
--- replaces their
--- rollup rows, marks the next level, and deletes the claims - one transaction, so a reader
--- sees the old rows with the claim (and reads finer data) or the new rows without it.
+-- replaces their rollup rows, marks the next level, and deletes the claims - one
+-- transaction, so a reader sees the old rows with the claim (and reads finer data) or the new
+-- rows without it.
 -- Returns the claims done (0: none ready at this level).
 -- Nested loops only: each claim is one index range of its (tenant, attribute, bucket); a hash
 -- join of the claims with every value of the tenant's attribute (what the planner picks for
