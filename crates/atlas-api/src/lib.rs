@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod consistency;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod http;
@@ -52,7 +53,13 @@ struct Inner {
     receipt: atlas_ingest::ReceiptClock,
     analytics: Option<AnalyticsStore>,
     quotas: quota::Quotas,
+    /// What `GET /v1/admin/status` answers (set by the server that wires every part).
+    status: Option<StatusSource>,
 }
+
+/// Collects the system's status document (`atlas status`) on demand.
+pub type StatusSource =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, serde_json::Value> + Send + Sync>;
 
 /// The analytics store that `atlas cdc` fills: reads with consistency `analytics` of the time
 /// series (latest, series, aggregates) are served from it while it is within its lag budget.
@@ -163,6 +170,7 @@ impl AppState {
                 receipt: atlas_ingest::ReceiptClock::default(),
                 analytics: None,
                 quotas: quota::Quotas::default(),
+                status: None,
             }),
         }
     }
@@ -180,6 +188,15 @@ impl AppState {
     pub fn with_limit_defaults(mut self, defaults: atlas_store::limits::Values) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.quotas = quota::Quotas::new(defaults);
+        }
+        self
+    }
+
+    /// Answers `GET /v1/admin/status` with what `source` collects (call before cloning the
+    /// state).
+    pub fn with_status(mut self, source: StatusSource) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.status = Some(source);
         }
         self
     }
@@ -389,6 +406,8 @@ pub fn router(state: AppState) -> Router {
         )
         // The interactive API page, its assets embedded in the binary (no CDN), reading the
         // document above.
+        // The web console: static files calling the API above like any client.
+        .merge(console::routes())
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .config(utoipa_swagger_ui::Config::new(["/openapi.json"])),

@@ -7,6 +7,7 @@ mod admin;
 mod attack;
 mod auth;
 mod citus;
+mod console;
 mod contract;
 mod entities;
 mod lifecycle;

@@ -3,7 +3,10 @@
 //! API over them. `atlas serve`, the benches and the API tests all start it through
 //! [`Server::build`], so what they run is what production runs.
 
+pub mod status;
+
 use std::future::Future;
+use std::sync::Arc;
 
 use atlas_api::{AnalyticsStore, AppState};
 use atlas_config::Config;
@@ -103,6 +106,7 @@ impl Server {
             ),
             _ => None,
         };
+        let state_cache = cache.clone();
         let state = AppState::new(
             store.clone(),
             config.admin_token.as_deref(),
@@ -114,7 +118,14 @@ impl Server {
         .with_limit_defaults(atlas_maintain::limit_defaults(
             &config.maintenance,
             &config.lifecycle,
-        ));
+        ))
+        .with_status({
+            let (store, cache, config) = (store.clone(), state_cache.clone(), config.clone());
+            Arc::new(move || {
+                let (store, cache, config) = (store.clone(), cache.clone(), config.clone());
+                Box::pin(async move { status::collect(&store, &cache, &config).await })
+            })
+        });
         // Analytics reads go to the store `atlas cdc` fills (its own database on the primary's
         // cluster, read as atlas_app under RLS); until it exists they fall back to the router.
         let state = match (&config.database_url, config.cdc.analytics_database.as_str()) {

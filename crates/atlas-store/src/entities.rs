@@ -20,6 +20,9 @@ pub struct Entity {
     pub entity_type: String,
     /// Free-form properties (the seed's `cold_attrs`).
     pub cold_attrs: serde_json::Value,
+    /// Its hot attributes' newest values (the projection searched by `/v1/entities/search`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub hot_attrs: serde_json::Value,
     /// Incremented on every change.
     pub version: i32,
     /// When it was registered.
@@ -57,6 +60,9 @@ fn entity_from(row: &tokio_postgres::Row) -> Result<Entity, StoreError> {
         entity_type: row.try_get("entity_type")?,
         cold_attrs: row
             .try_get::<_, Option<serde_json::Value>>("cold_attrs")?
+            .unwrap_or_else(|| serde_json::json!({})),
+        hot_attrs: row
+            .try_get::<_, Option<serde_json::Value>>("hot_attrs")?
             .unwrap_or_else(|| serde_json::json!({})),
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
@@ -98,7 +104,7 @@ const REGISTER: &str = "WITH e AS ( \
         SELECT numbered.entity_id, $1, c.cold FROM numbered \
         JOIN unnest($3::jsonb[]) WITH ORDINALITY AS c (cold, n) ON c.n = numbered.n \
         RETURNING entity_id, cold_attrs) \
-     SELECT numbered.entity_id, numbered.entity_type, numbered.version, numbered.created_at, numbered.updated_at, j.cold_attrs \
+     SELECT numbered.entity_id, numbered.entity_type, numbered.version, numbered.created_at, numbered.updated_at, j.cold_attrs, NULL::jsonb AS hot_attrs \
      FROM numbered JOIN j ON j.entity_id = numbered.entity_id ORDER BY numbered.entity_id";
 
 /// Registers entities in order; ids are assigned from the global sequence.
@@ -129,7 +135,7 @@ pub async fn register(
 }
 
 /// The one-entity statement ($1 tenant, $2 entity); public so tests can EXPLAIN it.
-pub const SELECT_ENTITY: &str = "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+pub const SELECT_ENTITY: &str = "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs, j.hot_attrs \
      FROM public.entities e LEFT JOIN public.entity_jsonb j ON j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id \
      WHERE e.tenant_id = $1 AND e.entity_id = $2 AND NOT e.is_deleted";
 
@@ -225,9 +231,9 @@ pub async fn delete(tx: &Tx<'_>, tenant: TenantId, entity_id: i64) -> Result<Str
 macro_rules! entity_rows {
     ($where:literal) => {
         concat!(
-            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs \
+            "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs, j.hot_attrs \
              FROM public.entities e LEFT JOIN LATERAL (\
-                 SELECT j.cold_attrs FROM public.entity_jsonb j \
+                 SELECT j.cold_attrs, j.hot_attrs FROM public.entity_jsonb j \
                  WHERE j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id) j ON true \
              WHERE ",
             $where

@@ -10,6 +10,7 @@
 )]
 
 pub mod api;
+pub mod browser;
 pub mod proxy;
 
 use std::path::PathBuf;

@@ -421,3 +421,22 @@ pub async fn list_attributes(
         items: state.inner.store.list_attributes().await?,
     }))
 }
+
+/// The system's status.
+///
+/// What `atlas status --json` prints: the primary and replicas with their lag, Redis and its hit
+/// rate, the staging backlog, time partitions, maintenance runs, rollup backlog, tenants' usage,
+/// the CDC slot and analytics store, the Patroni cluster, Citus nodes and every alert with whether
+/// it fires. Each part is probed with a bound; one that does not answer is reported down.
+#[utoipa::path(get, path = "/v1/admin/status", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn status(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source =
+        state.inner.status.clone().ok_or_else(|| {
+            ApiError::Unavailable("status is not collected by this server".into())
+        })?;
+    Ok(Json(source().await))
+}

@@ -31,6 +31,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::define_attribute, admin::list_attributes))
         .routes(routes!(admin::update_attribute))
+        .routes(routes!(admin::status))
         .routes(routes!(tenant::me))
         .routes(routes!(telemetry::ingest))
         .routes(routes!(tenant::attributes))
