@@ -603,7 +603,8 @@
 
   async function ingestPage(seq) {
     const box = h('div', { class: 'panel', id: 'ingest' });
-    show(h('h1', null, 'Ingest'), box);
+    const letters = h('div', { class: 'panel', id: 'dead' });
+    show(h('h1', null, 'Ingest'), box, letters);
     let prev = null;
     const load = async () => {
       const me = await api('GET', '/v1/me');
@@ -622,6 +623,19 @@
         h('span', null, 'Stored-values quota'), h('span', null, lim(me.limits.max_stored_values)),
         h('span', null, 'Entities'), h('span', null, `${me.usage.entities} of ${lim(me.limits.max_entities)}`)),
       h('p', { class: 'muted' }, `Sampled every ${LIVE_MS / 1000} s.`));
+      const dead = await api('GET', '/v1/dead-letters?limit=20');
+      if (seq !== renderSeq) return;
+      letters.replaceChildren(h('h2', null, 'Dead letters (newest 20): readings acknowledged but not stored'),
+        dead.items.length
+          ? h('table', { id: 'dead-letters' },
+            h('thead', null, h('tr', null, ['Failed', 'Entity', 'Attribute', 'Value', 'Event time', 'Reason'].map((x) => h('th', null, x)))),
+            h('tbody', null, dead.items.map((d) => h('tr', null,
+              h('td', { class: 'num' }, fmtTime(Date.parse(d.failed_at))),
+              h('td', null, d.entity_id === null ? '' : h('a', { href: `#/entity/${d.entity_id}` }, `#${d.entity_id}`)),
+              h('td', null, d.attribute || ''), h('td', null, d.value === null ? '' : d.value),
+              h('td', { class: 'num' }, d.ingested_at ? fmtTime(Date.parse(d.ingested_at)) : ''),
+              h('td', null, d.reason)))))
+          : h('p', { class: 'muted', id: 'dead-letters-none' }, 'none'));
     };
     await load();
     const t = setInterval(() => { load().catch(() => {}); }, LIVE_MS);

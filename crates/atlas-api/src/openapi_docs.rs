@@ -17,7 +17,14 @@ fn attribute() -> Value {
 
 fn entity() -> Value {
     json!({"entity_id": 1, "entity_type": "sensor", "cold_attrs": {"label": "boiler room"},
-           "version": 2, "created_at": "2026-12-01T09:00:00Z", "updated_at": "2026-12-01T10:00:00Z"})
+           "hot_attrs": {"status": "online", "priority": 3}, "version": 2, "created_at": "2026-12-01T09:00:00Z", "updated_at": "2026-12-01T10:00:00Z"})
+}
+
+fn dead_letter() -> Value {
+    json!({"dead_letter_id": 7, "entity_id": 1, "attribute": "temperature", "value": "21.5",
+           "ingested_at": "2026-12-01T09:00:00Z",
+           "reason": "a different value is already stored for this entity, attribute and time",
+           "failed_at": "2026-12-01T09:00:01Z"})
 }
 
 fn key_info() -> Value {
@@ -67,6 +74,10 @@ fn example(schema: &str) -> Option<Value> {
         "AttributeStats" => stats(),
         "Bucket" => bucket.clone(),
         "DataType" => json!("decimal"),
+        "DeadLetter" => dead_letter(),
+        "DeadLetterPage" => {
+            json!({"items": [dead_letter()], "next_cursor": "1764579601000000.7"})
+        }
         "Entity" => entity(),
         "EntityChanges" => json!({"cold_attrs": {"label": "boiler room"}, "version": 2}),
         "EntityInput" => json!({"entity_type": "sensor", "cold_attrs": {"label": "boiler room"}}),

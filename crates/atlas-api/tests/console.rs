@@ -28,6 +28,8 @@ struct Fleet {
     b: Vec<i64>,
     /// A's entities whose status is "alarm".
     alarms: Vec<i64>,
+    /// The time of every entity's first readings (a different value then is a conflict).
+    conflict_ts: i64,
     charted: i64,
 }
 
@@ -104,6 +106,7 @@ async fn fleet(server: &Server) -> Fleet {
         b,
         alarms,
         charted,
+        conflict_ts: now - 60_000,
     }
 }
 
@@ -328,9 +331,21 @@ async fn console_in_a_real_browser() {
     assert_eq!(e["cold_attrs"], json!({"site": "south"}), "not overwritten");
     no_secret_leaks(&br, &f.key_a).await;
 
-    // Ingest view.
+    // Ingest view, with the reading the server refused as a conflict among its dead letters.
+    let (s, body) = call(
+        server
+            .as_tenant(&f.key_a, Method::POST, "/v1/telemetry")
+            .json(&json!([{"entity_id": f.a[1], "ts": f.conflict_ts, "values": {"priority": 42}}])),
+    )
+    .await;
+    assert_eq!(s, 409, "{body}");
     br.goto(&format!("{base}/console#/ingest")).await;
     br.wait_text("#ingest", "Values accepted today").await;
+    let dead = br.wait_text("#dead-letters", "already stored").await;
+    assert!(
+        dead.contains(&format!("#{}", f.a[1])) && dead.contains("42"),
+        "{dead}"
+    );
     br.screenshot(&dir.join("ingest.png")).await;
 
     // An expired session goes back to sign-in.
@@ -378,6 +393,8 @@ async fn console_in_a_real_browser() {
         !page.as_str().unwrap_or_default().contains("north"),
         "{page}"
     );
+    br.goto(&format!("{base}/console#/ingest")).await;
+    br.find("#dead-letters-none").await;
     br.goto(&format!("{base}/console#/fleet?type=sensor")).await;
     br.find("#fleet[data-rows]").await;
     assert_eq!(

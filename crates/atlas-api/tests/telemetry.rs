@@ -752,3 +752,73 @@ async fn confirmed_entities_are_trusted_for_a_while_and_deleted_ones_never_take_
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenant_reads_its_own_dead_letters_newest_first_a_page_at_a_time() {
+    let server = Server::start().await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let (_, other) = server.tenant("globex").await;
+    let e = server.entities(&key, 1).await[0];
+    let t = now_ms() - 10_000;
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": e, "ts": t, "values": {"priority": 1}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Three conflicting readings, one request each: three dead letters.
+    for v in [2, 3, 4] {
+        let (s, body) = post(
+            &server,
+            &key,
+            &json!({"entity_id": e, "ts": t, "values": {"priority": v}}),
+        )
+        .await;
+        assert_eq!(s, 409, "{body}");
+    }
+    let (s, page) = call(server.as_tenant(&key, Method::GET, "/v1/dead-letters?limit=2")).await;
+    assert_eq!(s, 200, "{page}");
+    let values = |p: &Value| -> Vec<String> {
+        p["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["value"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(values(&page), ["4", "3"], "newest first: {page}");
+    let first = &page["items"][0];
+    assert_eq!(first["entity_id"], json!(e));
+    assert_eq!(first["attribute"], json!("priority"));
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already stored"),
+        "{first}"
+    );
+    let cursor = page["next_cursor"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cursor: {page}"));
+    let (s, rest) = call(server.as_tenant(
+        &key,
+        Method::GET,
+        &format!("/v1/dead-letters?limit=2&cursor={cursor}"),
+    ))
+    .await;
+    assert_eq!(s, 200, "{rest}");
+    assert_eq!(values(&rest), ["2"]);
+    assert!(rest.get("next_cursor").is_none(), "{rest}");
+    // Another tenant sees none of them; a malformed cursor is refused naming it.
+    let (s, none) = call(server.as_tenant(&other, Method::GET, "/v1/dead-letters")).await;
+    assert_eq!((s, none["items"].clone()), (200, json!([])));
+    let (s, body) = call(server.as_tenant(&key, Method::GET, "/v1/dead-letters?cursor=12")).await;
+    assert_eq!(assert_error(s, &body, 400).as_deref(), Some("cursor"));
+    let (s, body) = call(server.as_tenant(&key, Method::GET, "/v1/dead-letters?limit=0")).await;
+    assert_eq!(assert_error(s, &body, 400).as_deref(), Some("limit"));
+    server.stop().await;
+}

@@ -139,4 +139,41 @@ REVOKE EXECUTE ON FUNCTION public.entities_known(bigint,bigint[]) FROM PUBLIC;
 ALTER FUNCTION public.entities_known(bigint,bigint[]) OWNER TO atlas_definer;
 GRANT EXECUTE ON FUNCTION public.entities_known(bigint,bigint[]) TO atlas_app;
 
+-- A tenant's dead letters, newest first, a page at a time after (p_before, p_before_id):
+-- readings the flush could not store, with why. The app role cannot read the table itself
+-- (it holds other tenants' failures); this answers for the tenant it is given, and refuses a
+-- session whose own tenant context names another.
+CREATE OR REPLACE FUNCTION public.tenant_dead_letters(
+    p_tenant_id bigint, p_before timestamptz, p_before_id bigint, p_limit integer)
+RETURNS TABLE (dead_letter_id bigint, entity_id bigint, attribute_name text, value text,
+               ingested_at timestamptz, reason text, failed_at timestamptz)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_caller text := NULLIF(current_setting('app.current_tenant_id', true), '');
+BEGIN
+    IF v_caller IS NOT NULL AND v_caller <> p_tenant_id::text THEN
+        RAISE EXCEPTION 'tenant_dead_letters: the session''s tenant is %, not %', v_caller, p_tenant_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN QUERY
+    SELECT d.dead_letter_id, d.entity_id, a.attribute_name::text,
+           coalesce(d.value, d.value_int::text, trim_scale(d.value_decimal)::text,
+                    d.value_bool::text, d.value_date::text, d.value_timestamp::text),
+           d.ingested_at, d.reason, d.failed_at
+    FROM public.entity_values_dead_letter d
+    LEFT JOIN public.attributes a ON a.attribute_id = d.attribute_id
+    WHERE d.tenant_id = p_tenant_id
+      AND (p_before IS NULL OR (d.failed_at, d.dead_letter_id) < (p_before, p_before_id))
+    ORDER BY d.failed_at DESC, d.dead_letter_id DESC
+    LIMIT p_limit;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.tenant_dead_letters(bigint,timestamptz,bigint,integer) FROM PUBLIC;
+ALTER FUNCTION public.tenant_dead_letters(bigint,timestamptz,bigint,integer) OWNER TO atlas_definer;
+GRANT EXECUTE ON FUNCTION public.tenant_dead_letters(bigint,timestamptz,bigint,integer) TO atlas_app;
+
 REVOKE CREATE ON SCHEMA public FROM atlas_definer;

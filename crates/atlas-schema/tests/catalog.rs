@@ -562,6 +562,7 @@ async fn security_definer_functions_are_hardened() {
             "stage_flush_own",
             "staging_stats",
             "summarize_closed_brin",
+            "tenant_dead_letters",
             "tenant_entity_counts",
             "tenant_stored_values",
             "upsert_hot_attrs"

@@ -226,27 +226,31 @@ pub async fn delete(tx: &Tx<'_>, tenant: TenantId, entity_id: i64) -> Result<Str
     }
 }
 
-/// An entity row with its properties: the projection row is joined per entity (LATERAL), so
-/// a cached generic plan probes one hash partition per row instead of joining all 100.
+/// An entity row with its properties and hot attributes: the projection row is probed per
+/// entity, pruned at run time to its one hash partition. The `LIMIT 1` is what keeps it a
+/// probe: without it PostgreSQL flattens the LATERAL subquery into a plain join, and the cached
+/// generic plan of a page merged all 100 partitions of `entity_jsonb` from their first row up
+/// to the page (630 000 rows and 770 ms for a page deep in a 1 M-entity fleet, against 2 ms).
 macro_rules! entity_rows {
     ($where:literal) => {
         concat!(
             "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs, j.hot_attrs \
              FROM public.entities e LEFT JOIN LATERAL (\
                  SELECT j.cold_attrs, j.hot_attrs FROM public.entity_jsonb j \
-                 WHERE j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id) j ON true \
+                 WHERE j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id LIMIT 1) j ON true \
              WHERE ",
             $where
         )
     };
 }
 
-/// Listing statement, any type ($1 tenant, $2 after, $3 limit).
-const LIST_ALL: &str = entity_rows!(
+/// Listing statement, any type ($1 tenant, $2 after, $3 limit); public so tests can EXPLAIN it.
+pub const LIST_ALL: &str = entity_rows!(
     "e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted ORDER BY e.entity_id LIMIT $3"
 );
-/// Listing statement, one type ($1 tenant, $2 after, $3 limit, $4 type).
-const LIST_TYPE: &str = entity_rows!(
+/// Listing statement, one type ($1 tenant, $2 after, $3 limit, $4 type); public so tests can
+/// EXPLAIN it.
+pub const LIST_TYPE: &str = entity_rows!(
     "e.tenant_id = $1 AND e.entity_id > $2 AND NOT e.is_deleted AND e.entity_type = $4 \
      ORDER BY e.entity_id LIMIT $3"
 );

@@ -402,3 +402,58 @@ pub async fn analytics_lag_ms(tx: &Tx<'_>, slot: &str) -> Result<Option<i64>, St
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// A reading the flush could not store, with why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeadLetter {
+    /// Its id.
+    pub dead_letter_id: i64,
+    /// The entity it was for.
+    pub entity_id: Option<i64>,
+    /// The attribute's name (absent when the attribute no longer exists).
+    pub attribute: Option<String>,
+    /// The value as text.
+    pub value: Option<String>,
+    /// Its event time.
+    pub ingested_at: Option<DateTime<Utc>>,
+    /// Why it was not stored.
+    pub reason: String,
+    /// When it failed.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// The tenant's dead letters, newest first, after `before` (the last page's `(failed_at,
+/// dead_letter_id)`), at most `limit`.
+pub async fn dead_letters(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    before: Option<(DateTime<Utc>, i64)>,
+    limit: i32,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let rows = tx
+        .cached_query(
+            "SELECT dead_letter_id, entity_id, attribute_name, value, ingested_at, reason, failed_at \
+             FROM public.tenant_dead_letters($1, $2, $3, $4)",
+            &[
+                &tenant.0,
+                &before.map(|b| b.0),
+                &before.map(|b| b.1),
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeadLetter {
+                dead_letter_id: r.try_get(0)?,
+                entity_id: r.try_get(1)?,
+                attribute: r.try_get(2)?,
+                value: r.try_get(3)?,
+                ingested_at: r.try_get(4)?,
+                reason: r.try_get(5)?,
+                failed_at: r.try_get(6)?,
+            })
+        })
+        .collect()
+}

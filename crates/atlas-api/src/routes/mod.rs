@@ -35,6 +35,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant::me))
         .routes(routes!(telemetry::ingest))
         .routes(routes!(tenant::attributes))
+        .routes(routes!(tenant::dead_letters))
         .routes(routes!(tenant::register_entities, tenant::list_entities))
         .routes(routes!(
             tenant::get_entity,

@@ -527,3 +527,72 @@ pub async fn delete_entity(
     cache.entities_changed(&[(tenant.0, id)], &[tenant.0]).await;
     Ok(with_lsn(&state, StatusCode::NO_CONTENT.into_response()).await)
 }
+
+/// Paging of dead letters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterParams {
+    /// Page size (1 to the configured maximum, 1000 by default; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,16}\\.[1-9][0-9]{0,17}$")]
+    pub cursor: Option<String>,
+}
+
+/// A page of the tenant's dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    /// Newest first.
+    pub items: Vec<atlas_store::reads::DeadLetter>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Readings the server acknowledged but could not store, newest first.
+///
+/// Each with its entity, attribute, value, event time, the reason and when it failed (e.g. a
+/// different value already stored for that entity, attribute and time). Dead letters are kept for
+/// the tenant's dead_letter_days.
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "tenant", security(("tenant_key" = [])),
+    params(DeadLetterParams),
+    responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn dead_letters(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<DeadLetterParams>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    let (_, limit) = page(
+        &state,
+        &PageParams {
+            limit: params.limit,
+            cursor: None,
+        },
+    )?;
+    // The cursor is the last item's failure time (epoch microseconds) and id: "micros.id".
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.split_once('.')
+                .and_then(|(t, id)| {
+                    let at = chrono::DateTime::from_timestamp_micros(t.parse().ok()?)?;
+                    Some((at, id.parse::<i64>().ok().filter(|id| *id > 0)?))
+                })
+                .ok_or_else(|| ApiError::bad_field("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
+    let n = i32::try_from(limit).unwrap_or(i32::MAX);
+    let items = in_tenant(&state, tenant, move |tx| {
+        async move { atlas_store::reads::dead_letters(tx, tenant, before, n).await }.boxed()
+    })
+    .await?;
+    let next_cursor = items
+        .last()
+        .filter(|_| i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit)
+        .map(|d| format!("{}.{}", d.failed_at.timestamp_micros(), d.dead_letter_id));
+    Ok(Json(DeadLetterPage { items, next_cursor }))
+}
