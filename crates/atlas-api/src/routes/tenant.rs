@@ -402,22 +402,26 @@ async fn type_ids(
         ids.sort_unstable();
         return Ok(Some(ids));
     }
-    let lease = cache.lease(&key).await;
+    // Only the lease holder reads the type's ids (up to 10 001 of them) to fill the set; every
+    // other miss — another request is filling, or Redis is unavailable — pages from PostgreSQL,
+    // which costs one cheap keyset query instead. (Scanning on every miss made a burst of
+    // requests for a large type each read 10 001 ids: 2.8 s p50 at 100 pages/s, 1 M entities.)
+    let Some(lease) = cache.lease(&key).await else {
+        return Ok(None);
+    };
     let t = entity_type.to_owned();
     let ids = in_tenant(state, tenant, move |tx| {
         async move { entities::ids_of_type(tx, tenant, &t, MAX_CACHED_LIST).await }.boxed()
     })
     .await?;
     let too_large = i64::try_from(ids.len()).unwrap_or(i64::MAX) > MAX_CACHED_LIST;
-    if let Some(lease) = lease {
-        // A large type is remembered as such, so its pages skip the id scan until the TTL.
-        let members = if too_large {
-            &[TOO_LARGE][..]
-        } else {
-            &ids[..]
-        };
-        cache.fill_set(lease, members, atlas_cache::LIST_TTL).await;
-    }
+    // A large type is remembered as such, so its pages skip the id scan until the TTL.
+    let members = if too_large {
+        &[TOO_LARGE][..]
+    } else {
+        &ids[..]
+    };
+    cache.fill_set(lease, members, atlas_cache::LIST_TTL).await;
     Ok((!too_large).then_some(ids))
 }
 
