@@ -188,7 +188,6 @@
       return signIn(message);
     }
     nav();
-    const started = performance.now();
     try {
       if (session.kind === 'admin') {
         if (r.parts[0] !== 'admin') return go('#/admin/tenants');
@@ -207,7 +206,6 @@
       if (e instanceof ApiError && e.status === 401) return;
       show(h('div', { class: 'panel error' }, e instanceof ApiError ? e.text : String(e)));
     }
-    if (seq === renderSeq) document.body.dataset.renderMs = String(Math.round(performance.now() - started));
   }
 
   // ---- sign in --------------------------------------------------------------------------

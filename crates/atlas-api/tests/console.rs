@@ -132,8 +132,8 @@ async fn fleet_ids(br: &Browser) -> Vec<i64> {
         .unwrap_or_default()
 }
 
-/// Waits for the fleet table to show `n` rows after a load that started with `before` rows
-/// (the table is replaced when the page's request answers).
+/// Waits until the fleet table's row ids satisfy `ok` (the table is replaced when the page's
+/// request answers, so earlier rows are never mistaken for the new page).
 async fn wait_rows(br: &Browser, what: &str, ok: impl Fn(&[i64]) -> bool) -> Vec<i64> {
     br.wait_for(what, || async {
         let ids = fleet_ids(br).await;
@@ -142,8 +142,8 @@ async fn wait_rows(br: &Browser, what: &str, ok: impl Fn(&[i64]) -> bool) -> Vec
     .await
 }
 
-/// How long the page took to draw after navigation (the console stamps `data-render-ms`).
-async fn render_ms(br: &Browser) -> f64 {
+/// The browser's navigation timing of the current document, ms.
+async fn navigation_ms(br: &Browser) -> f64 {
     br.js(
         "const n = performance.getEntriesByType('navigation')[0]; \
          return n ? n.duration : null",
@@ -467,7 +467,7 @@ async fn console_in_a_real_browser() {
     br.goto(&format!("{base}/console#/admin/health")).await;
     br.wait_text("#health", "primary").await;
     br.wait_text("#alerts", "partition_horizon").await;
-    timings.insert("health_page_nav_ms".into(), json!(render_ms(&br).await));
+    timings.insert("health_page_nav_ms".into(), json!(navigation_ms(&br).await));
     br.screenshot(&dir.join("admin-health.png")).await;
     no_secret_leaks(&br, ADMIN).await;
 
