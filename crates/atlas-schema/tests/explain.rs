@@ -370,6 +370,71 @@ async fn an_entity_lookup_reads_one_partition_of_each_table() {
     assert_eq!(scans_of(&hot, "entity_jsonb_p"), 1, "{hot}");
 }
 
+/// A page of entities deep in the id space, as the server runs it: a cached statement whose
+/// generic plan probes `entity_jsonb` once per listed entity (one partition each), rather than
+/// merging every partition from its first row up to the page.
+#[tokio::test]
+async fn an_entity_page_probes_the_projection_per_entity_under_a_generic_plan() {
+    let f = fixture().await;
+    let mut app = f.db.app().await;
+    for (name, sql, args) in [
+        (
+            "by type",
+            atlas_store::entities::LIST_TYPE,
+            "$1, $2, 100, 'valve'",
+        ),
+        ("any type", atlas_store::entities::LIST_ALL, "$1, $2, 100"),
+    ] {
+        let types = if name == "by type" {
+            "bigint, bigint, bigint, text"
+        } else {
+            "bigint, bigint, bigint"
+        };
+        let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+        set_tenant(&tx, f.tenant).await;
+        tx.batch_execute(&format!(
+            "SET LOCAL plan_cache_mode = force_generic_plan; PREPARE page({types}) AS {sql}"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The cursor near the end of the fleet: a merge would read almost every row.
+        let deep = f.entity + 25_000;
+        let execute = format!(
+            "EXECUTE page({})",
+            args.replace("$1", &f.tenant.to_string())
+                .replace("$2", &deep.to_string())
+        );
+        let plan: String = tx
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {execute}"),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        tx.batch_execute("DEALLOCATE page")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(plan.contains("Nested Loop"), "{name}:\n{plan}");
+        assert!(
+            !plan.contains("Merge Append")
+                && !plan.contains("Merge Join")
+                && !plan.contains("Merge Left Join"),
+            "{name}: the projection is merged, not probed:\n{plan}"
+        );
+        // Each listed entity's probe returns its one row (rows=1 per loop, never more).
+        assert!(
+            plan.lines()
+                .any(|l| l.contains("Aggregate") && l.contains("rows=1 loops=")),
+            "{name}:\n{plan}"
+        );
+    }
+}
+
 /// The plan of `EXPLAIN (VERBOSE, COSTS OFF) <sql>`, as one text.
 async fn verbose_plan(c: &Client, sql: &str) -> String {
     c.query(&["EXPLAIN (VERBOSE, COSTS OFF) ", sql].concat(), &[])

@@ -226,14 +226,22 @@ pub async fn delete(tx: &Tx<'_>, tenant: TenantId, entity_id: i64) -> Result<Str
     }
 }
 
-/// An entity row with its properties and hot attributes, the projection row joined per entity.
+/// An entity row with its properties and hot attributes: the projection row is probed per
+/// entity, pruned at run time to its one hash partition. The aggregate is what keeps it a
+/// probe: a plain LATERAL subquery is flattened into a join, and the cached generic plan of a
+/// page then merged all 100 partitions of `entity_jsonb` from their first row up to the page
+/// (630 000 rows and 770 ms for a page deep in a 1 M-entity fleet, against 2 ms). An aggregate
+/// (not `LIMIT 1`) because it makes an inner join that yields a row (NULLs) for an entity
+/// without a projection row: Citus refuses an outer join over a subquery with RLS's
+/// pseudo-constant qual on PostgreSQL 15 and 16.
 macro_rules! entity_rows {
     ($where:literal) => {
         concat!(
             "SELECT e.entity_id, e.entity_type, e.version, e.created_at, e.updated_at, j.cold_attrs, j.hot_attrs \
-             FROM public.entities e LEFT JOIN LATERAL (\
-                 SELECT j.cold_attrs, j.hot_attrs FROM public.entity_jsonb j \
-                 WHERE j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id) j ON true \
+             FROM public.entities e CROSS JOIN LATERAL (\
+                 SELECT (array_agg(j.cold_attrs))[1] AS cold_attrs, (array_agg(j.hot_attrs))[1] AS hot_attrs \
+                 FROM public.entity_jsonb j \
+                 WHERE j.entity_id = e.entity_id AND j.tenant_id = e.tenant_id) j \
              WHERE ",
             $where
         )
@@ -295,6 +303,32 @@ pub async fn ids_of_type(
             "SELECT entity_id FROM public.entities \
              WHERE tenant_id = $1 AND entity_type = $2 AND NOT is_deleted ORDER BY entity_id LIMIT $3",
             &[&tenant.0, &entity_type, &(cap + 1)],
+        )
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// The tenant's entity types with a live entity, in order, after `after` (at most `limit`):
+/// a loose scan of the type index, one probe per type, however large the fleet.
+pub async fn types(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = tx
+        .cached_query(
+            "WITH RECURSIVE t (entity_type) AS ( \
+                 (SELECT e.entity_type FROM public.entities e \
+                  WHERE e.tenant_id = $1 AND e.entity_type > $2 AND NOT e.is_deleted \
+                  ORDER BY e.entity_type LIMIT 1) \
+                 UNION ALL \
+                 SELECT (SELECT e.entity_type FROM public.entities e \
+                         WHERE e.tenant_id = $1 AND e.entity_type > t.entity_type AND NOT e.is_deleted \
+                         ORDER BY e.entity_type LIMIT 1) \
+                 FROM t WHERE t.entity_type IS NOT NULL) \
+             SELECT entity_type::text FROM t WHERE entity_type IS NOT NULL LIMIT $3",
+            &[&tenant.0, &after, &limit],
         )
         .await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
