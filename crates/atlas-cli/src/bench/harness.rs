@@ -288,6 +288,28 @@ pub(crate) async fn fresh_db_at(
     Ok((urls, bench_admin))
 }
 
+/// Waits until the server's maintainer has finished its first round (its end stamp appears in
+/// `/metrics`), at most `limit`. The first round refreshes the statistics of the whole value
+/// table (seconds at full scale); a read line measured during it measures the refresh.
+pub(crate) async fn await_first_maintenance_round(base: &str, limit: Duration) -> Result<()> {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let body = match http.get(format!("{base}/metrics")).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            _ => String::new(),
+        };
+        if body
+            .lines()
+            .any(|l| l.starts_with("atlas_maintenance_last_round_timestamp_seconds "))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the server's first maintenance round did not end within {limit:?}")
+}
+
 /// Starts `atlas serve` on the bench database, as users run it (replicas off, no rate limit,
 /// large request limits, plus `extra_toml`), and waits until it is ready. Returns the process
 /// and its base URL.

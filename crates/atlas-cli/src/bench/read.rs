@@ -13,7 +13,7 @@ use atlas_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::harness::{fresh_db, percentile, start_server};
+use super::harness::{await_first_maintenance_round, fresh_db, percentile, start_server};
 
 /// `atlas bench read` options.
 #[derive(Debug, clap::Args)]
@@ -302,6 +302,8 @@ pub async fn run(config: &Config, args: &ReadArgs) -> Result<()> {
     let store = Store::connect(&urls.database_url, &[], 2)?;
     let key = store.issue_api_key(tenant, "bench").await?.secret;
     let (server, base) = start_server(&urls, "").await?;
+    log("waiting for the server's first maintenance round (statistics refresh)…");
+    await_first_maintenance_round(&base, Duration::from_secs(600)).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
