@@ -314,7 +314,15 @@
     const table = h('table', { id: 'fleet' });
     const pager = h('div', { class: 'pager' });
     const status = h('span', { class: 'muted', id: 'fleet-status' });
-    show(h('h1', null, 'Fleet'), form, table, pager, status);
+    // Entities by type: the tenant's types (the first 100), each a link to its fleet.
+    const types = h('nav', { class: 'row', id: 'fleet-types' });
+    show(h('h1', null, 'Fleet'), form, types, table, pager, status);
+    api('GET', '/v1/entity-types?limit=100').then((page) => {
+      if (seq !== renderSeq) return;
+      const link = (t, label) => h('a', { href: `#/fleet${qs({ type: t, contains, has_key: hasKey })}`, class: t === type ? 'current' : '', dataset: { type: t } }, label);
+      types.replaceChildren(h('span', { class: 'muted' }, 'Types:'), link('', 'all'),
+        ...page.items.map((t) => link(t, t)), page.next_cursor ? h('span', { class: 'muted' }, '… (type a name to filter by another)') : '');
+    }).catch(() => {});
 
     const load = async () => {
       let items; let next;
@@ -599,28 +607,61 @@
 
   // ---- ingest ---------------------------------------------------------------------------
 
+  // The last hour's figures of GET /v1/ingest-stats (summed over every server): the rate of
+  // the last full minute, refusals by reason, latency, and the newest minutes.
+  function ingestFigures(st) {
+    const full = Math.floor(Date.now() / 60000) * 60000 - 60000;
+    const last = st.per_minute.find((m) => Date.parse(m.minute) === full);
+    const lat = (l) => (l ? `mean ${l.mean_ms} ms · p50 ≤ ${l.p50_ms} ms · p99 ≤ ${l.p99_ms} ms` : 'no requests');
+    const reasons = Object.entries(st.refused).sort((a, b) => b[1] - a[1]);
+    return [
+      h('h2', null, `Last ${st.minutes} minutes, all servers`),
+      h('div', { class: 'kv' },
+        h('span', null, 'Values stored per second (last full minute)'), h('strong', { id: 'ingest-rate' }, ((last ? last.stored : 0) / 60).toFixed(1)),
+        h('span', null, 'Values stored'), h('span', { id: 'ingest-stored' }, String(st.stored)),
+        h('span', null, 'Requests acknowledged'), h('span', null, String(st.requests)),
+        h('span', null, 'Latency of acknowledged requests'), h('span', { id: 'ingest-latency' }, lat(st.latency))),
+      h('h3', null, 'Values refused, by reason'),
+      reasons.length
+        ? h('table', { id: 'ingest-refused' },
+          h('thead', null, h('tr', null, h('th', null, 'Reason'), h('th', null, 'Values'))),
+          h('tbody', null, reasons.map(([r, n]) => h('tr', null, h('td', null, r), h('td', { class: 'num' }, String(n))))))
+        : h('p', { class: 'muted', id: 'ingest-refused-none' }, 'none'),
+      h('h3', null, 'Newest minutes'),
+      h('table', { id: 'ingest-minutes' },
+        h('thead', null, h('tr', null, ['Minute', 'Stored', 'Refused', 'Requests', 'p99 ≤ ms'].map((x) => h('th', null, x)))),
+        h('tbody', null, st.per_minute.slice(-10).reverse().map((m) => h('tr', null,
+          h('td', { class: 'num' }, fmtTime(Date.parse(m.minute))),
+          h('td', { class: 'num' }, String(m.stored)),
+          h('td', { class: 'num' }, String(Object.values(m.refused).reduce((a, b) => a + b, 0))),
+          h('td', { class: 'num' }, String(m.requests)),
+          h('td', { class: 'num' }, m.latency ? String(m.latency.p99_ms) : ''))))),
+    ];
+  }
+
   async function ingestPage(seq) {
+    const figures = h('div', { class: 'panel', id: 'ingest-figures' });
     const box = h('div', { class: 'panel', id: 'ingest' });
     const letters = h('div', { class: 'panel', id: 'dead' });
-    show(h('h1', null, 'Ingest'), box, letters);
-    let prev = null;
+    show(h('h1', null, 'Ingest'), figures, box, letters);
     const load = async () => {
-      const me = await api('GET', '/v1/me');
+      const [me, st] = await Promise.all([
+        api('GET', '/v1/me'),
+        api('GET', '/v1/ingest-stats?minutes=60').catch((e) => { if (e.status === 503) return null; throw e; }),
+      ]);
       if (seq !== renderSeq) return;
-      const now = Date.now();
+      figures.replaceChildren(...(st ? ingestFigures(st)
+        : [h('p', { class: 'muted', id: 'ingest-figures-none' }, 'Ingest figures are unavailable: the server keeps them in Redis, which is not answering.')]));
       const today = me.usage.values_today;
-      let rate = '—';
-      if (prev && today !== null && prev.today !== null && today >= prev.today) rate = ((today - prev.today) / ((now - prev.at) / 1000)).toFixed(1);
-      prev = { at: now, today };
       const lim = (v) => (v === null || v === undefined || v === 0 ? 'no limit' : String(v));
-      box.replaceChildren(h('div', { class: 'kv' },
-        h('span', null, 'Values stored per second (this page\'s sampling)'), h('strong', { id: 'ingest-rate' }, rate),
-        h('span', null, 'Values accepted today (UTC)'), h('span', { id: 'ingest-today' }, today === null ? 'unknown (Redis unavailable)' : String(today)),
+      box.replaceChildren(h('h2', null, 'Usage and quotas'), h('div', { class: 'kv' },
+        h('span', null, 'Values charged today (UTC)'), h('span', { id: 'ingest-today' }, today === null ? 'unknown (Redis unavailable)'
+          : (me.limits.max_values_per_day ? String(today) : 'not counted (no daily quota)')),
         h('span', null, 'Daily quota'), h('span', null, lim(me.limits.max_values_per_day)),
         h('span', null, 'Values stored'), h('span', null, String(me.usage.stored_values)),
         h('span', null, 'Stored-values quota'), h('span', null, lim(me.limits.max_stored_values)),
         h('span', null, 'Entities'), h('span', null, `${me.usage.entities} of ${lim(me.limits.max_entities)}`)),
-      h('p', { class: 'muted' }, `Sampled every ${LIVE_MS / 1000} s.`));
+      h('p', { class: 'muted' }, `Refreshed every ${LIVE_MS / 1000} s.`));
       const dead = await api('GET', '/v1/dead-letters?limit=20');
       if (seq !== renderSeq) return;
       letters.replaceChildren(h('h2', null, 'Dead letters (newest 20): readings acknowledged but not stored'),
@@ -734,12 +775,32 @@
           msg.className = 'muted';
           msg.textContent = a.is_hot ? `Removing ${a.attribute_name} from every entity's hot attributes…` : `Backfilling ${a.attribute_name} into every entity's hot attributes…`;
           const t0 = performance.now();
+          // Making it hot backfills batch by batch: show the server's progress report (any
+          // report newer than the one there was before) while the change runs.
+          const backfill = `/v1/admin/attributes/${a.attribute_id}/backfill`;
+          const report = () => api('GET', backfill).catch(() => null);
+          const before = a.is_hot ? null : await report();
+          let polling = !a.is_hot;
+          const poll = async () => {
+            while (polling) {
+              await new Promise((r) => setTimeout(r, 500));
+              const r = polling ? await report() : null;
+              if (!polling || !r || (before && r.started_at === before.started_at)) continue;
+              const pct = r.entities_total ? Math.floor((100 * r.entities_done) / r.entities_total) : 100;
+              msg.textContent = `Backfilling ${a.attribute_name}: ${r.entities_done} of ${r.entities_total} entities (${pct} %), ${r.projections_changed} projections changed…`;
+            }
+          };
+          const polled = poll();
           try {
             await api('PATCH', `/v1/admin/attributes/${a.attribute_id}`, { is_hot: !a.is_hot });
+            polling = false;
+            await polled;
+            const done = a.is_hot ? null : await report();
             await attributesPage(seq);
             $('attr-msg').className = 'ok';
-            $('attr-msg').textContent = `${a.attribute_name} is ${a.is_hot ? 'no longer' : 'now'} hot (projection re-derived in ${((performance.now() - t0) / 1000).toFixed(1)} s).`;
-          } catch (e) { msg.className = 'error'; msg.textContent = e.text; flip.disabled = false; }
+            const counts = done && done.state === 'done' ? `: ${done.entities_done} entities looked at, ${done.projections_changed} projections changed` : '';
+            $('attr-msg').textContent = `${a.attribute_name} is ${a.is_hot ? 'no longer' : 'now'} hot (projection re-derived in ${((performance.now() - t0) / 1000).toFixed(1)} s${counts}).`;
+          } catch (e) { polling = false; msg.className = 'error'; msg.textContent = e.text; flip.disabled = false; }
         },
       }, a.is_hot ? 'Make cold' : 'Make hot');
       return h('tr', { dataset: { attribute: a.attribute_name } },

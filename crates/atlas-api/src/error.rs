@@ -163,7 +163,8 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The machine-readable code of the error body.
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",

@@ -7,6 +7,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod ingest_stats;
 pub mod known;
 pub mod metrics;
 pub mod openapi;
@@ -55,6 +56,11 @@ struct Inner {
     quotas: quota::Quotas,
     /// What `GET /v1/admin/status` answers (set by the server that wires every part).
     status: Option<StatusSource>,
+    /// Per-tenant ingest figures not yet written to Redis.
+    ingest_stats: Arc<ingest_stats::IngestStats>,
+    /// The newest backfill report of each attribute this server changed (Redis has every
+    /// server's).
+    backfills: std::sync::Mutex<std::collections::HashMap<i64, routes::admin::BackfillReport>>,
 }
 
 /// Collects the system's status document (`atlas status`) on demand.
@@ -94,6 +100,9 @@ type Coverage = Arc<Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono:
 /// How long the attribute catalogue and partition coverage are trusted before re-reading
 /// (an unknown name or uncovered time re-reads at once).
 const METADATA_TTL: Duration = Duration::from_secs(5);
+
+/// How long a backfill's report is kept.
+const BACKFILL_KEPT: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,6 +180,8 @@ impl AppState {
                 analytics: None,
                 quotas: quota::Quotas::default(),
                 status: None,
+                ingest_stats: Arc::default(),
+                backfills: std::sync::Mutex::default(),
             }),
         }
     }
@@ -199,6 +210,48 @@ impl AppState {
             inner.status = Some(source);
         }
         self
+    }
+
+    /// Keeps `report` here and in Redis (for an hour), where every server reads it.
+    pub(crate) async fn publish_backfill(&self, report: &routes::admin::BackfillReport) {
+        if let Ok(mut b) = self.inner.backfills.lock() {
+            b.insert(report.attribute_id, report.clone());
+        }
+        if let Ok(json) = serde_json::to_string(report) {
+            let cache = &self.inner.cache;
+            cache
+                .put_report(
+                    &cache.backfill_key(report.attribute_id),
+                    &json,
+                    BACKFILL_KEPT,
+                )
+                .await;
+        }
+    }
+
+    /// The newest backfill report of an attribute: Redis's (any server's) or this server's,
+    /// whichever started last.
+    pub(crate) async fn backfill_report(
+        &self,
+        attribute_id: i64,
+    ) -> Option<routes::admin::BackfillReport> {
+        let cache = &self.inner.cache;
+        let shared = cache
+            .report(&cache.backfill_key(attribute_id))
+            .await
+            .flatten()
+            .and_then(|j| serde_json::from_str::<routes::admin::BackfillReport>(&j).ok());
+        let own = self
+            .inner
+            .backfills
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&attribute_id).cloned())
+            .filter(|r| chrono::Utc::now() - r.updated_at < chrono::Duration::hours(1));
+        match (shared, own) {
+            (Some(s), Some(o)) => Some(if o.updated_at > s.updated_at { o } else { s }),
+            (s, o) => s.or(o),
+        }
     }
 
     /// The database pools (primary and replicas) every handler reads and writes through.

@@ -27,6 +27,15 @@ fn dead_letter() -> Value {
            "failed_at": "2026-12-01T09:00:01Z"})
 }
 
+fn ingest_latency() -> Value {
+    json!({"mean_ms": 4.2, "p50_ms": 5, "p99_ms": 20})
+}
+
+fn ingest_minute() -> Value {
+    json!({"minute": "2026-12-01T09:00:00Z", "stored": 90, "refused": {"invalid_value": 3},
+           "requests": 1, "latency": ingest_latency()})
+}
+
 fn key_info() -> Value {
     json!({"key_id": 3, "tenant_id": 1, "prefix": "k3Xq9bT2mN8a", "name": "gateway-eu",
            "created_at": "2026-12-01T09:30:00Z", "revoked_at": null})
@@ -74,6 +83,9 @@ fn example(schema: &str) -> Option<Value> {
         "AttributeStats" => stats(),
         "Bucket" => bucket.clone(),
         "DataType" => json!("decimal"),
+        "BackfillReport" => json!({"attribute_id": 4, "state": "running", "entities_done": 250_000,
+                                   "entities_total": 1_000_000, "projections_changed": 231_000,
+                                   "started_at": "2026-12-01T09:00:00Z", "updated_at": "2026-12-01T09:00:12Z"}),
         "DeadLetter" => dead_letter(),
         "DeadLetterPage" => {
             json!({"items": [dead_letter()], "next_cursor": "1764579601000000.7"})
@@ -81,6 +93,7 @@ fn example(schema: &str) -> Option<Value> {
         "Entity" => entity(),
         "EntityChanges" => json!({"cold_attrs": {"label": "boiler room"}, "version": 2}),
         "EntityInput" => json!({"entity_type": "sensor", "cold_attrs": {"label": "boiler room"}}),
+        "EntityTypePage" => json!({"items": ["sensor", "valve"], "next_cursor": "valve"}),
         "EntityPage" => json!({"items": [entity()], "next_cursor": "1"}),
         "ErrorBody" => {
             json!({"error": {"code": "invalid_field", "message": "expected an integer, got 2.5", "field": "[0].values.priority"}})
@@ -93,6 +106,11 @@ fn example(schema: &str) -> Option<Value> {
             json!({"entity_id": 1, "attributes": {"status": "online", "priority": 3},
                                   "ts": {"status": 1_764_580_000_000_i64, "priority": 1_764_579_000_000_i64}})
         }
+        "IngestLatency" => ingest_latency(),
+        "IngestMinute" => ingest_minute(),
+        "IngestStatsBody" => json!({"from": "2026-12-01T08:01:00Z", "minutes": 60, "stored": 5_400,
+                                    "refused": {"invalid_value": 3, "rate_limited": 200}, "requests": 54,
+                                    "latency": ingest_latency(), "per_minute": [ingest_minute()]}),
         "IssuedKey" => json!({"key_id": 3, "tenant_id": 1, "prefix": "k3Xq9bT2mN8a",
                               "secret": "atlas_k3Xq9bT2mN8a_6f1c0d9e8b7a6f5e4d3c2b1a09f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a190",
                               "name": "gateway-eu", "created_at": "2026-12-01T09:30:00Z"}),

@@ -234,6 +234,20 @@ async fn console_in_a_real_browser() {
         "no page after the last"
     );
 
+    // Entities by type: A's types (not B's), each a link to its fleet.
+    br.goto(&format!("{base}/console#/fleet")).await;
+    wait_rows(&br, "the fleet", |ids| ids.len() == 50).await;
+    let types = br.wait_text("#fleet-types", "sensor").await;
+    assert!(!types.contains("pump"), "B's type: {types}");
+    br.click(&br.find("#fleet-types a[data-type=sensor]").await)
+        .await;
+    br.wait_for("the sensor fleet", || async {
+        br.url().await.contains("type=sensor").then_some(())
+    })
+    .await;
+    let sensors = wait_rows(&br, "A's sensors", |ids| ids.len() == 50).await;
+    assert_eq!(sensors, f.a[..50].to_vec());
+
     // Search by a hot attribute: exactly A's alarms.
     br.goto(&format!("{base}/console#/fleet")).await;
     wait_rows(&br, "the fleet", |ids| ids.len() == 50).await;
@@ -339,12 +353,25 @@ async fn console_in_a_real_browser() {
     )
     .await;
     assert_eq!(s, 409, "{body}");
+    // A's per-tenant figures (summed in Redis, refreshed every 5 s): that refusal by its
+    // reason, and the values the fixture stored.
     br.goto(&format!("{base}/console#/ingest")).await;
-    br.wait_text("#ingest", "Values accepted today").await;
+    br.wait_text("#ingest", "Values charged today").await;
     let dead = br.wait_text("#dead-letters", "already stored").await;
     assert!(
         dead.contains(&format!("#{}", f.a[1])) && dead.contains("42"),
         "{dead}"
+    );
+    let refused = br.wait_text("#ingest-refused", "not_stored").await;
+    assert!(refused.contains("not_stored\t1"), "{refused}");
+    let stored = br.text_of("#ingest-stored").await.unwrap_or_default();
+    assert!(stored.parse::<i64>().is_ok_and(|n| n > 0), "{stored}");
+    assert!(
+        br.text_of("#ingest-latency")
+            .await
+            .unwrap_or_default()
+            .contains("p99"),
+        "latency of A's acknowledged requests"
     );
     br.screenshot(&dir.join("ingest.png")).await;
 
@@ -379,6 +406,8 @@ async fn console_in_a_real_browser() {
     sign_in(&br, &base, "tenant", &f.key_b).await;
     let ids = wait_rows(&br, "B's fleet", |ids| !ids.is_empty()).await;
     assert_eq!(ids, f.b);
+    let types = br.wait_text("#fleet-types", "pump").await;
+    assert!(!types.contains("sensor"), "A's type: {types}");
     br.fill(&br.find("#f-contains").await, "status=\"alarm\"")
         .await;
     br.click(&br.find("#f-apply").await).await;
@@ -395,6 +424,7 @@ async fn console_in_a_real_browser() {
     );
     br.goto(&format!("{base}/console#/ingest")).await;
     br.find("#dead-letters-none").await;
+    br.find("#ingest-refused-none").await;
     br.goto(&format!("{base}/console#/fleet?type=sensor")).await;
     br.find("#fleet[data-rows]").await;
     assert_eq!(
@@ -452,7 +482,26 @@ async fn console_in_a_real_browser() {
     br.wait_text("#attr-msg", "Defined humidity").await;
     let flip = br.find("tr[data-attribute=temperature] .flip-hot").await;
     br.click(&flip).await;
-    br.wait_text("#attr-msg", "temperature is now hot").await;
+    let done = br.wait_text("#attr-msg", "temperature is now hot").await;
+    // The server's backfill report, as the console shows it: every live entity looked at.
+    let (_, report) = call(server.admin(Method::GET, "/v1/admin/attributes")).await;
+    let temperature = report["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["attribute_name"] == "temperature")
+        .and_then(|a| a["attribute_id"].as_i64())
+        .unwrap_or_default();
+    let (s, report) = call(server.admin(
+        Method::GET,
+        &format!("/v1/admin/attributes/{temperature}/backfill"),
+    ))
+    .await;
+    assert_eq!((s, &report["state"]), (200, &json!("done")), "{report}");
+    assert!(
+        done.contains(&format!("{} entities looked at", report["entities_done"])),
+        "{done} / {report}"
+    );
     let (_, hot) = call(server.as_tenant(
         &f.key_a,
         Method::GET,

@@ -127,3 +127,102 @@ async fn lists_page_by_cursor_and_filter_by_type() {
     assert_eq!((s, none["items"].as_array().map(Vec::len)), (200, Some(0)));
     server.stop().await;
 }
+
+/// The server's sessions, on the primary and on the replicas, run with JIT off: a generic plan
+/// of an entity page is priced as a scan of every projection partition, and JIT compiled it for
+/// seconds before running milliseconds of work.
+#[tokio::test]
+async fn the_servers_sessions_run_without_jit() {
+    let server = Server::start().await;
+    let store = server.state.store();
+    let pools = std::iter::once(store.primary()).chain(store.replicas());
+    let mut seen = 0;
+    for pool in pools {
+        // A replica may not have replayed the test database's creation yet.
+        let mut tries = 0;
+        let client = loop {
+            match pool.get().await {
+                Ok(c) => break c,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        let row = client
+            .query_one("SHOW jit", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(row.get::<_, String>(0), "off");
+        seen += 1;
+    }
+    assert!(seen >= 2, "the primary and at least one replica");
+    server.stop().await;
+}
+
+/// `GET /v1/entity-types`: the tenant's types with a live entity, in order and paged; another
+/// tenant's types never appear.
+#[tokio::test]
+async fn a_tenant_lists_its_entity_types() {
+    let server = Server::start().await;
+    let (_, key) = server.tenant("acme").await;
+    let (_, other) = server.tenant("globex").await;
+    let register = |key: String, t: &'static str| {
+        let req = server
+            .as_tenant(&key, Method::POST, "/v1/entities")
+            .json(&json!({"entity_type": t}));
+        async move {
+            let (s, e) = call(req).await;
+            assert_eq!(s, 201, "{e}");
+            e["items"][0]["entity_id"].as_i64().unwrap_or_default()
+        }
+    };
+    for t in ["valve", "sensor", "sensor", "valve"] {
+        register(key.clone(), t).await;
+    }
+    let gone = register(key.clone(), "pump").await;
+    let (s, _) =
+        call(server.as_tenant(&key, Method::DELETE, &format!("/v1/entities/{gone}"))).await;
+    assert_eq!(s, 204);
+    register(other.clone(), "meter").await;
+
+    let (s, all) = call(server.as_tenant(&key, Method::GET, "/v1/entity-types")).await;
+    assert_eq!(s, 200, "{all}");
+    assert_eq!(
+        all,
+        json!({"items": ["sensor", "valve"]}),
+        "no deleted type, no other tenant's"
+    );
+    let (_, theirs) = call(server.as_tenant(&other, Method::GET, "/v1/entity-types")).await;
+    assert_eq!(theirs["items"], json!(["meter"]));
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/entity-types?limit=1".to_owned();
+    for _ in 0..5 {
+        let (s, page) = call(server.as_tenant(&key, Method::GET, &path)).await;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/entity-types?limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [json!("sensor"), json!("valve")]);
+
+    for (bad, field) in [
+        ("cursor=%20x", "cursor"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("type=sensor", ""),
+    ] {
+        let (s, body) =
+            call(server.as_tenant(&key, Method::GET, &format!("/v1/entity-types?{bad}"))).await;
+        let named = assert_error(s, &body, 400);
+        if !field.is_empty() {
+            assert_eq!(named.as_deref(), Some(field), "{bad}: {body}");
+        }
+    }
+    server.stop().await;
+}

@@ -682,6 +682,40 @@ async fn making_an_attribute_hot_backfills_the_projection_and_cold_clears_it() {
     )
     .await;
     assert_eq!((s, &b["is_hot"]), (200, &json!(true)), "{b}");
+    // Its progress, as the console polls it while the change runs: done, every live entity
+    // looked at, both projections changed.
+    let (s, report) = call(server.admin(
+        Method::GET,
+        &format!("/v1/admin/attributes/{mode}/backfill"),
+    ))
+    .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(
+        (
+            &report["state"],
+            &report["entities_done"],
+            &report["entities_total"],
+            &report["projections_changed"]
+        ),
+        (&json!("done"), &json!(2), &json!(2), &json!(2)),
+        "{report}"
+    );
+    assert!(
+        report["finished_at"].is_string() && report.get("error").is_none(),
+        "{report}"
+    );
+    // No backfill of another attribute; a bad id and a tenant key are refused.
+    let (s, body) = call(server.admin(Method::GET, "/v1/admin/attributes/999999/backfill")).await;
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = call(server.admin(Method::GET, "/v1/admin/attributes/x/backfill")).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, _) = call(server.as_tenant(
+        &key,
+        Method::GET,
+        &format!("/v1/admin/attributes/{mode}/backfill"),
+    ))
+    .await;
+    assert!(s == 401 || s == 403, "{s}");
     // Backfilled with the newest value, and the cached copy was dropped.
     let (_, hot, c) = get_cached(&server, &key, &path).await;
     assert_eq!(c, "miss");

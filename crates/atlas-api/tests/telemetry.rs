@@ -822,3 +822,157 @@ async fn a_tenant_reads_its_own_dead_letters_newest_first_a_page_at_a_time() {
     assert_eq!(assert_error(s, &body, 400).as_deref(), Some("limit"));
     server.stop().await;
 }
+
+/// `GET /v1/ingest-stats?minutes` until `done` holds of it (the servers write their sums to
+/// Redis once a second).
+async fn ingest_stats_until(server: &Server, key: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (s, body) =
+            call(server.as_tenant(key, Method::GET, "/v1/ingest-stats?minutes=5")).await;
+        assert_eq!(s, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("ingest figures never settled: {last}")
+}
+
+/// A tenant's ingest view: values stored, refused by reason (validation, unknown entity, a
+/// conflict the database refused, the rate limit) and the latency of what was acknowledged —
+/// its own only, and summed over servers in Redis.
+#[tokio::test]
+async fn a_tenant_sees_its_own_ingest_figures_stored_refused_by_reason_and_latency() {
+    let server = Server::start_with(atlas_config::Limits {
+        // 20 values, and almost no refill: the fifth request is over the limit.
+        telemetry_values_per_second: 0.01,
+        telemetry_values_burst: 20.0,
+        ..atlas_config::Limits::default()
+    })
+    .await;
+    catalogue(&server).await;
+    let (_, key) = server.tenant("acme").await;
+    let (_, other) = server.tenant("globex").await;
+    let es = server.entities(&key, 2).await;
+    let t = now_ms() - 5_000;
+    let reading = |e: i64, ts: i64, p: i64| json!({"entity_id": e, "ts": ts, "values": {"priority": p, "status": "ok", "online": true}});
+    // 6 stored; 1 refused by type; 1 for an unknown entity; 1 refused by the database (a
+    // different value for a stored reading); 15 over the rate limit.
+    let (s, body) = post(
+        &server,
+        &key,
+        &json!([reading(es[0], t, 1), reading(es[1], t, 1)]),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": es[0], "values": {"priority": "high"}}),
+    )
+    .await;
+    assert!(s == 400 || s == 422, "{s}");
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": 987_654_321, "values": {"priority": 1}}),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = post(
+        &server,
+        &key,
+        &json!({"entity_id": es[0], "ts": t, "values": {"priority": 2}}),
+    )
+    .await;
+    assert_eq!(s, 409);
+    let many: Vec<Value> = (0..5).map(|i| reading(es[0], t + 1 + i, 3)).collect();
+    let (s, body) = post(&server, &key, &Value::Array(many)).await;
+    assert_eq!(s, 429, "{body}");
+
+    let stats = ingest_stats_until(&server, &key, |b| {
+        b["stored"] == json!(6) && b["refused"].as_object().map(|r| r.len()) == Some(4)
+    })
+    .await;
+    assert_eq!(
+        stats["refused"],
+        json!({"invalid_value": 1, "unknown_entity": 1, "not_stored": 1, "rate_limited": 15}),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["requests"],
+        json!(1),
+        "only acknowledged requests are timed"
+    );
+    let latency = &stats["latency"];
+    assert!(
+        latency["mean_ms"].as_f64().is_some_and(|m| m > 0.0),
+        "{stats}"
+    );
+    assert!(
+        latency["p50_ms"].as_u64() <= latency["p99_ms"].as_u64(),
+        "{stats}"
+    );
+    // The minutes add up to the window.
+    let minutes = stats["per_minute"].as_array().cloned().unwrap_or_default();
+    assert!(!minutes.is_empty(), "{stats}");
+    let summed: i64 = minutes.iter().filter_map(|m| m["stored"].as_i64()).sum();
+    assert_eq!(summed, 6);
+
+    // The other tenant sees nothing of it.
+    let (s, theirs) = call(server.as_tenant(&other, Method::GET, "/v1/ingest-stats")).await;
+    assert_eq!(s, 200, "{theirs}");
+    assert_eq!(
+        (&theirs["stored"], &theirs["refused"], &theirs["per_minute"]),
+        (&json!(0), &json!({}), &json!([])),
+        "{theirs}"
+    );
+    assert!(theirs.get("latency").is_none(), "{theirs}");
+
+    // A second server on the same database and Redis adds to the same figures.
+    let second = atlas_server::Server::build(&crate::support::config_for(&server.db))
+        .unwrap_or_else(|e| panic!("second server: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let base = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = second
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let (s, body) = call(
+        server
+            .http
+            .post(format!("{base}/v1/telemetry"))
+            .bearer_auth(&key)
+            .json(&reading(es[1], t + 100, 4)),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    ingest_stats_until(&server, &key, |b| {
+        b["stored"] == json!(9) && b["requests"] == json!(2)
+    })
+    .await;
+    let _ = stop.send(());
+    let _ = task.await;
+
+    // The window is checked and named.
+    for bad in ["minutes=0", "minutes=1441", "minutes=ten", "hours=1"] {
+        let (s, body) =
+            call(server.as_tenant(&key, Method::GET, &format!("/v1/ingest-stats?{bad}"))).await;
+        let field = assert_error(s, &body, 400);
+        if bad.starts_with("minutes") {
+            assert_eq!(field.as_deref(), Some("minutes"), "{bad}: {body}");
+        }
+    }
+    server.stop().await;
+}

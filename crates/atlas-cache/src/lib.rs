@@ -1021,6 +1021,90 @@ impl Cache {
         .map(|v| v.unwrap_or(0))
     }
 
+    /// The key of the newest backfill report of an attribute.
+    pub fn backfill_key(&self, attribute_id: i64) -> String {
+        format!("{}backfill:{attribute_id}", self.prefix())
+    }
+
+    /// Stores `value` under `key` for `ttl`: a report any server may read back, not a cached
+    /// copy of the database (no lease, no epoch). Returns whether Redis took it.
+    pub async fn put_report(&self, key: &str, value: &str, ttl: Duration) -> bool {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.run("report", move |c| {
+            async move { cmd.query_async::<()>(c).await }.boxed()
+        })
+        .await
+        .is_some()
+    }
+
+    /// A report stored by [`Cache::put_report`]: `Some(None)` when there is none, `None` when
+    /// Redis is not configured or does not answer.
+    pub async fn report(&self, key: &str) -> Option<Option<String>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.run("report", move |c| {
+            async move { cmd.query_async::<Option<String>>(c).await }.boxed()
+        })
+        .await
+    }
+
+    /// The key of a tenant's ingest figures for one UTC minute (`minute`: minutes since the
+    /// Unix epoch).
+    pub fn ingest_stats_key(&self, tenant: i64, minute: i64) -> String {
+        format!("{}ingest:{tenant}:{minute}", self.prefix())
+    }
+
+    /// Adds each `(key, field, n)` to its hash field (`HINCRBY`) and keeps every key `ttl`,
+    /// in one pipeline. Not a cached copy of anything (sums every server adds to), so it does
+    /// not wait for the cache epoch. Returns whether Redis took them.
+    pub async fn hash_add(&self, adds: &[(String, String, i64)], ttl: Duration) -> bool {
+        if adds.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        let mut keys = std::collections::BTreeSet::new();
+        for (key, field, n) in adds {
+            pipe.cmd("HINCRBY").arg(key).arg(field).arg(*n).ignore();
+            keys.insert(key);
+        }
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        for key in keys {
+            pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+        }
+        self.run("stats", move |c| {
+            async move { pipe.query_async::<()>(c).await }.boxed()
+        })
+        .await
+        .is_some()
+    }
+
+    /// The fields of each hash in `keys` (an empty map for a missing key), in one pipeline;
+    /// `None` when Redis is not configured or does not answer.
+    pub async fn hashes(
+        &self,
+        keys: &[String],
+    ) -> Option<Vec<std::collections::HashMap<String, i64>>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        self.run("stats", move |c| {
+            async move {
+                pipe.query_async::<Vec<std::collections::HashMap<String, i64>>>(c)
+                    .await
+            }
+            .boxed()
+        })
+        .await
+    }
+
     /// Whether Redis answers PING within the call timeout (`None` when not configured).
     pub async fn ping(&self) -> Option<bool> {
         self.inner.as_ref()?;

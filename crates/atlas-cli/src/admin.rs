@@ -440,18 +440,28 @@ pub async fn attribute(config: &Config, cmd: AttributeCmd) -> Result<()> {
                 validation_regex: regex.map(|r| (!r.is_empty()).then_some(r)),
                 allow_rounding,
             };
-            // Turning `hot` on backfills every entity's projection in one statement: say so
-            // while it runs rather than sit silent.
-            let spinner = (hot == Some(true)).then(|| {
-                let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
-                    "projecting `{attribute}` into every entity's hot attributes"
-                ));
-                bar.enable_steady_tick(Duration::from_millis(120));
+            // Turning `hot` on backfills every entity's projection, batch by batch: show how
+            // far it has come.
+            let bar = (hot == Some(true)).then(|| {
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} {wide_bar} {pos}/{len} entities ({eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar.set_message(format!("projecting `{attribute}`"));
                 bar
             });
             let started = std::time::Instant::now();
-            let result = store.update_attribute(id, &update).await;
-            if let Some(bar) = spinner {
+            let result = store
+                .update_attribute(id, &update, |p| {
+                    if let Some(bar) = &bar {
+                        bar.set_length(u64::try_from(p.entities_total).unwrap_or(0));
+                        bar.set_position(u64::try_from(p.entities_done).unwrap_or(0));
+                    }
+                })
+                .await;
+            if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
             let (attribute, reprojected) = result?.context("no such attribute")?;

@@ -103,12 +103,16 @@ REVOKE EXECUTE ON FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with t
 ALTER FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with time zone) OWNER TO atlas_definer;
 GRANT EXECUTE ON FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with time zone) TO atlas_app;
 
--- When an attribute becomes hot: projects each live entity's newest value of it (every
--- tenant; last-writer-wins, so newer projected values stay). Returns the entities whose
--- projection changed, for cache invalidation. Runs in the caller's transaction, which also
--- flips is_hot, so the change and the backfill commit together.
-CREATE OR REPLACE FUNCTION public.hot_attr_backfill(p_attribute_id bigint)
-RETURNS TABLE (tenant_id bigint, entity_id bigint)
+-- When an attribute becomes hot: projects the newest value of it of the next p_batch live
+-- entities (every tenant) after (p_after_tenant, p_after_entity), in (tenant_id, entity_id)
+-- order; last-writer-wins, so newer projected values stay. The caller runs batches until one
+-- comes back short, counting its progress between them, in the transaction that flips
+-- is_hot: the change and the whole backfill commit together. Returns one row per entity of
+-- the batch, `changed` when its projection changed (for cache invalidation).
+DROP FUNCTION IF EXISTS public.hot_attr_backfill(bigint);
+CREATE OR REPLACE FUNCTION public.hot_attr_backfill(
+    p_attribute_id bigint, p_after_tenant bigint, p_after_entity bigint, p_batch integer)
+RETURNS TABLE (tenant_id bigint, entity_id bigint, changed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
@@ -117,14 +121,30 @@ AS $$
 DECLARE
     v_name text;
     v_type text;
+    v_bt bigint[];
+    v_be bigint[];
     v_t bigint[];
     v_e bigint[];
     v_v jsonb[];
     v_a jsonb[];
+    v_ct bigint[];
+    v_ce bigint[];
 BEGIN
     SELECT a.attribute_name, a.data_type INTO v_name, v_type
     FROM public.attributes a WHERE a.attribute_id = p_attribute_id AND a.is_hot;
-    IF v_name IS NULL THEN
+    IF v_name IS NULL OR p_batch < 1 THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(b.tenant_id ORDER BY b.tenant_id, b.entity_id),
+           array_agg(b.entity_id ORDER BY b.tenant_id, b.entity_id)
+    INTO v_bt, v_be
+    FROM (
+        SELECT en.tenant_id, en.entity_id FROM public.entities en
+        WHERE (en.tenant_id, en.entity_id) > (p_after_tenant, p_after_entity) AND NOT en.is_deleted
+        ORDER BY en.tenant_id, en.entity_id
+        LIMIT p_batch
+    ) b;
+    IF v_be IS NULL THEN
         RETURN;
     END IF;
     SELECT array_agg(l.tenant_id ORDER BY l.entity_id, l.tenant_id),
@@ -141,17 +161,23 @@ BEGIN
         FROM public.entity_values_ts ev
         JOIN public.entities en ON en.entity_id = ev.entity_id AND en.tenant_id = ev.tenant_id
         WHERE ev.attribute_id = p_attribute_id AND NOT en.is_deleted
+          AND (ev.tenant_id, ev.entity_id) > (p_after_tenant, p_after_entity)
+          AND (ev.tenant_id, ev.entity_id) <= (v_bt[cardinality(v_bt)], v_be[cardinality(v_be)])
         ORDER BY ev.tenant_id, ev.entity_id, ev.ingested_at DESC
     ) l;
-    IF v_e IS NULL THEN
-        RETURN;
+    IF v_e IS NOT NULL THEN
+        SELECT array_agg(c.tenant_id), array_agg(c.entity_id) INTO v_ct, v_ce
+        FROM public.hot_attrs_apply(v_t, v_e, v_v, v_a) c;
     END IF;
-    RETURN QUERY SELECT * FROM public.hot_attrs_apply(v_t, v_e, v_v, v_a);
+    RETURN QUERY
+        SELECT b.t, b.e, c.t IS NOT NULL
+        FROM unnest(v_bt, v_be) b(t, e)
+        LEFT JOIN unnest(v_ct, v_ce) c(t, e) ON c.t = b.t AND c.e = b.e;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION public.hot_attr_backfill(bigint) FROM PUBLIC;
-ALTER FUNCTION public.hot_attr_backfill(bigint) OWNER TO atlas_definer;
-GRANT EXECUTE ON FUNCTION public.hot_attr_backfill(bigint) TO atlas_app;
+REVOKE EXECUTE ON FUNCTION public.hot_attr_backfill(bigint,bigint,bigint,integer) FROM PUBLIC;
+ALTER FUNCTION public.hot_attr_backfill(bigint,bigint,bigint,integer) OWNER TO atlas_definer;
+GRANT EXECUTE ON FUNCTION public.hot_attr_backfill(bigint,bigint,bigint,integer) TO atlas_app;
 
 -- When an attribute stops being hot: removes it from every projection (the time series keeps
 -- every value). Returns the entities whose projection changed.

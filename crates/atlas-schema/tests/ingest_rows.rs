@@ -762,3 +762,131 @@ async fn apply_cases_and_compare_with_the_merge(admin: &Client, with_newest: boo
         "projection differs from the merge: {wrong:?}"
     );
 }
+
+/// hot_attr_backfill, batch by batch as the server calls it: every live entity of every tenant
+/// once, in (tenant, entity) order; each projected with its newest value unless a newer one is
+/// projected already; deleted entities and entities without a value left alone.
+#[tokio::test]
+async fn the_backfill_projects_every_live_entity_once_batch_by_batch() {
+    let db = TestDb::new().await;
+    let f = fleet(&db).await;
+    let mut app = db.app().await;
+    let more = add_entities(&mut app, f.tenant_a, 3).await;
+    let admin = db.admin().await;
+    let level: i64 = admin
+        .query_one(
+            "INSERT INTO attributes (attribute_name, data_type) VALUES ('level', 'integer') RETURNING attribute_id",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    let (no_value, deleted) = (more[0], more[1]);
+    // Two readings each (1 at 01:00, 2 at 02:00), except `no_value`.
+    for e in [f.a1, f.a2, f.b1, more[1], more[2]] {
+        let tenant = if e == f.b1 { f.tenant_b } else { f.tenant_a };
+        for (v, t) in [(1_i64, "01:00:00"), (2, "02:00:00")] {
+            admin
+                .execute(
+                    "INSERT INTO entity_values_ts (entity_id, tenant_id, attribute_id, value_int, ingested_at) \
+                     VALUES ($1, $2, $3, $4, $5::text::timestamptz)",
+                    &[&e, &tenant, &level, &v, &at(t)],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    // a2 has a newer value projected already; `deleted` is deleted.
+    admin
+        .execute(
+            "SELECT * FROM hot_attrs_apply(ARRAY[$1::bigint], ARRAY[$2::bigint], ARRAY['{\"level\": 9}'::jsonb], \
+                    ARRAY[jsonb_build_object('level', (extract(epoch FROM $3::text::timestamptz) * 1000000)::bigint)])",
+            &[&f.tenant_a, &f.a2, &at("03:00:00")],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    admin
+        .execute(
+            "UPDATE entities SET is_deleted = true WHERE entity_id = $1",
+            &[&deleted],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let batch = |after: (i64, i64), n: i32| {
+        let app = &app;
+        async move {
+            app.query(
+                "SELECT tenant_id, entity_id, changed FROM hot_attr_backfill($1, $2, $3, $4)",
+                &[&level, &after.0, &after.1, &n],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, bool>(2)))
+            .collect::<Vec<_>>()
+        }
+    };
+    // Not hot yet: nothing to do.
+    assert!(batch((i64::MIN, i64::MIN), 2).await.is_empty());
+    admin
+        .execute(
+            "UPDATE attributes SET is_hot = true WHERE attribute_id = $1",
+            &[&level],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(batch((i64::MIN, i64::MIN), 0).await.is_empty());
+
+    let mut seen = Vec::new();
+    let mut after = (i64::MIN, i64::MIN);
+    let mut batches = 0;
+    loop {
+        let rows = batch(after, 2).await;
+        batches += 1;
+        assert!(rows.len() <= 2);
+        if let Some(&(t, e, _)) = rows.last() {
+            after = (t, e);
+        }
+        let short = rows.len() < 2;
+        seen.extend(rows);
+        if short {
+            break;
+        }
+    }
+    let mut live = vec![
+        (f.tenant_a, f.a1),
+        (f.tenant_a, f.a2),
+        (f.tenant_a, no_value),
+        (f.tenant_a, more[2]),
+        (f.tenant_b, f.b1),
+    ];
+    live.sort_unstable();
+    assert_eq!(
+        seen.iter().map(|&(t, e, _)| (t, e)).collect::<Vec<_>>(),
+        live,
+        "every live entity once, in order"
+    );
+    assert_eq!(batches, 3, "5 entities in batches of 2");
+    let changed: Vec<i64> = seen.iter().filter(|r| r.2).map(|r| r.1).collect();
+    let mut expected = vec![f.a1, more[2], f.b1];
+    expected.sort_unstable();
+    let mut changed_sorted = changed.clone();
+    changed_sorted.sort_unstable();
+    assert_eq!(changed_sorted, expected);
+    for e in [f.a1, more[2], f.b1] {
+        assert_eq!(hot_attrs(&db, e).await["level"], json!(2), "entity {e}");
+    }
+    assert_eq!(
+        hot_attrs(&db, f.a2).await["level"],
+        json!(9),
+        "the newer value stays"
+    );
+    let untouched: i64 = db
+        .scalar(
+            "SELECT count(*) FROM entity_jsonb WHERE entity_id = ANY($1) AND hot_attrs ? 'level'",
+            &[&vec![no_value, deleted]],
+        )
+        .await;
+    assert_eq!(untouched, 0, "no value, or deleted: not projected");
+}

@@ -523,13 +523,15 @@ impl Store {
     /// Changes an attribute's flags or regex; `None` when it does not exist.
     ///
     /// Turning `is_hot` on backfills every entity's projection with its newest value of the
-    /// attribute; turning it off removes the attribute from every projection. Both happen in
-    /// the transaction that flips the flag; the entities whose projection changed are returned
-    /// so their cache entries can be dropped after the commit.
+    /// attribute, [`BACKFILL_BATCH`] entities at a time, calling `progress` after each batch;
+    /// turning it off removes the attribute from every projection. Both happen in the
+    /// transaction that flips the flag; the entities whose projection changed are returned so
+    /// their cache entries can be dropped after the commit.
     pub async fn update_attribute(
         &self,
         attribute_id: i64,
         update: &AttributeUpdate,
+        mut progress: impl FnMut(BackfillProgress) + Send,
     ) -> Result<Option<(Attribute, Vec<(TenantId, i64)>)>, StoreError> {
         let Some(current) = self.get_attribute(attribute_id).await? else {
             return Ok(None);
@@ -573,17 +575,17 @@ impl Store {
         let attribute = attribute_from(&row)?;
         let changed = if attribute.is_hot == current.is_hot {
             Vec::new()
+        } else if attribute.is_hot {
+            backfill(&tx, attribute_id, &mut progress).await?
         } else {
-            let f = if attribute.is_hot {
-                "SELECT tenant_id, entity_id FROM public.hot_attr_backfill($1)"
-            } else {
-                "SELECT tenant_id, entity_id FROM public.hot_attr_clear($1)"
-            };
-            tx.query(f, &[&attribute_id])
-                .await?
-                .iter()
-                .map(|r| Ok((TenantId(r.try_get(0)?), r.try_get(1)?)))
-                .collect::<Result<Vec<_>, StoreError>>()?
+            tx.query(
+                "SELECT tenant_id, entity_id FROM public.hot_attr_clear($1)",
+                &[&attribute_id],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((TenantId(r.try_get(0)?), r.try_get(1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?
         };
         tx.commit().await?;
         Ok(Some((attribute, changed)))
@@ -660,5 +662,73 @@ mod tests {
             assert_eq!(t.as_str().parse::<DataType>(), Ok(t));
         }
         assert!("float".parse::<DataType>().is_err());
+    }
+}
+
+/// Entities one backfill statement projects: small enough that progress moves every second or
+/// so at full scale, large enough that the per-statement overhead does not count.
+pub const BACKFILL_BATCH: i32 = 5_000;
+
+/// How far the backfill of an attribute turned hot has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackfillProgress {
+    /// Live entities looked at so far (every tenant).
+    pub entities_done: i64,
+    /// Live entities when it started.
+    pub entities_total: i64,
+    /// Projections that changed so far (entities with a value of the attribute, unless a newer
+    /// one was projected already).
+    pub projections_changed: i64,
+}
+
+/// Projects the attribute into every live entity, batch by batch in `tx`, reporting after
+/// each; returns the entities whose projection changed.
+async fn backfill(
+    tx: &tokio_postgres::Transaction<'_>,
+    attribute_id: i64,
+    progress: &mut (impl FnMut(BackfillProgress) + Send),
+) -> Result<Vec<(TenantId, i64)>, StoreError> {
+    let total: i64 = tx
+        .query_one(
+            "SELECT coalesce(sum(entities), 0)::bigint FROM public.tenant_entity_counts()",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let stmt = tx
+        .prepare(
+            "SELECT tenant_id, entity_id, changed FROM public.hot_attr_backfill($1, $2, $3, $4)",
+        )
+        .await?;
+    let mut at = BackfillProgress {
+        entities_total: total,
+        ..BackfillProgress::default()
+    };
+    progress(at);
+    let (mut after_tenant, mut after_entity) = (i64::MIN, i64::MIN);
+    let mut changed = Vec::new();
+    loop {
+        let rows = tx
+            .query(
+                &stmt,
+                &[&attribute_id, &after_tenant, &after_entity, &BACKFILL_BATCH],
+            )
+            .await?;
+        for r in &rows {
+            let (t, e): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+            if r.try_get::<_, bool>(2)? {
+                changed.push((TenantId(t), e));
+            }
+            (after_tenant, after_entity) = (t, e);
+        }
+        at.entities_done += i64::try_from(rows.len()).unwrap_or(0);
+        // Entities registered meanwhile are looked at too; the total grows with them.
+        at.entities_total = at.entities_total.max(at.entities_done);
+        at.projections_changed = i64::try_from(changed.len()).unwrap_or(i64::MAX);
+        progress(at);
+        if rows.len() < usize::try_from(BACKFILL_BATCH).unwrap_or(usize::MAX) {
+            return Ok(changed);
+        }
     }
 }

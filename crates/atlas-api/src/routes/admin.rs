@@ -378,7 +378,21 @@ pub async fn update_attribute(
     JsonBody(body): JsonBody<AttributeChanges>,
 ) -> Result<Json<Attribute>, ApiError> {
     let id = positive(id, "attribute")?;
-    let (attribute, reprojected) = state
+    // A backfill's progress is published as it goes (GET …/backfill, from any server).
+    let started = chrono::Utc::now();
+    let (report, mut reported) = tokio::sync::watch::channel(None::<BackfillReport>);
+    let publisher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while reported.changed().await.is_ok() {
+                let latest = reported.borrow_and_update().clone();
+                if let Some(r) = latest {
+                    state.publish_backfill(&r).await;
+                }
+            }
+        })
+    };
+    let result = state
         .inner
         .store
         .update_attribute(
@@ -389,9 +403,32 @@ pub async fn update_attribute(
                 validation_regex: body.validation_regex,
                 allow_rounding: body.allow_rounding,
             },
+            |p| {
+                report.send_replace(Some(BackfillReport::running(id, started, p)));
+            },
         )
-        .await?
-        .ok_or_else(|| ApiError::NotFound("attribute".into()))?;
+        .await;
+    let last = report.borrow().clone();
+    drop(report);
+    let _ = publisher.await;
+    // The outcome, awaited: a reader after this answer sees it.
+    if let Some(last) = last {
+        let finished = match &result {
+            Ok(_) => BackfillReport {
+                state: "done".into(),
+                finished_at: Some(chrono::Utc::now()),
+                ..last
+            },
+            Err(e) => BackfillReport {
+                state: "failed".into(),
+                finished_at: Some(chrono::Utc::now()),
+                error: Some(e.to_string()),
+                ..last
+            },
+        };
+        state.publish_backfill(&finished).await;
+    }
+    let (attribute, reprojected) = result?.ok_or_else(|| ApiError::NotFound("attribute".into()))?;
     // Committed: drop what the change made stale (the catalogue, re-projected entities).
     let hot: Vec<(i64, i64)> = reprojected.iter().map(|(t, e)| (t.0, *e)).collect();
     state.inner.cache.entities_changed(&hot, &[]).await;
@@ -405,6 +442,74 @@ pub async fn update_attribute(
     }
     state.attributes_changed().await;
     Ok(Json(attribute))
+}
+
+/// The newest backfill of an attribute turned hot: how far it has come, or how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackfillReport {
+    /// The attribute.
+    pub attribute_id: i64,
+    /// `running`; `done`; or `failed` (rolled back with the flag: the attribute is not hot).
+    pub state: String,
+    /// Live entities looked at so far (every tenant).
+    pub entities_done: i64,
+    /// Live entities when it started (grows if entities are registered meanwhile).
+    pub entities_total: i64,
+    /// Projections changed so far.
+    pub projections_changed: i64,
+    /// When the change was asked for.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When this report was written: a `running` report that stops moving belongs to a server
+    /// that stopped (its transaction rolled back).
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// When it ended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl BackfillReport {
+    fn running(
+        attribute_id: i64,
+        started_at: chrono::DateTime<chrono::Utc>,
+        p: atlas_store::admin::BackfillProgress,
+    ) -> Self {
+        Self {
+            attribute_id,
+            state: "running".into(),
+            entities_done: p.entities_done,
+            entities_total: p.entities_total,
+            projections_changed: p.projections_changed,
+            started_at,
+            updated_at: chrono::Utc::now(),
+            finished_at: None,
+            error: None,
+        }
+    }
+}
+
+/// The progress of an attribute's backfill.
+///
+/// The newest backfill of the attribute (run when is_hot was turned on in the last hour, by any
+/// server): entities looked at of the total, projections changed, and whether it is running, done
+/// or failed. 404 when none ran in the last hour.
+#[utoipa::path(get, path = "/v1/admin/attributes/{id}/backfill", tag = "admin", security(("admin_token" = [])),
+    params(("id" = i64, Path, minimum = 0, description = "Attribute id")),
+    responses((status = 200, body = BackfillReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn attribute_backfill(
+    _: Admin,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<BackfillReport>, ApiError> {
+    let id = positive(id, "attribute")?;
+    state
+        .backfill_report(id)
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("no backfill of this attribute in the last hour".into()))
 }
 
 /// The attribute catalogue.

@@ -31,11 +31,14 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::define_attribute, admin::list_attributes))
         .routes(routes!(admin::update_attribute))
+        .routes(routes!(admin::attribute_backfill))
         .routes(routes!(admin::status))
         .routes(routes!(tenant::me))
         .routes(routes!(telemetry::ingest))
         .routes(routes!(tenant::attributes))
         .routes(routes!(tenant::dead_letters))
+        .routes(routes!(tenant::ingest_stats))
+        .routes(routes!(tenant::entity_types))
         .routes(routes!(tenant::register_entities, tenant::list_entities))
         .routes(routes!(
             tenant::get_entity,

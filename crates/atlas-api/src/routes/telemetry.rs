@@ -90,9 +90,37 @@ pub struct TelemetryAck {
     pub durability: String,
 }
 
-fn rejected(reason: &'static str, values: usize) {
-    metrics::counter!("atlas_ingest_values_total", "outcome" => "rejected", "reason" => reason)
-        .increment(u64::try_from(values).unwrap_or(0));
+/// A refused request: the error it is answered with and why its values were not stored.
+struct Refusal {
+    error: ApiError,
+    /// The reason counted; the error's code when `None`.
+    reason: Option<&'static str>,
+    /// Whether the values count as rejected in `atlas_ingest_values_total` (refusals of the
+    /// request itself; values the pipeline refused are counted there by their outcome).
+    rejected: bool,
+}
+
+impl Refusal {
+    fn because(reason: &'static str, error: ApiError) -> Self {
+        Self {
+            error,
+            reason: Some(reason),
+            rejected: true,
+        }
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        // Rate limits and quotas refuse the request's values; a failing dependency does not
+        // judge them, so they are not "rejected" values, only not stored.
+        let rejected = matches!(error, ApiError::RateLimited { .. } | ApiError::Quota { .. });
+        Self {
+            error,
+            reason: None,
+            rejected,
+        }
+    }
 }
 
 fn field_error(e: FieldError) -> ApiError {
@@ -151,11 +179,7 @@ pub async fn ingest(
     QueryParams(params): QueryParams<TelemetryParams>,
     JsonValue(body): JsonValue,
 ) -> Result<axum::response::Response, ApiError> {
-    let Some(ingestor) = state.inner.ingestor.clone() else {
-        return Err(ApiError::Unavailable(
-            "ingest is not running on this server".into(),
-        ));
-    };
+    let started = std::time::Instant::now();
     let single = body.is_object();
     let readings: Vec<Reading> = match body {
         serde_json::Value::Array(_) => from_json_value(body)?,
@@ -167,19 +191,48 @@ pub async fn ingest(
             ));
         }
     };
+    let values: usize = readings.iter().map(|r| r.values.len()).sum();
+    let stats = &state.inner.ingest_stats;
+    match store_readings(tenant, &state, params, &readings, single).await {
+        Ok((resp, accepted)) => {
+            stats.stored(&state.inner.cache, tenant, accepted, started.elapsed());
+            Ok(resp)
+        }
+        Err(refusal) => {
+            let reason = refusal.reason.unwrap_or_else(|| refusal.error.code());
+            if refusal.rejected {
+                metrics::counter!("atlas_ingest_values_total", "outcome" => "rejected", "reason" => reason)
+                    .increment(u64::try_from(values).unwrap_or(0));
+            }
+            stats.refused(&state.inner.cache, tenant, reason, values);
+            Err(refusal.error)
+        }
+    }
+}
+
+/// Validates and stores `readings`; answers the response and the values acknowledged.
+async fn store_readings(
+    tenant: atlas_store::TenantId,
+    state: &AppState,
+    params: TelemetryParams,
+    readings: &[Reading],
+    single: bool,
+) -> Result<(axum::response::Response, usize), Refusal> {
+    let Some(ingestor) = state.inner.ingestor.clone() else {
+        return Err(ApiError::Unavailable("ingest is not running on this server".into()).into());
+    };
     if readings.is_empty() {
-        return Err(ApiError::invalid_value(
-            "body",
-            "at least one reading is required",
-        ));
+        return Err(ApiError::invalid_value("body", "at least one reading is required").into());
     }
     let values: usize = readings.iter().map(|r| r.values.len()).sum();
     let max = state.inner.limits.max_values_per_request;
     if values > max {
-        rejected("too_many_values", values);
-        return Err(ApiError::TooLarge(format!(
-            "{values} values in one request; at most {max} are accepted"
-        )));
+        return Err(Refusal::because(
+            "too_many_values",
+            ApiError::TooLarge(format!(
+                "{values} values in one request; at most {max} are accepted"
+            )),
+        ));
     }
     // Telemetry is charged per value, not per request: a 10 000-value request is not one
     // request's worth of work.
@@ -197,16 +250,13 @@ pub async fn ingest(
     let mut fresh = false;
     let rows = loop {
         let catalog = state.catalog(fresh).await?;
-        let time = state.time_rules(fresh, &readings).await?;
-        match type_readings(tenant, &readings, &catalog, &time, &prefix) {
+        let time = state.time_rules(fresh, readings).await?;
+        match type_readings(tenant, readings, &catalog, &time, &prefix) {
             Ok(rows) => break rows,
             Err(e) if !fresh && matches!(e.reason, "unknown_attribute" | "time_out_of_range") => {
                 fresh = true
             }
-            Err(e) => {
-                rejected(e.reason, values);
-                return Err(field_error(e));
-            }
+            Err(e) => return Err(Refusal::because(e.reason, field_error(e))),
         }
     };
 
@@ -216,13 +266,16 @@ pub async fn ingest(
         .inner
         .known
         .first_unknown(&state.inner.store, tenant, &ids)
-        .await?;
+        .await
+        .map_err(ApiError::from)?;
     if let Some(i) = unknown {
-        rejected("unknown_entity", values);
-        return Err(ApiError::UnknownReference {
-            message: format!("entity {} not found", readings[i].entity_id),
-            field: field_path(&prefix(i), "entity_id"),
-        });
+        return Err(Refusal::because(
+            "unknown_entity",
+            ApiError::UnknownReference {
+                message: format!("entity {} not found", readings[i].entity_id),
+                field: field_path(&prefix(i), "entity_id"),
+            },
+        ));
     }
 
     let durability = match params.durability {
@@ -247,28 +300,45 @@ pub async fn ingest(
         // coverage now and ask about the entity again next time, so the next such write is a
         // clean 422 on `ts` or 404 on `entity_id`.
         let _ = state.time_rules(true, &[]).await;
-        if let Some((i, _)) = row_value(&readings, *row) {
+        if let Some((i, _)) = row_value(readings, *row) {
             state.inner.known.forget(tenant, readings[i].entity_id);
         }
     }
-    let ack = submitted.map_err(|e| match e {
-        IngestError::QueueFull => {
-            ApiError::Unavailable("the ingest queue is full; retry later".into())
+    // Not "rejected" values (a full queue, a stopping server or the database refusing rows
+    // judge no value of the request), but refused all the same: counted per tenant by why.
+    let ack = submitted.map_err(|e| {
+        let (reason, error) = match e {
+            IngestError::QueueFull => (
+                "queue_full",
+                ApiError::Unavailable("the ingest queue is full; retry later".into()),
+            ),
+            IngestError::ShuttingDown => (
+                "shutting_down",
+                ApiError::Unavailable("the server is shutting down; retry".into()),
+            ),
+            IngestError::Unavailable(_) => (
+                "database_unavailable",
+                ApiError::Unavailable("the database is unavailable".into()),
+            ),
+            IngestError::Refused {
+                refused,
+                reason,
+                row,
+                ..
+            } => (
+                "not_stored",
+                ApiError::Conflict {
+                    message: format!("{refused} value(s) were not stored: {reason}"),
+                    field: value_field(readings, &prefix, row),
+                },
+            ),
+            other => ("internal", ApiError::Internal(other.to_string())),
+        };
+        Refusal {
+            error,
+            reason: Some(reason),
+            rejected: false,
         }
-        IngestError::ShuttingDown => {
-            ApiError::Unavailable("the server is shutting down; retry".into())
-        }
-        IngestError::Unavailable(_) => ApiError::Unavailable("the database is unavailable".into()),
-        IngestError::Refused {
-            refused,
-            reason,
-            row,
-            ..
-        } => ApiError::Conflict {
-            message: format!("{refused} value(s) were not stored: {reason}"),
-            field: value_field(&readings, &prefix, row),
-        },
-        other => ApiError::Internal(other.to_string()),
     })?;
     let (status, label) = match durability {
         Durability::Durable => (StatusCode::OK, "durable"),
@@ -283,10 +353,11 @@ pub async fn ingest(
     ));
     // Durable values are committed: the position the writer read after the commit covers
     // them (read here only if it could not).
-    Ok(match ack.wal_lsn {
+    let resp = match ack.wal_lsn {
         Some(lsn) => crate::consistency::with_known_lsn(resp, Some(atlas_replication::Lsn(lsn))),
-        None => crate::consistency::with_lsn(&state, resp).await,
-    })
+        None => crate::consistency::with_lsn(state, resp).await,
+    };
+    Ok((resp, ack.accepted))
 }
 
 #[cfg(test)]

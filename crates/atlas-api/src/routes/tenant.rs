@@ -40,7 +40,9 @@ pub struct Me {
 pub struct Usage {
     /// Live entities.
     pub entities: i64,
-    /// Values written today (UTC); null when the count cannot be read (Redis unavailable).
+    /// Values charged today (UTC) against `max_values_per_day`: counted only while the
+    /// tenant has that quota, so 0 without it (`GET /v1/ingest-stats` counts every stored
+    /// value); null when the count cannot be read (Redis unavailable).
     pub values_today: Option<i64>,
     /// Values stored, as of the last statistics refresh.
     pub stored_values: i64,
@@ -599,4 +601,207 @@ pub async fn dead_letters(
         .filter(|_| i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit)
         .map(|d| format!("{}.{}", d.failed_at.timestamp_micros(), d.dead_letter_id));
     Ok(Json(DeadLetterPage { items, next_cursor }))
+}
+
+/// The window of `GET /v1/ingest-stats`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct IngestStatsParams {
+    /// The last this many minutes, the current one included (1 to 1440; default 60).
+    #[param(minimum = 1, maximum = 1440)]
+    pub minutes: Option<i64>,
+}
+
+/// Request latency of acknowledged telemetry requests. The percentiles are the upper bounds
+/// (ms) of the histogram buckets that hold them (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000,
+/// 2000, 5000; 10000 stands for "over 5000").
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestLatency {
+    /// Mean, ms.
+    pub mean_ms: f64,
+    /// Median, at most this many ms.
+    pub p50_ms: u64,
+    /// 99th percentile, at most this many ms.
+    pub p99_ms: u64,
+}
+
+/// One minute of a tenant's ingest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestMinute {
+    /// The minute's start (UTC).
+    pub minute: chrono::DateTime<chrono::Utc>,
+    /// Values acknowledged.
+    pub stored: i64,
+    /// Values refused, by reason.
+    #[schema(value_type = Object)]
+    pub refused: std::collections::BTreeMap<String, i64>,
+    /// Acknowledged requests.
+    pub requests: i64,
+    /// Their latency (absent without requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<IngestLatency>,
+}
+
+/// A tenant's ingest over a window, summed over every server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestStatsBody {
+    /// The window's start (UTC, a minute boundary).
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// Its length in minutes.
+    pub minutes: i64,
+    /// Values acknowledged in the window.
+    pub stored: i64,
+    /// Values refused in the window, by reason: a validation code (e.g. `invalid_value`,
+    /// `unknown_attribute`, `time_out_of_range`, `unknown_entity`, `too_many_values`),
+    /// `rate_limited`, `quota_exceeded`, or a server-side cause (`queue_full`,
+    /// `database_unavailable`, `shutting_down`, `not_stored`).
+    #[schema(value_type = Object)]
+    pub refused: std::collections::BTreeMap<String, i64>,
+    /// Acknowledged requests in the window.
+    pub requests: i64,
+    /// Their latency (absent without requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<IngestLatency>,
+    /// Minutes with anything counted, oldest first.
+    pub per_minute: Vec<IngestMinute>,
+}
+
+fn latency_of(requests: i64, latency_us: i64, counts: &[i64]) -> Option<IngestLatency> {
+    use crate::ingest_stats::quantile_ms;
+    Some(IngestLatency {
+        mean_ms: (latency_us as f64 / requests as f64 / 10.0).round() / 100.0,
+        p50_ms: quantile_ms(counts, 0.5)?,
+        p99_ms: quantile_ms(counts, 0.99)?,
+    })
+    .filter(|_| requests > 0)
+}
+
+/// The caller's ingest per minute: values stored, refused by reason, request latency.
+///
+/// Summed over every server (kept in Redis for a day, written by each server once a second:
+/// the current second may not be in yet). Values refused before the body was read as JSON are
+/// not counted. 503 when Redis is not configured or does not answer.
+#[utoipa::path(get, path = "/v1/ingest-stats", tag = "tenant", security(("tenant_key" = [])),
+    params(IngestStatsParams),
+    responses((status = 200, body = IngestStatsBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn ingest_stats(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<IngestStatsParams>,
+) -> Result<Json<IngestStatsBody>, ApiError> {
+    use crate::ingest_stats::{LATENCY_BOUNDS_MS, MAX_MINUTES, Minute};
+    let minutes = params.minutes.unwrap_or(60);
+    if !(1..=MAX_MINUTES).contains(&minutes) {
+        return Err(ApiError::bad_field(
+            "minutes",
+            format!("must be 1 to {MAX_MINUTES}"),
+        ));
+    }
+    let cache = &state.inner.cache;
+    let last = chrono::Utc::now().timestamp().div_euclid(60);
+    let first = last - minutes + 1;
+    let keys: Vec<String> = (first..=last)
+        .map(|m| cache.ingest_stats_key(tenant.0, m))
+        .collect();
+    let Some(hashes) = cache.hashes(&keys).await else {
+        return Err(ApiError::Unavailable(
+            "ingest figures are kept in Redis, which is not configured or not answering".into(),
+        ));
+    };
+    let mut body = IngestStatsBody {
+        from: chrono::DateTime::from_timestamp(first * 60, 0).unwrap_or_default(),
+        minutes,
+        stored: 0,
+        refused: Default::default(),
+        requests: 0,
+        latency: None,
+        per_minute: Vec::new(),
+    };
+    let (mut latency_us, mut counts) = (0, vec![0; LATENCY_BOUNDS_MS.len() + 1]);
+    for (m, fields) in (first..=last).zip(&hashes) {
+        let minute = Minute::from_fields(m, fields);
+        if minute.is_empty() {
+            continue;
+        }
+        body.stored += minute.stored;
+        body.requests += minute.requests;
+        latency_us += minute.latency_us;
+        for (c, n) in counts.iter_mut().zip(&minute.latency) {
+            *c += n;
+        }
+        for (reason, n) in &minute.refused {
+            *body.refused.entry(reason.clone()).or_default() += n;
+        }
+        body.per_minute.push(IngestMinute {
+            minute: chrono::DateTime::from_timestamp(m * 60, 0).unwrap_or_default(),
+            stored: minute.stored,
+            latency: latency_of(minute.requests, minute.latency_us, &minute.latency),
+            refused: minute.refused,
+            requests: minute.requests,
+        });
+    }
+    body.latency = latency_of(body.requests, latency_us, &counts);
+    Ok(Json(body))
+}
+
+/// Paging of entity types.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EntityTypeParams {
+    /// Page size (1 to the configured maximum, 1000 by default; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (the last type it listed).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")]
+    pub cursor: Option<String>,
+}
+
+/// A page of entity types.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntityTypePage {
+    /// Types with at least one live entity, in order.
+    pub items: Vec<String>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's entity types.
+///
+/// Every type the tenant has a live entity of, in order (what the fleet can be filtered by).
+#[utoipa::path(get, path = "/v1/entity-types", tag = "tenant", security(("tenant_key" = [])),
+    params(EntityTypeParams),
+    responses((status = 200, body = EntityTypePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn entity_types(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<EntityTypeParams>,
+) -> Result<Json<EntityTypePage>, ApiError> {
+    let (_, limit) = page(
+        &state,
+        &PageParams {
+            limit: params.limit,
+            cursor: None,
+        },
+    )?;
+    let after = params.cursor.unwrap_or_default();
+    if !after.is_empty() {
+        entities::validate_entity_type(&after, "cursor").map_err(|e| match e {
+            StoreError::Invalid { field, message } => ApiError::bad_field(field, message),
+            other => other.into(),
+        })?;
+    }
+    let items = in_tenant(&state, tenant, move |tx| {
+        async move { entities::types(tx, tenant, &after, limit).await }.boxed()
+    })
+    .await?;
+    let next_cursor = items
+        .last()
+        .filter(|_| i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit)
+        .cloned();
+    Ok(Json(EntityTypePage { items, next_cursor }))
 }
