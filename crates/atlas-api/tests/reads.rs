@@ -1190,3 +1190,76 @@ async fn bad_read_input_is_a_4xx_naming_the_field() {
     assert_error(s, &b, 400);
     server.stop().await;
 }
+
+/// The exclusive lease (what fills a type's id set): one filler at a time — the others page
+/// from PostgreSQL instead of reading the ids too — and an invalidation frees it and fences
+/// the holder's fill out, as for a plain lease.
+#[tokio::test]
+async fn an_exclusive_lease_has_one_holder_and_an_invalidation_fences_it() {
+    let server = Server::start().await;
+    let (tenant, key) = server.tenant("acme").await;
+    let cache = server.state.cache().clone();
+    let list = cache.list_key(tenant, "pump");
+    let first = cache
+        .exclusive_lease(&list)
+        .await
+        .unwrap_or_else(|| panic!("redis is up and the lease is free"));
+    assert!(cache.exclusive_lease(&list).await.is_none(), "held");
+    // A write to the type invalidates: the lease is free again and the old fill is refused.
+    cache.invalidate(std::slice::from_ref(&list)).await;
+    let second = cache
+        .exclusive_lease(&list)
+        .await
+        .unwrap_or_else(|| panic!("freed by the invalidation"));
+    assert!(
+        !cache
+            .fill_set(first, &[1, 2], Duration::from_secs(60))
+            .await
+    );
+    assert!(cache.fill_set(second, &[3], Duration::from_secs(60)).await);
+    assert_eq!(
+        cache.members(atlas_cache::Kind::List, &list).await,
+        Some(vec![3])
+    );
+
+    // Through the API: a burst of first pages of a type all answer its entities, and its set
+    // is filled once the burst is over.
+    let valves_registered: Vec<i64> = {
+        let (s, body) = call(
+            server
+                .as_tenant(&key, Method::POST, "/v1/entities")
+                .json(&json!([{"entity_type": "valve"}, {"entity_type": "valve"}])),
+        )
+        .await;
+        assert_eq!(s, 201, "{body}");
+        body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["entity_id"].as_i64())
+            .collect()
+    };
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let req = server.as_tenant(&key, Method::GET, "/v1/entities?entity_type=valve");
+            tokio::spawn(call(req))
+        })
+        .collect();
+    for r in burst {
+        let (s, page) = r.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s, ids(&page)), (200, valves_registered.clone()), "{page}");
+    }
+    let valves = cache.list_key(tenant, "valve");
+    let mut filled = None;
+    for _ in 0..50 {
+        filled = cache.members(atlas_cache::Kind::List, &valves).await;
+        if filled.is_some() {
+            break;
+        }
+        let _ = call(server.as_tenant(&key, Method::GET, "/v1/entities?entity_type=valve")).await;
+    }
+    let mut filled = filled.unwrap_or_default();
+    filled.sort_unstable();
+    assert_eq!(filled, valves_registered);
+    server.stop().await;
+}

@@ -342,6 +342,17 @@ fn token() -> String {
     format!("{:016x}", rand::rng().random::<u64>())
 }
 
+/// How [`Cache::claim`] takes the lease of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// No lease: only the epoch.
+    Stamp,
+    /// Taken over from any other holder.
+    Lease,
+    /// Only when nobody holds it.
+    Exclusive,
+}
+
 fn lease_key(key: &str) -> String {
     format!("{key}:lease")
 }
@@ -766,42 +777,69 @@ impl Cache {
     /// Takes the lease to fill `key` and reads the epoch the fill will carry; call it *before*
     /// reading the database. `None` when Redis is unavailable (then do not fill).
     pub async fn lease(&self, key: &str) -> Option<Lease> {
-        self.claim(key, true).await
+        self.claim(key, Claim::Lease).await
+    }
+
+    /// [`Cache::lease`], but only when no other filler holds the lease: `None` when another
+    /// does (or Redis is unavailable). For fills that are expensive to run concurrently: a
+    /// plain lease is taken over by each new taker, so under a burst of misses every request
+    /// reads the database and the fills fence each other out, and nobody fills.
+    pub async fn exclusive_lease(&self, key: &str) -> Option<Lease> {
+        self.claim(key, Claim::Exclusive).await
     }
 
     /// The epoch a fill of `key` will carry, without a lease: for keys that writers make
     /// unreachable rather than delete (aggregates under a generation). Call it *before*
     /// reading the database.
     pub async fn stamp(&self, key: &str) -> Option<Lease> {
-        self.claim(key, false).await
+        self.claim(key, Claim::Stamp).await
     }
 
     /// Reads the epoch (creating it when absent), after taking the lease on `key` when
     /// `with_lease`, in one round trip. A failure here lost nothing, so it does not distrust
     /// the cache.
-    async fn claim(&self, key: &str, with_lease: bool) -> Option<Lease> {
+    async fn claim(&self, key: &str, how: Claim) -> Option<Lease> {
         let inner = Arc::clone(self.usable(None)?);
-        let token = if with_lease { token() } else { String::new() };
+        let token = if how == Claim::Stamp {
+            String::new()
+        } else {
+            token()
+        };
         let mut pipe = redis::pipe();
-        if with_lease {
-            pipe.cmd("SET")
+        if how != Claim::Stamp {
+            let set = pipe
+                .cmd("SET")
                 .arg(lease_key(key))
                 .arg(&token)
                 .arg("PX")
-                .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000))
-                .ignore();
+                .arg(u64::try_from(LEASE_TTL.as_millis()).unwrap_or(10_000));
+            if how == Claim::Exclusive {
+                set.arg("NX");
+            } else {
+                set.ignore();
+            }
         }
         pipe.cmd("EVAL")
             .arg(EPOCH)
             .arg(1)
             .arg(inner.epoch_key())
             .arg(self::token());
-        let (epoch,) = self
-            .run("lease", move |c| {
-                async move { pipe.query_async::<(String,)>(c).await }.boxed()
+        // SET … NX answers nil when another holds the lease; the other forms are ignored.
+        let (taken, epoch) = if how == Claim::Exclusive {
+            self.run("lease", move |c| {
+                async move { pipe.query_async::<(Option<String>, String)>(c).await }.boxed()
             })
-            .await?;
+            .await?
+        } else {
+            let (epoch,) = self
+                .run("lease", move |c| {
+                    async move { pipe.query_async::<(String,)>(c).await }.boxed()
+                })
+                .await?;
+            (Some(String::new()), epoch)
+        };
         inner.learn_epoch(&epoch);
+        taken?;
         Some(Lease {
             key: key.to_owned(),
             token,
