@@ -325,10 +325,7 @@ pub async fn list_entities(
     )?;
     if let Some(t) = &params.entity_type {
         // A query parameter that cannot be an entity type is a malformed request (400).
-        entities::validate_entity_type(t, "entity_type").map_err(|e| match e {
-            StoreError::Invalid { field, message } => ApiError::bad_field(field, message),
-            other => other.into(),
-        })?;
+        entity_type_param(t, "entity_type")?;
     }
     let items = match params.entity_type {
         Some(t) => match type_ids(&state, tenant, &t).await? {
@@ -426,6 +423,35 @@ async fn type_ids(
     };
     cache.fill_set(lease, members, atlas_cache::LIST_TTL).await;
     Ok((!too_large).then_some(ids))
+}
+
+/// The page size asked for by `limit`, checked against the configured bounds (400 naming
+/// `limit`), for lists whose cursor is not an id.
+fn limit_of(state: &AppState, limit: Option<i64>) -> Result<i64, ApiError> {
+    Ok(page(
+        state,
+        &PageParams {
+            limit,
+            cursor: None,
+        },
+    )?
+    .1)
+}
+
+/// `next_cursor` of a page: its last item's cursor when the page is full.
+fn cursor_after<T>(items: &[T], limit: i64, cursor: impl FnOnce(&T) -> String) -> Option<String> {
+    items
+        .last()
+        .filter(|_| i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit)
+        .map(cursor)
+}
+
+/// Checks an entity type given as the query parameter `field` (400 naming it).
+fn entity_type_param(t: &str, field: &str) -> Result<(), ApiError> {
+    entities::validate_entity_type(t, field).map_err(|e| match e {
+        StoreError::Invalid { field, message } => ApiError::bad_field(field, message),
+        other => other.into(),
+    })
 }
 
 async fn in_tenant<T: Send + 'static>(
@@ -572,13 +598,7 @@ pub async fn dead_letters(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<DeadLetterParams>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let (_, limit) = page(
-        &state,
-        &PageParams {
-            limit: params.limit,
-            cursor: None,
-        },
-    )?;
+    let limit = limit_of(&state, params.limit)?;
     // The cursor is the last item's failure time (epoch microseconds) and id: "micros.id".
     let before = params
         .cursor
@@ -597,10 +617,9 @@ pub async fn dead_letters(
         async move { atlas_store::reads::dead_letters(tx, tenant, before, n).await }.boxed()
     })
     .await?;
-    let next_cursor = items
-        .last()
-        .filter(|_| i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit)
-        .map(|d| format!("{}.{}", d.failed_at.timestamp_micros(), d.dead_letter_id));
+    let next_cursor = cursor_after(&items, limit, |d| {
+        format!("{}.{}", d.failed_at.timestamp_micros(), d.dead_letter_id)
+    });
     Ok(Json(DeadLetterPage { items, next_cursor }))
 }
 
@@ -782,27 +801,15 @@ pub async fn entity_types(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<EntityTypeParams>,
 ) -> Result<Json<EntityTypePage>, ApiError> {
-    let (_, limit) = page(
-        &state,
-        &PageParams {
-            limit: params.limit,
-            cursor: None,
-        },
-    )?;
+    let limit = limit_of(&state, params.limit)?;
     let after = params.cursor.unwrap_or_default();
     if !after.is_empty() {
-        entities::validate_entity_type(&after, "cursor").map_err(|e| match e {
-            StoreError::Invalid { field, message } => ApiError::bad_field(field, message),
-            other => other.into(),
-        })?;
+        entity_type_param(&after, "cursor")?;
     }
     let items = in_tenant(&state, tenant, move |tx| {
         async move { entities::types(tx, tenant, &after, limit).await }.boxed()
     })
     .await?;
-    let next_cursor = items
-        .last()
-        .filter(|_| i64::try_from(items.len()).unwrap_or(i64::MAX) >= limit)
-        .cloned();
+    let next_cursor = cursor_after(&items, limit, String::clone);
     Ok(Json(EntityTypePage { items, next_cursor }))
 }
