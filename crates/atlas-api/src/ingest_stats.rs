@@ -23,6 +23,8 @@ pub const KEPT: Duration = Duration::from_secs(86_400 + 120);
 /// The longest window `GET /v1/ingest-stats` answers for, in minutes (what is kept).
 pub const MAX_MINUTES: i64 = 1440;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Hash fields written per Redis call at most (plus one (tenant, minute)'s overshoot).
+const FIELDS_PER_CALL: usize = 400;
 
 /// The hash fields of one minute: `stored`, `refused:<reason>`, `requests`, `latency_us`
 /// (their sum) and `latency:<bucket index>`.
@@ -114,21 +116,40 @@ impl IngestStats {
         if taken.is_empty() {
             return;
         }
-        let adds: Vec<(String, String, i64)> = taken
-            .iter()
-            .flat_map(|((tenant, minute), sums)| {
-                let key = cache.ingest_stats_key(*tenant, *minute);
-                sums.fields
+        // A few hundred fields per call, each (tenant, minute) whole in one: a call stays well
+        // within Redis's call timeout however many tenants wrote this second, and what a
+        // failed call carried is put back without counting the others twice.
+        let mut failed = Vec::new();
+        let mut chunk: Vec<((i64, i64), Sums)> = Vec::new();
+        let mut fields = 0;
+        let mut entries = taken.into_iter().peekable();
+        while let Some((k, sums)) = entries.next() {
+            fields += sums.fields.len();
+            chunk.push((k, sums));
+            if fields >= FIELDS_PER_CALL || entries.peek().is_none() {
+                let adds: Vec<(String, String, i64)> = chunk
                     .iter()
-                    .map(move |(f, n)| (key.clone(), f.clone(), *n))
-            })
-            .collect();
-        if !cache.hash_add(&adds, KEPT).await
-            && let Ok(mut p) = self.pending.lock()
-        {
-            // Put them back (merged with what came meanwhile); bounded by the minutes kept.
+                    .flat_map(|((tenant, minute), sums)| {
+                        let key = cache.ingest_stats_key(*tenant, *minute);
+                        sums.fields
+                            .iter()
+                            .map(move |(f, n)| (key.clone(), f.clone(), *n))
+                    })
+                    .collect();
+                if !cache.hash_add(&adds, KEPT).await {
+                    failed.append(&mut chunk);
+                }
+                chunk.clear();
+                fields = 0;
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            // Merged with what came meanwhile; bounded by the minutes kept.
             let oldest = minute_of(chrono::Utc::now()) - MAX_MINUTES;
-            for (k, sums) in taken {
+            for (k, sums) in failed {
                 if k.1 >= oldest {
                     let into = p.entry(k).or_default();
                     for (f, n) in sums.fields {

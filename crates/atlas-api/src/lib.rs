@@ -247,7 +247,10 @@ impl AppState {
             .lock()
             .ok()
             .and_then(|b| b.get(&attribute_id).cloned())
-            .filter(|r| chrono::Utc::now() - r.updated_at < chrono::Duration::hours(1));
+            .filter(|r| {
+                r.updated_at
+                    .is_some_and(|at| chrono::Utc::now() - at < chrono::Duration::hours(1))
+            });
         match (shared, own) {
             (Some(s), Some(o)) => Some(if o.updated_at > s.updated_at { o } else { s }),
             (s, o) => s.or(o),

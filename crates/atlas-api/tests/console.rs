@@ -248,6 +248,20 @@ async fn console_in_a_real_browser() {
     let sensors = wait_rows(&br, "A's sensors", |ids| ids.len() == 50).await;
     assert_eq!(sensors, f.a[..50].to_vec());
 
+    // Live refresh: a new hot value shows up on the open page without navigating.
+    br.goto(&format!("{base}/console#/fleet?live=1")).await;
+    wait_rows(&br, "the live fleet", |ids| ids.len() == 50).await;
+    let (s, body) = call(
+        server
+            .as_tenant(&f.key_a, Method::POST, "/v1/telemetry")
+            .json(&json!({"entity_id": f.a[0], "values": {"status": "live-check"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let url = br.url().await;
+    br.wait_text("#fleet", "live-check").await;
+    assert_eq!(br.url().await, url, "refreshed in place");
+
     // Search by a hot attribute: exactly A's alarms.
     br.goto(&format!("{base}/console#/fleet")).await;
     wait_rows(&br, "the fleet", |ids| ids.len() == 50).await;
@@ -292,7 +306,52 @@ async fn console_in_a_real_browser() {
     let hot = br.text_of("#hot").await.unwrap_or_default();
     assert!(hot.contains("status") && hot.contains("priority"), "{hot}");
     br.screenshot(&dir.join("entity.png")).await;
-    // The table view shows the same readings.
+    // Drag across the middle half of the chart: the page zooms to that window (fewer of the
+    // readings, all of them within it), and "Reset zoom" brings every reading back.
+    br.js(
+        "const c = document.querySelector('canvas[data-attribute=temperature]'); \
+         const r = c.getBoundingClientRect(); const y = r.top + r.height / 2; \
+         const at = (f) => r.left + r.width * f; \
+         c.dispatchEvent(new MouseEvent('mousedown', {clientX: at(0.35), clientY: y, bubbles: true})); \
+         c.dispatchEvent(new MouseEvent('mouseup', {clientX: at(0.75), clientY: y, bubbles: true}));",
+        vec![],
+    )
+    .await;
+    let zoomed = br
+        .wait_for("the zoomed chart", || async {
+            let url = br.url().await;
+            if !url.contains("range=zoom") {
+                return None;
+            }
+            let n = br
+                .js(
+                    "const c = document.querySelector('canvas[data-attribute=temperature][data-points]'); \
+                     return c ? Number(c.dataset.points) : null",
+                    vec![],
+                )
+                .await
+                .as_i64()?;
+            (n < CHART_POINTS).then_some((url, n))
+        })
+        .await;
+    assert!(
+        zoomed.1 > CHART_POINTS / 5 && zoomed.1 < CHART_POINTS * 7 / 10,
+        "the window holds about half the readings: {zoomed:?}"
+    );
+    br.click(&br.find("#zoom-reset").await).await;
+    br.wait_for("every reading after the reset", || async {
+        let n = br
+            .js(
+                "const c = document.querySelector('canvas[data-attribute=temperature][data-points]'); \
+                 return c && !location.hash.includes('zoom') ? Number(c.dataset.points) : null",
+                vec![],
+            )
+            .await
+            .as_i64()?;
+        (n == CHART_POINTS).then_some(())
+    })
+    .await;
+    // The table view shows the same readings (of the reset range: every reading).
     br.click(&br.find("#as-table").await).await;
     let rows = br
         .wait_for("the table view", || async {

@@ -704,7 +704,26 @@ async fn making_an_attribute_hot_backfills_the_projection_and_cold_clears_it() {
         report["finished_at"].is_string() && report.get("error").is_none(),
         "{report}"
     );
-    // No backfill of another attribute; a bad id and a tenant key are refused.
+    // An attribute without a backfill answers `none`; no attribute, 404; a bad id and a
+    // tenant key are refused.
+    let status = attrs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["attribute_name"] == "status")
+        .and_then(|a| a["attribute_id"].as_i64())
+        .unwrap_or_default();
+    let (s, none) = call(server.admin(
+        Method::GET,
+        &format!("/v1/admin/attributes/{status}/backfill"),
+    ))
+    .await;
+    assert_eq!(
+        (s, &none["state"], &none["entities_done"]),
+        (200, &json!("none"), &json!(0)),
+        "{none}"
+    );
+    assert!(none.get("started_at").is_none(), "{none}");
     let (s, body) = call(server.admin(Method::GET, "/v1/admin/attributes/999999/backfill")).await;
     assert_eq!(s, 404, "{body}");
     let (s, body) = call(server.admin(Method::GET, "/v1/admin/attributes/x/backfill")).await;

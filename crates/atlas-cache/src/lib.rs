@@ -1097,13 +1097,16 @@ impl Cache {
     }
 
     /// Adds each `(key, field, n)` to its hash field (`HINCRBY`) and keeps every key `ttl`,
-    /// in one pipeline. Not a cached copy of anything (sums every server adds to), so it does
-    /// not wait for the cache epoch. Returns whether Redis took them.
+    /// in one transaction (`MULTI`/`EXEC`). Not a cached copy of anything (sums every server
+    /// adds to), so it does not wait for the cache epoch. Returns whether Redis took them.
+    /// Callers keep each call small: it has the [`CALL_TIMEOUT`] of any call.
     pub async fn hash_add(&self, adds: &[(String, String, i64)], ttl: Duration) -> bool {
         if adds.is_empty() {
             return true;
         }
         let mut pipe = redis::pipe();
+        // All or nothing, so a failed call can be retried whole.
+        pipe.atomic();
         let mut keys = std::collections::BTreeSet::new();
         for (key, field, n) in adds {
             pipe.cmd("HINCRBY").arg(key).arg(field).arg(*n).ignore();

@@ -109,7 +109,6 @@ GRANT EXECUTE ON FUNCTION public.upsert_hot_attrs(bigint,jsonb,timestamp with ti
 -- comes back short, counting its progress between them, in the transaction that flips
 -- is_hot: the change and the whole backfill commit together. Returns one row per entity of
 -- the batch, `changed` when its projection changed (for cache invalidation).
-DROP FUNCTION IF EXISTS public.hot_attr_backfill(bigint);
 CREATE OR REPLACE FUNCTION public.hot_attr_backfill(
     p_attribute_id bigint, p_after_tenant bigint, p_after_entity bigint, p_batch integer)
 RETURNS TABLE (tenant_id bigint, entity_id bigint, changed boolean)

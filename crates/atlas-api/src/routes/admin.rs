@@ -449,7 +449,8 @@ pub async fn update_attribute(
 pub struct BackfillReport {
     /// The attribute.
     pub attribute_id: i64,
-    /// `running`; `done`; or `failed` (rolled back with the flag: the attribute is not hot).
+    /// `none` (no backfill of it in the last hour); `running`; `done`; or `failed` (rolled
+    /// back with the flag: the attribute is not hot).
     pub state: String,
     /// Live entities looked at so far (every tenant).
     pub entities_done: i64,
@@ -457,11 +458,13 @@ pub struct BackfillReport {
     pub entities_total: i64,
     /// Projections changed so far.
     pub projections_changed: i64,
-    /// When the change was asked for.
-    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When the change was asked for (absent for `none`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When this report was written: a `running` report that stops moving belongs to a server
-    /// that stopped (its transaction rolled back).
-    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// that stopped (its transaction rolled back). Absent for `none`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it ended.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -482,8 +485,23 @@ impl BackfillReport {
             entities_done: p.entities_done,
             entities_total: p.entities_total,
             projections_changed: p.projections_changed,
-            started_at,
-            updated_at: chrono::Utc::now(),
+            started_at: Some(started_at),
+            updated_at: Some(chrono::Utc::now()),
+            finished_at: None,
+            error: None,
+        }
+    }
+
+    /// The report of an attribute without a backfill in the last hour.
+    fn none(attribute_id: i64) -> Self {
+        Self {
+            attribute_id,
+            state: "none".into(),
+            entities_done: 0,
+            entities_total: 0,
+            projections_changed: 0,
+            started_at: None,
+            updated_at: None,
             finished_at: None,
             error: None,
         }
@@ -494,7 +512,7 @@ impl BackfillReport {
 ///
 /// The newest backfill of the attribute (run when is_hot was turned on in the last hour, by any
 /// server): entities looked at of the total, projections changed, and whether it is running, done
-/// or failed. 404 when none ran in the last hour.
+/// or failed; `none` when none ran in the last hour. 404 when the attribute does not exist.
 #[utoipa::path(get, path = "/v1/admin/attributes/{id}/backfill", tag = "admin", security(("admin_token" = [])),
     params(("id" = i64, Path, minimum = 0, description = "Attribute id")),
     responses((status = 200, body = BackfillReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -505,11 +523,16 @@ pub async fn attribute_backfill(
     PathId(id): PathId,
 ) -> Result<Json<BackfillReport>, ApiError> {
     let id = positive(id, "attribute")?;
+    if let Some(report) = state.backfill_report(id).await {
+        return Ok(Json(report));
+    }
     state
-        .backfill_report(id)
-        .await
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound("no backfill of this attribute in the last hour".into()))
+        .inner
+        .store
+        .get_attribute(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("attribute".into()))?;
+    Ok(Json(BackfillReport::none(id)))
 }
 
 /// The attribute catalogue.
