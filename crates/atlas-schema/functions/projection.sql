@@ -171,7 +171,8 @@ BEGIN
     RETURN QUERY
         SELECT b.t, b.e, c.t IS NOT NULL
         FROM unnest(v_bt, v_be) b(t, e)
-        LEFT JOIN unnest(v_ct, v_ce) c(t, e) ON c.t = b.t AND c.e = b.e;
+        LEFT JOIN unnest(v_ct, v_ce) c(t, e) ON c.t = b.t AND c.e = b.e
+        ORDER BY b.t, b.e;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION public.hot_attr_backfill(bigint,bigint,bigint,integer) FROM PUBLIC;

@@ -868,6 +868,14 @@ async fn the_backfill_projects_every_live_entity_once_batch_by_batch() {
         "every live entity once, in order"
     );
     assert_eq!(batches, 3, "5 entities in batches of 2");
+    // One batch over all of them comes back in keyset order too (the caller resumes after
+    // its last row), now changing nothing.
+    let whole = batch((i64::MIN, i64::MIN), 100).await;
+    assert_eq!(
+        whole.iter().map(|&(t, e, _)| (t, e)).collect::<Vec<_>>(),
+        live
+    );
+    assert!(whole.iter().all(|r| !r.2), "already projected: {whole:?}");
     let changed: Vec<i64> = seen.iter().filter(|r| r.2).map(|r| r.1).collect();
     let mut expected = vec![f.a1, more[2], f.b1];
     expected.sort_unstable();

@@ -720,7 +720,9 @@ async fn backfill(
             if r.try_get::<_, bool>(2)? {
                 changed.push((TenantId(t), e));
             }
-            (after_tenant, after_entity) = (t, e);
+            // The keyset goes on after the greatest entity of the batch, whatever the order
+            // the rows came in.
+            (after_tenant, after_entity) = (after_tenant, after_entity).max((t, e));
         }
         at.entities_done += i64::try_from(rows.len()).unwrap_or(0);
         // Entities registered meanwhile are looked at too; the total grows with them.

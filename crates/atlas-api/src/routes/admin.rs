@@ -416,11 +416,13 @@ pub async fn update_attribute(
         let finished = match &result {
             Ok(_) => BackfillReport {
                 state: "done".into(),
+                updated_at: Some(chrono::Utc::now()),
                 finished_at: Some(chrono::Utc::now()),
                 ..last
             },
             Err(e) => BackfillReport {
                 state: "failed".into(),
+                updated_at: Some(chrono::Utc::now()),
                 finished_at: Some(chrono::Utc::now()),
                 error: Some(e.to_string()),
                 ..last
