@@ -543,14 +543,7 @@ async fn console_in_a_real_browser() {
     br.click(&flip).await;
     let done = br.wait_text("#attr-msg", "temperature is now hot").await;
     // The server's backfill report, as the console shows it: every live entity looked at.
-    let (_, report) = call(server.admin(Method::GET, "/v1/admin/attributes")).await;
-    let temperature = report["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["attribute_name"] == "temperature")
-        .and_then(|a| a["attribute_id"].as_i64())
-        .unwrap_or_default();
+    let temperature = server.attribute_id("temperature").await;
     let (s, report) = call(server.admin(
         Method::GET,
         &format!("/v1/admin/attributes/{temperature}/backfill"),

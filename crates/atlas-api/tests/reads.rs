@@ -666,14 +666,7 @@ async fn making_an_attribute_hot_backfills_the_projection_and_cold_clears_it() {
     let path = format!("/v1/entities/{}/attributes", e[0]);
     let (_, before, _) = get_cached(&server, &key, &path).await;
     assert_eq!(before["attributes"], json!({"status": "on"}));
-    let (_, attrs) = call(server.admin(Method::GET, "/v1/admin/attributes")).await;
-    let mode = attrs["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["attribute_name"] == "mode")
-        .and_then(|a| a["attribute_id"].as_i64())
-        .unwrap_or_default();
+    let mode = server.attribute_id("mode").await;
 
     let (s, b) = call(
         server
@@ -706,13 +699,7 @@ async fn making_an_attribute_hot_backfills_the_projection_and_cold_clears_it() {
     );
     // An attribute without a backfill answers `none`; no attribute, 404; a bad id and a
     // tenant key are refused.
-    let status = attrs["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["attribute_name"] == "status")
-        .and_then(|a| a["attribute_id"].as_i64())
-        .unwrap_or_default();
+    let status = server.attribute_id("status").await;
     let (s, none) = call(server.admin(
         Method::GET,
         &format!("/v1/admin/attributes/{status}/backfill"),

@@ -112,6 +112,27 @@ ALTER FUNCTION public.search_entities_plan(jsonb,text,text[],text[],text,bigint,
 -- calls it outside any tenant transaction to save the round trips - may name the tenant,
 -- exactly as it may SET LOCAL app.current_tenant_id itself. So the function confers nothing
 -- the app role lacks.
+-- For the definer functions that answer for the tenant they are given: refuses a session
+-- whose own tenant context names another tenant (insufficient_privilege, naming `p_function`).
+-- A session without a context may ask (the server's own calls outside a tenant transaction).
+CREATE OR REPLACE FUNCTION public.assert_session_tenant(p_tenant_id bigint, p_function text)
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_caller text := NULLIF(current_setting('app.current_tenant_id', true), '');
+BEGIN
+    IF v_caller IS NOT NULL AND v_caller <> p_tenant_id::text THEN
+        RAISE EXCEPTION '%: the session''s tenant is %, not %', p_function, v_caller, p_tenant_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION public.assert_session_tenant(bigint,text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.assert_session_tenant(bigint,text) TO atlas_definer;
+
 -- SECURITY DEFINER with the tenant written into the query, rather than setting the tenant
 -- context for an invoker's query: on a Citus coordinator a tenant set inside a function
 -- called outside a transaction block never reaches the shards (set_config is not propagated,
@@ -123,13 +144,8 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-DECLARE
-    v_caller text := NULLIF(current_setting('app.current_tenant_id', true), '');
 BEGIN
-    IF v_caller IS NOT NULL AND v_caller <> p_tenant_id::text THEN
-        RAISE EXCEPTION 'entities_known: the session''s tenant is %, not %', v_caller, p_tenant_id
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM public.assert_session_tenant(p_tenant_id, 'entities_known');
     RETURN QUERY
     SELECT e.entity_id FROM public.entities e
     WHERE e.tenant_id = p_tenant_id AND e.entity_id = ANY (p_entity_ids) AND NOT e.is_deleted;
@@ -152,13 +168,8 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-DECLARE
-    v_caller text := NULLIF(current_setting('app.current_tenant_id', true), '');
 BEGIN
-    IF v_caller IS NOT NULL AND v_caller <> p_tenant_id::text THEN
-        RAISE EXCEPTION 'tenant_dead_letters: the session''s tenant is %, not %', v_caller, p_tenant_id
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM public.assert_session_tenant(p_tenant_id, 'tenant_dead_letters');
     RETURN QUERY
     SELECT d.dead_letter_id, d.entity_id, a.attribute_name::text,
            coalesce(d.value, d.value_int::text, trim_scale(d.value_decimal)::text,

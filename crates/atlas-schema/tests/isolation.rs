@@ -622,4 +622,21 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
         "{err}"
     );
     tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    // tenant_dead_letters makes the same check.
+    let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    set_tenant(&tx, f.tenant_b).await;
+    let err = tx
+        .query(
+            "SELECT * FROM public.tenant_dead_letters($1, NULL, NULL, 10)",
+            &[&f.tenant_a],
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("tenant B's session read tenant A's dead letters"));
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
 }

@@ -193,7 +193,7 @@ pub async fn ingest(
     };
     let values: usize = readings.iter().map(|r| r.values.len()).sum();
     let stats = &state.inner.ingest_stats;
-    match store_readings(tenant, &state, params, &readings, single).await {
+    match store_readings(tenant, &state, params, &readings, values, single).await {
         Ok((resp, accepted)) => {
             stats.stored(&state.inner.cache, tenant, accepted, started.elapsed());
             Ok(resp)
@@ -210,12 +210,14 @@ pub async fn ingest(
     }
 }
 
-/// Validates and stores `readings`; answers the response and the values acknowledged.
+/// Validates and stores `readings` (`values` of them in all); answers the response and the
+/// values acknowledged.
 async fn store_readings(
     tenant: atlas_store::TenantId,
     state: &AppState,
     params: TelemetryParams,
     readings: &[Reading],
+    values: usize,
     single: bool,
 ) -> Result<(axum::response::Response, usize), Refusal> {
     let Some(ingestor) = state.inner.ingestor.clone() else {
@@ -224,7 +226,6 @@ async fn store_readings(
     if readings.is_empty() {
         return Err(ApiError::invalid_value("body", "at least one reading is required").into());
     }
-    let values: usize = readings.iter().map(|r| r.values.len()).sum();
     let max = state.inner.limits.max_values_per_request;
     if values > max {
         return Err(Refusal::because(

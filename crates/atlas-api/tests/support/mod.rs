@@ -139,6 +139,19 @@ impl Server {
         self.api().define(body).await
     }
 
+    /// The id of the attribute named `name`, from the admin catalogue (panics when none).
+    pub async fn attribute_id(&self, name: &str) -> i64 {
+        let (s, attrs) = call(self.admin(Method::GET, "/v1/admin/attributes")).await;
+        assert_eq!(s, 200, "{attrs}");
+        attrs["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["attribute_name"] == name)
+            .and_then(|a| a["attribute_id"].as_i64())
+            .unwrap_or_else(|| panic!("no attribute {name}: {attrs}"))
+    }
+
     /// Registers `n` sensors for a tenant; returns their ids.
     pub async fn entities(&self, key: &str, n: usize) -> Vec<i64> {
         self.api().entities(key, n).await
