@@ -128,9 +128,9 @@ async fn raw_aggregate(
     tenant: i64,
     attribute: &str,
     func: &str,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     width: i64,
+    entity: Option<i64>,
 ) -> Vec<(i64, Value, i64)> {
     let agg = match func {
         "avg" => "trim_scale(round(avg(x), 10))",
@@ -148,11 +148,12 @@ async fn raw_aggregate(
          CROSS JOIN LATERAL (SELECT coalesce(ev.value_int::numeric, ev.value_decimal, ev.value_bool::int::numeric) AS x) v \
          WHERE ev.tenant_id = $1 AND a.attribute_name = $2 \
            AND ev.ingested_at >= to_timestamp($3::bigint / 1000.0) AND ev.ingested_at < to_timestamp($4::bigint / 1000.0) \
+           AND ($6::bigint IS NULL OR ev.entity_id = $6) \
          GROUP BY 1 ORDER BY 1"
     );
     let admin = server.db.admin().await;
     admin
-        .query(&sql, &[&tenant, &attribute, &from, &to, &width])
+        .query(&sql, &[&tenant, &attribute, &from, &to, &width, &entity])
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .iter()
@@ -172,15 +173,16 @@ async fn api_aggregate(
     key: &str,
     attribute: &str,
     func: &str,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     bucket: &str,
+    entity: Option<i64>,
 ) -> Vec<(i64, Value, i64)> {
     let (s, b) = call(server.as_tenant(
         key,
         Method::GET,
         &format!(
-            "/v1/aggregates?attribute={attribute}&fn={func}&from={from}&to={to}&bucket={bucket}"
+            "/v1/aggregates?attribute={attribute}&fn={func}&from={from}&to={to}&bucket={bucket}{}",
+            entity.map(|e| format!("&entity_id={e}")).unwrap_or_default()
         ),
     ))
     .await;
@@ -200,14 +202,27 @@ async fn api_aggregate(
 }
 
 /// Every function and a set of bucket widths, over ranges with ragged edges: the API equals
-/// the raw values' aggregate.
-async fn assert_reads_equal_raw(server: &Server, tenant: i64, key: &str, from: i64, to: i64) {
-    let widths = [
-        ("1h", HOUR),
-        ("1d", DAY),
-        ("90m", 90 * MIN),
-        ("7d", 7 * DAY),
-    ];
+/// the raw values' aggregate. Tenant-wide (the database groups every source by bucket), or
+/// for one entity (level rows combined by the server where a bucket holds a few: 2 h over
+/// hours, 2 d over days).
+async fn assert_reads_equal_raw(
+    server: &Server,
+    tenant: i64,
+    key: &str,
+    from: i64,
+    to: i64,
+    entity: Option<i64>,
+) {
+    let widths: &[(&str, i64)] = if entity.is_some() {
+        &[("1h", HOUR), ("2h", 2 * HOUR), ("1d", DAY), ("2d", 2 * DAY)]
+    } else {
+        &[
+            ("1h", HOUR),
+            ("1d", DAY),
+            ("90m", 90 * MIN),
+            ("7d", 7 * DAY),
+        ]
+    };
     // Ranges that start and end inside minutes, hours and days.
     let ranges = [
         (from, to),
@@ -215,18 +230,20 @@ async fn assert_reads_equal_raw(server: &Server, tenant: i64, key: &str, from: i
     ];
     for attribute in ["temperature", "count", "open"] {
         for func in ["avg", "min", "max", "sum", "count", "first", "last"] {
-            for (name, w) in widths {
+            for &(name, w) in widths {
                 for (a, b) in ranges {
-                    let want = raw_aggregate(server, tenant, attribute, func, a, b, w).await;
-                    let got = api_aggregate(server, key, attribute, func, a, b, name).await;
-                    assert_eq!(got, want, "{attribute} {func} {name} [{a}, {b})");
+                    let want =
+                        raw_aggregate(server, tenant, attribute, func, (a, b), w, entity).await;
+                    let got =
+                        api_aggregate(server, key, attribute, func, (a, b), name, entity).await;
+                    assert_eq!(got, want, "{attribute} {func} {name} [{a}, {b}) {entity:?}");
                 }
             }
         }
     }
     // Counts of strings come from the rollups too.
-    let want = raw_aggregate(server, tenant, "mode", "count", from, to, DAY).await;
-    let got = api_aggregate(server, key, "mode", "count", from, to, "1d").await;
+    let want = raw_aggregate(server, tenant, "mode", "count", (from, to), DAY, entity).await;
+    let got = api_aggregate(server, key, "mode", "count", (from, to), "1d", entity).await;
     assert_eq!(got, want, "mode count");
 }
 
@@ -253,7 +270,7 @@ async fn rollups_equal_the_raw_aggregates_before_and_after_maintenance_with_late
     let first = readings(&mut rng, &e, from, to, 4_000);
     write(&server, &key, first.clone()).await;
     // Not rolled up yet: everything is dirty and read from raw values.
-    assert_reads_equal_raw(&server, tenant, &key, from, to + 1).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, None).await;
 
     let done = m
         .rollups(now + Duration::days(2))
@@ -272,7 +289,8 @@ async fn rollups_equal_the_raw_aggregates_before_and_after_maintenance_with_late
             .await,
         0
     );
-    assert_reads_equal_raw(&server, tenant, &key, from, to + 1).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, None).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, Some(e[1])).await;
 
     // Late readings into rolled-up buckets, a replay of the first batch (no-op) and new
     // minutes: reads stay exact before the maintainer runs, and after.
@@ -288,14 +306,16 @@ async fn rollups_equal_the_raw_aggregates_before_and_after_maintenance_with_late
             .await
             > 0
     );
-    assert_reads_equal_raw(&server, tenant, &key, from, to + 1).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, None).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, Some(e[1])).await;
     m.rollups(now + Duration::days(2))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for level in ["rollup_1m", "rollup_1h", "rollup_1d"] {
         assert_eq!(level_mismatches(&server, level, tenant).await, 0, "{level}");
     }
-    assert_reads_equal_raw(&server, tenant, &key, from, to + 1).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, None).await;
+    assert_reads_equal_raw(&server, tenant, &key, from, to + 1, Some(e[1])).await;
 
     // A year-long range answers (whole-minute buckets come from the rollups).
     let (s, b) = call(server.as_tenant(
@@ -309,11 +329,11 @@ async fn rollups_equal_the_raw_aggregates_before_and_after_maintenance_with_late
     .await;
     assert_eq!(s, 200, "{b}");
     // A deleted entity's values leave the rollup-served aggregates too.
-    let before = api_aggregate(&server, &key, "count", "count", from, to + 1, "7d").await;
+    let before = api_aggregate(&server, &key, "count", "count", (from, to + 1), "7d", None).await;
     let (s, _) =
         call(server.as_tenant(&key, Method::DELETE, &format!("/v1/entities/{}", e[0]))).await;
     assert_eq!(s, 204);
-    let after = api_aggregate(&server, &key, "count", "count", from, to + 1, "7d").await;
+    let after = api_aggregate(&server, &key, "count", "count", (from, to + 1), "7d", None).await;
     let total = |v: &[(i64, Value, i64)]| v.iter().map(|x| x.2).sum::<i64>();
     let of_e0 = server
         .scalar(
@@ -624,11 +644,11 @@ async fn rollups_and_marks_are_tenant_isolated_and_closed_without_a_tenant() {
     let from = t - HOUR;
     let to = t + HOUR;
     assert_eq!(
-        api_aggregate(&server, &key_a, "count", "sum", from, to, "1d").await[0].1,
+        api_aggregate(&server, &key_a, "count", "sum", (from, to), "1d", None).await[0].1,
         json!(5)
     );
     assert_eq!(
-        api_aggregate(&server, &key_b, "count", "sum", from, to, "1d").await[0].1,
+        api_aggregate(&server, &key_b, "count", "sum", (from, to), "1d", None).await[0].1,
         json!(7)
     );
 }
@@ -778,9 +798,9 @@ async fn retention_per_tenant_removes_only_that_tenants_expired_data_without_blo
         &key_a,
         "count",
         "sum",
-        ms(now - Duration::days(21)),
-        ms(now - Duration::days(19)),
+        (ms(now - Duration::days(21)), ms(now - Duration::days(19))),
         "1d",
+        None,
     )
     .await;
     assert_eq!(old.iter().map(|b| b.2).sum::<i64>(), 3, "{old:?}");

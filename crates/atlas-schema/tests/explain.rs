@@ -255,7 +255,7 @@ async fn latest_and_series_read_the_primary_key_as_the_app_role() {
 }
 
 #[tokio::test]
-async fn tenant_wide_aggregates_use_the_tenant_attribute_time_indexes_of_rollups_and_values() {
+async fn aggregates_use_the_indexes_of_rollups_and_values_tenant_wide_and_per_entity() {
     let f = fixture().await;
     let mut app = f.db.app().await;
     let now = chrono::Utc::now();
@@ -296,60 +296,93 @@ async fn tenant_wide_aggregates_use_the_tenant_attribute_time_indexes_of_rollups
         .batch_execute("ANALYZE rollup_1d, rollup_1h, rollup_1m")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // As the server sends it: typed parameters, planned for them.
+    // As the server sends it: typed parameters, planned for them. Tenant-wide (every source
+    // grouped in the database), then as a dashboard asks (named entities, level rows sent
+    // as they are).
     use tokio_postgres::types::Type;
     let tsa = Type::TIMESTAMPTZ_ARRAY;
-    let none: Vec<i64> = Vec::new();
-    let (raw_from, raw_to) = (now - minute, now);
-    let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
-    set_tenant(&tx, f.tenant).await;
-    let plan = tx
-        .query_typed(
-            &[
-                "EXPLAIN ",
-                &aggregate::aggregate_sql(AggFn::Avg, &Scope::Tenant, false, [true; 4]),
-            ]
-            .concat(),
-            &[
-                (&f.tenant, Type::INT8),
-                (&attrs, Type::INT8_ARRAY),
-                (&3_600_000_i64, Type::INT8),
-                (&d.0, tsa.clone()),
-                (&d.1, tsa.clone()),
-                (&h.0, tsa.clone()),
-                (&h.1, tsa.clone()),
-                (&m.0, tsa.clone()),
-                (&m.1, tsa.clone()),
-                (&r.0, tsa.clone()),
-                (&r.1, tsa),
-                (&none, Type::INT8_ARRAY),
-                (&raw_from, Type::TIMESTAMPTZ),
-                (&raw_to, Type::TIMESTAMPTZ),
-            ],
+    let named: Vec<i64> = admin
+        .query(
+            "SELECT entity_id FROM entities ORDER BY entity_id LIMIT 5",
+            &[],
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n");
-    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
-    for index in [
-        "idx_rollup_1d_attr_bucket",
-        "idx_rollup_1h_attr_bucket",
-        "idx_rollup_1m_attr_bucket",
-        "tenant_id_attribute_id_ingested_at_idx",
+        .map(|r| r.get(0))
+        .collect();
+    let (raw_from, raw_to) = (now - minute, now);
+    for (scope, per_series, grouped, ids, indexes) in [
+        (
+            Scope::Tenant,
+            false,
+            [true; 4],
+            Vec::new(),
+            [
+                "idx_rollup_1d_attr_bucket",
+                "idx_rollup_1h_attr_bucket",
+                "idx_rollup_1m_attr_bucket",
+                "tenant_id_attribute_id_ingested_at_idx",
+            ],
+        ),
+        (
+            Scope::Entities(named.clone()),
+            true,
+            [false, false, false, true],
+            named.clone(),
+            [
+                "rollup_1d_pkey",
+                "rollup_1h_pkey",
+                "rollup_1m_pkey",
+                "_pkey",
+            ],
+        ),
     ] {
-        assert!(plan.contains(index), "{index}:\n{plan}");
+        let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+        set_tenant(&tx, f.tenant).await;
+        let plan = tx
+            .query_typed(
+                &[
+                    "EXPLAIN ",
+                    &aggregate::aggregate_sql(AggFn::Avg, &scope, per_series, [true; 4], grouped),
+                ]
+                .concat(),
+                &[
+                    (&f.tenant, Type::INT8),
+                    (&attrs, Type::INT8_ARRAY),
+                    (&3_600_000_i64, Type::INT8),
+                    (&d.0, tsa.clone()),
+                    (&d.1, tsa.clone()),
+                    (&h.0, tsa.clone()),
+                    (&h.1, tsa.clone()),
+                    (&m.0, tsa.clone()),
+                    (&m.1, tsa.clone()),
+                    (&r.0, tsa.clone()),
+                    (&r.1, tsa.clone()),
+                    (&ids, Type::INT8_ARRAY),
+                    (&raw_from, Type::TIMESTAMPTZ),
+                    (&raw_to, Type::TIMESTAMPTZ),
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+        for index in indexes {
+            assert!(plan.contains(index), "{scope:?}: {index}:\n{plan}");
+        }
+        // The month holding the values is read by the index (empty premade months may be
+        // scanned: nothing to read).
+        let month = now.format("entity_values_%Y_%m ").to_string();
+        assert!(
+            !plan.contains(&format!("Seq Scan on {month}")),
+            "{scope:?}:\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan on rollup_"), "{scope:?}:\n{plan}");
     }
-    // The month holding the values is read by the index (empty premade months may be
-    // scanned: nothing to read).
-    let month = now.format("entity_values_%Y_%m ").to_string();
-    assert!(
-        !plan.contains(&format!("Seq Scan on {month}")),
-        "aggregate:\n{plan}"
-    );
-    assert!(!plan.contains("Seq Scan on rollup_"), "aggregate:\n{plan}");
 }
 
 #[tokio::test]

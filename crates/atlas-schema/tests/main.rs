@@ -9,5 +9,6 @@ mod flush;
 mod ingest_rows;
 mod isolation;
 mod migrator;
+mod numeric;
 mod replica;
 mod upgrade;

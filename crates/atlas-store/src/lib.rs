@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod cluster;
+pub mod decimal;
 pub mod entities;
 mod error;
 pub mod limits;
