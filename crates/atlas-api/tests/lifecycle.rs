@@ -2,6 +2,7 @@
 //! maintainer, with late, replayed and out-of-order readings, across bucket and partition
 //! boundaries), the multi-series query, and tenant isolation of both.
 
+use atlas_testkit::Rng;
 use chrono::{DateTime, Duration, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -11,22 +12,6 @@ use crate::support::{Server, assert_error, call};
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
-
-/// A small deterministic generator (xorshift), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> i64 {
-        i64::try_from(self.next() % n.max(1)).unwrap_or(0)
-    }
-}
 
 async fn catalogue(server: &Server) {
     for (name, t) in [

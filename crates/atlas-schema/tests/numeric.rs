@@ -2,23 +2,7 @@
 //! value, and a mean combined from rollup pieces rounds as `round(sum / n, 10)` does.
 
 use atlas_store::decimal::Numeric;
-use atlas_testkit::TestDb;
-
-/// A small deterministic generator (xorshift), so a failure names a reproducible case.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use atlas_testkit::{Rng, TestDb};
 
 /// Sums as the rollups hold them: integers (scale 0) and decimals of `numeric(20,5)` sums
 /// (scale 5), of every magnitude from 0.00001 to 38 digits, both signs.
@@ -60,10 +44,10 @@ async fn means_of_rollup_sums_equal_numeric_division_digit_for_digit() {
     // Counts from 1 to billions: the quotient's weight decides the division's scale.
     let counts: Vec<i64> = (0..sums.len())
         .map(|i| match i % 4 {
-            0 => 1 + i64::try_from(rng.below(9)).unwrap_or(0),
-            1 => 1 + i64::try_from(rng.below(10_000)).unwrap_or(0),
-            2 => 1 + i64::try_from(rng.below(100_000_000)).unwrap_or(0),
-            _ => 1 + i64::try_from(rng.below(1_000_000_000_000)).unwrap_or(0),
+            0 => 1 + rng.below(9),
+            1 => 1 + rng.below(10_000),
+            2 => 1 + rng.below(100_000_000),
+            _ => 1 + rng.below(1_000_000_000_000),
         })
         .collect();
     let rows = admin

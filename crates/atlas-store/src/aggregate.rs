@@ -414,30 +414,45 @@ pub fn aggregate_sql(
     };
     // A source's rows leave as pieces as they are, or - `grouped` - combined per bucket (and
     // per series) with partial aggregates the server can combine further.
+    // Every column is named: Citus sends the union to a worker without the CTE's column list,
+    // and the outer query reads the names.
     let piece = |alias: &str, at: &str, n: &str, v: &str, t: &str, body: &str, grouped: bool| {
         if !grouped {
-            return format!(
-                "SELECT {alias}.entity_id, {alias}.attribute_id, {at} AS at, {n} AS n, {v} AS v, \
-                 {t} AS t {body}"
-            );
+            return [
+                "SELECT ",
+                alias,
+                ".entity_id, ",
+                alias,
+                ".attribute_id, ",
+                at,
+                " AS at, ",
+                n,
+                " AS n, ",
+                v,
+                " AS v, ",
+                t,
+                " AS t ",
+                body,
+            ]
+            .concat();
         }
         let (pv, pt) = match func {
-            AggFn::Avg | AggFn::Sum => (format!("sum({v})"), "NULL::timestamptz".to_owned()),
-            AggFn::Min => (format!("min({v})"), "NULL::timestamptz".to_owned()),
-            AggFn::Max => (format!("max({v})"), "NULL::timestamptz".to_owned()),
-            AggFn::Count => ("NULL::numeric".to_owned(), "NULL::timestamptz".to_owned()),
+            AggFn::Avg | AggFn::Sum => (["sum(", v, ")"].concat(), "NULL::timestamptz".into()),
+            AggFn::Min => (["min(", v, ")"].concat(), "NULL::timestamptz".into()),
+            AggFn::Max => (["max(", v, ")"].concat(), "NULL::timestamptz".into()),
+            AggFn::Count => ("NULL::numeric".into(), "NULL::timestamptz".into()),
             AggFn::First => (
-                format!("(array_agg({v} ORDER BY {t}))[1]"),
-                format!("min({t})"),
+                ["(array_agg(", v, " ORDER BY ", t, "))[1]"].concat(),
+                ["min(", t, ")"].concat(),
             ),
             AggFn::Last => (
-                format!("(array_agg({v} ORDER BY {t} DESC))[1]"),
-                format!("max({t})"),
+                ["(array_agg(", v, " ORDER BY ", t, " DESC))[1]"].concat(),
+                ["max(", t, ")"].concat(),
             ),
         };
         let (keys, group) = if per_series {
             (
-                format!("{alias}.entity_id, {alias}.attribute_id"),
+                [alias, ".entity_id, ", alias, ".attribute_id"].concat(),
                 "1, 2, 3",
             )
         } else {
@@ -446,13 +461,23 @@ pub fn aggregate_sql(
                 "3",
             )
         };
-        // Every column named: Citus sends the union to a worker without the CTE's column
-        // list, and the outer query reads the names.
-        format!(
-            "SELECT {keys}, date_bin($3::bigint * interval '1 millisecond', {at}, \
-             timestamptz '2000-01-01 00:00:00+00') AS at, sum({n})::bigint AS n, {pv} AS v, \
-             {pt} AS t {body} GROUP BY {group}"
-        )
+        [
+            "SELECT ",
+            &keys,
+            ", date_bin($3::bigint * interval '1 millisecond', ",
+            at,
+            ", timestamptz '2000-01-01 00:00:00+00') AS at, sum(",
+            n,
+            ")::bigint AS n, ",
+            &pv,
+            " AS v, ",
+            &pt,
+            " AS t ",
+            body,
+            " GROUP BY ",
+            group,
+        ]
+        .concat()
     };
     let rollup = |table: &str, starts: &str, ends: &str, grouped: bool| {
         let body = [

@@ -480,3 +480,23 @@ where
         .map(|r| r.get(0))
         .collect()
 }
+
+/// A small deterministic generator (xorshift) for test data, so a failure can be replayed
+/// from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits (the seed must not be 0).
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> i64 {
+        i64::try_from(self.next_u64() % n.max(1)).unwrap_or(0)
+    }
+}
