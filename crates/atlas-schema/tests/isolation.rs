@@ -608,35 +608,39 @@ async fn entities_known_answers_for_the_named_tenant_and_leaves_the_callers_cont
         atlas_testkit::column(&tx, "SELECT entity_id FROM entities ORDER BY 1", &[]).await;
     assert_eq!(seen, [f.b1], "tenant B's context was not restored");
     // …and refuses to say which of tenant A's ids exist.
-    let err = tx
-        .query(
-            "SELECT e FROM public.entities_known($1, $2) AS e",
-            &[&f.tenant_a, &ids],
-        )
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("tenant B's session asked about tenant A's entities"));
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{err}"
-    );
+    assert_refused(
+        &tx,
+        "SELECT e FROM public.entities_known($1, $2) AS e",
+        &[&f.tenant_a, &ids],
+    )
+    .await;
     tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
     // tenant_dead_letters makes the same check.
     let tx = app.transaction().await.unwrap_or_else(|e| panic!("{e}"));
     set_tenant(&tx, f.tenant_b).await;
+    assert_refused(
+        &tx,
+        "SELECT * FROM public.tenant_dead_letters($1, NULL, NULL, 10)",
+        &[&f.tenant_a],
+    )
+    .await;
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `sql` fails with insufficient_privilege: a session asked about another tenant.
+async fn assert_refused(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) {
     let err = tx
-        .query(
-            "SELECT * FROM public.tenant_dead_letters($1, NULL, NULL, 10)",
-            &[&f.tenant_a],
-        )
+        .query(sql, params)
         .await
         .err()
-        .unwrap_or_else(|| panic!("tenant B's session read tenant A's dead letters"));
+        .unwrap_or_else(|| panic!("answered across tenants: {sql}"));
     assert_eq!(
         err.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{err}"
+        "{sql}: {err}"
     );
-    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
 }

@@ -772,12 +772,10 @@ pub async fn aggregate(
     // levels, and every source of a tenant- or type-wide aggregate (thousands of entities per
     // bucket), so no answer grows more than a few times its number of buckets.
     let names_entities = matches!(q.scope, Scope::Entity(_) | Scope::Entities(_));
-    let grouped = [
-        !names_entities || width / LEVELS[0].width > MAX_ROWS_PER_BUCKET,
-        !names_entities || width / LEVELS[1].width > MAX_ROWS_PER_BUCKET,
-        !names_entities || width / LEVELS[2].width > MAX_ROWS_PER_BUCKET,
-        true,
-    ];
+    let mut grouped = [true; 4];
+    for (g, level) in grouped.iter_mut().zip(LEVELS) {
+        *g = !names_entities || width / level.width > MAX_ROWS_PER_BUCKET;
+    }
     let sql = aggregate_sql(q.func, &q.scope, q.per_series, parts, grouped);
     let tsa = Type::TIMESTAMPTZ_ARRAY;
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 14] = [
